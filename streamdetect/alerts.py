@@ -1,0 +1,132 @@
+"""The alert record that streamdetect publishes, and its deterministic identity.
+
+An alert is one scored window whose anomaly score crossed the threshold. Its ``alert_id`` is a
+hash of the key and the window bounds only, so reprocessing the same input (a replay, or the
+at-least-once redelivery after a crash) yields the same id and consumers can deduplicate.
+
+>>> a = Alert.build(key={"store_id": "s1"}, window_start_ms=0, window_end_ms=60_000, score=31.2,
+...     threshold=20.0, probability=0.99995, severity="major", features={"revenue": 0.0},
+...     contributions=[Contribution("revenue", 0.0, 812.5, -4.1)], model_version="gmm-k3",
+...     detected_at_ms=61_000)
+>>> a.window_start, a.window_end
+('1970-01-01T00:00:00Z', '1970-01-01T00:01:00Z')
+>>> a.alert_id == alert_id({"store_id": "s1"}, 0, 60_000)
+True
+>>> Alert.from_json(a.to_json()) == a
+True
+>>> a.contributions[0].describe()
+'revenue 4.1 sigma below expected (observed 0, expected 812.5)'
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+__all__ = ["SEVERITIES", "Alert", "Contribution", "alert_id", "format_time", "message_key"]
+
+SEVERITIES = ("warning", "major", "critical")
+
+
+def format_time(ms: int) -> str:
+    """RFC 3339 in UTC with a ``Z`` suffix, millisecond precision only when needed."""
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    if ms % 1000:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def alert_id(key: dict[str, str], window_start_ms: int, window_end_ms: int) -> str:
+    """Deterministic id: the same key and window always give the same id."""
+    material = orjson.dumps([sorted(key.items()), window_start_ms, window_end_ms])
+    return hashlib.blake2b(material, digest_size=16).hexdigest()
+
+
+def message_key(key: dict[str, str]) -> bytes:
+    """Kafka message key for a window key: values joined with ``|`` in key-field order."""
+    return "|".join(key.values()).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """How far one feature of the window was from what the model expected, in standard deviations."""
+
+    feature: str
+    observed: float
+    expected: float
+    z: float
+
+    def describe(self) -> str:
+        direction = "above" if self.z >= 0 else "below"
+        return (
+            f"{self.feature} {abs(self.z):.1f} sigma {direction} expected "
+            f"(observed {self.observed:.6g}, expected {self.expected:.6g})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    alert_id: str
+    key: dict[str, str]
+    window_start: str
+    window_end: str
+    score: float
+    threshold: float
+    probability: float
+    severity: str
+    features: dict[str, float]
+    contributions: list[Contribution] = field(default_factory=list)
+    model_version: str = ""
+    detected_at: str = ""
+    explanation: str = ""
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        key: dict[str, str],
+        window_start_ms: int,
+        window_end_ms: int,
+        score: float,
+        threshold: float,
+        probability: float,
+        severity: str,
+        features: dict[str, float],
+        contributions: list[Contribution],
+        model_version: str,
+        detected_at_ms: int,
+    ) -> Alert:
+        return cls(
+            alert_id=alert_id(key, window_start_ms, window_end_ms),
+            key=key,
+            window_start=format_time(window_start_ms),
+            window_end=format_time(window_end_ms),
+            score=float(score),
+            threshold=float(threshold),
+            probability=float(probability),
+            severity=severity,
+            features=features,
+            contributions=contributions,
+            model_version=model_version,
+            detected_at=format_time(detected_at_ms),
+            explanation="; ".join(c.describe() for c in contributions),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    def message_key(self) -> bytes:
+        return message_key(self.key)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Alert:
+        data = orjson.loads(raw)
+        data["contributions"] = [Contribution(**c) for c in data.get("contributions", [])]
+        return cls(**data)

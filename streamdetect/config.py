@@ -1,0 +1,356 @@
+"""Typed configuration of the detector core.
+
+Every section is a frozen dataclass validated once, in ``__post_init__``: wrong configuration fails
+at start-up with a :class:`ConfigError` that names the setting and says what to fix.
+:func:`from_mapping` builds a section (and its nested sections) from a plain mapping such as a
+parsed TOML table, rejecting unknown keys.
+
+>>> cfg = from_mapping(DetectorConfig, {"windows": {"size": 300}, "threshold": {"method": "quantile"}})
+>>> cfg.windows.size, cfg.threshold.method
+(300.0, 'quantile')
+>>> from_mapping(DetectorConfig, {"windows": {"sise": 300}})
+Traceback (most recent call last):
+...
+streamdetect.config.ConfigError: detector.windows: unknown setting 'sise' (known: allowed_lateness, hop, idle_timeout, key_ttl, size)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, Union
+
+__all__ = [
+    "DEFAULT_FEATURES",
+    "ConfigError",
+    "DetectorConfig",
+    "DriftConfig",
+    "EventSchema",
+    "FeatureConfig",
+    "ModelConfig",
+    "ThresholdConfig",
+    "WindowConfig",
+    "from_mapping",
+]
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range; the message says which one and what to do."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class EventSchema:
+    """Where the fields of a sales event live, and what counts as an absurd value.
+
+    ``amount`` defaults to ``quantity * unit_price`` when absent. ``value_field`` switches to an
+    already aggregated series: each row is one event whose amount is that value (quantity 1).
+    """
+
+    time_field: str = "ts"
+    key_fields: tuple[str, ...] = ("store_id",)
+    sku_field: str = "sku"
+    channel_field: str = "channel"
+    quantity_field: str = "quantity"
+    unit_price_field: str = "unit_price"
+    amount_field: str = "amount"
+    event_id_field: str = "event_id"
+    currency_field: str = "currency"
+    value_field: str | None = None
+    max_event_bytes: int = 65_536
+    max_amount: float = 1e9
+    max_quantity: float = 1e6
+    allow_negative: bool = False
+    min_time_ms: int = 946_684_800_000  # 2000-01-01: anything earlier is a broken clock, not a sale
+    max_time_ms: int = 4_102_444_800_000  # 2100-01-01
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_fields", tuple(self.key_fields))
+        _require(len(self.key_fields) > 0, "events.key_fields: give at least one key field, e.g. ['store_id']")
+        _require(self.max_event_bytes > 0, "events.max_event_bytes must be > 0")
+        _require(self.max_amount > 0, "events.max_amount must be > 0")
+        _require(self.max_quantity > 0, "events.max_quantity must be > 0")
+        _require(self.min_time_ms < self.max_time_ms, "events.min_time_ms must be below events.max_time_ms")
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Event-time windows per key, in seconds.
+
+    ``size`` is the window length; ``hop`` (when set, a divisor of ``size``) makes them hopping.
+    The watermark is the largest event time seen minus ``allowed_lateness``; a window closes when
+    the watermark passes its end. A key that falls silent keeps producing zero-sales windows for
+    ``idle_timeout``; its baselines are forgotten after ``key_ttl`` without events.
+    """
+
+    size: float = 60.0
+    hop: float | None = None
+    allowed_lateness: float = 120.0
+    idle_timeout: float = 3600.0
+    key_ttl: float = 8 * 86400.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", float(self.size))
+        _require(self.size >= 1.0, "windows.size is in seconds and must be >= 1 (default 60)")
+        if self.hop is not None:
+            object.__setattr__(self, "hop", float(self.hop))
+            assert self.hop is not None
+            _require(0 < self.hop <= self.size, "windows.hop must be in (0, windows.size]")
+            _require(
+                (self.size / self.hop).is_integer(),
+                f"windows.hop ({self.hop:g}) must divide windows.size ({self.size:g}) exactly",
+            )
+        _require(self.allowed_lateness >= 0, "windows.allowed_lateness must be >= 0 seconds")
+        _require(self.idle_timeout >= 0, "windows.idle_timeout must be >= 0 seconds")
+        _require(self.key_ttl >= self.idle_timeout, "windows.key_ttl must be >= windows.idle_timeout")
+
+    @property
+    def size_ms(self) -> int:
+        return round(self.size * 1000)
+
+    @property
+    def hop_ms(self) -> int:
+        return round((self.hop or self.size) * 1000)
+
+    @property
+    def lateness_ms(self) -> int:
+        return round(self.allowed_lateness * 1000)
+
+
+DEFAULT_FEATURES: tuple[str, ...] = (
+    "count_z",
+    "revenue_ratio",
+    "mean_ticket_ratio",
+    "max_ticket_ratio",
+    "units_per_event_ratio",
+    "distinct_skus_ratio",
+    "count_context_z",
+    "revenue_context_ratio",
+)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Which window features feed the model and how their baselines adapt.
+
+    ``baseline_half_life`` (seconds) sets the key's recent (EWMA) baseline; ``seasonal_rate`` is the
+    weight of the newest week in the hour-of-week baseline; ``context_windows`` is how many recent
+    windows the short-horizon context features sum over.
+    """
+
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    baseline_half_life: float = 3600.0
+    seasonal_rate: float = 0.25
+    context_windows: int = 5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        _require(len(self.features) > 0, "features.features: choose at least one feature")
+        _require(self.baseline_half_life > 0, "features.baseline_half_life must be > 0 seconds")
+        _require(0 < self.seasonal_rate <= 1, "features.seasonal_rate must be in (0, 1]")
+        _require(self.context_windows >= 2, "features.context_windows must be >= 2")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The stepwise-EM Gaussian mixture (see :class:`streamdetect.model.StepwiseGMM`)."""
+
+    n_components: int | Literal["auto"] = "auto"
+    max_components: int = 6
+    step_exponent: float = 0.6
+    step_floor: float = 2e-3
+    reg_covar: float = 1e-3
+    warmup: int = 5000
+    n_init: int = 3
+    learn_batch: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_components != "auto":
+            _require(
+                isinstance(self.n_components, int) and self.n_components >= 1,
+                "model.n_components must be a positive integer or 'auto'",
+            )
+        _require(self.max_components >= 1, "model.max_components must be >= 1")
+        _require(0.5 < self.step_exponent <= 1.0, "model.step_exponent must be in (0.5, 1]")
+        _require(0 < self.step_floor < 1, "model.step_floor must be in (0, 1)")
+        _require(self.reg_covar >= 0, "model.reg_covar must be >= 0")
+        _require(self.warmup >= 50, "model.warmup must be >= 50 windows")
+        _require(self.n_init >= 1, "model.n_init must be >= 1")
+        _require(self.learn_batch >= 1, "model.learn_batch must be >= 1")
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    """How the alert threshold on the anomaly score is set.
+
+    ``method``: ``"spot"`` (EVT peaks-over-threshold), ``"dspot"`` (SPOT on scores minus their
+    recent mean, for a drifting level) or ``"quantile"`` (rolling empirical quantile). ``risk`` is
+    the target probability that a normal window crosses it (the alert budget per window).
+    """
+
+    method: Literal["spot", "dspot", "quantile"] = "spot"
+    risk: float = 1e-4
+    level: float = 0.98
+    n_init: int = 2000
+    max_excess: int = 2000
+    window: int = 20_000
+    depth: int = 50
+
+    def __post_init__(self) -> None:
+        _require(
+            self.method in ("spot", "dspot", "quantile"),
+            f"threshold.method is {self.method!r}; use 'spot', 'dspot' or 'quantile'",
+        )
+        _require(0 < self.risk < 0.5, "threshold.risk must be in (0, 0.5), e.g. 1e-4")
+        _require(0.5 <= self.level < 1, "threshold.level must be in [0.5, 1), e.g. 0.98")
+        _require(
+            self.risk < 1 - self.level,
+            f"threshold.risk ({self.risk:g}) must be below 1 - threshold.level ({1 - self.level:g})",
+        )
+        _require(self.n_init >= 100, "threshold.n_init must be >= 100 scores")
+        _require(self.max_excess >= 30, "threshold.max_excess must be >= 30")
+        _require(self.window >= self.n_init, "threshold.window must be >= threshold.n_init")
+        _require(self.depth >= 2, "threshold.depth must be >= 2")
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Score-drift monitoring: a river drift detector on the score stream plus PSI of score deciles.
+
+    On drift the model's step floor is multiplied by ``boost`` and decays back with a half-life of
+    ``boost_half_life`` learning steps.
+    """
+
+    detector: Literal["page_hinkley", "adwin"] = "page_hinkley"
+    reference_size: int = 5000
+    recent_size: int = 2000
+    boost: float = 10.0
+    boost_half_life: float = 20.0
+
+    def __post_init__(self) -> None:
+        _require(
+            self.detector in ("page_hinkley", "adwin"),
+            f"drift.detector is {self.detector!r}; use 'page_hinkley' or 'adwin'",
+        )
+        _require(self.reference_size >= 100, "drift.reference_size must be >= 100")
+        _require(self.recent_size >= 100, "drift.recent_size must be >= 100")
+        _require(self.boost >= 1, "drift.boost must be >= 1")
+        _require(self.boost_half_life > 0, "drift.boost_half_life must be > 0")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything the pure detector core needs; one instance serves one input partition.
+
+    ``regime_change_fraction``: when more than this share of a learning batch is flagged, the
+    batch is learned anyway (a regime change, not a burst of anomalies).
+    """
+
+    events: EventSchema = field(default_factory=EventSchema)
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    regime_change_fraction: float = 0.05
+    max_contributions: int = 3
+
+    def __post_init__(self) -> None:
+        _require(0 < self.regime_change_fraction <= 1, "detector.regime_change_fraction must be in (0, 1]")
+        _require(self.max_contributions >= 1, "detector.max_contributions must be >= 1")
+
+
+_T = TypeVar("_T")
+
+_SECTION_NAMES = {
+    DetectorConfig: "detector",
+    EventSchema: "events",
+    WindowConfig: "windows",
+    FeatureConfig: "features",
+    ModelConfig: "model",
+    ThresholdConfig: "threshold",
+    DriftConfig: "drift",
+}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a TOML/env value to the declared type, or say what type was expected."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table of settings, got {value!r}")
+        return _build(annotation, value, where)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{where} is {value!r}; choose one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(annotation):
+            if option is type(None):
+                if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+                    return None
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[-1] if errors else f"{where}: invalid value {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(str(v) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(as_float)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, str | int | float):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type[_T], mapping: Mapping[str, Any], where: str) -> _T:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in mapping.items()}
+    return cls(**kwargs)
+
+
+def from_mapping(cls: type[_T], mapping: Mapping[str, Any], where: str | None = None) -> _T:
+    """Build the config section ``cls`` from a mapping (e.g. a TOML table), validating everything."""
+    return _build(cls, mapping, where or _SECTION_NAMES.get(cls, cls.__name__))
