@@ -8,10 +8,10 @@ parsed TOML table, rejecting unknown keys.
 >>> cfg = from_mapping(DetectorConfig, {"windows": {"size": 300}, "threshold": {"method": "quantile"}})
 >>> cfg.windows.size, cfg.threshold.method
 (300.0, 'quantile')
->>> from_mapping(DetectorConfig, {"windows": {"sise": 300}})
+>>> from_mapping(DetectorConfig, {"windows": {"sise": 300}})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-streamdetect.config.ConfigError: detector.windows: unknown setting 'sise' (known: allowed_lateness, hop, idle_timeout, key_ttl, size)
+streamdetect.config.ConfigError: detector.windows: unknown setting 'sise' (known: allowed_lateness, ...
 """
 
 from __future__ import annotations
@@ -127,8 +127,8 @@ class WindowConfig:
 DEFAULT_FEATURES: tuple[str, ...] = (
     "count_z",
     "revenue_ratio",
-    "mean_ticket_ratio",
-    "max_ticket_ratio",
+    "mean_ticket_z",
+    "max_ticket_z",
     "units_per_event_ratio",
     "distinct_skus_ratio",
     "count_context_z",
@@ -251,7 +251,10 @@ class DetectorConfig:
     """Everything the pure detector core needs; one instance serves one input partition.
 
     ``regime_change_fraction``: when more than this share of a learning batch is flagged, the
-    batch is learned anyway (a regime change, not a burst of anomalies).
+    batch is learned anyway (a regime change, not a burst of anomalies). ``relearn_after``: a key
+    flagged for more than this many consecutive windows is learned again (its new normal).
+    ``trim_fraction``: share of the highest-scoring warm-up windows left out of the first fit, so
+    anomalies in the warm-up do not become the baseline.
     """
 
     events: EventSchema = field(default_factory=EventSchema)
@@ -260,11 +263,15 @@ class DetectorConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
-    regime_change_fraction: float = 0.05
+    regime_change_fraction: float = 0.25
+    relearn_after: int = 240
+    trim_fraction: float = 0.01
     max_contributions: int = 3
 
     def __post_init__(self) -> None:
         _require(0 < self.regime_change_fraction <= 1, "detector.regime_change_fraction must be in (0, 1]")
+        _require(self.relearn_after >= 1, "detector.relearn_after must be >= 1 window")
+        _require(0 <= self.trim_fraction < 0.5, "detector.trim_fraction must be in [0, 0.5)")
         _require(self.max_contributions >= 1, "detector.max_contributions must be >= 1")
 
 

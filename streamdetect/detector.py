@@ -1,0 +1,511 @@
+"""The detector core: raw sales events in, scored windows and alerts out, no I/O.
+
+One :class:`Detector` serves one stream (one Kafka partition, or one replayed file):
+
+1. decode and validate the events (:mod:`streamdetect.events`); bad ones are returned as
+   rejects with a reason, good ones go on;
+2. event-time windows per key with a watermark (:mod:`streamdetect.windows`); events behind the
+   watermark are rejected as ``late``;
+3. per round of closed windows, scale-free features against each key's baselines
+   (:mod:`streamdetect.features`), standardised (:mod:`streamdetect.scaling`);
+4. score-then-learn: the negative log-likelihood under the stepwise-EM mixture
+   (:mod:`streamdetect.model`) is compared with an adaptive threshold
+   (:mod:`streamdetect.threshold`); windows above it become alerts with an explanation;
+5. the model, the threshold and the drift monitor (:mod:`streamdetect.drift`) learn from the
+   scores and windows in fixed-size batches; flagged windows are not learned unless so many are
+   flagged that it is a regime change, or a key stays flagged for long (its new normal).
+
+Warm-up: until ``model.warmup`` windows from keys with trustworthy baselines have been seen, no
+window is scored; then the scaler and the mixture are fitted (the highest-scoring
+``trim_fraction`` of the warm-up windows left out). The threshold calibrates on the first
+``threshold.n_init`` out-of-sample scores; alerts start after that.
+
+Everything proceeds in event time and in window rounds, so the output does not depend on how the
+input is cut into batches, and the same input gives the same output byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamdetect.alerts import Alert, Contribution, format_time
+from streamdetect.config import DetectorConfig
+from streamdetect.drift import ScoreDriftMonitor
+from streamdetect.events import EventBatch, Rejected, RejectReason, decode_events, decode_records
+from streamdetect.features import FeatureExtractor, WindowFeatures
+from streamdetect.model import StepwiseGMM
+from streamdetect.scaling import RobustScaler
+from streamdetect.threshold import make_threshold, threshold_from_state
+from streamdetect.windows import ClosedRound, WindowAggregator
+
+__all__ = ["Detector", "DetectorOutput", "DetectorStats", "ScoredWindows"]
+
+STATE_VERSION = 1
+
+
+@dataclass
+class ScoredWindows:
+    """One row per scored window (columnar)."""
+
+    keys: list[dict[str, str]]
+    start_ms: np.ndarray
+    end_ms: np.ndarray
+    score: np.ndarray
+    threshold: np.ndarray
+    probability: np.ndarray
+    is_anomaly: np.ndarray
+    features: np.ndarray
+    feature_names: tuple[str, ...]
+    event_time_ms: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def empty(cls, feature_names: tuple[str, ...]) -> ScoredWindows:
+        i64, f64 = np.zeros(0, dtype=np.int64), np.zeros(0)
+        return cls([], i64, i64.copy(), f64, f64.copy(), f64.copy(), np.zeros(0, dtype=bool),
+                   np.zeros((0, len(feature_names))), feature_names, i64.copy())
+
+    @classmethod
+    def concat(cls, parts: Sequence[ScoredWindows], feature_names: tuple[str, ...]) -> ScoredWindows:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty(feature_names)
+        return cls(
+            keys=[k for p in parts for k in p.keys],
+            start_ms=np.concatenate([p.start_ms for p in parts]),
+            end_ms=np.concatenate([p.end_ms for p in parts]),
+            score=np.concatenate([p.score for p in parts]),
+            threshold=np.concatenate([p.threshold for p in parts]),
+            probability=np.concatenate([p.probability for p in parts]),
+            is_anomaly=np.concatenate([p.is_anomaly for p in parts]),
+            features=np.concatenate([p.features for p in parts]),
+            feature_names=feature_names,
+            event_time_ms=np.concatenate([p.event_time_ms for p in parts]),
+        )
+
+
+@dataclass
+class DetectorOutput:
+    alerts: list[Alert]
+    rejected: list[Rejected]
+    scored: ScoredWindows
+    n_valid: int
+    drift_detected: bool
+
+
+@dataclass
+class DetectorStats:
+    warmed_up: bool
+    threshold: float
+    drift_statistic: float
+    drift_events: int
+    mean_log_likelihood: float
+    component_weights: list[float]
+    model_updates: int
+    active_keys: int
+    open_windows: int
+    watermark_ms: int | None
+    late_events: int
+
+
+@dataclass
+class _RoundScores:
+    """What one round contributed to the output, before concatenation."""
+
+    key_ids: np.ndarray
+    start_ms: int
+    end_ms: int
+    score: np.ndarray
+    threshold: float
+    probability: np.ndarray
+    is_anomaly: np.ndarray
+    features: np.ndarray
+    event_time_ms: np.ndarray
+
+
+@dataclass
+class _Pending:
+    """Windows scored since the last learning step (learning runs in fixed-size batches)."""
+
+    X: list[np.ndarray] = field(default_factory=list)
+    weight: list[np.ndarray] = field(default_factory=list)
+    score: list[np.ndarray] = field(default_factory=list)
+    n: int = 0
+
+    def add(self, X: np.ndarray, weight: np.ndarray, score: np.ndarray) -> None:
+        self.X.append(X)
+        self.weight.append(weight)
+        self.score.append(score)
+        self.n += len(X)
+
+    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = np.concatenate(self.X), np.concatenate(self.weight), np.concatenate(self.score)
+        self.X, self.weight, self.score, self.n = [], [], [], 0
+        return out
+
+
+def _severity(tail: np.ndarray, risk: float) -> list[str]:
+    """Severity from the tail probability relative to the alert budget."""
+    return np.where(tail < risk / 100, "critical", np.where(tail < risk / 10, "major", "warning")).tolist()
+
+
+class Detector:
+    """The streaming detector for one input stream; see the module docstring.
+
+    Examples
+    --------
+    >>> import orjson
+    >>> det = Detector()
+    >>> out = det.process([b'{"ts": "2026-01-05T10:00:00Z", "store_id": "s1", "quantity": 2, "unit_price": 5}',
+    ...                    b'not json'])
+    >>> out.n_valid, [(r.index, str(r.reason)) for r in out.rejected]
+    (1, [(1, 'decode')])
+    >>> det.stats().warmed_up
+    False
+    """
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = cfg = config or DetectorConfig()
+        self.windows = WindowAggregator(cfg.windows)
+        self.features = FeatureExtractor(cfg.features, cfg.windows)
+        self.scaler = RobustScaler()
+        self.model = self._new_model()
+        self.threshold = make_threshold(cfg.threshold)
+        self.drift = ScoreDriftMonitor(cfg.drift)
+        self._warmup_rows: list[np.ndarray] = []
+        self._warmup_n = 0
+        self._pending = _Pending()
+        self._flag_streak = np.zeros(0, dtype=np.int64)
+        self.windows_scored = 0
+        self.regime_changes = 0
+
+    def _new_model(self) -> StepwiseGMM:
+        m = self.config.model
+        return StepwiseGMM(
+            n_components=m.n_components,
+            max_components=m.max_components,
+            step_exponent=m.step_exponent,
+            step_floor=m.step_floor,
+            reg_covar=m.reg_covar,
+            warmup=m.warmup,
+            n_init=m.n_init,
+            seed=m.seed,
+        )
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.features.names
+
+    @property
+    def warmed_up(self) -> bool:
+        return self.model.is_fitted
+
+    # ------------------------------------------------------------------ public API
+    def process(self, values: Sequence[bytes | None], now_ms: int | None = None) -> DetectorOutput:
+        """Process raw event values (e.g. Kafka message values) in arrival order."""
+        batch, rejected = decode_events(values, self.config.events)  # type: ignore[arg-type]
+        return self._run(batch, rejected, now_ms)
+
+    def process_records(self, records: Sequence[Mapping[str, Any]], now_ms: int | None = None) -> DetectorOutput:
+        """Process already parsed events (e.g. CSV rows) in arrival order."""
+        batch, rejected = decode_records(records, self.config.events)
+        return self._run(batch, rejected, now_ms)
+
+    def flush(self, now_ms: int | None = None) -> DetectorOutput:
+        """End of input: close and score every open window."""
+        return self._run(EventBatch.empty(), [], now_ms, flush=True)
+
+    def stats(self) -> DetectorStats:
+        fitted = self.model.is_fitted
+        return DetectorStats(
+            warmed_up=fitted,
+            threshold=float(self.threshold.threshold),
+            drift_statistic=float(self.drift.psi_),
+            drift_events=int(self.drift.drift_events_),
+            mean_log_likelihood=float(self.model.mean_log_likelihood_) if fitted else float("nan"),
+            component_weights=[float(w) for w in self.model.weights_] if fitted else [],
+            model_updates=int(self.model.n_updates_) if fitted else 0,
+            active_keys=self.windows.active_keys,
+            open_windows=self.windows.open_windows,
+            watermark_ms=self.windows.watermark_ms,
+            late_events=self.windows.late_events,
+        )
+
+    # ------------------------------------------------------------------ pipeline
+    def _run(
+        self, batch: EventBatch, rejected: list[Rejected], now_ms: int | None, flush: bool = False
+    ) -> DetectorOutput:
+        late = self.windows.add(
+            batch.ts_ms, batch.keys, amount=batch.amount, quantity=batch.quantity, sku_hash=batch.sku_hash
+        )
+        if len(late):
+            wm = self.windows.watermark_ms
+            for pos in late.tolist():
+                rejected.append(
+                    Rejected(
+                        int(batch.index[pos]),
+                        RejectReason.LATE,
+                        f"event time {format_time(int(batch.ts_ms[pos]))} is behind the watermark"
+                        f" {format_time(wm) if wm is not None else '-'} by more than the allowed lateness",
+                    )
+                )
+            rejected.sort(key=lambda r: r.index)
+
+        alerts: list[Alert] = []
+        rounds: list[_RoundScores] = []
+        drift = False
+        for rnd in self.windows.pop_closed(flush=flush):
+            drift |= self._process_round(rnd, now_ms, alerts, rounds)
+        if self.windows.evicted:
+            self.features.evict(self.windows.evicted)
+            self._flag_streak[np.asarray(self.windows.evicted, dtype=np.int64)] = 0
+            self.windows.evicted.clear()
+        return DetectorOutput(
+            alerts=alerts,
+            rejected=rejected,
+            scored=self._collect(rounds),
+            n_valid=len(batch) - len(late),
+            drift_detected=drift,
+        )
+
+    def _process_round(
+        self, rnd: ClosedRound, now_ms: int | None, alerts: list[Alert], rounds: list[_RoundScores]
+    ) -> bool:
+        feats = self.features.transform(rnd)
+        if not self.model.is_fitted:
+            self.features.update(rnd, feats, np.ones(len(rnd), dtype=bool))
+            rows = feats.values[feats.mature]
+            if len(rows):
+                self._warmup_rows.append(rows)
+                self._warmup_n += len(rows)
+                if self._warmup_n >= self.config.model.warmup:
+                    self._fit_warmup()
+            return False
+
+        mature = np.flatnonzero(feats.mature)
+        learn = np.ones(len(rnd), dtype=bool)
+        drift = False
+        if len(mature):
+            X = self.scaler.transform(feats.values[mature])
+            score = self.model.anomaly_score(X)
+            flags = self.threshold.classify(score)
+            threshold = float(self.threshold.threshold)
+            key_ids = rnd.key_id[mature]
+            self._grow_streak(key_ids)
+            streak = np.where(flags, self._flag_streak[key_ids] + 1, 0)
+            self._flag_streak[key_ids] = streak
+            learn_rows = ~flags | (streak > self.config.relearn_after)
+            learn[mature] = learn_rows
+            probability = self.threshold.probability(score)
+            if flags.any():
+                alerts.extend(self._alerts(rnd, feats, mature, X, score, threshold, probability, flags, now_ms))
+            rounds.append(
+                _RoundScores(
+                    key_ids=key_ids,
+                    start_ms=rnd.start_ms,
+                    end_ms=rnd.end_ms,
+                    score=score,
+                    threshold=threshold,
+                    probability=probability,
+                    is_anomaly=flags,
+                    features=feats.values[mature],
+                    event_time_ms=rnd.last_event_ms[mature],
+                )
+            )
+            self.windows_scored += len(mature)
+            self._pending.add(X, learn_rows.astype(np.float64), score)
+            if self._pending.n >= self.config.model.learn_batch:
+                drift = self._learn()
+        self.features.update(rnd, feats, learn)
+        return drift
+
+    def _grow_streak(self, key_ids: np.ndarray) -> None:
+        need = int(key_ids.max()) + 1
+        if need > len(self._flag_streak):
+            self._flag_streak = np.concatenate(
+                [self._flag_streak, np.zeros(max(need, 2 * len(self._flag_streak)) - len(self._flag_streak),
+                                             dtype=np.int64)]
+            )
+
+    def _fit_warmup(self) -> None:
+        X = np.concatenate(self._warmup_rows)
+        self._warmup_rows, self._warmup_n = [], 0
+        self.scaler.fit(X)
+        Xs = self.scaler.transform(X)
+        model = self._new_model()
+        model.fit(Xs)
+        trim = self.config.trim_fraction
+        if trim > 0:
+            # Anomalies in the warm-up would otherwise become part of the baseline.
+            scores = model.anomaly_score(Xs)
+            keep = scores <= np.quantile(scores, 1.0 - trim)
+            model = self._new_model()
+            model.fit(Xs[keep])
+        self.model = model
+
+    def _learn(self) -> bool:
+        X, weight, score = self._pending.take()
+        if (weight == 0).mean() > self.config.regime_change_fraction:
+            # So many flagged windows at once is a new regime, not a burst of anomalies.
+            weight = np.ones_like(weight)
+            self.regime_changes += 1
+        if weight.sum() > 0:
+            self.model.partial_fit(X, sample_weight=weight)
+        self.threshold.learn(score)
+        drift = bool(self.drift.update(score))
+        if drift:
+            self.model.boost(self.config.drift.boost, self.config.drift.boost_half_life)
+        return drift
+
+    def _alerts(
+        self,
+        rnd: ClosedRound,
+        feats: WindowFeatures,
+        mature: np.ndarray,
+        X: np.ndarray,
+        score: np.ndarray,
+        threshold: float,
+        probability: np.ndarray,
+        flags: np.ndarray,
+        now_ms: int | None,
+    ) -> list[Alert]:
+        cfg = self.config
+        rows = np.flatnonzero(flags)
+        expl = self.model.explain(X[rows])
+        tail = 1.0 - probability[rows]
+        severities = _severity(tail, cfg.threshold.risk)
+        detected = now_ms if now_ms is not None else int(self.windows.watermark_ms or rnd.end_ms)
+        names = self.features.names
+        version = self._model_version()
+        out = []
+        for j, row in enumerate(rows.tolist()):
+            pos = int(mature[row])
+            kid = int(rnd.key_id[pos])
+            key = self._key_dict(kid)
+            order = np.argsort(-np.abs(expl.z[j]), kind="stable")[: cfg.max_contributions]
+            contributions = []
+            for f in order.tolist():
+                quantity = self.features.explained_quantity(names[f])
+                observed = feats.observed.get(quantity)
+                expected = feats.expected.get(quantity)
+                contributions.append(
+                    Contribution(
+                        feature=quantity,
+                        observed=float(observed[pos]) if observed is not None else float(feats.values[pos, f]),
+                        expected=float(expected[pos]) if expected is not None else float(
+                            expl.expected[j, f] * self.scaler.scale_[f] + self.scaler.center_[f]  # type: ignore[index]
+                        ),
+                        z=float(expl.z[j, f]),
+                    )
+                )
+            window_features = {name: float(feats.values[pos, f]) for f, name in enumerate(names)}
+            for quantity in ("count", "revenue", "mean_ticket", "max_ticket", "units_per_sale", "distinct_skus"):
+                window_features[quantity] = float(feats.observed[quantity][pos])
+            window_features["expected_count"] = float(feats.expected_count[pos])
+            window_features["expected_revenue"] = float(feats.expected_revenue[pos])
+            out.append(
+                Alert.build(
+                    key=key,
+                    window_start_ms=rnd.start_ms,
+                    window_end_ms=rnd.end_ms,
+                    score=float(score[row]),
+                    threshold=threshold,
+                    probability=float(probability[row]),
+                    severity=severities[j],
+                    features=window_features,
+                    contributions=contributions,
+                    model_version=version,
+                    detected_at_ms=detected,
+                )
+            )
+        return out
+
+    def _model_version(self) -> str:
+        m = self.model
+        return f"gmm-k{len(m.weights_)}-d{m.n_features_in_}-u{m.n_updates_}"
+
+    def _key_dict(self, key_id: int) -> dict[str, str]:
+        key = self.windows.keys.keys[key_id]
+        return dict(zip(self.config.events.key_fields, key or (), strict=False))
+
+    def _collect(self, rounds: list[_RoundScores]) -> ScoredWindows:
+        if not rounds:
+            return ScoredWindows.empty(self.features.names)
+        lengths = [len(r.key_ids) for r in rounds]
+        key_ids = np.concatenate([r.key_ids for r in rounds])
+        cache: dict[int, dict[str, str]] = {}
+        keys = []
+        for kid in key_ids.tolist():
+            d = cache.get(kid)
+            if d is None:
+                d = cache[kid] = self._key_dict(kid)
+            keys.append(d)
+        return ScoredWindows(
+            keys=keys,
+            start_ms=np.repeat([r.start_ms for r in rounds], lengths).astype(np.int64),
+            end_ms=np.repeat([r.end_ms for r in rounds], lengths).astype(np.int64),
+            score=np.concatenate([r.score for r in rounds]),
+            threshold=np.repeat([r.threshold for r in rounds], lengths).astype(np.float64),
+            probability=np.concatenate([r.probability for r in rounds]),
+            is_anomaly=np.concatenate([r.is_anomaly for r in rounds]),
+            features=np.concatenate([r.features for r in rounds]),
+            feature_names=self.features.names,
+            event_time_ms=np.concatenate([r.event_time_ms for r in rounds]),
+        )
+
+    # ------------------------------------------------------------------ state
+    def to_state(self) -> dict[str, Any]:
+        """A plain, versioned, orjson-serialisable snapshot of everything the detector has learned."""
+        pending = self._pending
+        return {
+            "version": STATE_VERSION,
+            "windows": self.windows.to_state(),
+            "features": self.features.to_state(),
+            "scaler": self.scaler.to_state(),
+            "model": self.model.to_state(),
+            "threshold": self.threshold.to_state(),
+            "drift": self.drift.to_state(),
+            "warmup_rows": np.concatenate(self._warmup_rows).tolist() if self._warmup_rows else [],
+            "pending": {
+                "X": np.concatenate(pending.X).tolist() if pending.X else [],
+                "weight": np.concatenate(pending.weight).tolist() if pending.weight else [],
+                "score": np.concatenate(pending.score).tolist() if pending.score else [],
+            },
+            "flag_streak": self._flag_streak.tolist(),
+            "windows_scored": self.windows_scored,
+            "regime_changes": self.regime_changes,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], config: DetectorConfig | None = None) -> Detector:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported detector state version {state.get('version')!r}")
+        det = cls(config)
+        cfg = det.config
+        det.windows = WindowAggregator.from_state(state["windows"], cfg.windows)
+        det.features = FeatureExtractor.from_state(state["features"], cfg.features, cfg.windows)
+        det.scaler = RobustScaler.from_state(state["scaler"])
+        det.model = StepwiseGMM.from_state(state["model"])
+        det.threshold = threshold_from_state(state["threshold"])
+        det.drift = ScoreDriftMonitor.from_state(state["drift"], cfg.drift)
+        d = len(det.features.names)
+        rows = np.array(state["warmup_rows"], dtype=np.float64).reshape(-1, d)
+        det._warmup_rows = [rows] if len(rows) else []
+        det._warmup_n = len(rows)
+        p = state["pending"]
+        if p["X"]:
+            det._pending.add(
+                np.array(p["X"], dtype=np.float64).reshape(-1, d),
+                np.array(p["weight"], dtype=np.float64),
+                np.array(p["score"], dtype=np.float64),
+            )
+        det._flag_streak = np.array(state["flag_streak"], dtype=np.int64)
+        det.windows_scored = int(state["windows_scored"])
+        det.regime_changes = int(state["regime_changes"])
+        return det

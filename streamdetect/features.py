@@ -1,0 +1,422 @@
+"""Window features per key: scale-free deviations from the key's own baselines.
+
+One model serves keys of very different size, so every model feature compares a window with what
+*that key* usually does, in units where the noise is comparable across keys:
+
+* ``count_z`` -- the Anscombe-transformed difference between the window's event count and its
+  expected count, ``2 (sqrt(c + 3/8) - sqrt(lambda + 3/8))``; about N(0, 1) for a Poisson count
+  whatever its rate. The expectation is the key's seasonal baseline (hour of week, falling back to
+  hour of day until a week has been seen) times its recent level relative to that baseline.
+* ``revenue_ratio`` -- log ratio of revenue to its expectation, smoothed by one typical ticket.
+* ``mean_ticket_z`` / ``max_ticket_z`` -- the window's mean and max log ticket against the key's
+  ticket distribution (a t-like statistic; the max is corrected by the expected maximum of ``c``
+  normal draws), which catches price glitches and floods of tiny tickets.
+* ``units_per_event_ratio``, ``distinct_skus_ratio`` -- basket size and assortment breadth against
+  the key's recent values.
+* ``count_context_z``, ``revenue_context_ratio`` -- the same over the last ``context_windows``
+  windows, which makes sustained small deviations (a store selling nothing at a quiet hour, a
+  level shift) visible.
+
+Raw aggregates (``count``, ``revenue``, ``log_count``, ...), ratios to the recent baseline
+(``count_ratio_recent``, ``revenue_ratio_recent``), ratios to the seasonal one
+(``count_ratio_seasonal``) and cyclic encodings (``hour_sin``, ``hour_cos``, ``dow_sin``,
+``dow_cos``) are available for :attr:`FeatureConfig.features` too. The defaults leave the raw and
+cyclic ones out: raw values are not comparable across keys, and the seasonal baselines already
+take out the time of day and week, so cyclic inputs would only make the mixture model the joint
+of time and value.
+
+Everything is computed vectorised over a :class:`~streamdetect.windows.ClosedRound` (all keys'
+windows that close together); baselines are updated afterwards, and only from windows the caller
+says to learn from (anomalies do not become the new normal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy.special import ndtri
+
+from streamdetect.config import FeatureConfig, WindowConfig
+from streamdetect.windows import ClosedRound
+
+__all__ = ["AVAILABLE_FEATURES", "FeatureExtractor", "WindowFeatures"]
+
+AVAILABLE_FEATURES: tuple[str, ...] = (
+    "count_z",
+    "revenue_ratio",
+    "mean_ticket_z",
+    "max_ticket_z",
+    "units_per_event_ratio",
+    "distinct_skus_ratio",
+    "count_context_z",
+    "revenue_context_ratio",
+    "count_ratio_recent",
+    "count_ratio_seasonal",
+    "revenue_ratio_recent",
+    "count",
+    "revenue",
+    "log_count",
+    "log_revenue",
+    "mean_ticket",
+    "max_ticket",
+    "units",
+    "distinct_skus",
+    "hour_sin",
+    "hour_cos",
+    "dow_sin",
+    "dow_cos",
+)
+
+# What an alert reports for each feature: the human-facing quantity with its observed and
+# expected values (the model's z says how far apart they are).
+_EXPLAINED_AS: dict[str, str] = {
+    "count_z": "count",
+    "count_ratio_recent": "count",
+    "count_ratio_seasonal": "count",
+    "count": "count",
+    "log_count": "count",
+    "revenue_ratio": "revenue",
+    "revenue_ratio_recent": "revenue",
+    "revenue": "revenue",
+    "log_revenue": "revenue",
+    "mean_ticket_z": "mean_ticket",
+    "mean_ticket": "mean_ticket",
+    "max_ticket_z": "max_ticket",
+    "max_ticket": "max_ticket",
+    "units_per_event_ratio": "units_per_sale",
+    "units": "units_per_sale",
+    "distinct_skus_ratio": "distinct_skus",
+    "distinct_skus": "distinct_skus",
+    "count_context_z": "count_recent_windows",
+    "revenue_context_ratio": "revenue_recent_windows",
+}
+
+_HOURS_PER_WEEK = 168
+_MIN_BUCKET = 20  # windows seen in a seasonal bucket before it is trusted
+_EPOCH_WEEKDAY_HOURS = 3 * 24  # 1970-01-01 was a Thursday; shift so that bucket 0 is Monday 00:00 UTC
+_TICKET_HALF_LIFE_S = 86_400.0
+_SIGMA_FLOOR = 0.05
+
+
+@dataclass(slots=True)
+class WindowFeatures:
+    """Features of one round: ``values`` feed the model; the rest explains and updates."""
+
+    values: np.ndarray  # (n, d) in config.features order
+    mature: np.ndarray  # bool: the key's baselines are trustworthy for this window
+    observed: dict[str, np.ndarray]  # human-facing quantities (see _EXPLAINED_AS)
+    expected: dict[str, np.ndarray]
+    expected_count: np.ndarray
+    expected_revenue: np.ndarray
+    seasonal_count: np.ndarray
+    seasonal_revenue: np.ndarray
+    how: np.ndarray
+    hod: np.ndarray
+
+
+def _anscombe_z(count: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    return 2.0 * (np.sqrt(count + 0.375) - np.sqrt(np.maximum(expected, 0.0) + 0.375))
+
+
+class FeatureExtractor:
+    """Per-key baselines in flat arrays indexed by key id; see the module docstring.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from streamdetect.windows import ClosedRound
+    >>> fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    >>> def rnd(start, count):
+    ...     c = np.array([count], dtype=float)
+    ...     return ClosedRound(start, start + 60_000, np.array([0]), c, 10 * c, np.where(c > 0, 10.0, 0),
+    ...                        c, c, c * np.log1p(10.0), c * np.log1p(10.0) ** 2, np.array([start]))
+    >>> for m in range(30):
+    ...     r = rnd(m * 60_000, 5.0); f = fx.transform(r); fx.update(r, f, np.array([True]))
+    >>> f = fx.transform(rnd(30 * 60_000, 0.0))
+    >>> bool(f.mature[0]), round(float(f.values[0, 0]), 2)
+    (True, -3.41)
+    """
+
+    def __init__(self, config: FeatureConfig | None = None, windows: WindowConfig | None = None) -> None:
+        self.config = config or FeatureConfig()
+        self.windows = windows or WindowConfig()
+        unknown = [f for f in self.config.features if f not in AVAILABLE_FEATURES]
+        if unknown:
+            from streamdetect.config import ConfigError
+
+            raise ConfigError(
+                f"features.features: unknown feature {unknown[0]!r}; available: {', '.join(AVAILABLE_FEATURES)}"
+            )
+        self.names: tuple[str, ...] = self.config.features
+        hop_s = self.windows.hop_ms / 1000.0
+        windows_per_hour = max(3600.0 / hop_s, 1.0)
+        # Per-window EWMA rates: the newest week (hour-of-week) or day (hour-of-day) of a bucket
+        # weighs `seasonal_rate`; the level and recent baselines have `baseline_half_life`.
+        self._season_rate = 1.0 - (1.0 - self.config.seasonal_rate) ** (1.0 / windows_per_hour)
+        self._level_rate = 1.0 - 2.0 ** (-hop_s / self.config.baseline_half_life)
+        self._ticket_decay = 2.0 ** (-hop_s / _TICKET_HALF_LIFE_S)
+        self._k = self.config.context_windows
+        self._arrays: dict[str, np.ndarray] = {}
+        self._allocate(0)
+
+    # ------------------------------------------------------------------ storage
+    _SHAPES: ClassVar[dict[str, tuple[int, ...]]] = {
+        "how_count": (_HOURS_PER_WEEK,),
+        "how_rev": (_HOURS_PER_WEEK,),
+        "how_n": (_HOURS_PER_WEEK,),
+        "hod_count": (24,),
+        "hod_rev": (24,),
+        "hod_n": (24,),
+        "level": (),
+        "level_rev": (),
+        "recent_count": (),
+        "recent_rev": (),
+        "recent_n": (),
+        "tk_w": (),
+        "tk_s1": (),
+        "tk_s2": (),
+        "upe": (),
+        "upe_n": (),
+        "dsr": (),
+        "dsr_n": (),
+        "ctx_count": (-1,),
+        "ctx_exp_count": (-1,),
+        "ctx_rev": (-1,),
+        "ctx_exp_rev": (-1,),
+        "ctx_pos": (),
+        "last_start": (),
+    }
+
+    def _allocate(self, capacity: int) -> None:
+        old = self._arrays
+        new: dict[str, np.ndarray] = {}
+        for name, shape in self._SHAPES.items():
+            full = (capacity, *(self._k if s == -1 else s for s in shape))
+            dtype = np.int64 if name in ("ctx_pos", "last_start") else np.float64
+            arr = np.zeros(full, dtype=dtype)
+            if name == "last_start":
+                arr[:] = np.iinfo(np.int64).min // 2
+            if name in old:
+                arr[: len(old[name])] = old[name]
+            new[name] = arr
+        self._arrays = new
+
+    def _ensure(self, key_ids: np.ndarray) -> None:
+        if len(key_ids) and int(key_ids.max()) >= len(self._arrays["level"]):
+            self._allocate(max(int(key_ids.max()) + 1, 2 * len(self._arrays["level"]), 16))
+
+    def evict(self, key_ids: list[int] | np.ndarray) -> None:
+        """Forget evicted keys so that a reused id starts from scratch."""
+        ids = np.asarray(key_ids, dtype=np.int64)
+        ids = ids[ids < len(self._arrays["level"])]
+        for name, arr in self._arrays.items():
+            arr[ids] = np.iinfo(np.int64).min // 2 if name == "last_start" else 0
+
+    # ------------------------------------------------------------------ features
+    def transform(self, rnd: ClosedRound) -> WindowFeatures:
+        """Features of a round of windows under the baselines as they are (nothing is updated)."""
+        self._ensure(rnd.key_id)
+        a, k = self._arrays, rnd.key_id
+        hour = rnd.start_ms // 3_600_000
+        how = int((hour + _EPOCH_WEEKDAY_HOURS) % _HOURS_PER_WEEK)
+        hod = int(hour % 24)
+        c, r = rnd.count, rnd.revenue
+
+        how_ok = a["how_n"][k, how] >= _MIN_BUCKET
+        hod_ok = a["hod_n"][k, hod] >= _MIN_BUCKET
+        recent_ok = a["recent_n"][k] > 0
+        seasonal_count = np.where(how_ok, a["how_count"][k, how], np.where(hod_ok, a["hod_count"][k, hod], 0.0))
+        seasonal_rev = np.where(how_ok, a["how_rev"][k, how], np.where(hod_ok, a["hod_rev"][k, hod], 0.0))
+        mature = how_ok | hod_ok
+        seasonal_count = np.where(mature, seasonal_count, a["recent_count"][k])
+        seasonal_rev = np.where(mature, seasonal_rev, a["recent_rev"][k])
+        expected_count = seasonal_count * np.exp(a["level"][k])
+        expected_rev = seasonal_rev * np.exp(a["level_rev"][k])
+
+        # The key's ticket distribution (log1p of amounts), exponentially weighted over a day.
+        w = a["tk_w"][k]
+        has_tickets = w > 1.0
+        mu = np.where(has_tickets, a["tk_s1"][k] / np.maximum(w, 1e-12), 0.0)
+        var = np.where(has_tickets, a["tk_s2"][k] / np.maximum(w, 1e-12) - mu * mu, 1.0)
+        sigma = np.sqrt(np.maximum(var, _SIGMA_FLOOR**2))
+        typical_ticket = np.expm1(mu) + 1.0
+        sold = c > 0
+        c_safe = np.maximum(c, 1.0)
+        mean_log_ticket = rnd.log_ticket_sum / c_safe
+        expected_max_z = np.where(c > 1, ndtri((c_safe - 0.375) / (c_safe + 0.25)), 0.0)
+
+        # Short-horizon context: this window plus the previous ones, reset after a gap.
+        contiguous = a["last_start"][k] == rnd.start_ms - self.windows.hop_ms
+        ctx_c = np.where(contiguous, a["ctx_count"][k].sum(axis=1), 0.0) + c
+        ctx_e = np.where(contiguous, a["ctx_exp_count"][k].sum(axis=1), 0.0) + expected_count
+        ctx_r = np.where(contiguous, a["ctx_rev"][k].sum(axis=1), 0.0) + r
+        ctx_er = np.where(contiguous, a["ctx_exp_rev"][k].sum(axis=1), 0.0) + expected_rev
+
+        mean_ticket = np.where(sold, r / c_safe, 0.0)
+        units_per_event = np.where(sold, rnd.units / c_safe, 0.0)
+        log_upe = np.log(np.maximum(units_per_event, 1e-9))
+        log_dsr = np.log((rnd.distinct_skus + 1.0) / (c + 1.0))
+        upe_base = np.where(a["upe_n"][k] > 0, a["upe"][k], log_upe)
+        dsr_base = np.where(a["dsr_n"][k] > 0, a["dsr"][k], log_dsr)
+        angle_h = 2 * np.pi * ((rnd.start_ms / 3_600_000.0) % 24) / 24
+        angle_w = 2 * np.pi * (((rnd.start_ms / 86_400_000.0) + 3) % 7) / 7
+        n = len(k)
+
+        computed: dict[str, Any] = {
+            "count_z": lambda: _anscombe_z(c, expected_count),
+            "revenue_ratio": lambda: np.log((r + typical_ticket) / (expected_rev + typical_ticket)),
+            "mean_ticket_z": lambda: np.where(sold, (mean_log_ticket - mu) * np.sqrt(c_safe) / sigma, 0.0),
+            "max_ticket_z": lambda: np.where(
+                sold, (np.log1p(rnd.max_ticket) - mu) / sigma - expected_max_z, 0.0
+            ),
+            "units_per_event_ratio": lambda: np.where(sold, log_upe - upe_base, 0.0),
+            "distinct_skus_ratio": lambda: np.where(sold, log_dsr - dsr_base, 0.0),
+            "count_context_z": lambda: _anscombe_z(ctx_c, ctx_e),
+            "revenue_context_ratio": lambda: np.log((ctx_r + typical_ticket) / (ctx_er + typical_ticket)),
+            "count_ratio_recent": lambda: np.log((c + 1.0) / (np.where(recent_ok, a["recent_count"][k], c) + 1.0)),
+            "count_ratio_seasonal": lambda: np.log((c + 1.0) / (expected_count + 1.0)),
+            "revenue_ratio_recent": lambda: np.log(
+                (r + typical_ticket) / (np.where(recent_ok, a["recent_rev"][k], r) + typical_ticket)
+            ),
+            "count": lambda: c,
+            "revenue": lambda: r,
+            "log_count": lambda: np.log1p(c),
+            "log_revenue": lambda: np.log1p(np.maximum(r, 0.0)),
+            "mean_ticket": lambda: mean_ticket,
+            "max_ticket": lambda: rnd.max_ticket,
+            "units": lambda: rnd.units,
+            "distinct_skus": lambda: rnd.distinct_skus,
+            "hour_sin": lambda: np.full(n, np.sin(angle_h)),
+            "hour_cos": lambda: np.full(n, np.cos(angle_h)),
+            "dow_sin": lambda: np.full(n, np.sin(angle_w)),
+            "dow_cos": lambda: np.full(n, np.cos(angle_w)),
+        }
+        values = np.empty((n, len(self.names)))
+        for j, name in enumerate(self.names):
+            values[:, j] = computed[name]()
+        np.nan_to_num(values, copy=False, nan=0.0, posinf=1e6, neginf=-1e6)
+
+        observed = {
+            "count": c,
+            "revenue": r,
+            "mean_ticket": mean_ticket,
+            "max_ticket": rnd.max_ticket,
+            "units_per_sale": units_per_event,
+            "distinct_skus": rnd.distinct_skus,
+            "count_recent_windows": ctx_c,
+            "revenue_recent_windows": ctx_r,
+        }
+        expected = {
+            "count": expected_count,
+            "revenue": expected_rev,
+            "mean_ticket": np.where(has_tickets, np.expm1(mu), mean_ticket),
+            "max_ticket": np.where(has_tickets, np.expm1(mu + sigma * expected_max_z), rnd.max_ticket),
+            "units_per_sale": np.exp(upe_base),
+            "distinct_skus": np.exp(dsr_base) * (c + 1.0) - 1.0,
+            "count_recent_windows": ctx_e,
+            "revenue_recent_windows": ctx_er,
+        }
+        return WindowFeatures(
+            values=values,
+            mature=mature,
+            observed=observed,
+            expected=expected,
+            expected_count=expected_count,
+            expected_revenue=expected_rev,
+            seasonal_count=seasonal_count,
+            seasonal_revenue=seasonal_rev,
+            how=np.full(n, how),
+            hod=np.full(n, hod),
+        )
+
+    def explained_quantity(self, feature: str) -> str:
+        """The human-facing quantity an alert reports for a model feature."""
+        return _EXPLAINED_AS.get(feature, feature)
+
+    # ------------------------------------------------------------------ learning
+    def update(self, rnd: ClosedRound, feats: WindowFeatures, learn: np.ndarray) -> None:
+        """Fold a round into the baselines; only rows with ``learn`` move them.
+
+        The short-horizon context records every window (it is what happened, anomalous or not).
+        """
+        a, k_all = self._arrays, rnd.key_id
+        # Context ring: every row.
+        contiguous = a["last_start"][k_all] == rnd.start_ms - self.windows.hop_ms
+        reset = k_all[~contiguous]
+        for name in ("ctx_count", "ctx_exp_count", "ctx_rev", "ctx_exp_rev"):
+            a[name][reset] = 0.0
+        # Store the k-1 most recent windows: together with the current one that makes k.
+        pos = a["ctx_pos"][k_all] % (self._k - 1)
+        a["ctx_count"][k_all, pos] = rnd.count
+        a["ctx_exp_count"][k_all, pos] = feats.expected_count
+        a["ctx_rev"][k_all, pos] = rnd.revenue
+        a["ctx_exp_rev"][k_all, pos] = feats.expected_revenue
+        a["ctx_pos"][k_all] += 1
+        a["last_start"][k_all] = rnd.start_ms
+
+        sel = np.flatnonzero(learn)
+        if len(sel) == 0:
+            return
+        k = k_all[sel]
+        c, r = rnd.count[sel], rnd.revenue[sel]
+        how, hod = int(feats.how[0]), int(feats.hod[0])
+
+        for prefix, bucket in (("how", how), ("hod", hod)):
+            n = a[f"{prefix}_n"][k, bucket] + 1.0
+            rate = np.maximum(1.0 / n, self._season_rate)
+            a[f"{prefix}_n"][k, bucket] = n
+            a[f"{prefix}_count"][k, bucket] += rate * (c - a[f"{prefix}_count"][k, bucket])
+            a[f"{prefix}_rev"][k, bucket] += rate * (r - a[f"{prefix}_rev"][k, bucket])
+
+        # The key's level relative to its seasonal pattern (log ratio, bounded).
+        mature = feats.mature[sel]
+        lvl = np.log((c + 0.5) / (feats.seasonal_count[sel] + 0.5))
+        lvl_rev = np.log((r + 1.0) / (feats.seasonal_revenue[sel] + 1.0))
+        for name, target in (("level", lvl), ("level_rev", lvl_rev)):
+            moved = a[name][k] + self._level_rate * (target - a[name][k])
+            a[name][k] = np.where(mature, np.clip(moved, -2.0, 2.0), 0.0)
+
+        rn = a["recent_n"][k] + 1.0
+        rate = np.maximum(1.0 / rn, self._level_rate)
+        a["recent_n"][k] = rn
+        a["recent_count"][k] += rate * (c - a["recent_count"][k])
+        a["recent_rev"][k] += rate * (r - a["recent_rev"][k])
+
+        d = self._ticket_decay
+        a["tk_w"][k] = a["tk_w"][k] * d + c
+        a["tk_s1"][k] = a["tk_s1"][k] * d + rnd.log_ticket_sum[sel]
+        a["tk_s2"][k] = a["tk_s2"][k] * d + rnd.log_ticket_sq_sum[sel]
+
+        sold = c > 0
+        ks = k[sold]
+        if len(ks):
+            cs = c[sold]
+            for name, target in (
+                ("upe", np.log(np.maximum(rnd.units[sel][sold] / cs, 1e-9))),
+                ("dsr", np.log((rnd.distinct_skus[sel][sold] + 1.0) / (cs + 1.0))),
+            ):
+                nn = a[f"{name}_n"][ks] + 1.0
+                rate_s = np.maximum(1.0 / nn, self._level_rate)
+                a[f"{name}_n"][ks] = nn
+                a[name][ks] += rate_s * (target - a[name][ks])
+
+    # ------------------------------------------------------------------ state
+    def to_state(self) -> dict[str, Any]:
+        return {"version": 1, "arrays": {name: arr.tolist() for name, arr in self._arrays.items()}}
+
+    @classmethod
+    def from_state(
+        cls, state: dict[str, Any], config: FeatureConfig | None = None, windows: WindowConfig | None = None
+    ) -> FeatureExtractor:
+        if state.get("version") != 1:
+            raise ValueError(f"unsupported feature state version {state.get('version')!r}")
+        fx = cls(config, windows)
+        for name, values in state["arrays"].items():
+            dtype = np.int64 if name in ("ctx_pos", "last_start") else np.float64
+            arr = np.array(values, dtype=dtype)
+            if arr.size == 0:
+                arr = arr.reshape(fx._arrays[name].shape)
+            fx._arrays[name] = arr
+        return fx

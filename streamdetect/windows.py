@@ -1,0 +1,470 @@
+"""Event-time windows per key, with a watermark, lateness and idle keys.
+
+:class:`WindowAggregator` accumulates valid events into tumbling (or hopping) windows per key and
+closes them when the watermark -- the largest event time seen minus the allowed lateness -- passes
+their end. Windows close in *rounds*: one round is every key's window that starts at the same
+instant. Rounds come out in event-time order, whatever the size of the input batches, so everything
+downstream (features, model, threshold) sees the same sequence in a replay and in the Kafka
+service.
+
+A key that has been active and then goes silent keeps producing windows with zero sales until
+``idle_timeout`` has passed since its last sale: a store that stops selling is what users most
+want to see. Keys without events for ``key_ttl`` are evicted, which bounds the state by the number
+of recently active keys.
+
+Aggregates per window: event count, revenue, max ticket, units, approximate distinct SKUs (linear
+counting on a 64-bit bitmap), and the sum and sum of squares of log ticket amounts (so features
+can compare the window's ticket sizes with the key's usual distribution).
+
+Examples
+--------
+>>> import numpy as np
+>>> from streamdetect.config import WindowConfig
+>>> agg = WindowAggregator(WindowConfig(size=60, allowed_lateness=0, idle_timeout=180))
+>>> ts = np.array([0, 30_000, 70_000, 250_000], dtype=np.int64)
+>>> late = agg.add(ts, [("a",), ("a",), ("a",), ("b",)], amount=np.array([10.0, 5.0, 8.0, 1.0]),
+...                quantity=np.ones(4), sku_hash=np.arange(4, dtype=np.uint64))
+>>> late.tolist()
+[]
+>>> [(int(r.start_ms), r.count.tolist()) for r in agg.pop_closed()]
+[(0, [2.0]), (60000, [1.0]), (120000, [0.0]), (180000, [0.0])]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamdetect.config import WindowConfig
+
+__all__ = ["ClosedRound", "KeyIndex", "WindowAggregator", "estimate_distinct"]
+
+_BITS = 64
+
+
+def estimate_distinct(bits: np.ndarray) -> np.ndarray:
+    """Linear-counting estimate of distinct SKUs from 64-bit bitmaps.
+
+    >>> estimate_distinct(np.array([0, 1, 3], dtype=np.uint64)).round(2).tolist()
+    [0.0, 1.01, 2.03]
+    """
+    ones = np.bitwise_count(bits.astype(np.uint64)).astype(np.float64)
+    zeros = np.maximum(_BITS - ones, 0.5)  # a saturated bitmap means "about 270 or more"
+    return _BITS * np.log(_BITS / zeros)
+
+
+class KeyIndex:
+    """Dense integer ids for key tuples, reusing the ids of evicted keys.
+
+    >>> idx = KeyIndex()
+    >>> idx.ids([("a",), ("b",), ("a",)]).tolist()
+    [0, 1, 0]
+    >>> idx.evict([0]); idx.ids([("c",)]).tolist()
+    [0]
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, ...], int] = {}
+        self.keys: list[tuple[str, ...] | None] = []
+        self._free: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def capacity(self) -> int:
+        return len(self.keys)
+
+    def ids(self, keys: Sequence[tuple[str, ...]]) -> np.ndarray:
+        lookup = self._ids
+        out = np.empty(len(keys), dtype=np.int64)
+        for i, key in enumerate(keys):
+            kid = lookup.get(key)
+            if kid is None:
+                kid = self._assign(key)
+            out[i] = kid
+        return out
+
+    def _assign(self, key: tuple[str, ...]) -> int:
+        if self._free:
+            kid = self._free.pop()
+            self.keys[kid] = key
+        else:
+            kid = len(self.keys)
+            self.keys.append(key)
+        self._ids[key] = kid
+        return kid
+
+    def evict(self, ids: Sequence[int] | np.ndarray) -> None:
+        for kid in ids:
+            key = self.keys[int(kid)]
+            if key is not None:
+                del self._ids[key]
+                self.keys[int(kid)] = None
+                self._free.append(int(kid))
+
+    def to_state(self) -> dict[str, Any]:
+        return {"keys": [list(k) if k is not None else None for k in self.keys], "free": list(self._free)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> KeyIndex:
+        idx = cls()
+        idx.keys = [tuple(k) if k is not None else None for k in state["keys"]]
+        idx._ids = {k: i for i, k in enumerate(idx.keys) if k is not None}
+        idx._free = [int(i) for i in state["free"]]
+        return idx
+
+
+@dataclass(slots=True)
+class ClosedRound:
+    """Every key's window starting at ``start_ms`` (columnar, one row per key)."""
+
+    start_ms: int
+    end_ms: int
+    key_id: np.ndarray  # int64, sorted
+    count: np.ndarray
+    revenue: np.ndarray
+    max_ticket: np.ndarray
+    units: np.ndarray
+    distinct_skus: np.ndarray
+    log_ticket_sum: np.ndarray
+    log_ticket_sq_sum: np.ndarray
+    last_event_ms: np.ndarray  # int64; the window start for zero-sales windows
+
+    def __len__(self) -> int:
+        return len(self.key_id)
+
+
+_FIELDS = ("count", "revenue", "max_ticket", "units", "log_ticket_sum", "log_ticket_sq_sum")
+
+
+class _OpenWindows:
+    """Accumulators of the open windows in flat arrays indexed by slot (vectorised updates)."""
+
+    def __init__(self) -> None:
+        self.slot_of: dict[tuple[int, int], int] = {}
+        self.by_start: dict[int, list[int]] = {}
+        self.key_of_slot = np.zeros(0, dtype=np.int64)
+        self.values = np.zeros((len(_FIELDS), 0))
+        self.bits = np.zeros(0, dtype=np.uint64)
+        self.last_ms = np.zeros(0, dtype=np.int64)
+        self.free: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.slot_of)
+
+    def _grow(self, needed: int) -> None:
+        cap = len(self.bits)
+        if len(self.free) >= needed:
+            return
+        new_cap = max(64, 2 * cap, cap + needed)
+        self.values = np.concatenate([self.values, np.zeros((len(_FIELDS), new_cap - cap))], axis=1)
+        self.bits = np.concatenate([self.bits, np.zeros(new_cap - cap, dtype=np.uint64)])
+        self.last_ms = np.concatenate([self.last_ms, np.zeros(new_cap - cap, dtype=np.int64)])
+        self.key_of_slot = np.concatenate([self.key_of_slot, np.zeros(new_cap - cap, dtype=np.int64)])
+        self.free.extend(range(new_cap - 1, cap - 1, -1))
+
+    def slots(self, key_ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Slot of each (key, start) pair, opening windows that do not exist yet."""
+        self._grow(len(key_ids))
+        out = np.empty(len(key_ids), dtype=np.int64)
+        slot_of, free = self.slot_of, self.free
+        for i, pair in enumerate(zip(key_ids.tolist(), starts.tolist(), strict=True)):
+            slot = slot_of.get(pair)
+            if slot is None:
+                slot = free.pop()
+                slot_of[pair] = slot
+                self.by_start.setdefault(pair[1], []).append(slot)
+                self.key_of_slot[slot] = pair[0]
+                self.values[:, slot] = 0.0
+                self.values[2, slot] = -np.inf  # max ticket
+                self.bits[slot] = 0
+                self.last_ms[slot] = np.iinfo(np.int64).min
+            out[i] = slot
+        return out
+
+    def pop_start(self, start: int) -> np.ndarray:
+        slots = np.array(self.by_start.pop(start, []), dtype=np.int64)
+        for slot in slots.tolist():
+            del self.slot_of[(int(self.key_of_slot[slot]), start)]
+            self.free.append(slot)
+        return slots
+
+    def min_start(self) -> int | None:
+        return min(self.by_start) if self.by_start else None
+
+    def max_start(self) -> int | None:
+        return max(self.by_start) if self.by_start else None
+
+    def to_state(self) -> dict[str, Any]:
+        windows = []
+        for (kid, start), slot in sorted(self.slot_of.items()):
+            windows.append(
+                [kid, start, *self.values[:, slot].tolist(), int(self.bits[slot]), int(self.last_ms[slot])]
+            )
+        return {"windows": windows}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _OpenWindows:
+        ow = cls()
+        rows = state["windows"]
+        if rows:
+            kids = np.array([r[0] for r in rows], dtype=np.int64)
+            starts = np.array([r[1] for r in rows], dtype=np.int64)
+            slots = ow.slots(kids, starts)
+            n = len(_FIELDS)
+            ow.values[:, slots] = np.array([r[2 : 2 + n] for r in rows], dtype=np.float64).T
+            ow.bits[slots] = np.array([r[2 + n] for r in rows], dtype=np.uint64)
+            ow.last_ms[slots] = np.array([r[3 + n] for r in rows], dtype=np.int64)
+        return ow
+
+
+class WindowAggregator:
+    """Per-key event-time windows closed by a watermark; see the module docstring."""
+
+    def __init__(self, config: WindowConfig | None = None) -> None:
+        self.config = config or WindowConfig()
+        self.keys = KeyIndex()
+        self.max_event_ms: int | None = None
+        self.next_start: int | None = None  # start of the next round to close
+        self.late_events = 0
+        self._open = _OpenWindows()
+        # Per key: end of the last window that had sales (0 = none yet) and the last event time.
+        self._last_data_end = np.zeros(0, dtype=np.int64)
+        self._last_event = np.zeros(0, dtype=np.int64)
+        self.evicted: list[int] = []  # key ids evicted since the caller last cleared this list
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def watermark_ms(self) -> int | None:
+        if self.max_event_ms is None:
+            return None
+        return self.max_event_ms - self.config.lateness_ms
+
+    @property
+    def open_windows(self) -> int:
+        return len(self._open)
+
+    @property
+    def active_keys(self) -> int:
+        return len(self.keys)
+
+    # ------------------------------------------------------------------ input
+    def add(
+        self,
+        ts_ms: np.ndarray,
+        keys: Sequence[tuple[str, ...]],
+        *,
+        amount: np.ndarray,
+        quantity: np.ndarray,
+        sku_hash: np.ndarray,
+    ) -> np.ndarray:
+        """Add valid events (in arrival order); return the positions of the late ones.
+
+        An event is late when every window it belongs to had already closed at its arrival, by
+        the watermark of the events before it (so the verdict does not depend on batching).
+        """
+        n = len(ts_ms)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        cfg = self.config
+        size, hop, lateness = cfg.size_ms, cfg.hop_ms, cfg.lateness_ms
+        ts = np.asarray(ts_ms, dtype=np.int64)
+
+        # Watermark in force when each event arrived: running max of the events before it.
+        before = np.empty(n, dtype=np.int64)
+        before[0] = self.max_event_ms if self.max_event_ms is not None else np.iinfo(np.int64).min // 2
+        if n > 1:
+            np.maximum.accumulate(ts[:-1], out=before[1:])
+            np.maximum(before[1:], before[0], out=before[1:])
+        watermark = before - lateness
+        self.max_event_ms = int(max(before[0], ts.max()))
+
+        key_ids = self.keys.ids(keys)
+        self._ensure_key_capacity()
+
+        replicas = size // hop
+        last_start = (ts // hop) * hop
+        floor_start = self.next_start if self.next_start is not None else np.iinfo(np.int64).min
+        accepted = np.zeros(n, dtype=bool)
+        ticket = np.where(amount > 0, amount, 0.0)
+        log_ticket = np.log1p(ticket)
+        per_event = np.stack([np.ones(n), ticket, ticket, quantity, log_ticket, log_ticket * log_ticket])
+        bits = np.left_shift(np.uint64(1), (np.asarray(sku_hash, dtype=np.uint64) % np.uint64(_BITS)))
+        for j in range(replicas):
+            start = last_start - j * hop
+            ok = (start + size > watermark) & (start >= floor_start)
+            if not ok.any():
+                continue
+            accepted |= ok
+            self._accumulate(key_ids[ok], start[ok], per_event[:, ok], bits[ok], ts[ok])
+
+        late = np.flatnonzero(~accepted)
+        self.late_events += len(late)
+        if len(late) < n:
+            ok_ids = key_ids[accepted]
+            np.maximum.at(self._last_event, ok_ids, ts[accepted])
+        return late
+
+    def _accumulate(
+        self, key_ids: np.ndarray, starts: np.ndarray, per_event: np.ndarray, bits: np.ndarray, ts: np.ndarray
+    ) -> None:
+        # Reduce the batch per window first, then touch each open window once.
+        code = key_ids * (1 << 31) + (starts // self.config.hop_ms - (starts.min() // self.config.hop_ms))
+        uniq, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+        m = len(uniq)
+        sums = np.empty((len(_FIELDS), m))
+        for f in (0, 1, 3, 4, 5):
+            sums[f] = np.bincount(inverse, weights=per_event[f], minlength=m)
+        maxima = np.full(m, -np.inf)
+        np.maximum.at(maxima, inverse, per_event[2])
+        orbits = np.zeros(m, dtype=np.uint64)
+        np.bitwise_or.at(orbits, inverse, bits)
+        last = np.full(m, np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(last, inverse, ts)
+
+        slots = self._open.slots(key_ids[first], starts[first])
+        vals = self._open.values
+        for f in (0, 1, 3, 4, 5):
+            vals[f, slots] += sums[f]
+        vals[2, slots] = np.maximum(vals[2, slots], maxima)
+        self._open.bits[slots] |= orbits
+        self._open.last_ms[slots] = np.maximum(self._open.last_ms[slots], last)
+
+    def _ensure_key_capacity(self) -> None:
+        cap = self.keys.capacity
+        if len(self._last_data_end) < cap:
+            grow = cap - len(self._last_data_end)
+            self._last_data_end = np.concatenate([self._last_data_end, np.zeros(grow, dtype=np.int64)])
+            self._last_event = np.concatenate(
+                [self._last_event, np.full(grow, np.iinfo(np.int64).min // 2, dtype=np.int64)]
+            )
+
+    # ------------------------------------------------------------------ output
+    def pop_closed(self, *, flush: bool = False) -> Iterator[ClosedRound]:
+        """Yield the rounds whose windows the watermark has closed, oldest first.
+
+        With ``flush=True`` (end of input) every open window is closed.
+        """
+        if self.max_event_ms is None:
+            return
+        cfg = self.config
+        size, hop = cfg.size_ms, cfg.hop_ms
+        if self.next_start is None:
+            first = self._open.min_start()
+            if first is None:
+                return
+            # Start at the earliest window that can still receive on-time events, so that the
+            # first round does not depend on which events happened to come in the first batch.
+            earliest_open = (self.max_event_ms - cfg.lateness_ms - size) // hop * hop + hop
+            self.next_start = min(first, earliest_open)
+        if flush:
+            last_open = self._open.max_start()
+            limit = (last_open + size) if last_open is not None else self.next_start
+        else:
+            limit = self.watermark_ms  # type: ignore[assignment]
+        while self.next_start + size <= limit:
+            start = self.next_start
+            closed = self._close_round(start)
+            self.next_start = start + hop
+            if closed is not None:
+                yield closed
+                continue
+            if self._any_idle_active(self.next_start):
+                continue
+            # Nothing open and no idle key to emit zero windows for: skip to the next data.
+            upcoming = self._open.min_start()
+            if upcoming is None:
+                if flush:
+                    return
+                upcoming = (limit - size) // hop * hop + hop
+            self.next_start = max(self.next_start, upcoming)
+
+    def _any_idle_active(self, start: int) -> bool:
+        end = start + self.config.size_ms
+        live = self._last_data_end > 0
+        return bool(np.any(live & (end - self._last_data_end <= self.config.idle_timeout * 1000)))
+
+    def _close_round(self, start: int) -> ClosedRound | None:
+        cfg = self.config
+        end = start + cfg.size_ms
+        slots = self._open.pop_start(start)
+        data_keys = self._open.key_of_slot[slots]
+        idle_ms = round(cfg.idle_timeout * 1000)
+        live = self._last_data_end > 0
+        idle_keys = np.flatnonzero(live & (end - self._last_data_end <= idle_ms))
+        zero_keys = np.setdiff1d(idle_keys, data_keys, assume_unique=False)
+        if len(slots) == 0 and len(zero_keys) == 0:
+            self._evict_stale(end)
+            return None
+
+        order = np.argsort(np.concatenate([data_keys, zero_keys]), kind="stable")
+        n_zero = len(zero_keys)
+        vals = np.concatenate([self._open.values[:, slots], np.zeros((len(_FIELDS), n_zero))], axis=1)[:, order]
+        bits = np.concatenate([self._open.bits[slots], np.zeros(n_zero, dtype=np.uint64)])[order]
+        last = np.concatenate([self._open.last_ms[slots], np.full(n_zero, start, dtype=np.int64)])[order]
+        key_id = np.concatenate([data_keys, zero_keys])[order]
+        max_ticket = np.where(np.isfinite(vals[2]), vals[2], 0.0)
+        self._last_data_end[data_keys] = end
+        self._evict_stale(end)
+        return ClosedRound(
+            start_ms=start,
+            end_ms=end,
+            key_id=key_id,
+            count=vals[0],
+            revenue=vals[1],
+            max_ticket=max_ticket,
+            units=vals[3],
+            distinct_skus=estimate_distinct(bits),
+            log_ticket_sum=vals[4],
+            log_ticket_sq_sum=vals[5],
+            last_event_ms=last,
+        )
+
+    def _evict_stale(self, now_ms: int) -> None:
+        ttl_ms = round(self.config.key_ttl * 1000)
+        # Only keys with no open window can go; check rarely, it is a full scan.
+        if (now_ms // self.config.hop_ms) % 64:
+            return
+        stale = np.flatnonzero(
+            (self._last_event < now_ms - ttl_ms) & np.array([k is not None for k in self.keys.keys], dtype=bool)
+        )
+        if len(stale) == 0:
+            return
+        open_keys = set(self._open.key_of_slot[list(self._open.slot_of.values())].tolist())
+        stale = np.array([k for k in stale.tolist() if k not in open_keys], dtype=np.int64)
+        if len(stale):
+            self.keys.evict(stale)
+            self._last_data_end[stale] = 0
+            self._last_event[stale] = np.iinfo(np.int64).min // 2
+            self.evicted.extend(stale.tolist())
+
+    # ------------------------------------------------------------------ state
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "keys": self.keys.to_state(),
+            "max_event_ms": self.max_event_ms,
+            "next_start": self.next_start,
+            "late_events": self.late_events,
+            "last_data_end": self._last_data_end.tolist(),
+            "last_event": self._last_event.tolist(),
+            "open": self._open.to_state(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], config: WindowConfig | None = None) -> WindowAggregator:
+        if state.get("version") != 1:
+            raise ValueError(f"unsupported window state version {state.get('version')!r}")
+        agg = cls(config)
+        agg.keys = KeyIndex.from_state(state["keys"])
+        agg.max_event_ms = state["max_event_ms"]
+        agg.next_start = state["next_start"]
+        agg.late_events = int(state["late_events"])
+        agg._last_data_end = np.array(state["last_data_end"], dtype=np.int64)
+        agg._last_event = np.array(state["last_event"], dtype=np.int64)
+        agg._open = _OpenWindows.from_state(state["open"])
+        return agg

@@ -1,0 +1,146 @@
+"""Window features: scale-free across key sizes, sensitive to the anomalies users care about."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from streamdetect.config import ConfigError, FeatureConfig, WindowConfig
+from streamdetect.features import AVAILABLE_FEATURES, FeatureExtractor
+from streamdetect.windows import ClosedRound
+
+MIN = 60_000
+
+
+def make_round(start_ms: int, counts: np.ndarray, rng: np.random.Generator, ticket_scale=None, price_factor=1.0):
+    """A round for len(counts) keys; key i sells tickets around ticket_scale[i] (log-normal)."""
+    n = len(counts)
+    ticket_scale = np.full(n, 20.0) if ticket_scale is None else ticket_scale
+    rev, mx, s1, s2 = (np.zeros(n) for _ in range(4))
+    for i, c in enumerate(counts.astype(int)):
+        if c:
+            t = ticket_scale[i] * np.exp(rng.normal(0, 0.5, c)) * price_factor
+            rev[i], mx[i] = t.sum(), t.max()
+            s1[i], s2[i] = np.log1p(t).sum(), (np.log1p(t) ** 2).sum()
+    counts = counts.astype(float)
+    return ClosedRound(
+        start_ms, start_ms + MIN, np.arange(n), counts, rev, mx, counts * 1.5,
+        np.minimum(counts, 10.0), s1, s2, np.full(n, start_ms),
+    )
+
+
+def train(fx: FeatureExtractor, rates: np.ndarray, minutes: int, rng, ticket_scale=None, start_minute=0):
+    for m in range(start_minute, start_minute + minutes):
+        rnd = make_round(m * MIN, rng.poisson(rates), rng, ticket_scale)
+        fx.update(rnd, fx.transform(rnd), np.ones(len(rates), dtype=bool))
+
+
+def column(fx: FeatureExtractor, name: str) -> int:
+    return fx.names.index(name)
+
+
+def test_count_z_is_comparable_across_keys_of_very_different_size():
+    rng = np.random.default_rng(0)
+    rates = np.array([0.5, 5.0, 50.0])
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    train(fx, rates, 2 * 60, rng)
+    zs = []
+    for m in range(120, 300):
+        rnd = make_round(m * MIN, rng.poisson(rates), rng)
+        f = fx.transform(rnd)
+        fx.update(rnd, f, np.ones(3, dtype=bool))
+        zs.append(f.values[:, column(fx, "count_z")])
+    sd = np.array(zs).std(axis=0)
+    # Poisson noise maps to about unit variance whatever the rate (0.5 to 50 sales a minute).
+    assert np.all((sd > 0.6) & (sd < 1.5)), sd
+
+
+def test_outage_drop_and_spike_move_count_features_in_the_right_direction():
+    rng = np.random.default_rng(1)
+    rates = np.array([10.0, 10.0, 10.0])
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    train(fx, rates, 120, rng)
+    rnd = make_round(120 * MIN, np.array([0, 3, 40]), rng)
+    f = fx.transform(rnd)
+    z = f.values[:, column(fx, "count_z")]
+    assert z[0] < -4 and z[1] < -2 and z[2] > 5
+    assert f.expected["count"][0] == pytest.approx(10.0, rel=0.3)
+
+
+def test_quiet_store_outage_shows_in_context_features_after_a_few_windows():
+    rng = np.random.default_rng(2)
+    rates = np.array([1.0])
+    fx = FeatureExtractor(FeatureConfig(context_windows=5), WindowConfig())
+    train(fx, rates, 180, rng)
+    ctx = []
+    for m in range(180, 185):
+        rnd = make_round(m * MIN, np.array([0]), rng)
+        f = fx.transform(rnd)
+        fx.update(rnd, f, np.array([False]))  # flagged: not learned
+        ctx.append(f.values[0, column(fx, "count_context_z")])
+    single = f.values[0, column(fx, "count_z")]
+    assert ctx[-1] < -3 < single  # one empty minute is normal at 1 sale/min; five are not
+    assert ctx[-1] < ctx[0]
+
+
+def test_price_glitch_and_tiny_tickets_show_in_ticket_features():
+    rng = np.random.default_rng(3)
+    rates = np.array([8.0, 8.0, 8.0])
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    train(fx, rates, 180, rng)
+    normal = fx.transform(make_round(180 * MIN, np.array([8, 8, 8]), rng))
+    glitch = fx.transform(make_round(180 * MIN, np.array([8, 8, 8]), rng, price_factor=100.0))
+    tiny = fx.transform(make_round(180 * MIN, np.array([8, 8, 8]), rng, price_factor=0.01))
+    j, jm = column(fx, "mean_ticket_z"), column(fx, "max_ticket_z")
+    assert np.all(np.abs(normal.values[:, j]) < 4)
+    assert np.all(glitch.values[:, j] > 8) and np.all(glitch.values[:, jm] > 4)
+    assert np.all(tiny.values[:, j] < -8)
+
+
+def test_windows_not_learned_do_not_move_the_baselines():
+    rng = np.random.default_rng(4)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    train(fx, np.array([10.0]), 120, rng)
+    before = fx.to_state()["arrays"]
+    rnd = make_round(120 * MIN, np.array([100]), rng)
+    fx.update(rnd, fx.transform(rnd), np.array([False]))
+    after = fx.to_state()["arrays"]
+    for name in ("how_count", "hod_count", "level", "recent_count", "tk_w"):
+        assert before[name] == after[name], name
+    assert before["ctx_count"] != after["ctx_count"]  # context records what happened
+
+
+def test_keys_are_immature_until_their_seasonal_bucket_has_data():
+    rng = np.random.default_rng(5)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    rnd = make_round(0, np.array([5]), rng)
+    assert not fx.transform(rnd).mature[0]
+    train(fx, np.array([5.0]), 30, rng)
+    assert fx.transform(make_round(30 * MIN, np.array([5]), rng)).mature[0]
+
+
+def test_every_available_feature_is_finite_including_zero_windows():
+    rng = np.random.default_rng(6)
+    fx = FeatureExtractor(FeatureConfig(features=AVAILABLE_FEATURES), WindowConfig())
+    train(fx, np.array([0.2, 3.0]), 90, rng)
+    f = fx.transform(make_round(90 * MIN, np.array([0, 0]), rng))
+    assert f.values.shape == (2, len(AVAILABLE_FEATURES))
+    assert np.isfinite(f.values).all()
+
+
+def test_unknown_feature_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown feature 'revenu'"):
+        FeatureExtractor(FeatureConfig(features=("revenu",)), WindowConfig())
+
+
+def test_state_round_trips_and_evict_resets_a_key():
+    rng = np.random.default_rng(7)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    train(fx, np.array([4.0, 9.0]), 90, rng)
+    clone = FeatureExtractor.from_state(orjson.loads(orjson.dumps(fx.to_state())))
+    rnd = make_round(90 * MIN, np.array([3, 12]), rng)
+    np.testing.assert_array_equal(fx.transform(rnd).values, clone.transform(rnd).values)
+    fx.evict([1])
+    assert not fx.transform(rnd).mature[1]
+    assert fx.transform(rnd).mature[0]

@@ -1,0 +1,169 @@
+"""Event-time windows: watermark, lateness edges, idle keys, hopping windows, state."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from streamdetect.config import WindowConfig
+from streamdetect.windows import KeyIndex, WindowAggregator, estimate_distinct
+
+MIN = 60_000
+
+
+def add(agg: WindowAggregator, ts, keys, amount=None, sku=None) -> list[int]:
+    ts = np.asarray(ts, dtype=np.int64)
+    n = len(ts)
+    keys = [(k,) if isinstance(k, str) else k for k in keys]
+    amount = np.ones(n) if amount is None else np.asarray(amount, dtype=float)
+    sku = np.arange(n, dtype=np.uint64) if sku is None else np.asarray(sku, dtype=np.uint64)
+    return agg.add(ts, keys, amount=amount, quantity=np.ones(n), sku_hash=sku).tolist()
+
+
+def closed(agg: WindowAggregator, flush: bool = False) -> list[tuple[int, str, float]]:
+    out = []
+    for rnd in agg.pop_closed(flush=flush):
+        for kid, c in zip(rnd.key_id.tolist(), rnd.count.tolist(), strict=True):
+            out.append((rnd.start_ms // MIN, agg.keys.keys[kid][0], c))
+    return out
+
+
+def test_window_closes_only_when_watermark_passes_its_end():
+    agg = WindowAggregator(WindowConfig(size=60, allowed_lateness=30))
+    add(agg, [10_000, 50_000], ["a", "a"])
+    assert closed(agg) == []
+    # Watermark = 89_999 - 30_000 < 60_000: still open.
+    add(agg, [89_999], ["a"])
+    assert closed(agg) == []
+    # Watermark reaches exactly the window end: it closes.
+    add(agg, [90_000], ["a"])
+    assert closed(agg) == [(0, "a", 2.0)]
+
+
+def test_late_event_rejected_at_exact_boundary_and_accepted_just_inside():
+    agg = WindowAggregator(WindowConfig(size=60, allowed_lateness=30))
+    add(agg, [150_000], ["a"])  # watermark 120_000: windows ending at or before 120_000 are closed
+    assert add(agg, [119_999], ["a"]) == [0]  # window [60_000, 120_000) closed
+    assert add(agg, [120_000], ["a"]) == []  # window [120_000, 180_000) open
+    assert agg.late_events == 1
+
+
+def test_lateness_uses_the_watermark_of_the_events_before_it_in_the_same_batch():
+    agg = WindowAggregator(WindowConfig(size=60, allowed_lateness=60))
+    # The second event pushes the watermark to 240_000, so the third (window 2) is late,
+    # but the first one (same window as the third) arrived before and counts.
+    late = add(agg, [130_000, 300_000, 125_000], ["a", "a", "a"])
+    assert late == [2]
+    assert (2, "a", 1.0) in closed(agg)
+
+
+def test_verdicts_do_not_depend_on_batching():
+    rng = np.random.default_rng(3)
+    ts = np.sort(rng.integers(0, 3_600_000, 2000)) + rng.integers(-200_000, 20_000, 2000)
+    keys = [f"k{i}" for i in rng.integers(0, 5, 2000)]
+
+    def run(batch: int):
+        agg = WindowAggregator(WindowConfig(size=60, allowed_lateness=60, idle_timeout=600))
+        late, rounds = [], []
+        for s in range(0, len(ts), batch):
+            late += [s + i for i in add(agg, ts[s : s + batch], keys[s : s + batch])]
+            rounds += closed(agg)
+        rounds += closed(agg, flush=True)
+        return late, rounds
+
+    assert run(1) == run(37) == run(2000)
+
+
+def test_idle_key_emits_zero_windows_until_idle_timeout():
+    agg = WindowAggregator(WindowConfig(size=60, allowed_lateness=0, idle_timeout=180))
+    add(agg, [0, 5_000], ["quiet", "busy"])
+    # "busy" keeps selling for ten minutes; "quiet" says nothing after its first sale.
+    add(agg, [m * MIN + 1 for m in range(1, 11)], ["busy"] * 10)
+    rows = closed(agg)
+    quiet = [(m, c) for m, k, c in rows if k == "quiet"]
+    # Data window 0, then zero windows whose end is within 3 minutes of the last data end (1 min).
+    assert quiet == [(0, 1.0), (1, 0.0), (2, 0.0), (3, 0.0)]
+    busy = [m for m, k, c in rows if k == "busy"]
+    assert busy == list(range(10))
+
+
+def test_store_that_stops_selling_produces_zero_windows_while_others_sell():
+    agg = WindowAggregator(WindowConfig(size=60, allowed_lateness=0, idle_timeout=3600))
+    ts = [m * MIN + 1 for m in range(30)]
+    events = sorted([(t, "a") for t in ts] + [(t, "b") for t in ts[:10]])  # b stops at minute 10
+    add(agg, [t for t, _ in events], [k for _, k in events])
+    rows = closed(agg)
+    b = [(m, c) for m, k, c in rows if k == "b"]
+    assert [c for _, c in b[:10]] == [1.0] * 10
+    assert [c for _, c in b[10:]] == [0.0] * (len(b) - 10)
+    assert [m for m, _ in b] == list(range(29))
+
+
+def test_gap_with_no_active_keys_is_skipped_without_emitting_rounds():
+    agg = WindowAggregator(WindowConfig(size=60, allowed_lateness=0, idle_timeout=60))
+    add(agg, [0, 10 * 86_400_000], ["a", "a"])
+    rows = closed(agg)
+    assert rows == [(0, "a", 1.0), (1, "a", 0.0)]
+
+
+def test_hopping_windows_count_each_event_in_every_window_it_belongs_to():
+    agg = WindowAggregator(WindowConfig(size=120, hop=60, allowed_lateness=0, idle_timeout=0))
+    add(agg, [70_000], ["a"])
+    add(agg, [400_000], ["b"])
+    rows = [(m, k, c) for m, k, c in closed(agg) if k == "a"]
+    assert rows == [(0, "a", 1.0), (1, "a", 1.0)]
+
+
+def test_aggregates_of_a_window():
+    agg = WindowAggregator(WindowConfig(size=60, allowed_lateness=0, idle_timeout=0))
+    add(agg, [1, 2, 3], ["a"] * 3, amount=[10.0, 30.0, 20.0], sku=[7, 7, 9])
+    add(agg, [10 * MIN], ["z"])
+    rnd = next(iter(agg.pop_closed()))
+    assert rnd.count.tolist() == [3.0]
+    assert rnd.revenue.tolist() == [60.0]
+    assert rnd.max_ticket.tolist() == [30.0]
+    assert rnd.units.tolist() == [3.0]
+    assert rnd.distinct_skus[0] == pytest.approx(2.0, abs=0.1)
+    assert rnd.last_event_ms.tolist() == [3]
+
+
+def test_flush_closes_every_open_window():
+    agg = WindowAggregator(WindowConfig(size=60, allowed_lateness=600))
+    add(agg, [0, 70_000, 130_000], ["a", "a", "b"])
+    assert closed(agg) == []
+    starts = {(m, k) for m, k, _ in closed(agg, flush=True)}
+    assert {(0, "a"), (1, "a"), (2, "b")} <= starts
+
+
+def test_state_round_trips_and_continues_identically():
+    cfg = WindowConfig(size=60, allowed_lateness=60, idle_timeout=300)
+    rng = np.random.default_rng(0)
+    ts = np.sort(rng.integers(0, 1_800_000, 500))
+    keys = [f"k{i}" for i in rng.integers(0, 4, 500)]
+    a = WindowAggregator(cfg)
+    add(a, ts[:250], keys[:250])
+    closed(a)
+    b = WindowAggregator.from_state(orjson.loads(orjson.dumps(a.to_state())), cfg)
+    assert b.to_state() == a.to_state()
+    add(a, ts[250:], keys[250:])
+    add(b, ts[250:], keys[250:])
+    assert closed(a, flush=True) == closed(b, flush=True)
+
+
+def test_keys_are_evicted_after_ttl_and_ids_reused():
+    agg = WindowAggregator(WindowConfig(size=60, allowed_lateness=0, idle_timeout=60, key_ttl=600))
+    add(agg, [0], ["old"])
+    for m in range(1, 200):
+        add(agg, [m * MIN], ["new"])
+        closed(agg)
+    assert "old" not in {k[0] for k in agg.keys.keys if k is not None}
+    assert agg.active_keys == 1
+    assert agg.evicted  # reported so feature state can be dropped
+
+
+def test_key_index_and_distinct_estimate():
+    idx = KeyIndex()
+    assert idx.ids([("a", "x"), ("b", "x"), ("a", "x")]).tolist() == [0, 1, 0]
+    bits = np.array([(1 << 20) - 1], dtype=np.uint64)  # 20 bits set
+    assert estimate_distinct(bits)[0] == pytest.approx(24.0, abs=0.5)
