@@ -1,0 +1,175 @@
+"""Reading event files for ``streamdetect replay`` and ``streamdetect produce``.
+
+JSONL gives raw lines (bytes, for :func:`~streamdetect.events.decode_events`); CSV gives records
+(dicts, for :func:`~streamdetect.events.decode_records`). Both come in chunks, in file order, and
+both read ``.gz`` files; ``-`` is standard input.
+
+CSV rules:
+
+* the columns are named by the :class:`~streamdetect.config.EventSchema` (``time_field``,
+  ``key_fields``, ``amount_field``, ...), header row required;
+* numeric-looking cells become ``int`` or ``float`` (so epoch milliseconds and amounts are
+  numbers), except in the key, SKU, event id, channel and currency columns, which stay strings
+  (``"007"`` is a store id, not 7); empty cells are absent, cells beyond the header ignored;
+* when *none* of the key fields is a column (e.g. a ``timestamp,value`` series), every row gets
+  the constant key :data:`SERIES_KEY` in each key field; when only some are, that is an error;
+* a missing time column is an error (a :class:`~streamdetect.config.ConfigError`) rather than a
+  file where every row is rejected.
+
+>>> import tempfile, pathlib
+>>> from streamdetect.config import EventSchema
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (d / "s.csv").write_text("timestamp,value\\n2024-03-01T00:00:00Z,12.5\\n2024-03-01T00:01:00Z,3\\n")
+>>> schema = EventSchema(time_field="timestamp", value_field="value")
+>>> for row in next(iter_csv_chunks(d / "s.csv", schema)):
+...     print(row)
+{'timestamp': '2024-03-01T00:00:00Z', 'value': 12.5, 'store_id': 'series'}
+{'timestamp': '2024-03-01T00:01:00Z', 'value': 3, 'store_id': 'series'}
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+import re
+import sys
+from collections.abc import Iterator
+from typing import IO, Any, Literal
+
+from streamdetect.config import ConfigError, EventSchema
+
+__all__ = ["SERIES_KEY", "detect_format", "iter_csv_chunks", "iter_jsonl_chunks"]
+
+SERIES_KEY = "series"
+"""Key value given to every row of a CSV without key columns (one aggregated series)."""
+
+_INT = re.compile(r"[+-]?\d+", re.ASCII)
+_FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+PathArg = str | os.PathLike[str]
+
+
+def detect_format(path: PathArg, override: str | None = None) -> Literal["jsonl", "csv"]:
+    """``"csv"`` for ``.csv`` / ``.csv.gz`` names, else ``"jsonl"``; ``override`` wins when given.
+
+    >>> detect_format("sales.csv.gz"), detect_format("sales.jsonl"), detect_format("-", "csv")
+    ('csv', 'jsonl', 'csv')
+    """
+    if override is not None:
+        if override not in ("jsonl", "csv"):
+            raise ConfigError(f"input format {override!r}: use 'jsonl' or 'csv'")
+        return override  # type: ignore[return-value]
+    return "csv" if os.fspath(path).lower().endswith((".csv", ".csv.gz")) else "jsonl"
+
+
+def _open_binary(path: PathArg) -> IO[bytes]:
+    if os.fspath(path) == "-":
+        return sys.stdin.buffer
+    if os.fspath(path).lower().endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def iter_jsonl_chunks(path: PathArg, chunk_size: int = 50_000) -> Iterator[list[bytes]]:
+    """Raw lines of a JSONL file as bytes, ``chunk_size`` at a time, in file order.
+
+    Line endings (``\\n``, ``\\r\\n``) are stripped and blank lines skipped; nothing else is
+    touched (a malformed line is the decoder's to reject, with its position).
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "e.jsonl"
+    >>> _ = p.write_bytes(b'{"a": 1}\\r\\n\\n  \\n{"a": 2}\\n{"a": 3}')
+    >>> list(iter_jsonl_chunks(p, chunk_size=2))
+    [[b'{"a": 1}', b'{"a": 2}'], [b'{"a": 3}']]
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    f = _open_binary(path)
+    try:
+        chunk: list[bytes] = []
+        append = chunk.append
+        for line in f:
+            line = line.rstrip(b"\r\n")
+            if not line or line.isspace():
+                continue
+            append(line)
+            if len(chunk) >= chunk_size:
+                yield chunk
+                chunk = []
+                append = chunk.append
+        if chunk:
+            yield chunk
+    finally:
+        if f is not sys.stdin.buffer:
+            f.close()
+
+
+def _number(cell: str) -> Any:
+    if _INT.fullmatch(cell):
+        return int(cell)
+    if _FLOAT.fullmatch(cell):
+        return float(cell)
+    return cell
+
+
+def iter_csv_chunks(path: PathArg, schema: EventSchema, chunk_size: int = 50_000) -> Iterator[list[dict[str, Any]]]:
+    """Rows of a CSV file (header required) as event records, ``chunk_size`` at a time.
+
+    See the module docstring for the conversion rules; a ``timestamp,value`` series needs
+    ``EventSchema(time_field="timestamp", value_field="value")``.
+
+    Raises
+    ------
+    ConfigError
+        When the header lacks the time column, or has some of the key columns but not all.
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    raw = _open_binary(path)
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+    try:
+        reader = csv.reader(text)
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [h.strip() for h in header]
+        if schema.time_field not in header:
+            raise ConfigError(
+                f"{os.fspath(path)}: no column {schema.time_field!r} (events.time_field) in the CSV"
+                f" header {header}; set the time field, e.g. --time-field {header[0]}"
+            )
+        present = [k for k in schema.key_fields if k in header]
+        if present and len(present) < len(schema.key_fields):
+            missing = [k for k in schema.key_fields if k not in header]
+            raise ConfigError(
+                f"{os.fspath(path)}: key columns {missing} (events.key_fields) are not in the CSV header {header}"
+            )
+        constant = {} if present else dict.fromkeys(schema.key_fields, SERIES_KEY)
+        keep_text = {*schema.key_fields, schema.sku_field, schema.event_id_field}
+        keep_text |= {schema.channel_field, schema.currency_field}
+        convert = [h not in keep_text for h in header]
+        number = _number
+        chunk: list[dict[str, Any]] = []
+        for row in reader:
+            if not row:
+                continue
+            rec: dict[str, Any] = {}
+            for name, cell, conv in zip(header, row, convert, strict=False):
+                if cell == "":
+                    continue
+                rec[name] = number(cell) if conv else cell
+            if constant:
+                rec.update(constant)
+            chunk.append(rec)
+            if len(chunk) >= chunk_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+    finally:
+        if raw is sys.stdin.buffer:
+            text.detach()
+        else:
+            text.close()

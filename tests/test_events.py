@@ -1,0 +1,481 @@
+"""Event decoding and validation: every reject reason, isolation of bad events, timestamps."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamdetect.config import EventSchema
+from streamdetect.events import (
+    EventBatch,
+    Rejected,
+    RejectReason,
+    _validate,
+    decode_events,
+    decode_records,
+    parse_timestamp,
+    sku_hash,
+)
+
+SCHEMA = EventSchema()
+T0 = 1_709_294_400_000  # 2024-03-01T12:00:00Z
+R = RejectReason
+
+
+def ev(**fields: object) -> bytes:
+    base: dict[str, object] = {
+        "ts": "2024-03-01T12:00:00.000Z",
+        "store_id": "s1",
+        "sku": "A",
+        "quantity": 2,
+        "unit_price": 5.0,
+    }
+    base.update(fields)
+    return orjson.dumps({k: v for k, v in base.items() if v is not ...})
+
+
+def one(value: bytes | None, schema: EventSchema = SCHEMA) -> tuple[EventBatch, list[Rejected]]:
+    return decode_events([value], schema)  # type: ignore[list-item]
+
+
+def reason_of(value: bytes | None, schema: EventSchema = SCHEMA) -> tuple[RejectReason, str]:
+    batch, rejected = one(value, schema)
+    assert len(batch) == 0 and len(rejected) == 1, (batch, rejected)
+    return rejected[0].reason, rejected[0].detail
+
+
+def good(n: int, start: int = 0) -> list[bytes]:
+    return [ev(ts=f"2024-03-01T12:00:{(start + i) % 60:02d}.{i % 1000:03d}Z", sku=f"S{i}") for i in range(n)]
+
+
+# --------------------------------------------------------------------------- valid events
+
+
+def test_valid_event_columns() -> None:
+    batch, rejected = one(ev())
+    assert rejected == []
+    assert batch.index.tolist() == [0]
+    assert batch.ts_ms.tolist() == [T0]
+    assert batch.amount.tolist() == [10.0]
+    assert batch.quantity.tolist() == [2.0]
+    assert batch.keys == [("s1",)]
+    assert batch.sku_hash.dtype == np.uint64 and batch.sku_hash.tolist() == [sku_hash("A")]
+    assert batch.index.dtype == np.int64 and batch.ts_ms.dtype == np.int64
+    assert batch.amount.dtype == np.float64 and batch.quantity.dtype == np.float64
+
+
+def test_amount_wins_and_quantity_defaults_to_one() -> None:
+    batch, _ = one(ev(amount=7.5, quantity=..., unit_price=...))
+    assert batch.amount.tolist() == [7.5] and batch.quantity.tolist() == [1.0]
+    batch, _ = one(ev(amount=7.5, quantity=3, unit_price="ignored"))
+    assert batch.amount.tolist() == [7.5] and batch.quantity.tolist() == [3.0]
+    batch, _ = one(ev(amount=None))  # null amount is absent: quantity * unit_price
+    assert batch.amount.tolist() == [10.0]
+
+
+def test_int_keys_become_strings_and_multi_keys_keep_order() -> None:
+    schema = EventSchema(key_fields=("store_id", "channel"))
+    batch, rejected = decode_events([ev(store_id=42, channel="web"), ev(store_id="7", channel=3)], schema)
+    assert rejected == [] and batch.keys == [("42", "web"), ("7", "3")]
+
+
+def test_sku_hash_is_stable_blake2b_and_absent_is_zero() -> None:
+    expected = int.from_bytes(hashlib.blake2b(b"SKU-1", digest_size=8).digest(), "little")
+    assert sku_hash("SKU-1") == expected
+    batch, _ = decode_events([ev(sku="SKU-1"), ev(sku=...), ev(sku=None), ev(sku=""), ev(sku=12)], SCHEMA)
+    assert batch.sku_hash.tolist() == [expected, 0, 0, 0, sku_hash("12")]
+
+
+def test_value_field_series_mode() -> None:
+    schema = EventSchema(time_field="timestamp", value_field="value", key_fields=("series",))
+    values = [
+        orjson.dumps({"timestamp": "2024-03-01T12:00:00Z", "series": "x", "value": 12.5, "sku": [1]}),
+        orjson.dumps({"timestamp": T0, "series": "x", "value": "12.5"}),
+        orjson.dumps({"timestamp": T0, "series": "x"}),
+        orjson.dumps({"timestamp": T0, "series": "x", "value": -1}),
+    ]
+    batch, rejected = decode_events(values, schema)
+    assert batch.amount.tolist() == [12.5] and batch.quantity.tolist() == [1.0] and batch.sku_hash.tolist() == [0]
+    assert [(r.index, r.reason) for r in rejected] == [(1, R.BAD_TYPE), (2, R.MISSING_FIELD), (3, R.OUT_OF_RANGE)]
+    batch, rejected = decode_events(
+        values[3:],
+        EventSchema(time_field="timestamp", value_field="value", key_fields=("series",), allow_negative=True),
+    )
+    assert rejected == [] and batch.amount.tolist() == [-1.0]
+
+
+def test_unicode_keys_and_skus() -> None:
+    batch, rejected = one(ev(store_id="magasin-é-東京-🛒", sku="ß✓"))
+    assert rejected == [] and batch.keys == [("magasin-é-東京-🛒",)] and batch.sku_hash[0] == sku_hash("ß✓")
+
+
+def test_empty_input_and_empty_batch() -> None:
+    batch, rejected = decode_events([], SCHEMA)
+    assert len(batch) == 0 and rejected == []
+    empty = EventBatch.empty()
+    assert len(empty) == 0 and empty.sku_hash.dtype == np.uint64
+    batch, rejected = decode_records([], SCHEMA)
+    assert len(batch) == 0 and rejected == []
+
+
+# --------------------------------------------------------------------------- reject reasons
+
+
+def test_too_large_is_checked_before_parsing() -> None:
+    schema = EventSchema(max_event_bytes=50)
+    reason, detail = reason_of(b"{" + b" " * 60 + b"not json at all", schema)
+    assert reason == R.TOO_LARGE and "60" not in detail and "max_event_bytes" in detail
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"",
+        b"   ",
+        b"not json",
+        b'{"ts": ',
+        b'{"a": "\xff\xfe"}',
+        b"\xef\xbb\xbf{}",
+        b'{"quantity": 1e400}',
+        b"[" * 2000 + b"]" * 2000,
+        b'{"a": NaN}',
+        b"{'single': 'quotes'}",
+    ],
+)
+def test_decode(value: bytes | None) -> None:
+    reason, detail = reason_of(value)
+    assert reason == R.DECODE and detail
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        (b"[1, 2]", "event"),
+        (b'"a string"', "event"),
+        (b"42", "event"),
+        (b"null", "event"),
+        (ev(quantity="abc"), "quantity"),
+        (ev(quantity="2"), "quantity"),
+        (ev(quantity=True), "quantity"),
+        (ev(unit_price=[5]), "unit_price"),
+        (ev(amount="10"), "amount"),
+        (ev(store_id={"id": 1}), "store_id"),
+        (ev(store_id=[1]), "store_id"),
+        (ev(store_id=None), "store_id"),
+        (ev(store_id=True), "store_id"),
+        (ev(store_id=1.5), "store_id"),
+        (ev(sku=["A"]), "sku"),
+        (ev(sku=1.5), "sku"),
+        (ev(ts=None), "ts"),
+        (ev(ts=True), "ts"),
+        (ev(ts={"t": 1}), "ts"),
+    ],
+)
+def test_bad_type(value: bytes, field: str) -> None:
+    reason, detail = reason_of(value)
+    assert reason == R.BAD_TYPE
+    assert detail.startswith(f"{field}:")
+
+
+def test_bad_type_detail_text() -> None:
+    assert reason_of(ev(quantity="abc")) == (R.BAD_TYPE, "quantity: expected a number, got 'abc'")
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        (ev(ts=...), "ts"),
+        (ev(store_id=...), "store_id"),
+        (ev(quantity=...), "quantity"),
+        (ev(unit_price=...), "unit_price"),
+        (ev(quantity=None), "quantity"),
+        (b"{}", "ts"),
+    ],
+)
+def test_missing_field(value: bytes, field: str) -> None:
+    assert reason_of(value) == (R.MISSING_FIELD, f"{field}: missing")
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "yesterday",
+        "",
+        "2024-03-01",  # a date is not a time
+        "20240301T120000Z",  # basic format is not RFC 3339
+        "2024-13-01T12:00:00.000Z",  # canonical shape, impossible month
+        "2023-02-29T12:00:00.000Z",  # not a leap year
+        "2024-03-01T25:00:00.000Z",
+        "2024-03-01T12:00:00.12xZ",
+        "2024-03-01T12:00:00.١٢٣Z",  # non-ASCII digits
+        "2024-03-01T12:00:00+25:00",
+        "2024-03-01T12:00:00Zjunk",
+        "1999-12-31T23:59:59.999Z",  # before min_time_ms
+        "2100-01-01T00:00:00.000Z",  # max_time_ms is exclusive
+        1_709_294_400,  # epoch seconds
+        -5,
+        4_102_444_800_000,
+    ],
+)
+def test_bad_timestamp(ts: object) -> None:
+    reason, detail = reason_of(ev(ts=ts))
+    assert reason == R.BAD_TIMESTAMP and detail.startswith("ts:")
+
+
+def test_epoch_seconds_get_a_hint() -> None:
+    assert "epoch seconds" in reason_of(ev(ts=1_709_294_400))[1]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"quantity": -1},
+        {"unit_price": -0.01},
+        {"amount": -3},
+        {"amount": 2e9},
+        {"quantity": 2e6, "amount": 1},
+        {"quantity": 1e6, "unit_price": 1e4},  # product above max_amount
+        {"unit_price": 1e308, "quantity": 10},  # product overflows to inf
+        {"quantity": 18446744073709551615},
+    ],
+)
+def test_out_of_range(fields: dict[str, object]) -> None:
+    reason, detail = reason_of(ev(**fields))
+    assert reason == R.OUT_OF_RANGE and detail
+
+
+def test_allow_negative_checks_magnitude() -> None:
+    schema = EventSchema(allow_negative=True)
+    batch, rejected = decode_events([ev(quantity=-1), ev(amount=-5.0), ev(amount=-2e9)], schema)
+    assert batch.amount.tolist() == [-5.0, -5.0]
+    assert [(r.index, r.reason) for r in rejected] == [(2, R.OUT_OF_RANGE)]
+
+
+def test_nan_and_inf_in_records() -> None:
+    base = {"ts": T0, "store_id": "s", "quantity": 1, "unit_price": 1.0}
+    records = [
+        {**base, "amount": math.nan},
+        {**base, "unit_price": math.inf},
+        {**base, "ts": math.nan},
+        {**base, "quantity": 10**400},
+        base,
+    ]
+    batch, rejected = decode_records(records, SCHEMA)
+    assert batch.index.tolist() == [4]
+    assert [(r.index, r.reason) for r in rejected] == [
+        (0, R.OUT_OF_RANGE),
+        (1, R.OUT_OF_RANGE),
+        (2, R.BAD_TIMESTAMP),
+        (3, R.OUT_OF_RANGE),
+    ]
+
+
+def test_records_accept_numpy_scalars_and_reject_non_mappings() -> None:
+    rec = {"ts": np.int64(T0), "store_id": np.int32(5), "quantity": np.float32(2), "unit_price": np.float64(1.5)}
+    batch, rejected = decode_records([rec, ["not", "a", "mapping"]], SCHEMA)  # type: ignore[list-item]
+    assert batch.keys == [("5",)] and batch.amount.tolist() == [3.0] and batch.ts_ms.tolist() == [T0]
+    assert rejected[0].index == 1 and rejected[0].reason == R.BAD_TYPE
+
+
+def test_late_is_never_produced_here() -> None:
+    values = [ev(ts="2024-03-01T12:00:00.000Z"), ev(ts="2020-01-01T00:00:00.000Z")]
+    batch, rejected = decode_events(values, SCHEMA)
+    assert len(batch) == 2 and rejected == []
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_bad_events_between_good_ones_do_not_affect_them() -> None:
+    goods = good(40)
+    bads: list[bytes | None] = [None, b"{", ev(quantity="x"), ev(ts="nope"), b"[]", ev(store_id=...)]
+    mixed: list[bytes | None] = []
+    where = []
+    for i, g in enumerate(goods):
+        mixed.append(g)
+        if i % 7 == 3:
+            where.append(len(mixed))
+            mixed.append(bads[len(where) % len(bads)])
+    batch, rejected = decode_events(mixed, SCHEMA)  # type: ignore[arg-type]
+    alone, _ = decode_events(goods, SCHEMA)
+    assert [r.index for r in rejected] == where
+    assert [i for i in range(len(mixed)) if i not in where] == batch.index.tolist()
+    for col in ("ts_ms", "amount", "quantity", "sku_hash"):
+        np.testing.assert_array_equal(getattr(batch, col), getattr(alone, col))
+    assert batch.keys == alone.keys
+
+
+def test_big_batch_with_bad_event_at_the_end_and_start() -> None:
+    values = [b"oops", *good(3000), ev(ts=None)]
+    batch, rejected = decode_events(values, SCHEMA)
+    assert len(batch) == 3000 and [r.index for r in rejected] == [0, 3001]
+    assert batch.index.tolist() == list(range(1, 3001))
+
+
+@pytest.mark.parametrize(
+    "smuggled",
+    [
+        [b"1,2"],
+        [b'{"a":1},{"b":2}'],
+        [b'{"a":"}', b'{","b":1}', b"{},{}"],  # a split string, and an extra element to keep the count
+        [b'"x', b'y"', ev() + b"," + ev()],
+        [ev()[:-1], b"}"],
+        [b"]", b"["],
+    ],
+)
+def test_smuggling_elements_across_values(smuggled: list[bytes]) -> None:
+    values = [*good(20), *smuggled, *good(20, start=30)]
+    batch, rejected = decode_events(values, SCHEMA)
+    bad_idx = list(range(20, 20 + len(smuggled)))
+    assert [r.index for r in rejected] == bad_idx
+    assert all(r.reason in (R.DECODE, R.BAD_TYPE) for r in rejected)
+    expected, _ = decode_events([*good(20), *good(20, start=30)], SCHEMA)
+    np.testing.assert_array_equal(batch.ts_ms, expected.ts_ms)
+    assert batch.index.tolist() == [i for i in range(len(values)) if i not in bad_idx]
+
+
+def test_rejected_are_sorted_with_prefilter_and_canonical_rejects() -> None:
+    schema = EventSchema(max_event_bytes=300)
+    values = [
+        ev(ts="2023-02-29T00:00:00.000Z"),
+        None,
+        b"x" * 400,
+        ev(quantity="q"),
+        ev(),
+        ev(ts="2024-02-30T00:00:00.000Z"),
+    ]
+    batch, rejected = decode_events(values, schema)  # type: ignore[arg-type]
+    assert [(r.index, r.reason) for r in rejected] == [
+        (0, R.BAD_TIMESTAMP),
+        (1, R.DECODE),
+        (2, R.TOO_LARGE),
+        (3, R.BAD_TYPE),
+        (5, R.BAD_TIMESTAMP),
+    ]
+    assert batch.index.tolist() == [4] and batch.ts_ms.tolist() == [T0]
+
+
+def test_non_canonical_but_valid_24_char_strings_use_the_full_parser() -> None:
+    # 24 characters but not "...SS.fffZ": must be parsed, not rejected, by the vectorised pass.
+    values = [
+        ev(ts="2024-03-01T12:00:00+0000"),
+        ev(ts="2024-03-01 12:00:00.000Z"),
+        ev(ts="2024-03-01t12:00:00.000z"),
+    ]
+    batch, rejected = decode_events(values, SCHEMA)
+    assert rejected == [] and batch.ts_ms.tolist() == [T0, T0, T0]
+
+
+# --------------------------------------------------------------------------- timestamps
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("2024-03-01T12:00:00Z", T0),
+        ("2024-03-01T12:00:00z", T0),
+        ("2024-03-01T12:00:00+00:00", T0),
+        ("2024-03-01T12:00:00-00:00", T0),
+        ("2024-03-01T17:30:00+05:30", T0),
+        ("2024-03-01T04:00:00-08:00", T0),
+        ("2024-03-01T04:00:00.250-08:00", T0 + 250),
+        ("2024-03-01T12:00:00.1Z", T0 + 100),
+        ("2024-03-01T12:00:00.12Z", T0 + 120),
+        ("2024-03-01T12:00:00.123Z", T0 + 123),
+        ("2024-03-01T12:00:00.123999Z", T0 + 123),
+        ("2024-03-01T12:00:00.123456789Z", T0 + 123),
+        ("2024-03-01 12:00:00.5+00:00", T0 + 500),
+        ("2024-03-01t12:00:00Z", T0),
+        ("2024-03-01T12:00:00", T0),  # naive: UTC
+        ("2024-03-01T12:00:00.042", T0 + 42),
+        ("2024-03-01T12:00Z", T0),
+        ("2024-03-01T17:30:00+0530", T0),
+        ("2024-03-01T11:59:60Z", T0),  # leap second
+        (T0, T0),
+        (float(T0) + 0.9, T0),
+    ],
+)
+def test_timestamp_formats(text: object, ms: int) -> None:
+    assert parse_timestamp(text) == ms
+    batch, rejected = one(ev(ts=text))
+    assert rejected == [] and batch.ts_ms.tolist() == [ms]
+
+
+def test_parse_timestamp_rejects_non_timestamps() -> None:
+    for bad in (True, None, [1], "12:00", math.inf, math.nan, "2024-03-01T12:00:00.Z"):
+        with pytest.raises(ValueError):
+            parse_timestamp(bad)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31)), st.sampled_from([0, 1, 3, 6]))
+def test_canonical_and_full_parser_agree(dt: datetime, digits: int) -> None:
+    dt = dt.replace(tzinfo=UTC)
+    text = dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{dt.microsecond:06d}"[: digits + 1] if digits else "") + "Z"
+    expected = (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    if digits < 3:
+        expected -= dt.microsecond // 1000 - int((f"{dt.microsecond:06d}"[:digits] or "0").ljust(3, "0"))
+    # Enough events to go through the joined parse and the vectorised pass.
+    batch, rejected = decode_events([ev(ts=text)] * 20, SCHEMA)
+    assert rejected == [] and set(batch.ts_ms.tolist()) == {expected}
+    assert parse_timestamp(text) == expected
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(st.none(), st.binary(max_size=60), st.sampled_from([*good(3), b"1,2", b'"a', b'b"'])), max_size=60
+    )
+)
+def test_decode_never_raises_and_partitions_the_input(values: list[bytes | None]) -> None:
+    batch, rejected = decode_events(values, EventSchema(max_event_bytes=50))  # type: ignore[arg-type]
+    seen = batch.index.tolist() + [r.index for r in rejected]
+    assert sorted(seen) == list(range(len(values)))
+    assert [r.index for r in rejected] == sorted(r.index for r in rejected)
+    assert batch.index.tolist() == sorted(batch.index.tolist())
+    assert len(batch.ts_ms) == len(batch.amount) == len(batch.quantity) == len(batch.sku_hash) == len(batch)
+
+
+_field_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from(["2024-03-01T12:00:00.123Z", "2024-03-01T12:00:00Z", "2024-02-30T00:00:00.000Z", "s1", "A"]),
+    st.just(T0),
+    st.lists(st.integers(), max_size=2),
+)
+_event_dicts = st.dictionaries(
+    st.sampled_from(["ts", "store_id", "sku", "quantity", "unit_price", "amount"]), _field_values, max_size=6
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_event_dicts, max_size=30), st.booleans())
+def test_fast_path_matches_the_reference_rules(records: list[dict], allow_negative: bool) -> None:
+    schema = EventSchema(allow_negative=allow_negative)
+    batch, rejected = decode_records(records, schema)
+    by_index = {r.index: r for r in rejected}
+    rows = iter(range(len(batch)))
+    for i, rec in enumerate(records):
+        try:
+            ms, key, amount, quantity, h = _validate(rec, schema)
+        except Exception as exc:  # the reference rejects: so must the batch, for the same reason
+            assert i in by_index and by_index[i].reason == exc.reason and by_index[i].detail == exc.detail  # type: ignore[attr-defined]
+            continue
+        r = next(rows)
+        assert batch.index[r] == i
+        assert batch.ts_ms[r] == ms and batch.keys[r] == key and batch.sku_hash[r] == h
+        assert batch.amount[r] == float(amount) and batch.quantity[r] == float(quantity)

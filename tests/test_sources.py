@@ -1,0 +1,125 @@
+"""Reading JSONL and CSV event files (plain, gzip, stdin) for replay."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streamdetect.config import ConfigError, EventSchema
+from streamdetect.events import RejectReason, decode_events, decode_records
+from streamdetect.sources import SERIES_KEY, detect_format, iter_csv_chunks, iter_jsonl_chunks
+
+T0 = 1_709_294_400_000
+
+
+def test_jsonl_lines_in_order_blank_lines_skipped_and_chunked(tmp_path: Path) -> None:
+    p = tmp_path / "e.jsonl"
+    p.write_bytes(b'{"i": 0}\n\n{"i": 1}\r\n   \n{"i": 2}\n{"i": 3}\n{"i": 4}')
+    chunks = list(iter_jsonl_chunks(p, chunk_size=2))
+    assert [len(c) for c in chunks] == [2, 2, 1]
+    assert [orjson.loads(v)["i"] for c in chunks for v in c] == [0, 1, 2, 3, 4]
+
+
+def test_jsonl_keeps_bad_lines_for_the_decoder(tmp_path: Path) -> None:
+    p = tmp_path / "e.jsonl"
+    line = orjson.dumps({"ts": T0, "store_id": "s", "amount": 1.0})
+    p.write_bytes(line + b"\nnot json\n" + line + b"\n")
+    (values,) = iter_jsonl_chunks(p)
+    batch, rejected = decode_events(values, EventSchema())
+    assert batch.index.tolist() == [0, 2] and [(r.index, r.reason) for r in rejected] == [(1, RejectReason.DECODE)]
+
+
+def test_jsonl_gzip(tmp_path: Path) -> None:
+    p = tmp_path / "e.jsonl.gz"
+    with gzip.open(p, "wb") as f:
+        f.write(b"".join(b'{"i": %d}\n' % i for i in range(10)))
+    assert [orjson.loads(v)["i"] for c in iter_jsonl_chunks(p, 3) for v in c] == list(range(10))
+
+
+def test_jsonl_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"i": 1}\n{"i": 2}\n')))
+    assert list(iter_jsonl_chunks("-")) == [[b'{"i": 1}', b'{"i": 2}']]
+
+
+def test_empty_files(tmp_path: Path) -> None:
+    (tmp_path / "e.jsonl").write_bytes(b"")
+    (tmp_path / "e.csv").write_bytes(b"")
+    assert list(iter_jsonl_chunks(tmp_path / "e.jsonl")) == []
+    assert list(iter_csv_chunks(tmp_path / "e.csv", EventSchema())) == []
+
+
+def test_chunk_size_must_be_positive(tmp_path: Path) -> None:
+    (tmp_path / "e.jsonl").write_bytes(b"{}\n")
+    with pytest.raises(ValueError):
+        list(iter_jsonl_chunks(tmp_path / "e.jsonl", 0))
+
+
+def test_detect_format() -> None:
+    assert detect_format("a.csv") == "csv" and detect_format("A.CSV.GZ") == "csv"
+    assert (
+        detect_format("a.jsonl") == "jsonl" and detect_format("a.jsonl.gz") == "jsonl" and detect_format("-") == "jsonl"
+    )
+    assert detect_format("a.txt", "csv") == "csv" and detect_format("a.csv", "jsonl") == "jsonl"
+    with pytest.raises(ConfigError):
+        detect_format("a.csv", "parquet")
+
+
+def test_csv_events_with_key_columns(tmp_path: Path) -> None:
+    p = tmp_path / "e.csv"
+    p.write_text(
+        "\ufeffts,store_id,sku,quantity,unit_price,channel\n"
+        f"{T0},007,00123,2,5.5,web\n"
+        "2024-03-01T12:00:01Z,8,A,abc,1,app\n"
+        "2024-03-01T12:00:02Z,9,,1,-2,\n"
+    )
+    (rows,) = iter_csv_chunks(p, EventSchema())
+    assert rows[0] == {"ts": T0, "store_id": "007", "sku": "00123", "quantity": 2, "unit_price": 5.5, "channel": "web"}
+    assert "sku" not in rows[2] and "channel" not in rows[2]
+    batch, rejected = decode_records(rows, EventSchema())
+    assert batch.keys == [("007",)] and batch.amount.tolist() == [11.0]
+    assert [(r.index, r.reason) for r in rejected] == [(1, RejectReason.BAD_TYPE), (2, RejectReason.OUT_OF_RANGE)]
+
+
+def test_csv_aggregated_series_gets_a_constant_key(tmp_path: Path) -> None:
+    p = tmp_path / "series.csv.gz"
+    with gzip.open(p, "wt", newline="") as f:
+        f.write("timestamp,value\n")
+        for i in range(5):
+            f.write(f"2024-03-01T12:0{i}:00Z,{i * 1.5}\n")
+        f.write("2024-03-01T12:05:00Z,\n")
+    schema = EventSchema(time_field="timestamp", value_field="value")
+    chunks = list(iter_csv_chunks(p, schema, chunk_size=4))
+    assert [len(c) for c in chunks] == [4, 2]
+    batch, rejected = decode_records([r for c in chunks for r in c], schema)
+    assert batch.keys == [(SERIES_KEY,)] * 5
+    assert batch.amount.tolist() == [0.0, 1.5, 3.0, 4.5, 6.0] and batch.quantity.tolist() == [1.0] * 5
+    assert batch.ts_ms.tolist() == [T0 + i * 60_000 for i in range(5)]
+    assert [(r.index, r.reason) for r in rejected] == [(5, RejectReason.MISSING_FIELD)]
+
+
+def test_csv_numeric_conversion() -> None:
+    from streamdetect.sources import _number
+
+    assert _number("12") == 12 and _number("-3") == -3 and _number("1.5e3") == 1500.0 and _number(".5") == 0.5
+    for text in ("nan", "inf", "1_000", " 12", "0x10", "١٢", "12abc"):
+        assert _number(text) == text
+
+
+def test_csv_header_errors(tmp_path: Path) -> None:
+    p = tmp_path / "e.csv"
+    p.write_text("timestamp,value\n2024-03-01T12:00:00Z,1\n")
+    with pytest.raises(ConfigError, match="time_field"):
+        list(iter_csv_chunks(p, EventSchema(value_field="value")))
+    p.write_text("ts,store_id,amount\n2024-03-01T12:00:00Z,s,1\n")
+    with pytest.raises(ConfigError, match="region"):
+        list(iter_csv_chunks(p, EventSchema(key_fields=("store_id", "region"))))
+
+
+def test_csv_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ts,store_id,amount\n1709294400000,s,2.5\n")))
+    assert list(iter_csv_chunks("-", EventSchema())) == [[{"ts": T0, "store_id": "s", "amount": 2.5}]]
