@@ -7,13 +7,14 @@ import sys
 import time
 import tomllib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 SCORE_COLUMNS = ("window_start", "key", "score", "threshold", "probability", "is_anomaly")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "replay",
         help="score a JSONL/CSV file of events (backtest), writing alerts and window scores",
@@ -46,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     w.add_argument("--lateness", type=float, help="allowed lateness in seconds (default 120)")
     w.add_argument("--idle-timeout", type=float, help="seconds a silent key keeps producing windows (default 3600)")
     w.add_argument("--warmup", type=int, help="windows before the model is first fitted (default 5000)")
+    w.add_argument(
+        "--calibration", type=int, help="scores after warm-up that calibrate the threshold (default 2000)"
+    )
     w.add_argument("--threshold-method", choices=("spot", "dspot", "quantile"), help="threshold method")
     w.add_argument("--risk", type=float, help="target false-alarm probability per window (default 1e-4)")
     w.add_argument("--features", help="comma-separated feature names for the model")
@@ -81,6 +85,7 @@ def build_config(args: argparse.Namespace) -> Any:
     put("windows", "allowed_lateness", args.lateness)
     put("windows", "idle_timeout", args.idle_timeout)
     put("model", "warmup", args.warmup)
+    put("threshold", "n_init", args.calibration)
     put("threshold", "method", args.threshold_method)
     put("threshold", "risk", args.risk)
     put("features", "features", args.features.split(",") if args.features else None)
@@ -150,17 +155,19 @@ def run(args: argparse.Namespace) -> int:
             kept.append(s)
             kept_alerts.extend(out.alerts)
 
-    chunks = (
-        ((chunk, True) for chunk in iter_csv_chunks(args.input, config.events, args.chunk_size))
-        if fmt == "csv"
-        else ((chunk, False) for chunk in iter_jsonl_chunks(args.input, args.chunk_size))
-    )
+    def outputs() -> Iterator[tuple[int, DetectorOutput]]:
+        if fmt == "csv":
+            for records in iter_csv_chunks(args.input, config.events, args.chunk_size):
+                yield len(records), detector.process_records(records)
+        else:
+            for values in iter_jsonl_chunks(args.input, args.chunk_size):
+                yield len(values), detector.process(values)
+
     try:
-        for chunk, is_records in chunks:
-            out = detector.process_records(chunk) if is_records else detector.process(chunk)
+        for n, out in outputs():
             emit(out)
-            offset += len(chunk)
-            totals["events"] += len(chunk)
+            offset += n
+            totals["events"] += n
         out = detector.flush()
         emit(out)
     finally:

@@ -1,0 +1,579 @@
+"""Adaptive thresholds on the anomaly score: EVT peaks-over-threshold (SPOT, DSPOT) and a rolling quantile.
+
+All three learn from the stream of pre-update scores in mini-batches and expose the same surface:
+
+* ``classify(scores)`` -> bool array (all ``False`` until calibrated: no alerts during warm-up);
+* ``learn(scores)``: feed a batch of scores (scores above the threshold are kept out of the fit);
+* ``threshold``: the current alert threshold in score units (``inf`` until calibrated);
+* ``probability(scores)``: ``1 - P(S >= s)`` under the recent score distribution, in [0, 1];
+  the tail beyond the peaks threshold comes from the fitted generalised Pareto distribution, so
+  it stays informative far past anything in the window, and is comparable across keys and data
+  sets because it is a probability, not a log-likelihood;
+* ``to_state()`` / :func:`threshold_from_state`: a plain, versioned dict.
+
+SPOT follows Siffer et al. (KDD 2017): a high empirical quantile ``t`` of the first ``n_init``
+scores, a generalised Pareto fit of the excesses over ``t`` (Grimshaw's maximum likelihood), and
+the risk-``q`` quantile ``z_q = t + sigma/gamma ((q n / N_t)^-gamma - 1)``. DSPOT runs SPOT on the
+score minus the mean of the last ``depth`` normal scores, for a score level that wanders.
+
+>>> import numpy as np
+>>> from streamdetect.config import ThresholdConfig
+>>> rng = np.random.default_rng(0)
+>>> spot = make_threshold(ThresholdConfig(method="spot", risk=1e-3, n_init=2000))
+>>> spot.learn(rng.exponential(size=2000))
+>>> spot.is_calibrated, 6.0 < spot.threshold < 8.0  # the exact 1e-3 quantile of Exp(1) is 6.9
+(True, True)
+>>> spot.classify(np.array([1.0, 12.0])).tolist()
+[False, True]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+from river import stats as river_stats
+from scipy.optimize import brentq
+
+from streamdetect.config import ConfigError, ThresholdConfig
+
+STATE_VERSION = 1
+_EPS = 1e-8
+_GRID = 32
+_CALIBRATION_ROUNDS = 3
+_CENSOR_FACTOR = 10.0  # scores beyond the risk q/10 level are kept out of the fit
+_GROSS_IQR = 10.0  # calibration scores beyond Q3 + 10 IQR are gross outliers
+
+
+class Threshold(Protocol):
+    """What the detector needs from a threshold."""
+
+    @property
+    def threshold(self) -> float: ...
+
+    @property
+    def is_calibrated(self) -> bool: ...
+
+    def classify(self, scores: np.ndarray) -> np.ndarray: ...
+
+    def learn(self, scores: np.ndarray) -> None: ...
+
+    def probability(self, scores: np.ndarray) -> np.ndarray: ...
+
+    def to_state(self) -> dict[str, Any]: ...
+
+
+# --------------------------------------------------------------------------- GPD fit (Grimshaw)
+
+
+def _gpd_log_likelihood(y: np.ndarray, gamma: float, sigma: float) -> float:
+    if sigma <= 0 or not np.isfinite(sigma):
+        return -math.inf
+    n = len(y)
+    if gamma == 0.0:
+        return float(-n * math.log(sigma) - y.sum() / sigma)
+    z = 1.0 + gamma * y / sigma
+    if np.any(z <= 0):
+        return -math.inf
+    return float(-n * math.log(sigma) - (1.0 + 1.0 / gamma) * np.log(z).sum())
+
+
+def _grimshaw_w(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``u(x) v(x) - 1`` for every x of a grid (the stationarity condition of the GPD likelihood)."""
+    s = 1.0 + np.multiply.outer(x, y)
+    u = (1.0 / s).mean(axis=-1)
+    v = 1.0 + np.log(s).mean(axis=-1)
+    return np.asarray(u * v - 1.0)
+
+
+def _roots(y: np.ndarray, lo: float, hi: float, logspace: bool) -> list[float]:
+    if not lo < hi:
+        return []
+    grid = np.geomspace(lo, hi, _GRID) if logspace else np.linspace(lo, hi, _GRID)
+    w = _grimshaw_w(grid, y)
+    found = []
+    for i in np.flatnonzero(np.sign(w[:-1]) * np.sign(w[1:]) < 0):
+        try:
+            found.append(float(brentq(lambda x: float(_grimshaw_w(np.array([x]), y)[0]), grid[i], grid[i + 1])))
+        except (ValueError, RuntimeError):  # pragma: no cover - brentq on a bracketed sign change
+            continue
+    return found
+
+
+def fit_gpd(excesses: np.ndarray) -> tuple[float, float, float]:
+    """Maximum-likelihood generalised Pareto fit of positive excesses (Grimshaw's method).
+
+    Every root of Grimshaw's equation on both admissible intervals is a candidate, together with
+    the exponential fit (``gamma = 0``) and the method-of-moments fit; the candidate with the
+    largest log-likelihood wins.
+
+    Returns
+    -------
+    gamma, sigma, log_likelihood
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.random.default_rng(1).pareto(4.0, 5000)   # Lomax(4): gamma = 1/4, sigma = 1/4
+    >>> gamma, sigma, _ = fit_gpd(y)
+    >>> round(gamma, 2), round(sigma, 2)
+    (0.25, 0.25)
+    """
+    y = np.asarray(excesses, dtype=np.float64)
+    y = y[np.isfinite(y) & (y > 0)]
+    if len(y) == 0:
+        return 0.0, 1.0, -math.inf
+    mean = float(y.mean())
+    candidates = [(0.0, mean)]
+    var = float(y.var())
+    if var > 0:
+        ratio = mean * mean / var
+        candidates.append(((1.0 - ratio) / 2.0, mean * (1.0 + ratio) / 2.0))
+    y_min, y_max = float(y.min()), float(y.max())
+    if y_max > y_min:
+        roots = _roots(y, -1.0 / y_max + _EPS, -_EPS, logspace=False)
+        upper = 2.0 * (mean - y_min) / (y_min * y_min)
+        roots += _roots(y, _EPS, min(upper, 1e12), logspace=True)
+        for x in roots:
+            gamma = float(np.log1p(x * y).mean())
+            if gamma != 0.0:
+                candidates.append((gamma, gamma / x))
+    best = max(candidates, key=lambda c: _gpd_log_likelihood(y, *c))
+    return best[0], best[1], _gpd_log_likelihood(y, *best)
+
+
+def _tail_quantile(t: float, gamma: float, sigma: float, risk: float, n: float, n_peaks: float) -> float:
+    """The score exceeded with probability ``risk`` (the POT quantile formula)."""
+    r = risk * n / n_peaks
+    if gamma == 0.0:
+        return t - sigma * math.log(r)
+    return t + sigma / gamma * (r ** (-gamma) - 1.0)
+
+
+def _tail_probability(excess: np.ndarray, gamma: float, sigma: float, peak_rate: float) -> np.ndarray:
+    """P(S > t + excess) for excess >= 0, from the GPD fit."""
+    if gamma == 0.0:
+        return np.asarray(peak_rate * np.exp(-excess / sigma))
+    base = np.maximum(1.0 + gamma * excess / sigma, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.asarray(peak_rate * np.power(base, -1.0 / gamma))
+
+
+# --------------------------------------------------------------------------- recent scores
+
+
+class _ScoreWindow:
+    """The last ``size`` scores, in a ring, with a sorted copy for empirical tail probabilities."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.values = np.empty(size, dtype=np.float64)
+        self.n = 0
+        self.pos = 0
+        self._sorted: np.ndarray | None = None
+
+    def push(self, x: np.ndarray) -> None:
+        x = x[-self.size :]
+        m = len(x)
+        if m == 0:
+            return
+        end = self.pos + m
+        if end <= self.size:
+            self.values[self.pos : end] = x
+        else:
+            cut = self.size - self.pos
+            self.values[self.pos :] = x[:cut]
+            self.values[: m - cut] = x[cut:]
+        self.pos = end % self.size
+        self.n = min(self.n + m, self.size)
+        self._sorted = None
+
+    def recent(self) -> np.ndarray:
+        """Oldest first."""
+        if self.n < self.size:
+            return self.values[: self.n].copy()
+        return np.concatenate([self.values[self.pos :], self.values[: self.pos]])
+
+    def survival(self, scores: np.ndarray) -> np.ndarray:
+        """Empirical P(S >= s) with the usual +1 correction, so it is never exactly 0."""
+        if self._sorted is None:
+            self._sorted = np.sort(self.values[: self.n])
+        above = self.n - np.searchsorted(self._sorted, scores, side="left")
+        return np.asarray((above + 1.0) / (self.n + 1.0))
+
+    def to_state(self) -> list[float]:
+        return self.recent().tolist()
+
+    @classmethod
+    def from_state(cls, size: int, values: list[float]) -> _ScoreWindow:
+        w = cls(size)
+        w.push(np.asarray(values, dtype=np.float64))
+        return w
+
+
+def _as_scores(scores: Any) -> np.ndarray:
+    x = np.asarray(scores, dtype=np.float64).ravel()
+    # A non-finite score means the model could not explain the window at all: most anomalous.
+    return np.nan_to_num(x, nan=np.inf, posinf=np.inf, neginf=-np.inf)
+
+
+# --------------------------------------------------------------------------- SPOT
+
+
+class SPOT:
+    """Streaming peaks-over-threshold (Siffer et al., 2017) with a bounded buffer of peaks.
+
+    Parameters
+    ----------
+    risk
+        Probability that a normal score crosses the threshold (the alert budget per window).
+    level
+        Quantile of the calibration scores above which scores are peaks (0.98 in the paper).
+    n_init
+        Scores collected before the first fit; no score is flagged before.
+    max_excess
+        Most recent peaks kept for the fit.
+    window
+        Recent scores kept for empirical probabilities below the peaks threshold.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = SPOT(risk=1e-3, n_init=1000)
+    >>> s.threshold, s.classify(np.array([1e9])).tolist()
+    (inf, [False])
+    >>> s.learn(np.random.default_rng(2).normal(size=5000))
+    >>> 2.8 < s.threshold < 3.5   # N(0, 1): the exact 1e-3 quantile is 3.09
+    True
+    >>> s.probability(np.array([-5.0, 0.0, 3.09, 50.0])).round(2).tolist()
+    [0.0, 0.5, 1.0, 1.0]
+    """
+
+    kind = "spot"
+
+    def __init__(
+        self, risk: float = 1e-4, level: float = 0.98, n_init: int = 2000, max_excess: int = 2000, window: int = 20000
+    ) -> None:
+        self.risk = risk
+        self.level = level
+        self.n_init = n_init
+        self.max_excess = max_excess
+        self.recent_ = _ScoreWindow(max(window, n_init))
+        self.init_t_: float | None = None
+        self.peaks_ = _ScoreWindow(max_excess)
+        self.n_ = 0.0
+        self.n_peaks_ = 0.0
+        self.gamma_ = 0.0
+        self.sigma_ = 1.0
+        self.z_ = math.inf
+        self._learn_limit = math.inf
+        self.n_fits_ = 0
+
+    @property
+    def is_calibrated(self) -> bool:
+        return self.init_t_ is not None
+
+    @property
+    def threshold(self) -> float:
+        return self.z_
+
+    def classify(self, scores: Any) -> np.ndarray:
+        return np.asarray(_as_scores(scores) > self.z_)
+
+    def learn(self, scores: Any) -> None:
+        x = _as_scores(scores)
+        if not self.is_calibrated:
+            self.recent_.push(x)
+            if self.recent_.n >= self.n_init:
+                self._calibrate(self.recent_.recent())
+            return
+        # Scores above z_q are alarms. The clearly anomalous ones (beyond the risk q/10 level) enter
+        # neither the peaks nor the count; the rest do: censoring every score above z_q would also
+        # cut about q n clean ones from the tail, and the fit would then drift down (more alarms,
+        # more censoring).
+        normal = x[x <= self._learn_limit]
+        self.recent_.push(normal)
+        t = self.init_t_
+        assert t is not None
+        peaks = normal[normal > t] - t
+        self.n_ += len(normal)
+        if len(peaks):
+            self.n_peaks_ += len(peaks)
+            self.peaks_.push(peaks)
+            self._fit()
+
+    def _calibrate(self, x: np.ndarray) -> None:
+        x = x[np.isfinite(x)]
+        q1, q3 = np.quantile(x, [0.25, 0.75])
+        if q3 > q1:
+            # A handful of gross anomalies would otherwise mask themselves by fattening the fit.
+            x = x[x <= q3 + _GROSS_IQR * (q3 - q1)]
+        for _ in range(_CALIBRATION_ROUNDS):
+            t = float(np.quantile(x, self.level))
+            self.init_t_ = t
+            self.n_ = float(len(x))
+            peaks = x[x > t] - t
+            self.n_peaks_ = float(len(peaks))
+            self.peaks_ = _ScoreWindow(self.max_excess)
+            self.peaks_.push(peaks)
+            self._fit()
+            # Anomalies in the calibration sample would fatten the tail they are judged against.
+            # Drop the scores beyond the level that even one of n clean scores reaches only with
+            # probability 0.1 (not beyond z_q itself: about q n clean scores lie there by definition).
+            assert self.init_t_ is not None
+            outlying = _tail_quantile(
+                self.init_t_, self.gamma_, self.sigma_, min(self.risk, 0.1 / len(x)), self.n_, max(self.n_peaks_, 1.0)
+            )
+            normal = x <= outlying
+            if normal.all():
+                break
+            x = x[normal]
+
+    def _fit(self) -> None:
+        t = self.init_t_
+        assert t is not None
+        y = self.peaks_.values[: self.peaks_.n]
+        if len(y) == 0 or self.n_peaks_ <= 0:
+            # No peak above t at all (e.g. constant scores): nothing in the tail is normal.
+            self.gamma_, self.sigma_, self.z_ = 0.0, _EPS, t + _EPS
+            self._learn_limit = self.z_
+            return
+        self.gamma_, self.sigma_, _ = fit_gpd(y)
+        self.sigma_ = max(self.sigma_, _EPS)
+        z = _tail_quantile(t, self.gamma_, self.sigma_, self.risk, self.n_, self.n_peaks_)
+        self.z_ = z if np.isfinite(z) else float(y.max()) + t
+        limit = _tail_quantile(t, self.gamma_, self.sigma_, self.risk / _CENSOR_FACTOR, self.n_, self.n_peaks_)
+        self._learn_limit = max(limit, self.z_) if np.isfinite(limit) else self.z_
+        self.n_fits_ += 1
+
+    def probability(self, scores: Any) -> np.ndarray:
+        x = _as_scores(scores)
+        if self.recent_.n == 0:
+            return np.full(len(x), 0.5)
+        survival = self.recent_.survival(x)
+        t = self.init_t_
+        if t is not None and self.n_peaks_ > 0:
+            tail = x > t
+            if tail.any():
+                rate = self.n_peaks_ / self.n_
+                survival[tail] = _tail_probability(x[tail] - t, self.gamma_, self.sigma_, rate)
+        return np.clip(1.0 - survival, 0.0, 1.0)
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "risk": self.risk,
+            "level": self.level,
+            "n_init": self.n_init,
+            "max_excess": self.max_excess,
+            "window": self.recent_.size,
+        }
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "version": STATE_VERSION,
+            "params": self._params(),
+            "recent": self.recent_.to_state(),
+            "init_t": self.init_t_,
+            "peaks": self.peaks_.to_state(),
+            "n": self.n_,
+            "n_peaks": self.n_peaks_,
+            "gamma": self.gamma_,
+            "sigma": self.sigma_,
+            "z": None if math.isinf(self.z_) else self.z_,
+            "learn_limit": None if math.isinf(self._learn_limit) else self._learn_limit,
+            "n_fits": self.n_fits_,
+        }
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        self.recent_ = _ScoreWindow.from_state(self.recent_.size, state["recent"])
+        self.init_t_ = state["init_t"]
+        self.peaks_ = _ScoreWindow.from_state(self.max_excess, state["peaks"])
+        self.n_ = float(state["n"])
+        self.n_peaks_ = float(state["n_peaks"])
+        self.gamma_ = float(state["gamma"])
+        self.sigma_ = float(state["sigma"])
+        self.z_ = math.inf if state["z"] is None else float(state["z"])
+        self._learn_limit = math.inf if state["learn_limit"] is None else float(state["learn_limit"])
+        self.n_fits_ = int(state["n_fits"])
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> SPOT:
+        obj = cls(**state["params"])
+        obj._load(state)
+        return obj
+
+
+class DSPOT(SPOT):
+    """SPOT on the score minus the mean of the last ``depth`` normal scores (drifting score level).
+
+    ``threshold`` is in score units: the local mean plus the SPOT threshold of the residuals.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(3)
+    >>> d = DSPOT(risk=1e-3, n_init=1000, depth=20)
+    >>> for level in np.linspace(0, 30, 60):   # a slowly rising level that plain SPOT would flag
+    ...     d.learn(level + rng.normal(size=100))
+    >>> bool(d.classify(np.array([31.0]))[0]), bool(d.classify(np.array([40.0]))[0])
+    (False, True)
+    """
+
+    kind = "dspot"
+
+    def __init__(
+        self,
+        risk: float = 1e-4,
+        level: float = 0.98,
+        n_init: int = 2000,
+        max_excess: int = 2000,
+        window: int = 20000,
+        depth: int = 50,
+    ) -> None:
+        super().__init__(risk, level, n_init, max_excess, window)
+        self.depth = depth
+        self.local_ = _ScoreWindow(depth)
+
+    def _local_mean(self) -> float:
+        return float(self.local_.values[: self.local_.n].mean()) if self.local_.n else 0.0
+
+    @property
+    def threshold(self) -> float:
+        return self._local_mean() + self.z_
+
+    def classify(self, scores: Any) -> np.ndarray:
+        return np.asarray(self._residuals(_as_scores(scores)) > self.z_)
+
+    def learn(self, scores: Any) -> None:
+        x = _as_scores(scores)
+        if self.local_.n < self.depth:
+            # The first `depth` scores only build the local mean.
+            take = self.depth - self.local_.n
+            self.local_.push(x[:take])
+            x = x[take:]
+            if len(x) == 0:
+                return
+        # The local mean moves within a batch: residuals against the mean of the preceding
+        # `depth` normal scores, computed with a cumulative sum over the batch.
+        residual = self._residuals(x)
+        normal = residual <= self._learn_limit
+        super().learn(residual)
+        self.local_.push(x[normal])
+
+    def _residuals(self, x: np.ndarray) -> np.ndarray:
+        """Each score minus the mean of the ``depth`` scores before it, as in a one-by-one stream.
+
+        Within a batch the anomalies are not yet known, so the batch's own earlier scores all
+        feed the running mean; anomalies are kept out of it from the next batch on.
+        """
+        if self.local_.n < self.depth:
+            return x - self._local_mean()
+        history = np.concatenate([self.local_.recent(), x])
+        csum = np.concatenate([[0.0], np.cumsum(np.where(np.isfinite(history), history, 0.0))])
+        start = len(history) - len(x)
+        idx = np.arange(start, len(history))
+        mean = (csum[idx] - csum[idx - self.depth]) / self.depth
+        return np.asarray(x - mean)
+
+    def probability(self, scores: Any) -> np.ndarray:
+        return super().probability(self._residuals(_as_scores(scores)))
+
+    def _params(self) -> dict[str, Any]:
+        return {**super()._params(), "depth": self.depth}
+
+    def to_state(self) -> dict[str, Any]:
+        return {**super().to_state(), "local": self.local_.to_state()}
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        super()._load(state)
+        self.local_ = _ScoreWindow.from_state(self.depth, state["local"])
+
+
+class QuantileThreshold:
+    """The rolling ``1 - risk`` empirical quantile of the last ``window`` scores.
+
+    Simple and assumption-free, but a quantile at level p needs about ``10 / (1 - p)`` scores in
+    the window to be stable; below that prefer SPOT, which extrapolates the tail.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> q = QuantileThreshold(risk=0.01, n_init=100, window=1000)
+    >>> q.learn(np.arange(1000.0))
+    >>> q.threshold, q.classify(np.array([980.0, 995.0])).tolist()
+    (989.01, [False, True])
+    """
+
+    kind = "quantile"
+
+    def __init__(self, risk: float = 1e-4, n_init: int = 2000, window: int = 20000) -> None:
+        self.risk = risk
+        self.n_init = n_init
+        self.recent_ = _ScoreWindow(window)
+        self._quantile = river_stats.RollingQuantile(q=1.0 - risk, window_size=window)
+
+    @property
+    def is_calibrated(self) -> bool:
+        return self.recent_.n >= self.n_init
+
+    @property
+    def threshold(self) -> float:
+        if not self.is_calibrated:
+            return math.inf
+        value = self._quantile.get()
+        return math.inf if value is None else float(value)
+
+    def classify(self, scores: Any) -> np.ndarray:
+        return np.asarray(_as_scores(scores) > self.threshold)
+
+    def learn(self, scores: Any) -> None:
+        x = _as_scores(scores)
+        x = x[np.isfinite(x)]
+        self.recent_.push(x)
+        update = self._quantile.update
+        for v in x.tolist():
+            update(v)
+
+    def probability(self, scores: Any) -> np.ndarray:
+        x = _as_scores(scores)
+        if self.recent_.n == 0:
+            return np.full(len(x), 0.5)
+        return np.clip(1.0 - self.recent_.survival(x), 0.0, 1.0)
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "version": STATE_VERSION,
+            "params": {"risk": self.risk, "n_init": self.n_init, "window": self.recent_.size},
+            "recent": self.recent_.to_state(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> QuantileThreshold:
+        obj = cls(**state["params"])
+        obj.learn(np.asarray(state["recent"], dtype=np.float64))
+        return obj
+
+
+def make_threshold(config: ThresholdConfig | None = None) -> SPOT | DSPOT | QuantileThreshold:
+    """The threshold that ``config.method`` names."""
+    c = config or ThresholdConfig()
+    if c.method == "quantile":
+        return QuantileThreshold(risk=c.risk, n_init=c.n_init, window=c.window)
+    if c.method == "dspot":
+        return DSPOT(c.risk, c.level, c.n_init, c.max_excess, c.window, c.depth)
+    return SPOT(c.risk, c.level, c.n_init, c.max_excess, c.window)
+
+
+_KINDS: dict[str, type[SPOT] | type[QuantileThreshold]] = {"spot": SPOT, "dspot": DSPOT, "quantile": QuantileThreshold}
+
+
+def threshold_from_state(state: Mapping[str, Any]) -> SPOT | DSPOT | QuantileThreshold:
+    """Rebuild a threshold saved with ``to_state()``."""
+    kind = state.get("kind")
+    if kind not in _KINDS or state.get("version") != STATE_VERSION:
+        raise ConfigError(f"unknown threshold state (kind {kind!r}, version {state.get('version')!r})")
+    return _KINDS[kind].from_state(state)

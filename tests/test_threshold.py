@@ -1,0 +1,190 @@
+"""Thresholds (SPOT, DSPOT, rolling quantile) and score-drift monitoring."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from streamdetect.config import ConfigError, DriftConfig, ThresholdConfig
+from streamdetect.drift import ScoreDriftMonitor, psi
+from streamdetect.threshold import DSPOT, SPOT, QuantileThreshold, fit_gpd, make_threshold, threshold_from_state
+
+
+def gpd_sample(rng: np.random.Generator, gamma: float, sigma: float, n: int) -> np.ndarray:
+    u = rng.uniform(size=n)
+    if gamma == 0:
+        return -sigma * np.log(u)
+    return sigma / gamma * (u ** (-gamma) - 1.0)
+
+
+@pytest.mark.parametrize("gamma", [0.3, 0.0, -0.2])
+def test_fit_gpd_recovers_the_parameters(gamma):
+    y = gpd_sample(np.random.default_rng(0), gamma, 2.0, 20_000)
+    g, s, ll = fit_gpd(y)
+    assert abs(g - gamma) < 0.05
+    assert abs(s - 2.0) < 0.15
+    assert math.isfinite(ll)
+
+
+def test_fit_gpd_exponential_log_likelihood_is_the_exponential_one():
+    # At gamma = 0 the log-likelihood is -N log(sigma) - sum(y)/sigma; at sigma = mean, -N (1 + log mean).
+    y = np.random.default_rng(1).exponential(3.0, 5000)
+    g, _, ll = fit_gpd(y)
+    assert abs(g) < 0.05
+    exp_ll = -len(y) * (1 + math.log(y.mean()))
+    assert ll >= exp_ll - 1e-6  # the best candidate is at least as good as the exponential fit
+
+
+def test_fit_gpd_degenerate_inputs():
+    assert fit_gpd(np.array([]))[0] == 0.0
+    g, s, _ = fit_gpd(np.full(50, 2.0))
+    assert math.isfinite(g) and s > 0
+
+
+def test_nothing_is_flagged_before_calibration():
+    spot = SPOT(risk=1e-3, n_init=1000)
+    spot.learn(np.arange(999.0))
+    assert not spot.is_calibrated and math.isinf(spot.threshold)
+    assert not spot.classify(np.array([1e12, np.inf])).any()
+    spot.learn(np.array([1.0]))
+    assert spot.is_calibrated and math.isfinite(spot.threshold)
+
+
+@pytest.mark.parametrize("risk", [1e-3, 1e-4])
+def test_spot_false_alarm_rate_is_close_to_the_risk(risk):
+    rng = np.random.default_rng(2)
+    spot = SPOT(risk=risk, level=0.98, n_init=20_000, max_excess=2000)
+    spot.learn(rng.standard_t(5, 20_000))
+    flagged = 0
+    n = 400_000
+    for _ in range(n // 1000):
+        batch = rng.standard_t(5, 1000)
+        flagged += int(spot.classify(batch).sum())
+        spot.learn(batch)
+    rate = flagged / n
+    assert risk / 3 < rate < risk * 3, rate
+
+
+def test_anomalies_in_the_calibration_sample_do_not_inflate_the_threshold():
+    rng = np.random.default_rng(3)
+    clean = rng.normal(size=5000)
+    dirty = clean.copy()
+    dirty[rng.choice(5000, 15, replace=False)] = 500.0
+    a, b = SPOT(risk=1e-3, n_init=5000), SPOT(risk=1e-3, n_init=5000)
+    a.learn(clean)
+    b.learn(dirty)
+    assert abs(a.threshold - b.threshold) < 0.5
+    assert b.threshold < 5
+
+
+def test_anomalous_scores_do_not_enter_the_peaks():
+    rng = np.random.default_rng(4)
+    spot = SPOT(risk=1e-3, n_init=2000)
+    spot.learn(rng.normal(size=2000))
+    before = spot.threshold
+    n_before = spot.n_
+    spot.learn(np.full(50, 1e6))
+    assert spot.threshold == before and spot.n_ == n_before
+
+
+def test_probability_is_calibrated_monotonic_and_bounded():
+    rng = np.random.default_rng(5)
+    spot = SPOT(risk=1e-3, n_init=5000)
+    spot.learn(rng.normal(size=5000))
+    x = np.array([-10.0, -1.0, 0.0, 1.0, 2.0, 3.0, 10.0, np.nan, np.inf])
+    p = spot.probability(x)
+    assert np.all((p >= 0) & (p <= 1))
+    assert np.all(np.diff(p[:7]) >= 0)
+    assert p[-2] == p[-1] == 1.0  # a score the model cannot explain is as unusual as it gets
+    assert abs(p[2] - 0.5) < 0.03 and abs(p[4] - 0.977) < 0.01
+    fresh = rng.normal(size=20_000)
+    # P(probability > 0.99) on fresh data is about 1 %: it is a calibrated probability.
+    assert abs((spot.probability(fresh) > 0.99).mean() - 0.01) < 0.004
+
+
+def test_dspot_follows_a_drifting_level_where_spot_would_alarm():
+    rng = np.random.default_rng(6)
+    dspot = DSPOT(risk=1e-3, n_init=1000, depth=30)
+    spot = SPOT(risk=1e-3, n_init=1000)
+    flagged_d = flagged_s = 0
+    for i, level in enumerate(np.linspace(0, 50, 200)):
+        batch = level + rng.normal(size=100)
+        if i >= 20:
+            flagged_d += int(dspot.classify(batch).sum())
+            flagged_s += int(spot.classify(batch).sum())
+        dspot.learn(batch)
+        spot.learn(batch)
+    assert flagged_d < 60  # ~18 expected at q = 1e-3 over 18,000 scores; SPOT flags the whole ramp
+    assert flagged_s > 10_000
+    assert dspot.classify(np.array([50.0 + 10.0]))[0]
+    assert 45 < dspot.threshold < 60
+
+
+def test_quantile_threshold_is_the_rolling_quantile():
+    rng = np.random.default_rng(7)
+    q = QuantileThreshold(risk=1e-2, n_init=500, window=2000)
+    x = rng.exponential(size=10_000)
+    q.learn(x[:400])
+    assert not q.is_calibrated and math.isinf(q.threshold)
+    q.learn(x[400:])
+    assert q.threshold == pytest.approx(np.quantile(x[-2000:], 0.99), rel=0.02)
+
+
+@pytest.mark.parametrize("method", ["spot", "dspot", "quantile"])
+def test_state_round_trip(method):
+    rng = np.random.default_rng(8)
+    cfg = ThresholdConfig(method=method, risk=1e-3, n_init=500, window=2000)
+    th = make_threshold(cfg)
+    th.learn(rng.normal(size=1500))
+    state = orjson.loads(orjson.dumps(th.to_state()))
+    clone = threshold_from_state(state)
+    assert type(clone) is type(th)
+    assert clone.threshold == th.threshold
+    more = rng.normal(size=700)
+    th.learn(more)
+    clone.learn(more)
+    probe = rng.normal(scale=3, size=50)
+    assert clone.threshold == th.threshold
+    assert np.array_equal(clone.probability(probe), th.probability(probe))
+    assert orjson.dumps(clone.to_state()) == orjson.dumps(th.to_state())
+
+
+def test_unknown_threshold_state_is_refused():
+    with pytest.raises(ConfigError):
+        threshold_from_state({"kind": "magic", "version": 1})
+
+
+def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shift():
+    rng = np.random.default_rng(9)
+    ref = rng.gamma(2.0, size=10_000)
+    assert psi(ref, rng.gamma(2.0, size=10_000)) < 0.01
+    assert 0.1 < psi(ref, rng.gamma(2.0, size=10_000) * 1.3) < 0.5
+    assert psi(ref, ref + 5) > 1.0
+    assert psi(np.full(100, 1.0), np.full(100, 1.0)) == 0.0
+
+
+@pytest.mark.parametrize("detector", ["page_hinkley", "adwin"])
+def test_drift_monitor_is_quiet_on_a_stationary_stream_and_detects_a_shift(detector):
+    rng = np.random.default_rng(10)
+    mon = ScoreDriftMonitor(DriftConfig(detector=detector, reference_size=2000, recent_size=2000))
+    quiet = [mon.update(rng.gamma(2.0, size=256) * 3) for _ in range(300)]
+    assert sum(quiet) == 0
+    assert mon.psi_ < 0.1
+    shifted = [mon.update(rng.gamma(2.0, size=256) * 3 + 4.0) for _ in range(30)]
+    assert any(shifted) and shifted.index(True) < 15
+    assert mon.drift_events_ >= 1
+
+
+def test_drift_monitor_state_round_trip():
+    rng = np.random.default_rng(11)
+    mon = ScoreDriftMonitor(DriftConfig(reference_size=500, recent_size=500))
+    for _ in range(10):
+        mon.update(rng.normal(size=100))
+    clone = ScoreDriftMonitor.from_state(orjson.loads(orjson.dumps(mon.to_state())), mon.config)
+    assert clone.to_state() == mon.to_state()
+    batch = rng.normal(size=100)
+    assert clone.update(batch) == mon.update(batch)
+    assert clone.psi_ == mon.psi_
