@@ -142,13 +142,15 @@ class FeatureConfig:
 
     ``baseline_half_life`` (seconds) sets the key's recent (EWMA) baseline; ``seasonal_rate`` is the
     weight of the newest week in the hour-of-week baseline; ``context_windows`` is how many recent
-    windows the short-horizon context features sum over.
+    windows the short-horizon context features sum over; ``trend_half_life`` (seconds) is the
+    half-life of the exponentially weighted sums behind the longer-horizon trend features.
     """
 
     features: tuple[str, ...] = DEFAULT_FEATURES
     baseline_half_life: float = 3600.0
     seasonal_rate: float = 0.25
     context_windows: int = 5
+    trend_half_life: float = 1200.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
@@ -156,6 +158,7 @@ class FeatureConfig:
         _require(self.baseline_half_life > 0, "features.baseline_half_life must be > 0 seconds")
         _require(0 < self.seasonal_rate <= 1, "features.seasonal_rate must be in (0, 1]")
         _require(self.context_windows >= 2, "features.context_windows must be >= 2")
+        _require(self.trend_half_life > 0, "features.trend_half_life must be > 0 seconds")
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,7 @@ class DetectorConfig:
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     regime_change_fraction: float = 0.25
-    relearn_after: int = 240
+    relearn_after: int = 30
     trim_fraction: float = 0.01
     max_contributions: int = 3
 

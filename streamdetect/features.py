@@ -52,6 +52,8 @@ AVAILABLE_FEATURES: tuple[str, ...] = (
     "distinct_skus_ratio",
     "count_context_z",
     "revenue_context_ratio",
+    "count_trend_z",
+    "revenue_trend_ratio",
     "count_ratio_recent",
     "count_ratio_seasonal",
     "revenue_ratio_recent",
@@ -91,6 +93,8 @@ _EXPLAINED_AS: dict[str, str] = {
     "distinct_skus": "distinct_skus",
     "count_context_z": "count_recent_windows",
     "revenue_context_ratio": "revenue_recent_windows",
+    "count_trend_z": "count_recent_hour",
+    "revenue_trend_ratio": "revenue_recent_hour",
 }
 
 _HOURS_PER_WEEK = 168
@@ -98,6 +102,7 @@ _MIN_BUCKET = 20  # windows seen in a seasonal bucket before it is trusted
 _EPOCH_WEEKDAY_HOURS = 3 * 24  # 1970-01-01 was a Thursday; shift so that bucket 0 is Monday 00:00 UTC
 _TICKET_HALF_LIFE_S = 86_400.0
 _SIGMA_FLOOR = 0.05
+_MAX_LEVEL = 2.0  # |log| of the key's level against its seasonal pattern (x7.4 either way)
 
 
 @dataclass(slots=True)
@@ -114,6 +119,7 @@ class WindowFeatures:
     seasonal_revenue: np.ndarray
     how: np.ndarray
     hod: np.ndarray
+    trend: dict[str, np.ndarray]  # exponentially weighted sums, stored by update()
 
 
 def _anscombe_z(count: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -158,6 +164,7 @@ class FeatureExtractor:
         self._level_rate = 1.0 - 2.0 ** (-hop_s / self.config.baseline_half_life)
         self._ticket_decay = 2.0 ** (-hop_s / _TICKET_HALF_LIFE_S)
         self._k = self.config.context_windows
+        self._trend_decay = 2.0 ** (-hop_s / self.config.trend_half_life)
         self._arrays: dict[str, np.ndarray] = {}
         self._allocate(0)
 
@@ -186,6 +193,10 @@ class FeatureExtractor:
         "ctx_rev": (-1,),
         "ctx_exp_rev": (-1,),
         "ctx_pos": (),
+        "tr_count": (),
+        "tr_exp_count": (),
+        "tr_rev": (),
+        "tr_exp_rev": (),
         "last_start": (),
     }
 
@@ -254,6 +265,16 @@ class FeatureExtractor:
         ctx_r = np.where(contiguous, a["ctx_rev"][k].sum(axis=1), 0.0) + r
         ctx_er = np.where(contiguous, a["ctx_exp_rev"][k].sum(axis=1), 0.0) + expected_rev
 
+        # Longer horizon: exponentially weighted sums (half-life `trend_half_life`), for sustained
+        # changes too small to see in a few windows of a quiet key.
+        dec = np.where(contiguous, self._trend_decay, 0.0)
+        trend = {
+            "tr_count": dec * a["tr_count"][k] + c,
+            "tr_exp_count": dec * a["tr_exp_count"][k] + expected_count,
+            "tr_rev": dec * a["tr_rev"][k] + r,
+            "tr_exp_rev": dec * a["tr_exp_rev"][k] + expected_rev,
+        }
+
         mean_ticket = np.where(sold, r / c_safe, 0.0)
         units_per_event = np.where(sold, rnd.units / c_safe, 0.0)
         log_upe = np.log(np.maximum(units_per_event, 1e-9))
@@ -275,6 +296,10 @@ class FeatureExtractor:
             "distinct_skus_ratio": lambda: np.where(sold, log_dsr - dsr_base, 0.0),
             "count_context_z": lambda: _anscombe_z(ctx_c, ctx_e),
             "revenue_context_ratio": lambda: np.log((ctx_r + typical_ticket) / (ctx_er + typical_ticket)),
+            "count_trend_z": lambda: _anscombe_z(trend["tr_count"], trend["tr_exp_count"]),
+            "revenue_trend_ratio": lambda: np.log(
+                (trend["tr_rev"] + typical_ticket) / (trend["tr_exp_rev"] + typical_ticket)
+            ),
             "count_ratio_recent": lambda: np.log((c + 1.0) / (np.where(recent_ok, a["recent_count"][k], c) + 1.0)),
             "count_ratio_seasonal": lambda: np.log((c + 1.0) / (expected_count + 1.0)),
             "revenue_ratio_recent": lambda: np.log(
@@ -307,6 +332,8 @@ class FeatureExtractor:
             "distinct_skus": rnd.distinct_skus,
             "count_recent_windows": ctx_c,
             "revenue_recent_windows": ctx_r,
+            "count_recent_hour": trend["tr_count"],
+            "revenue_recent_hour": trend["tr_rev"],
         }
         expected = {
             "count": expected_count,
@@ -317,6 +344,8 @@ class FeatureExtractor:
             "distinct_skus": np.exp(dsr_base) * (c + 1.0) - 1.0,
             "count_recent_windows": ctx_e,
             "revenue_recent_windows": ctx_er,
+            "count_recent_hour": trend["tr_exp_count"],
+            "revenue_recent_hour": trend["tr_exp_rev"],
         }
         return WindowFeatures(
             values=values,
@@ -329,6 +358,7 @@ class FeatureExtractor:
             seasonal_revenue=seasonal_rev,
             how=np.full(n, how),
             hod=np.full(n, hod),
+            trend=trend,
         )
 
     def explained_quantity(self, feature: str) -> str:
@@ -354,21 +384,18 @@ class FeatureExtractor:
         a["ctx_rev"][k_all, pos] = rnd.revenue
         a["ctx_exp_rev"][k_all, pos] = feats.expected_revenue
         a["ctx_pos"][k_all] += 1
+        for name, value in feats.trend.items():
+            a[name][k_all] = value
         a["last_start"][k_all] = rnd.start_ms
 
+        how, hod = int(feats.how[0]), int(feats.hod[0])
         sel = np.flatnonzero(learn)
         if len(sel) == 0:
             return
         k = k_all[sel]
         c, r = rnd.count[sel], rnd.revenue[sel]
-        how, hod = int(feats.how[0]), int(feats.hod[0])
-
-        for prefix, bucket in (("how", how), ("hod", hod)):
-            n = a[f"{prefix}_n"][k, bucket] + 1.0
-            rate = np.maximum(1.0 / n, self._season_rate)
-            a[f"{prefix}_n"][k, bucket] = n
-            a[f"{prefix}_count"][k, bucket] += rate * (c - a[f"{prefix}_count"][k, bucket])
-            a[f"{prefix}_rev"][k, bucket] += rate * (r - a[f"{prefix}_rev"][k, bucket])
+        self._learn_bucket("how", how, k, c, r)
+        self._learn_bucket("hod", hod, k, c, r)
 
         # The key's level relative to its seasonal pattern (log ratio, bounded).
         mature = feats.mature[sel]
@@ -376,7 +403,7 @@ class FeatureExtractor:
         lvl_rev = np.log((r + 1.0) / (feats.seasonal_revenue[sel] + 1.0))
         for name, target in (("level", lvl), ("level_rev", lvl_rev)):
             moved = a[name][k] + self._level_rate * (target - a[name][k])
-            a[name][k] = np.where(mature, np.clip(moved, -2.0, 2.0), 0.0)
+            a[name][k] = np.where(mature, np.clip(moved, -_MAX_LEVEL, _MAX_LEVEL), 0.0)
 
         rn = a["recent_n"][k] + 1.0
         rate = np.maximum(1.0 / rn, self._level_rate)
@@ -402,9 +429,20 @@ class FeatureExtractor:
                 a[f"{name}_n"][ks] = nn
                 a[name][ks] += rate_s * (target - a[name][ks])
 
+    def _learn_bucket(self, prefix: str, bucket: int, k: np.ndarray, c: np.ndarray, r: np.ndarray) -> None:
+        a = self._arrays
+        n = a[f"{prefix}_n"][k, bucket] + 1.0
+        rate = np.maximum(1.0 / n, self._season_rate)
+        a[f"{prefix}_n"][k, bucket] = n
+        a[f"{prefix}_count"][k, bucket] += rate * (c - a[f"{prefix}_count"][k, bucket])
+        a[f"{prefix}_rev"][k, bucket] += rate * (r - a[f"{prefix}_rev"][k, bucket])
+
     # ------------------------------------------------------------------ state
     def to_state(self) -> dict[str, Any]:
-        return {"version": 1, "arrays": {name: arr.tolist() for name, arr in self._arrays.items()}}
+        return {
+            "version": 1,
+            "arrays": {name: arr.tolist() for name, arr in self._arrays.items()},
+        }
 
     @classmethod
     def from_state(

@@ -43,7 +43,8 @@ STATE_VERSION = 1
 _EPS = 1e-8
 _GRID = 32
 _CALIBRATION_ROUNDS = 3
-_CENSOR_FACTOR = 10.0  # scores beyond the risk q/10 level are kept out of the fit
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+_MAX_CENSOR_BUDGET = 3.0
 _GROSS_IQR = 10.0  # calibration scores beyond Q3 + 10 IQR are gross outliers
 
 
@@ -268,8 +269,9 @@ class SPOT:
         self.gamma_ = 0.0
         self.sigma_ = 1.0
         self.z_ = math.inf
-        self._learn_limit = math.inf
         self.n_fits_ = 0
+        self._n_imputed = 0
+        self._censor_budget = 0.0
 
     @property
     def is_calibrated(self) -> bool:
@@ -289,20 +291,42 @@ class SPOT:
             if self.recent_.n >= self.n_init:
                 self._calibrate(self.recent_.recent())
             return
-        # Scores above z_q are alarms. The clearly anomalous ones (beyond the risk q/10 level) enter
-        # neither the peaks nor the count; the rest do: censoring every score above z_q would also
-        # cut about q n clean ones from the tail, and the fit would then drift down (more alarms,
-        # more censoring).
-        normal = x[x <= self._learn_limit]
+        # Alarms (scores above z_q) never enter the fit with their values: a long anomaly would
+        # fatten the tail it is judged against. But dropping them altogether also censors the
+        # clean scores beyond z_q, and the fit then spirals down (a thinner tail, a lower z_q, more
+        # censored). So the alarms are treated as censored observations, known only to exceed
+        # z_q, and imputed from the fitted tail beyond z_q (an EM step for censored data); their
+        # number is held to the rate clean data would produce (a small, capped budget of q per
+        # score), so a long anomaly cannot inflate it.
+        normal = x[x <= self.z_]
         self.recent_.push(normal)
         t = self.init_t_
         assert t is not None
-        peaks = normal[normal > t] - t
-        self.n_ += len(normal)
+        self._censor_budget = min(self._censor_budget + self.risk * len(x), _MAX_CENSOR_BUDGET)
+        censored = min(len(x) - len(normal), int(self._censor_budget))
+        self._censor_budget -= censored
+        peaks = np.concatenate([normal[normal > t] - t, self._impute_beyond_z(censored)])
+        self.n_ += len(normal) + censored
         if len(peaks):
             self.n_peaks_ += len(peaks)
             self.peaks_.push(peaks)
             self._fit()
+
+    def _impute_beyond_z(self, m: int) -> np.ndarray:
+        """``m`` excesses over ``t`` drawn (deterministically) from the fitted tail beyond ``z_q``."""
+        if m <= 0:
+            return np.empty(0)
+        assert self.init_t_ is not None
+        # A golden-ratio sequence of uniforms: deterministic, and spread evenly over the tail.
+        u = ((self._n_imputed + np.arange(1, m + 1)) * _GOLDEN) % 1.0
+        self._n_imputed += m
+        over = self.z_ - self.init_t_
+        scale = self.sigma_ + self.gamma_ * over  # the GPD of the excess over z_q (threshold stability)
+        if self.gamma_ == 0.0:
+            extra = -scale * np.log1p(-u)
+        else:
+            extra = scale / self.gamma_ * ((1.0 - u) ** (-self.gamma_) - 1.0)
+        return np.asarray(over + np.maximum(extra, 0.0))
 
     def _calibrate(self, x: np.ndarray) -> None:
         x = x[np.isfinite(x)]
@@ -338,14 +362,11 @@ class SPOT:
         if len(y) == 0 or self.n_peaks_ <= 0:
             # No peak above t at all (e.g. constant scores): nothing in the tail is normal.
             self.gamma_, self.sigma_, self.z_ = 0.0, _EPS, t + _EPS
-            self._learn_limit = self.z_
             return
         self.gamma_, self.sigma_, _ = fit_gpd(y)
         self.sigma_ = max(self.sigma_, _EPS)
         z = _tail_quantile(t, self.gamma_, self.sigma_, self.risk, self.n_, self.n_peaks_)
         self.z_ = z if np.isfinite(z) else float(y.max()) + t
-        limit = _tail_quantile(t, self.gamma_, self.sigma_, self.risk / _CENSOR_FACTOR, self.n_, self.n_peaks_)
-        self._learn_limit = max(limit, self.z_) if np.isfinite(limit) else self.z_
         self.n_fits_ += 1
 
     def probability(self, scores: Any) -> np.ndarray:
@@ -383,8 +404,9 @@ class SPOT:
             "gamma": self.gamma_,
             "sigma": self.sigma_,
             "z": None if math.isinf(self.z_) else self.z_,
-            "learn_limit": None if math.isinf(self._learn_limit) else self._learn_limit,
             "n_fits": self.n_fits_,
+            "n_imputed": self._n_imputed,
+            "censor_budget": self._censor_budget,
         }
 
     def _load(self, state: Mapping[str, Any]) -> None:
@@ -396,8 +418,9 @@ class SPOT:
         self.gamma_ = float(state["gamma"])
         self.sigma_ = float(state["sigma"])
         self.z_ = math.inf if state["z"] is None else float(state["z"])
-        self._learn_limit = math.inf if state["learn_limit"] is None else float(state["learn_limit"])
         self.n_fits_ = int(state["n_fits"])
+        self._n_imputed = int(state["n_imputed"])
+        self._censor_budget = float(state["censor_budget"])
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> SPOT:
@@ -459,7 +482,7 @@ class DSPOT(SPOT):
         # The local mean moves within a batch: residuals against the mean of the preceding
         # `depth` normal scores, computed with a cumulative sum over the batch.
         residual = self._residuals(x)
-        normal = residual <= self._learn_limit
+        normal = residual <= self.z_
         super().learn(residual)
         self.local_.push(x[normal])
 

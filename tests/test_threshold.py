@@ -53,15 +53,21 @@ def test_nothing_is_flagged_before_calibration():
     assert spot.is_calibrated and math.isfinite(spot.threshold)
 
 
-@pytest.mark.parametrize("risk", [1e-3, 1e-4])
-def test_spot_false_alarm_rate_is_close_to_the_risk(risk):
+@pytest.mark.parametrize(
+    ("tail", "risk"), [("t5", 1e-3), ("t5", 1e-4), ("gamma", 1e-3), ("gamma", 1e-4)]
+)
+def test_spot_false_alarm_rate_is_close_to_the_risk(tail, risk):
     rng = np.random.default_rng(2)
+
+    def draw(n: int) -> np.ndarray:
+        return rng.standard_t(5, n) if tail == "t5" else rng.gamma(4.0, size=n)
+
     spot = SPOT(risk=risk, level=0.98, n_init=20_000, max_excess=2000)
-    spot.learn(rng.standard_t(5, 20_000))
+    spot.learn(draw(20_000))
     flagged = 0
     n = 400_000
     for _ in range(n // 1000):
-        batch = rng.standard_t(5, 1000)
+        batch = draw(1000)
         flagged += int(spot.classify(batch).sum())
         spot.learn(batch)
     rate = flagged / n
@@ -78,6 +84,16 @@ def test_anomalies_in_the_calibration_sample_do_not_inflate_the_threshold():
     b.learn(dirty)
     assert abs(a.threshold - b.threshold) < 0.5
     assert b.threshold < 5
+
+
+def test_a_long_anomaly_does_not_drag_the_threshold_up():
+    rng = np.random.default_rng(12)
+    spot = SPOT(risk=1e-4, n_init=5000)
+    spot.learn(rng.gamma(4.0, size=5000))
+    before = spot.threshold
+    for _ in range(20):  # 2,000 anomalous scores in a row, then normal again
+        spot.learn(np.concatenate([rng.gamma(4.0, size=900), rng.uniform(before * 1.2, before * 2, 100)]))
+    assert spot.threshold < before * 1.1
 
 
 def test_anomalous_scores_do_not_enter_the_peaks():

@@ -1,0 +1,138 @@
+"""The detector core end to end, without Kafka: events in, rejects, scored windows and alerts out."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import orjson
+import pytest
+
+from streamdetect.alerts import Alert
+from streamdetect.config import DetectorConfig, ModelConfig, ThresholdConfig, from_mapping
+from streamdetect.detector import Detector, DetectorOutput
+from streamdetect.generate import GeneratorConfig, generate
+
+SMALL = from_mapping(
+    DetectorConfig,
+    {"model": {"warmup": 1500, "n_init": 2}, "threshold": {"n_init": 1000, "window": 5000}},
+)
+
+
+@cache
+def stream(stores: int = 4, days: int = 4, seed: int = 11) -> tuple[list[bytes], list[dict]]:
+    events, labels = generate(GeneratorConfig(stores=stores, days=days, seed=seed, clean_days=2))
+    return [orjson.dumps(e) for e in events], [dict(x) if isinstance(x, dict) else x.to_dict() for x in labels]
+
+
+def run(values: list[bytes], config: DetectorConfig = SMALL, chunk: int = 5000) -> list[DetectorOutput]:
+    det = Detector(config)
+    outs = [det.process(values[i : i + chunk]) for i in range(0, len(values), chunk)]
+    outs.append(det.flush())
+    return outs
+
+
+def alerts_of(outs: list[DetectorOutput]) -> list[Alert]:
+    return [a for o in outs for a in o.alerts]
+
+
+def test_rejects_carry_their_index_and_reason_and_do_not_disturb_the_rest():
+    good = b'{"ts": "2026-01-05T10:00:00Z", "store_id": "s1", "quantity": 1, "unit_price": 9.5}'
+    values = [good, b"{oops", b'{"ts": "2026-01-05T10:00:01Z", "quantity": 1, "unit_price": 2}', good, None]
+    out = Detector(SMALL).process(values)  # type: ignore[arg-type]
+    assert out.n_valid == 2
+    assert [(r.index, str(r.reason)) for r in out.rejected] == [(1, "decode"), (2, "missing_field"), (4, "decode")]
+
+
+def test_late_events_are_rejected_as_late():
+    det = Detector(SMALL)
+    det.process([b'{"ts": 1767607200000, "store_id": "s1", "quantity": 1, "unit_price": 1}'])
+    out = det.process([b'{"ts": 1767600000000, "store_id": "s1", "quantity": 1, "unit_price": 1}'])
+    assert [(r.index, str(r.reason)) for r in out.rejected] == [(0, "late")]
+    assert det.stats().late_events == 1
+
+
+def test_no_alerts_during_warm_up_and_alerts_after():
+    values, _ = stream()
+    outs = run(values)
+    first_scored = next(i for i, o in enumerate(outs) if len(o.scored))
+    assert all(not o.alerts for o in outs[: first_scored + 1])
+    assert sum(len(o.scored) for o in outs) > 5000
+    assert alerts_of(outs), "the injected anomalies should raise alerts"
+
+
+def test_output_does_not_depend_on_batch_size():
+    # Window sums are accumulated per call, so float rounding may differ in the last bits between
+    # batchings (addition is not associative); the alerts themselves must be the same.
+    values, _ = stream()
+    a = alerts_of(run(values, chunk=997))
+    b = alerts_of(run(values, chunk=20_000))
+    assert a and [x.alert_id for x in a] == [x.alert_id for x in b]
+    np.testing.assert_allclose([x.score for x in a], [x.score for x in b], rtol=1e-9)
+
+
+def test_same_input_same_output_byte_for_byte():
+    values, _ = stream()
+    outs1, outs2 = run(values), run(values)
+    assert [a.to_json() for a in alerts_of(outs1)] == [a.to_json() for a in alerts_of(outs2)]
+    s1 = np.concatenate([o.scored.score for o in outs1])
+    s2 = np.concatenate([o.scored.score for o in outs2])
+    assert s1.tobytes() == s2.tobytes()
+
+
+def test_state_round_trip_mid_stream_continues_identically():
+    values, _ = stream()
+    half = len(values) * 3 // 4  # after warm-up and calibration
+    det = Detector(SMALL)
+    for i in range(0, half, 5000):
+        det.process(values[i : min(i + 5000, half)])
+    assert det.stats().warmed_up
+    state = orjson.loads(orjson.dumps(det.to_state()))
+    clone = Detector.from_state(state, SMALL)
+    assert orjson.dumps(clone.to_state()) == orjson.dumps(det.to_state())
+    rest = values[half:]
+    out_a = [det.process(rest), det.flush()]
+    out_b = [clone.process(rest), clone.flush()]
+    assert [a.to_json() for a in alerts_of(out_a)] == [a.to_json() for a in alerts_of(out_b)]
+    assert np.array_equal(out_a[0].scored.score, out_b[0].scored.score)
+
+
+def test_outage_of_a_busy_store_is_detected_with_an_explanation():
+    values, _ = stream()
+    outs = run(values)
+    det_keys = {a.key["store_id"] for a in alerts_of(outs)}
+    assert det_keys
+    # Inject a synthetic outage: after warm-up, one store's events disappear for an hour.
+    decoded = [orjson.loads(v) for v in values]
+    stores = sorted({e["store_id"] for e in decoded})
+    from streamdetect.events import parse_timestamp
+
+    times = np.array([parse_timestamp(e["ts"]) for e in decoded])
+    counts = {s: sum(e["store_id"] == s for e in decoded) for s in stores}
+    victim = max(stores, key=counts.__getitem__)
+    mine = np.array([e["store_id"] == victim for e in decoded])
+    busiest_hour = int(np.bincount((times[mine] // 3_600_000) % 24, minlength=24).argmax())
+    t0 = int(np.quantile(times, 0.9))
+    t0 -= t0 % 86_400_000
+    t0 += busiest_hour * 3_600_000  # the victim's busiest hour on a late day
+    kept = [
+        v for v, e, t in zip(values, decoded, times, strict=True)
+        if not (e["store_id"] == victim and t0 <= t < t0 + 3_600_000)
+    ]
+    alerts = [a for a in alerts_of(run(kept)) if a.key["store_id"] == victim]
+    hits = [a for a in alerts if t0 <= parse_timestamp(a.window_start) < t0 + 3_600_000]
+    assert hits, "an hour without sales at the busiest hour must raise an alert"
+    first = hits[0]
+    assert first.contributions and first.explanation
+    assert any(c.feature.startswith("count") and c.z < 0 for c in first.contributions)
+    assert 0.0 <= first.probability <= 1.0 and first.score > first.threshold
+
+
+def test_stats_and_config_defaults():
+    det = Detector()
+    s = det.stats()
+    assert not s.warmed_up and s.active_keys == 0 and s.watermark_ms is None
+    assert det.feature_names == DetectorConfig().features.features
+    with pytest.raises(ValueError):
+        Detector.from_state({"version": 99})
+    assert ModelConfig().warmup >= 50 and ThresholdConfig().risk < 0.5
