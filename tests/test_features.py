@@ -144,3 +144,27 @@ def test_state_round_trips_and_evict_resets_a_key():
     fx.evict([1])
     assert not fx.transform(rnd).mature[1]
     assert fx.transform(rnd).mature[0]
+
+
+def test_trend_features_see_a_sustained_small_drop_that_single_windows_do_not():
+    rng = np.random.default_rng(7)
+    rates = np.array([1.0, 1.0])
+    cfg = FeatureConfig(features=("count_z", "count_context_z", "count_trend_z"), trend_half_life=1200)
+    fx = FeatureExtractor(cfg, WindowConfig())
+    train(fx, rates, 3 * 60, rng)
+    trend = []
+    per_window = []
+    for m in range(180, 220):  # key 0 sells at 30 % of its rate for 40 minutes, key 1 as usual
+        rnd = make_round(m * MIN, rng.poisson(rates * np.array([0.3, 1.0])), rng)
+        f = fx.transform(rnd)
+        fx.update(rnd, f, np.zeros(2, dtype=bool))  # flagged: the baselines must not follow
+        trend.append(f.values[:, 2])
+        per_window.append(f.values[:, 0])
+    trend_a, per_window_a = np.array(trend), np.array(per_window)
+    assert trend_a[-1, 0] < -2.0
+    assert trend_a[-1, 0] < trend_a[-1, 1] - 3.0
+    assert per_window_a[:, 0].min() > -2.0  # a quiet key: no single window is alarming
+    state = orjson.loads(orjson.dumps(fx.to_state()))
+    clone = FeatureExtractor.from_state(state, cfg, WindowConfig())
+    rnd = make_round(220 * MIN, np.array([0.0, 1.0]), rng)
+    assert np.array_equal(clone.transform(rnd).values, fx.transform(rnd).values)
