@@ -2,19 +2,20 @@
 
 The mixture model works in standardised units: means of order one keep the sufficient statistics
 free of cancellation, and ``reg_covar`` means the same thing for every feature. The centre is the
-median and the scale 1.4826 x MAD (a standard deviation for normal data, unmoved by the anomalies
-a warm-up may contain); features that are constant on most windows fall back to their standard
-deviation, then to 1.
+median and the scale the standard deviation of the values winsorised at their 1st and 99th
+percentiles: unmoved by the few anomalies a warm-up may contain, and not fooled by features that
+sit on one value most of the time (an assortment ratio is exactly 0 whenever a window has one
+sale), where a MAD would be near 0 and blow the feature up. A constant feature gets scale 1.
 
 Examples
 --------
 >>> import numpy as np
->>> X = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0], [100.0, 5.0]])
->>> s = RobustScaler().fit(X)
+>>> X = np.column_stack([np.r_[np.zeros(90), np.arange(1.0, 11.0)], np.full(100, 5.0)])
+>>> s = RobustScaler().fit(X)   # column 0 is 0 on 90 % of the rows: its MAD would be 0
 >>> s.center_.tolist(), s.scale_.round(3).tolist()
-([2.5, 5.0], [1.483, 1.0])
->>> RobustScaler.from_state(s.to_state()).transform(X[:1]).round(3).tolist()
-[[-1.012, 0.0]]
+([0.0, 5.0], [1.836, 1.0])
+>>> RobustScaler.from_state(s.to_state()).transform(X[-1:]).round(3).tolist()
+[[5.447, 0.0]]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 __all__ = ["RobustScaler"]
 
 _MIN_SCALE = 1e-6
+_WINSOR = 1.0  # percent winsorised at each end before the standard deviation
 _CLIP = 1e4  # standardised values beyond this carry no extra information, only overflow risk
 
 
@@ -37,9 +39,9 @@ class RobustScaler:
     def fit(self, X: np.ndarray) -> RobustScaler:
         X = np.asarray(X, dtype=np.float64)
         center = np.median(X, axis=0)
-        mad = 1.4826 * np.median(np.abs(X - center), axis=0)
-        std = X.std(axis=0)
-        scale = np.where(mad > _MIN_SCALE, mad, np.where(std > _MIN_SCALE, std, 1.0))
+        lo, hi = np.percentile(X, [_WINSOR, 100.0 - _WINSOR], axis=0)
+        std = np.clip(X, lo, hi).std(axis=0)
+        scale = np.where(std > _MIN_SCALE, std, 1.0)
         self.center_, self.scale_ = center, scale
         return self
 
