@@ -43,6 +43,7 @@ STATE_VERSION = 1
 _EPS = 1e-8
 _GRID = 32
 _CALIBRATION_ROUNDS = 3
+_MIN_PEAKS = 30
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _MAX_CENSOR_BUDGET = 3.0
 _GROSS_IQR = 10.0  # calibration scores beyond Q3 + 10 IQR are gross outliers
@@ -335,7 +336,10 @@ class SPOT:
             # A handful of gross anomalies would otherwise mask themselves by fattening the fit.
             x = x[x <= q3 + _GROSS_IQR * (q3 - q1)]
         for _ in range(_CALIBRATION_ROUNDS):
-            t = float(np.quantile(x, self.level))
+            # A generalised Pareto fit needs a few dozen peaks: with few calibration scores, take
+            # the peaks threshold lower than `level` rather than fit the tail to a handful.
+            level = min(self.level, 1.0 - _MIN_PEAKS / max(len(x), 1))
+            t = float(np.quantile(x, max(level, 0.5)))
             self.init_t_ = t
             self.n_ = float(len(x))
             peaks = x[x > t] - t
