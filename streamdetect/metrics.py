@@ -1,0 +1,622 @@
+"""Prometheus metrics, health state and the one HTTP server that serves them.
+
+:class:`Metrics` owns its own :class:`~prometheus_client.CollectorRegistry` (so tests and several
+services in one process do not collide) and registers every metric named in ``docs/contracts.md``:
+prefix ``streamdetect_``, base units, counters whose exposition name ends in ``_total``, histograms
+with explicit buckets, no per-key labels and no ``*_created`` series.
+
+:class:`Health` tracks liveness (the main loop's heartbeat is recent and no fatal error was
+recorded) and readiness (connected, partitions assigned, state restored).
+
+:func:`serve` starts one small WSGI server (stdlib :mod:`wsgiref`, no extra dependency) in a daemon
+thread with ``/metrics``, ``/healthz`` and ``/readyz``.
+
+>>> m = Metrics()
+>>> m.record_consumed("sales", 3)
+>>> m.value("streamdetect_events_consumed_total", topic="sales")
+3.0
+>>> h = Health(max_heartbeat_age=30.0)
+>>> h.live()[0], h.ready()[0]
+(False, False)
+>>> h.heartbeat(); h.set_connected(True); h.set_assigned(True); h.set_state_restored(True)
+>>> h.live()[0], h.ready()[0]
+(True, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+from streamdetect import __version__
+
+__all__ = [
+    "ALERT_LATENCY_BUCKETS",
+    "BATCH_DURATION_BUCKETS",
+    "DEFAULT_METRICS_PATH",
+    "DEFAULT_METRICS_PORT",
+    "METRIC_NAMES",
+    "SCORE_BUCKETS",
+    "Health",
+    "Metrics",
+    "MetricsServer",
+    "serve",
+]
+
+log = logging.getLogger(__name__)
+
+# One process-wide switch in prometheus-client: the ``*_created`` series only double the number of
+# series and nothing here queries them.
+prometheus_client.disable_created_metrics()
+
+DEFAULT_METRICS_PORT = 9108
+DEFAULT_METRICS_PATH = "/metrics"
+PREFIX = "streamdetect_"
+
+#: Anomaly scores are negative log-likelihoods of the window's (scaled) feature vector: a few units
+#: below zero for the densest windows, tens for ordinary ones, hundreds and more for gross outliers.
+SCORE_BUCKETS: tuple[float, ...] = (
+    -10.0, -5.0, -2.5, 0.0, 2.5, 5.0, 7.5, 10.0, 12.5, 15.0, 17.5, 20.0, 25.0, 30.0, 40.0, 50.0,
+    75.0, 100.0, 150.0, 250.0, 500.0, 1000.0,
+)
+#: One consume-score-produce-commit round trip: milliseconds when idle, up to seconds under load.
+BATCH_DURATION_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+#: From the newest event time in a window to the alert being delivered: the window size plus the
+#: allowed lateness dominates (a minute or more), so the buckets reach into hours for replays.
+ALERT_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 1800.0, 3600.0,
+)
+
+#: Every metric family :class:`Metrics` registers, as it appears in the exposition (``_total`` for
+#: counters), with its type and label names. ``docs/contracts.md`` holds the same table.
+METRIC_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "streamdetect_events_consumed_total": ("counter", ("topic",)),
+    "streamdetect_events_rejected_total": ("counter", ("reason",)),
+    "streamdetect_events_late_total": ("counter", ()),
+    "streamdetect_windows_scored_total": ("counter", ()),
+    "streamdetect_anomalies_total": ("counter", ("severity",)),
+    "streamdetect_alerts_produced_total": ("counter", ()),
+    "streamdetect_delivery_failures_total": ("counter", ("topic",)),
+    "streamdetect_anomaly_score": ("histogram", ()),
+    "streamdetect_threshold": ("gauge", ("partition",)),
+    "streamdetect_score_drift": ("gauge", ("partition",)),
+    "streamdetect_drift_events_total": ("counter", ()),
+    "streamdetect_model_log_likelihood": ("gauge", ("partition",)),
+    "streamdetect_model_component_weight": ("gauge", ("partition", "component")),
+    "streamdetect_model_updates_total": ("counter", ()),
+    "streamdetect_consumer_lag_messages": ("gauge", ("topic", "partition")),
+    "streamdetect_batch_duration_seconds": ("histogram", ()),
+    "streamdetect_alert_latency_seconds": ("histogram", ()),
+    "streamdetect_checkpoints_total": ("counter", ("result",)),
+    "streamdetect_last_checkpoint_timestamp_seconds": ("gauge", ()),
+    "streamdetect_commits_total": ("counter", ("result",)),
+    "streamdetect_rebalances_total": ("counter", ("event",)),
+    "streamdetect_assigned_partitions": ("gauge", ()),
+    "streamdetect_last_event_timestamp_seconds": ("gauge", ()),
+    "streamdetect_build_info": ("gauge", ("version", "librdkafka")),
+}
+
+SEVERITIES = ("warning", "major", "critical")
+REJECT_REASONS = ("decode", "missing_field", "bad_type", "bad_timestamp", "out_of_range", "too_large", "late")
+REBALANCE_EVENTS = ("assign", "revoke", "lost")
+RESULTS = ("ok", "error")
+
+
+def _result(ok: bool) -> str:
+    return "ok" if ok else "error"
+
+
+def _reason(value: Any) -> str:
+    """The label value of a reject reason: a ``StrEnum`` member, its ``.value`` or a plain string."""
+    reason = getattr(value, "reason", value)
+    return str(getattr(reason, "value", reason))
+
+
+def _librdkafka_version() -> str:
+    try:
+        import confluent_kafka
+
+        return str(confluent_kafka.libversion()[0])
+    except Exception:  # pragma: no cover - confluent-kafka is a dependency; be defensive anyway
+        return "unknown"
+
+
+class Metrics:
+    """Every streamdetect metric, in a registry of its own.
+
+    Parameters
+    ----------
+    registry
+        Where to register; a fresh :class:`~prometheus_client.CollectorRegistry` when ``None``.
+    version, librdkafka
+        Labels of ``streamdetect_build_info``; the package version and ``confluent_kafka.libversion()``
+        by default.
+    process_collectors
+        Also register the ``process_*``/``python_*`` collectors (CPU, RSS, GC) in this registry.
+
+    Notes
+    -----
+    Partition-labelled gauges (threshold, drift, log-likelihood, component weights) describe the
+    detector of one input partition; :meth:`remove_partition` drops them when the partition is
+    revoked so that stale values do not linger. Cumulative detector counts (``model_updates``) are
+    turned into counter increments by remembering the last value seen per partition.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        version: str | None = None,
+        librdkafka: str | None = None,
+        process_collectors: bool = True,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        if process_collectors:
+            prometheus_client.ProcessCollector(registry=r)
+            prometheus_client.PlatformCollector(registry=r)
+            prometheus_client.GCCollector(registry=r)
+
+        p = PREFIX
+        self.events_consumed = Counter(f"{p}events_consumed", "Events read from the input topics.", ["topic"],
+                                       registry=r)
+        self.events_rejected = Counter(
+            f"{p}events_rejected", "Events rejected (sent to the dead-letter topic), by reason; includes late events.",
+            ["reason"], registry=r)
+        self.events_late = Counter(f"{p}events_late", "Events behind the watermark by more than the allowed lateness.",
+                                   registry=r)
+        self.windows_scored = Counter(f"{p}windows_scored", "Windows closed and scored.", registry=r)
+        self.anomalies = Counter(f"{p}anomalies", "Anomalous windows detected, by severity.", ["severity"],
+                                 registry=r)
+        self.alerts_produced = Counter(f"{p}alerts_produced", "Alerts delivered to the alerts topic.", registry=r)
+        self.delivery_failures = Counter(f"{p}delivery_failures", "Messages whose delivery failed, by topic.",
+                                         ["topic"], registry=r)
+        self.anomaly_score = Histogram(f"{p}anomaly_score",
+                                       "Anomaly score (negative log-likelihood) of scored windows.",
+                                       buckets=SCORE_BUCKETS, registry=r)
+        self.threshold = Gauge(f"{p}threshold", "Current anomaly-score threshold of the partition's detector.",
+                               ["partition"], registry=r)
+        self.score_drift = Gauge(f"{p}score_drift", "Score drift statistic (PSI, recent vs reference scores).",
+                                 ["partition"], registry=r)
+        self.drift_events = Counter(f"{p}drift_events", "Score-drift detections (the model was boosted).", registry=r)
+        self.model_log_likelihood = Gauge(f"{p}model_log_likelihood",
+                                          "Mean log-likelihood of recent windows under the partition's model.",
+                                          ["partition"], registry=r)
+        self.model_component_weight = Gauge(f"{p}model_component_weight", "Mixture weight of each model component.",
+                                            ["partition", "component"], registry=r)
+        self.model_updates = Counter(f"{p}model_updates", "Stepwise-EM model updates.", registry=r)
+        self.consumer_lag = Gauge(f"{p}consumer_lag_messages", "Consumer lag (messages) per input partition.",
+                                  ["topic", "partition"], registry=r)
+        self.batch_duration = Histogram(f"{p}batch_duration_seconds",
+                                        "Time to process one consumed batch (score, produce, commit).",
+                                        buckets=BATCH_DURATION_BUCKETS, registry=r)
+        self.alert_latency = Histogram(f"{p}alert_latency_seconds",
+                                       "From the newest event time in the window to the alert being produced.",
+                                       buckets=ALERT_LATENCY_BUCKETS, registry=r)
+        self.checkpoints = Counter(f"{p}checkpoints", "State checkpoints written, by result.", ["result"], registry=r)
+        self.last_checkpoint = Gauge(f"{p}last_checkpoint_timestamp_seconds",
+                                     "Unix time of the last successful state checkpoint.", registry=r)
+        self.commits = Counter(f"{p}commits", "Offset commits, by result.", ["result"], registry=r)
+        self.rebalances = Counter(f"{p}rebalances", "Consumer-group rebalance callbacks, by event.", ["event"],
+                                  registry=r)
+        self.assigned_partitions = Gauge(f"{p}assigned_partitions", "Input partitions currently assigned.",
+                                         registry=r)
+        self.last_event_timestamp = Gauge(f"{p}last_event_timestamp_seconds",
+                                          "Event time (Unix seconds) of the newest event processed.", registry=r)
+        self.build_info = Gauge(f"{p}build_info", "Build information (always 1).", ["version", "librdkafka"],
+                                registry=r)
+        self.build_info.labels(version or __version__, librdkafka or _librdkafka_version()).set(1)
+
+        # Pre-create the children of bounded label sets so that rate() and absent-series checks see 0,
+        # not "no data", before the first event of each kind.
+        for reason in REJECT_REASONS:
+            self.events_rejected.labels(reason)
+        for severity in SEVERITIES:
+            self.anomalies.labels(severity)
+        for event in REBALANCE_EVENTS:
+            self.rebalances.labels(event)
+        for result in RESULTS:
+            self.checkpoints.labels(result)
+            self.commits.labels(result)
+
+        self._lock = threading.Lock()
+        self._updates_seen: dict[int, int] = {}
+        self._components: dict[int, int] = {}
+        self._lag_children: set[tuple[str, str]] = set()
+        self._last_event_ts = -math.inf
+
+    # -- detector output -----------------------------------------------------------------------------
+
+    def observe_output(self, partition: int, output: Any, stats: Any | None = None) -> None:
+        """Record what one :meth:`Detector.process` call produced for one input partition.
+
+        Parameters
+        ----------
+        partition
+            The input partition whose detector produced ``output``.
+        output
+            A ``DetectorOutput`` (duck-typed: ``alerts`` with ``severity``, ``rejected`` with
+            ``reason``, ``scored`` with ``score`` and ``event_time_ms``, ``drift_detected``).
+        stats
+            The detector's ``DetectorStats`` after the call, for the partition gauges; optional.
+        """
+        for rejected in output.rejected:
+            reason = _reason(rejected)
+            self.events_rejected.labels(reason).inc()
+            if reason == "late":
+                self.events_late.inc()
+        for alert in output.alerts:
+            self.anomalies.labels(str(alert.severity)).inc()
+        scored = output.scored
+        scores = getattr(scored, "score", ())
+        n = len(scores)
+        if n:
+            self.windows_scored.inc(n)
+            observe = self.anomaly_score.observe
+            for value in scores.tolist() if hasattr(scores, "tolist") else scores:
+                if not math.isnan(value):
+                    observe(value)
+            event_times = getattr(scored, "event_time_ms", None)
+            if event_times is not None and len(event_times):
+                self.observe_event_time(float(max(event_times)) / 1000.0)
+        if output.drift_detected:
+            self.drift_events.inc()
+        if stats is not None:
+            self.observe_stats(partition, stats)
+
+    def observe_stats(self, partition: int, stats: Any, *, baseline: bool = False) -> None:
+        """Set the partition gauges from a ``DetectorStats`` and count new model updates.
+
+        Parameters
+        ----------
+        partition
+            The input partition.
+        stats
+            ``DetectorStats`` (duck-typed).
+        baseline
+            Only remember ``stats.model_updates`` without counting it: call with ``True`` right after
+            restoring a detector from a checkpoint, so its past updates are not counted again.
+        """
+        label = str(partition)
+        self.threshold.labels(label).set(float(stats.threshold))
+        self.score_drift.labels(label).set(float(stats.drift_statistic))
+        self.model_log_likelihood.labels(label).set(float(stats.mean_log_likelihood))
+        weights = list(stats.component_weights)
+        with self._lock:
+            previous = self._components.get(partition, 0)
+            for i in range(len(weights), previous):  # the mixture shrank: drop vanished components
+                self._remove(self.model_component_weight, label, str(i))
+            self._components[partition] = len(weights)
+            seen = self._updates_seen.get(partition)
+            updates = int(stats.model_updates)
+            self._updates_seen[partition] = updates
+        for i, w in enumerate(weights):
+            self.model_component_weight.labels(label, str(i)).set(float(w))
+        if not baseline:
+            delta = updates if seen is None or updates < seen else updates - seen
+            if delta > 0:
+                self.model_updates.inc(delta)
+        watermark = getattr(stats, "watermark_ms", None)
+        if watermark is not None:
+            self.observe_event_time(watermark / 1000.0)
+
+    def observe_event_time(self, ts_seconds: float) -> None:
+        """Advance ``streamdetect_last_event_timestamp_seconds`` (it never goes backwards)."""
+        with self._lock:
+            if ts_seconds > self._last_event_ts:
+                self._last_event_ts = ts_seconds
+                self.last_event_timestamp.set(ts_seconds)
+
+    # -- Kafka client --------------------------------------------------------------------------------
+
+    def declare_topics(self, inputs: Iterable[str] = (), outputs: Iterable[str] = ()) -> None:
+        """Create the zero-valued children of the topic-labelled counters at start-up.
+
+        Parameters
+        ----------
+        inputs
+            Input topics (``events_consumed_total``).
+        outputs
+            Topics the service produces to: alerts, dead-letter, state (``delivery_failures_total``).
+
+        Without this a counter has no series until its first increment, and ``rate()`` over it
+        returns no data rather than 0.
+        """
+        for topic in inputs:
+            self.events_consumed.labels(topic)
+        for topic in outputs:
+            self.delivery_failures.labels(topic)
+
+    def record_consumed(self, topic: str, n: int) -> None:
+        """Count ``n`` events read from ``topic``."""
+        if n:
+            self.events_consumed.labels(topic).inc(n)
+
+    def record_rejected(self, reason: str, n: int = 1) -> None:
+        """Count events rejected outside the detector (e.g. oversized or undecodable Kafka messages)."""
+        if n:
+            self.events_rejected.labels(_reason(reason)).inc(n)
+
+    def record_alerts_produced(self, n: int) -> None:
+        """Count alerts whose delivery to the alerts topic was confirmed."""
+        if n:
+            self.alerts_produced.inc(n)
+
+    def record_delivery_failure(self, topic: str, n: int = 1) -> None:
+        """Count messages to ``topic`` whose delivery failed."""
+        self.delivery_failures.labels(topic).inc(n)
+
+    def record_commit(self, ok: bool) -> None:
+        """Count one offset commit, successful or not."""
+        self.commits.labels(_result(ok)).inc()
+
+    def record_checkpoint(self, ok: bool, ts: float | None = None) -> None:
+        """Count one state checkpoint; a successful one also sets its Unix time (now when ``ts`` is ``None``)."""
+        self.checkpoints.labels(_result(ok)).inc()
+        if ok:
+            self.last_checkpoint.set(time.time() if ts is None else ts)
+
+    def record_rebalance(self, event: str, assigned_count: int) -> None:
+        """Count one rebalance callback (``assign``, ``revoke`` or ``lost``) and set the assignment size."""
+        self.rebalances.labels(event).inc()
+        self.assigned_partitions.set(assigned_count)
+
+    def set_lag(self, topic: str, partition: int, lag: float) -> None:
+        """Set the consumer lag of one input partition (negative values mean unknown and are skipped)."""
+        if lag < 0:
+            return
+        key = (topic, str(partition))
+        self.consumer_lag.labels(*key).set(lag)
+        with self._lock:
+            self._lag_children.add(key)
+
+    def observe_batch_seconds(self, seconds: float) -> None:
+        """Observe the processing time of one batch."""
+        self.batch_duration.observe(seconds)
+
+    def observe_alert_latency(self, seconds: float | Iterable[float]) -> None:
+        """Observe event-time-to-alert latency, for one alert or many."""
+        values = [seconds] if isinstance(seconds, int | float) else seconds
+        for s in values:
+            self.alert_latency.observe(max(float(s), 0.0))
+
+    def remove_partition(self, partition: int, topics: Sequence[str] | None = None) -> None:
+        """Drop the per-partition gauge children of a revoked or lost partition.
+
+        Parameters
+        ----------
+        partition
+            The input partition.
+        topics
+            Only drop the lag of these topics; of every topic when ``None``.
+        """
+        label = str(partition)
+        for gauge in (self.threshold, self.score_drift, self.model_log_likelihood):
+            self._remove(gauge, label)
+        with self._lock:
+            n_components = self._components.pop(partition, 0)
+            self._updates_seen.pop(partition, None)
+            lag_keys = [k for k in self._lag_children if k[1] == label and (topics is None or k[0] in topics)]
+            self._lag_children.difference_update(lag_keys)
+        for i in range(n_components):
+            self._remove(self.model_component_weight, label, str(i))
+        for key in lag_keys:
+            self._remove(self.consumer_lag, *key)
+
+    @staticmethod
+    def _remove(metric: Gauge, *labels: str) -> None:
+        with contextlib.suppress(KeyError):
+            metric.remove(*labels)
+
+    # -- reading back (tests, demo summaries) --------------------------------------------------------
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The current value of one sample in the exposition, or ``None`` when it is absent."""
+        return self.registry.get_sample_value(name, labels)
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return prometheus_client.generate_latest(self.registry)
+
+
+# -- health ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Health:
+    """Liveness and readiness of the service, set by its main loop.
+
+    Parameters
+    ----------
+    max_heartbeat_age
+        Liveness fails when the main loop has not called :meth:`heartbeat` for this many seconds
+        (keep it below the consumer's ``max.poll.interval.ms``).
+    clock
+        Monotonic clock, injectable for tests.
+    """
+
+    max_heartbeat_age: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    _last_heartbeat: float | None = field(default=None, init=False)
+    _fatal: str | None = field(default=None, init=False)
+    _connected: bool = field(default=False, init=False)
+    _assigned: bool = field(default=False, init=False)
+    _restored: bool = field(default=False, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def heartbeat(self) -> None:
+        """Mark the main loop as alive (call once per poll iteration)."""
+        with self._lock:
+            self._last_heartbeat = self.clock()
+
+    def set_fatal(self, reason: str) -> None:
+        """Record a fatal error: liveness fails from now on."""
+        with self._lock:
+            self._fatal = reason
+
+    def set_connected(self, value: bool = True) -> None:
+        """Whether the broker is reachable."""
+        with self._lock:
+            self._connected = value
+
+    def set_assigned(self, value: bool = True) -> None:
+        """Whether the consumer received its (possibly empty) partition assignment."""
+        with self._lock:
+            self._assigned = value
+
+    def set_state_restored(self, value: bool = True) -> None:
+        """Whether the detector state of the assigned partitions has been restored."""
+        with self._lock:
+            self._restored = value
+
+    def live(self) -> tuple[bool, dict[str, Any]]:
+        """``(ok, body)``: the heartbeat is recent and no fatal error was recorded."""
+        with self._lock:
+            age = None if self._last_heartbeat is None else self.clock() - self._last_heartbeat
+            fatal = self._fatal
+        reasons = []
+        if fatal is not None:
+            reasons.append(f"fatal error: {fatal}")
+        if age is None:
+            reasons.append("main loop has not started")
+        elif age > self.max_heartbeat_age:
+            reasons.append(f"main loop heartbeat is {age:.1f}s old (max {self.max_heartbeat_age:g}s)")
+        body: dict[str, Any] = {
+            "status": "ok" if not reasons else "fail",
+            "heartbeat_age_seconds": None if age is None else round(age, 3),
+        }
+        if reasons:
+            body["reasons"] = reasons
+        return not reasons, body
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """``(ok, body)``: live, connected, assignment received and state restored."""
+        live, live_body = self.live()
+        with self._lock:
+            checks = {"connected": self._connected, "assigned": self._assigned, "state_restored": self._restored}
+        reasons = [] if live else list(live_body.get("reasons", []))
+        reasons += [f"not {name.replace('_', ' ')}" for name, ok in checks.items() if not ok]
+        body: dict[str, Any] = {"status": "ok" if not reasons else "fail", **checks}
+        if reasons:
+            body["reasons"] = reasons
+        return not reasons, body
+
+
+# -- HTTP --------------------------------------------------------------------------------------------
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Request handler that logs through :mod:`logging` at DEBUG instead of writing to stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("metrics http: " + format, *args)
+
+
+class _ThreadingWSGIServer(WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _json(start_response: Callable[..., Any], ok: bool, body: dict[str, Any]) -> list[bytes]:
+    payload = json.dumps(body).encode()
+    status = "200 OK" if ok else "503 Service Unavailable"
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
+                            ("Cache-Control", "no-store")])
+    return [payload]
+
+
+def make_app(metrics: Metrics, health: Health | None = None) -> Callable[..., Iterable[bytes]]:
+    """The WSGI application: ``/metrics``, ``/healthz``, ``/readyz``; 404 elsewhere."""
+    metrics_app = make_wsgi_app(metrics.registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "") or "/"
+        if path == DEFAULT_METRICS_PATH:
+            return metrics_app(environ, start_response)
+        if path == "/healthz":
+            if health is None:
+                return _json(start_response, True, {"status": "ok"})
+            return _json(start_response, *health.live())
+        if path == "/readyz":
+            if health is None:
+                return _json(start_response, True, {"status": "ok"})
+            return _json(start_response, *health.ready())
+        body = b"not found: try /metrics, /healthz or /readyz\n"
+        start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+@dataclass
+class MetricsServer:
+    """Handle of a running :func:`serve` server."""
+
+    host: str
+    port: int
+    _server: WSGIServer
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop serving and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def serve(metrics: Metrics, health: Health | None = None, host: str = "0.0.0.0",
+          port: int = DEFAULT_METRICS_PORT) -> MetricsServer:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on one port from a daemon thread.
+
+    Parameters
+    ----------
+    metrics
+        Whose registry ``/metrics`` exposes.
+    health
+        Backs ``/healthz`` and ``/readyz``; both always answer 200 when ``None``.
+    host, port
+        Where to listen; port 0 picks a free port (see :attr:`MetricsServer.port`).
+
+    Returns
+    -------
+    MetricsServer
+        The handle; call :meth:`MetricsServer.shutdown` to stop.
+    """
+    class Server(socketserver.ThreadingMixIn, _ThreadingWSGIServer):
+        if ":" in host:
+            address_family = socket.AF_INET6
+
+    server = make_server(host, port, make_app(metrics, health), server_class=Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name="streamdetect-metrics-http", daemon=True)
+    thread.start()
+    bound_port = int(server.server_address[1])
+    log.info("serving metrics on http://%s:%d/metrics", host, bound_port)
+    return MetricsServer(host, bound_port, server, thread)
+
