@@ -1,0 +1,508 @@
+"""The Kafka service against a real Tansu broker on loopback.
+
+Every test produces the same synthetic scenario (4 stores, 6 days, 1 % malformed records, injected
+anomalies) into an input topic of its own with 2 partitions, runs the service (in a thread, or as a
+``streamdetect run`` subprocess) and compares what comes out with the *reference*: one in-process
+:class:`~streamdetect.detector.Detector` per input partition over that partition's valid events, in
+the order the topic holds them. The reference is computed once per module (it depends only on the
+per-partition contents, which are the same for every test).
+
+What the comparisons establish:
+
+* alerts: the set of ``alert_id`` values (and each alert's key and window) equals the reference's,
+  so nothing is lost or invented; duplicates are allowed only where a test says so;
+* windows: the final state snapshot of every partition has scored exactly the reference's number of
+  windows (the detector's ``windows_scored`` is part of its checkpointed state), so every window was
+  scored, once, in the state's lineage;
+* dead letters: exactly the records the decoder rejects, each with its reason, source partition and
+  offset, and its original bytes and key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streamdetect.alerts import Alert
+from streamdetect.config import DetectorConfig, from_mapping
+from streamdetect.detector import Detector
+from streamdetect.events import RejectReason, decode_events
+from streamdetect.generate import GeneratorConfig, encode_event, iter_events
+from streamdetect.kafka.admin import TopicSpec, ensure_topics
+from streamdetect.kafka.checkpoint import StateStore
+from streamdetect.kafka.clients import producer_config, reader_config
+from streamdetect.kafka.producer import OutputProducer
+from streamdetect.kafka.service import Service
+from streamdetect.settings import AppConfig, load_config
+
+pytestmark = pytest.mark.broker
+
+PARTITIONS = 2
+DETECTOR = {"model": {"warmup": 1500, "n_init": 2}, "threshold": {"n_init": 1000, "window": 5000}}
+SMALL = from_mapping(DetectorConfig, DETECTOR)
+SCENARIO = GeneratorConfig(stores=4, days=6, seed=11, clean_days=2, malformed_fraction=0.01,
+                           anomalies_per_store_week=14)
+FAST = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 7000,
+        "checkpoint_interval": 1.0}
+TIMEOUT = 120.0
+
+
+# -- scenario and reference ------------------------------------------------------------------------
+
+
+def scenario() -> list[tuple[bytes | None, bytes]]:
+    """``(key, value)`` of every event, in arrival order (key = store id, none for unparseable records)."""
+    out = []
+    for event in iter_events(SCENARIO):
+        key = event.get("store_id") if isinstance(event, dict) else None
+        out.append((key.encode() if isinstance(key, str) else None, encode_event(event)))
+    return out
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> dict[int, int]:
+    """Produce with the default (key-hashing) partitioner; returns each partition's end offset."""
+    ends: dict[int, int] = {}
+
+    def delivered(err: Any, msg: Any) -> None:
+        assert err is None, err
+        ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    for key, value in records:
+        p.produce(topic, value, key, on_delivery=delivered)
+        p.poll(0)
+    assert p.flush(30) == 0
+    return ends
+
+
+@dataclass(frozen=True)
+class Expected:
+    ends: dict[int, int]
+    alerts: dict[str, tuple[Any, ...]]  # alert_id -> (key, window_start, window_end)
+    windows: dict[int, int]  # partition -> windows scored
+    rejects: dict[tuple[int, int], str]  # (partition, offset) -> reason
+    values: dict[tuple[int, int], tuple[bytes | None, bytes]]  # (partition, offset) -> (key, value)
+
+
+_REFERENCE: dict[str, Expected] = {}
+
+
+def read_input(bootstrap: str, topic: str, total: int) -> dict[int, list[Any]]:
+    """Every message of the input topic, per partition in offset order."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    parts: dict[int, list[Any]] = {p: [] for p in range(PARTITIONS)}
+    n, deadline = 0, time.monotonic() + 60
+    try:
+        while n < total and time.monotonic() < deadline:
+            for m in c.consume(5000, 0.5):
+                if m.error() is None:
+                    parts[int(m.partition() or 0)].append(m)
+                    n += 1
+    finally:
+        c.close()
+    assert n == total, f"read {n} of {total} input messages back"
+    for msgs in parts.values():
+        assert [m.offset() for m in msgs] == list(range(len(msgs)))
+    return parts
+
+
+def reference(bootstrap: str, topic: str, total: int) -> Expected:
+    """What the service must produce for this input topic (computed once per distinct content)."""
+    parts = read_input(bootstrap, topic, total)
+    digest = hashlib.sha256()
+    for p in sorted(parts):
+        for m in parts[p]:
+            digest.update(b"%d:" % p + m.value() + b"\n")
+    cached = _REFERENCE.get(digest.hexdigest())
+    if cached is not None:
+        return cached
+    alerts: dict[str, tuple[Any, ...]] = {}
+    windows: dict[int, int] = {}
+    rejects: dict[tuple[int, int], str] = {}
+    values: dict[tuple[int, int], tuple[bytes | None, bytes]] = {}
+    for p, msgs in parts.items():
+        raw = [m.value() for m in msgs]
+        _, rejected = decode_events(raw, SMALL.events)
+        bad = {r.index for r in rejected}
+        for r in rejected:
+            rejects[(p, msgs[r.index].offset())] = str(r.reason)
+        for m in msgs:
+            values[(p, m.offset())] = (m.key(), m.value())
+        # the malformed records are left out here: the service's alerts must not depend on them
+        clean = [v for i, v in enumerate(raw) if i not in bad]
+        det = Detector(SMALL)
+        for i in range(0, len(clean), 5000):
+            out = det.process(clean[i:i + 5000])
+            assert not out.rejected
+            for a in out.alerts:
+                alerts[a.alert_id] = (tuple(a.key.items()), a.window_start, a.window_end)
+        windows[p] = det.windows_scored
+    expected = Expected({p: len(m) for p, m in parts.items()}, alerts, windows, rejects, values)
+    assert expected.alerts and all(expected.windows.values()) and expected.rejects  # a scenario worth testing
+    _REFERENCE[digest.hexdigest()] = expected
+    return expected
+
+
+# -- reading the outputs -----------------------------------------------------------------------------
+
+
+def read_topic(bootstrap: str, topic: str, idle: float = 2.0) -> list[Any]:
+    """Every message of an output topic: read until nothing new arrives for ``idle`` seconds."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False})
+    md = c.list_topics(topic, timeout=10)
+    c.assign([TopicPartition(topic, p, 0) for p in md.topics[topic].partitions])
+    out: list[Any] = []
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < idle:
+            msgs = [m for m in c.consume(5000, 0.3) if m.error() is None]
+            if msgs:
+                out.extend(msgs)
+                last = time.monotonic()
+    finally:
+        c.close()
+    return out
+
+
+def read_alerts(bootstrap: str, topic: str) -> list[Alert]:
+    alerts = []
+    for m in read_topic(bootstrap, topic):
+        orjson.loads(m.value())  # valid JSON
+        alert = Alert.from_json(m.value())
+        assert m.key() == alert.message_key()
+        alerts.append(alert)
+    return alerts
+
+
+def check_alerts(alerts: list[Alert], expected: Expected, *, duplicates: bool) -> int:
+    """The alerts are the reference's (every one, nothing else); returns the number of duplicates."""
+    seen = {a.alert_id: (tuple(a.key.items()), a.window_start, a.window_end) for a in alerts}
+    missing = set(expected.alerts) - set(seen)
+    extra = set(seen) - set(expected.alerts)
+    assert not missing, (f"{len(missing)} of {len(expected.alerts)} alerts lost ({len(extra)} unexpected): "
+                         f"{sorted(expected.alerts[i] for i in missing)}")
+    assert not extra, f"{len(extra)} unexpected alerts"
+    assert seen == expected.alerts  # same key and window for every id
+    counts = Counter(a.alert_id for a in alerts)
+    dups = sum(n - 1 for n in counts.values())
+    if not duplicates:
+        assert dups == 0, f"{dups} duplicate alerts"
+    for a in alerts:  # a duplicate is the same alert again
+        assert (tuple(a.key.items()), a.window_start, a.window_end) == expected.alerts[a.alert_id]
+    return dups
+
+
+def final_snapshots(cfg: AppConfig) -> dict[int, Any]:
+    k = cfg.kafka
+    producer = OutputProducer(producer_config(k))
+    store = StateStore(k.state_topic, producer, reader_config(k), max_message_bytes=k.max_message_bytes,
+                       restore_timeout=30)
+    try:
+        snaps = store.load([(k.input_topics[0], p) for p in range(PARTITIONS)])
+    finally:
+        store.close()
+    return {p: s for (_, p), s in snaps.items()}
+
+
+def check_windows(cfg: AppConfig, expected: Expected) -> None:
+    """The last checkpoint of every partition is at its end and has scored every window exactly once."""
+    snaps = final_snapshots(cfg)
+    assert {p: s.next_offset for p, s in snaps.items()} == expected.ends
+    assert {p: s.detector["windows_scored"] for p, s in snaps.items()} == expected.windows
+
+
+def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
+    finally:
+        c.close()
+    return {tp.partition: tp.offset for tp in tps}
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT,
+              alive: Callable[[], None] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if alive is not None:
+            alive()
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+# -- running the service -----------------------------------------------------------------------------
+
+
+@dataclass
+class Names:
+    input: str
+    alerts: str
+    dlq: str
+    state: str
+    group: str
+
+
+def names(unique: str) -> Names:
+    return Names(f"in-{unique}", f"alerts-{unique}", f"dlq-{unique}", f"state-{unique}", f"g-{unique}")
+
+
+def app_config(bootstrap: str, n: Names, **kafka: Any) -> AppConfig:
+    return load_config(env={}, overrides={
+        "kafka": {"bootstrap_servers": bootstrap, "input_topics": [n.input], "alerts_topic": n.alerts,
+                  "dlq_topic": n.dlq, "state_topic": n.state, "group_id": n.group, **FAST, **kafka},
+        "detector": DETECTOR,
+        "metrics": {"enabled": False},
+    })
+
+
+class Running:
+    """A :class:`Service` in a thread of this process."""
+
+    def __init__(self, cfg: AppConfig) -> None:
+        self.service = Service(cfg)
+        self.rc: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.rc = self.service.run()
+
+    def alive(self) -> None:
+        assert self.thread.is_alive(), f"the service stopped (rc {self.rc})"
+
+    def partitions(self) -> set[int]:
+        return {p for _, p in list(self.service.parts)}
+
+    def committed(self) -> dict[int, int | None]:
+        return {p: ps.committed for (_, p), ps in list(self.service.parts.items())}
+
+    def stop(self) -> int:
+        self.service.request_stop()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the service did not stop"
+        assert self.rc == 0
+        return self.rc
+
+
+@pytest.fixture
+def input_topic(bootstrap: str, unique: str) -> Iterator[Names]:
+    n = names(unique)
+    ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(n.input, PARTITIONS)])
+    yield n
+
+
+# -- the tests -----------------------------------------------------------------------------------------
+
+
+def test_end_to_end_alerts_dead_letters_and_state(bootstrap: str, input_topic: Names) -> None:
+    """Generated events in (1 % malformed): the reference's alerts out, every malformed record in the DLQ."""
+    n = input_topic
+    records = scenario()
+    ends = produce(bootstrap, n.input, records)
+    expected = reference(bootstrap, n.input, len(records))
+    assert ends == expected.ends
+    cfg = app_config(bootstrap, n)
+    svc = Running(cfg)
+    try:
+        wait_for(lambda: svc.committed() == expected.ends, "all offsets committed", alive=svc.alive)
+    finally:
+        svc.stop()
+    t = svc.service.totals
+    assert t.events == len(records) and t.rejected == len(expected.rejects)
+    check_alerts(read_alerts(bootstrap, n.alerts), expected, duplicates=False)
+    check_windows(cfg, expected)
+    assert committed(bootstrap, n.group, n.input) == expected.ends
+
+    dead = read_topic(bootstrap, n.dlq)
+    got: dict[tuple[int, int], str] = {}
+    for m in dead:
+        h = {k: v.decode() for k, v in m.headers()}
+        assert h["source.topic"] == n.input and h["error.detail"]
+        where = (int(h["source.partition"]), int(h["source.offset"]))
+        assert where not in got, f"dead letter {where} twice"
+        got[where] = h["error.reason"]
+        assert (m.key(), m.value()) == expected.values[where]  # the original record, untouched
+        assert int(h["source.timestamp"]) > 0
+    assert got == expected.rejects
+    assert set(got.values()) <= {r.value for r in RejectReason} and len(set(got.values())) >= 3
+
+
+def _cli() -> list[str]:
+    script = Path(sys.executable).parent / "streamdetect"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from streamdetect.cli import main; sys.exit(main())"]
+
+
+def _write_config(path: Path, bootstrap: str, n: Names) -> None:
+    path.write_text(f"""
+[kafka]
+bootstrap_servers = "{bootstrap}"
+input_topics = ["{n.input}"]
+alerts_topic = "{n.alerts}"
+dlq_topic = "{n.dlq}"
+state_topic = "{n.state}"
+group_id = "{n.group}"
+session_timeout_ms = 6000
+heartbeat_interval_ms = 1000
+max_poll_interval_ms = 7000
+checkpoint_interval = 1.0
+
+[detector.model]
+warmup = 1500
+n_init = 2
+
+[detector.threshold]
+n_init = 1000
+window = 5000
+
+[metrics]
+enabled = false
+""")
+
+
+def test_kill9_then_restart_loses_nothing(bootstrap: str, input_topic: Names, tmp_path: Path) -> None:
+    """``streamdetect run`` killed with SIGKILL at a random point, then restarted: every window scored,
+    every alert delivered (duplicates only as the same alert again); SIGTERM then stops it cleanly."""
+    n = input_topic
+    records = scenario()
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(v + b"\n" for _, v in records))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMDETECT_")}
+    env["STREAMDETECT_CONFIG"] = str(tmp_path / "streamdetect.toml")
+    _write_config(tmp_path / "streamdetect.toml", bootstrap, n)
+    # the input goes in through `streamdetect produce`
+    result = subprocess.run([*_cli(), "produce", str(events), "--topic", n.input], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    expected = reference(bootstrap, n.input, len(records))
+    cfg = load_config(tmp_path / "streamdetect.toml", env={})
+
+    def start(log: str) -> subprocess.Popen[bytes]:
+        with (tmp_path / log).open("wb") as out:
+            return subprocess.Popen([*_cli(), "run"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+
+    first = start("first.log")
+    try:
+        wait_for(lambda: any(o > 0 for o in committed(bootstrap, n.group, n.input).values()), "a first commit",
+                 alive=lambda: _alive(first, tmp_path / "first.log"))
+        time.sleep(random.uniform(0.0, 6.0))
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    at_kill = committed(bootstrap, n.group, n.input)
+    assert at_kill != expected.ends, "the service finished before the kill: nothing was tested"
+
+    second = start("second.log")
+    try:
+        wait_for(lambda: committed(bootstrap, n.group, n.input) == expected.ends, "all offsets committed",
+                 alive=lambda: _alive(second, tmp_path / "second.log"))
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finally:
+        if second.poll() is None:
+            second.kill()
+    dups = check_alerts(read_alerts(bootstrap, n.alerts), expected, duplicates=True)
+    check_windows(cfg, expected)
+    dead = read_topic(bootstrap, n.dlq)
+    assert {(int(dict(m.headers())["source.partition"]), int(dict(m.headers())["source.offset"]))
+            for m in dead} == set(expected.rejects)
+    print(f"killed at committed offsets {at_kill} of {expected.ends}; {dups} duplicate alerts")
+    logs = (tmp_path / "second.log").read_text().splitlines()
+    assert all(line.startswith("{") for line in logs if line.strip())  # structured JSON logs
+    assert any('"restored":true' in line.replace(" ", "") for line in logs)
+
+
+def _alive(proc: subprocess.Popen[bytes], log: Path) -> None:
+    assert proc.poll() is None, f"streamdetect run exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+
+
+def test_two_instances_share_partitions_and_hand_over_state(bootstrap: str, input_topic: Names) -> None:
+    """Two members split the partitions; stopping one moves its partition, with its state, to the other."""
+    n = input_topic
+    records = scenario()
+    half = len(records) * 2 // 3
+    first_ends = produce(bootstrap, n.input, records[:half])
+    cfg = app_config(bootstrap, n)
+    a, b = Running(cfg), Running(cfg)
+    try:
+        def split() -> bool:
+            pa, pb = a.partitions(), b.partitions()
+            return len(pa) == 1 and len(pb) == 1 and pa | pb == {0, 1}
+
+        def both_alive() -> None:
+            a.alive()
+            b.alive()
+
+        wait_for(split, "one partition each", alive=both_alive)
+        wait_for(lambda: {**a.committed(), **b.committed()} == first_ends, "first part committed",
+                 alive=both_alive)
+        moving = b.partitions().pop()
+        b_det = b.service.parts[(n.input, moving)].detector
+        assert b_det.stats().warmed_up
+        b_windows = b_det.windows_scored
+        b.stop()
+        wait_for(lambda: a.partitions() == {0, 1}, "the partition to move", alive=a.alive)
+        moved = a.service.parts[(n.input, moving)]
+        # restored from B's last checkpoint: warmed up and exactly where B stopped, no new warm-up
+        assert moved.restored and moved.detector.stats().warmed_up
+        assert moved.detector.windows_scored == b_windows
+        assert moved.next_offset == first_ends[moving]
+        rest_ends = produce(bootstrap, n.input, records[half:])
+        wait_for(lambda: a.committed() == rest_ends, "everything committed", alive=a.alive)
+    finally:
+        for r in (a, b):
+            if r.thread.is_alive():
+                r.stop()
+    expected = reference(bootstrap, n.input, len(records))
+    check_alerts(read_alerts(bootstrap, n.alerts), expected, duplicates=False)
+    check_windows(cfg, expected)
+    assert a.service.totals.alerts > 0 and b.service.totals.alerts > 0
+
+
+def test_frozen_broker_is_ridden_out(bootstrap: str, tansu: Any, input_topic: Names) -> None:
+    """The broker stops answering for 10 s (SIGSTOP) mid-stream and comes back: nothing is lost."""
+    n = input_topic
+    records = scenario()
+    produce(bootstrap, n.input, records)
+    expected = reference(bootstrap, n.input, len(records))
+    cfg = app_config(bootstrap, n)
+    svc = Running(cfg)
+    try:
+        wait_for(lambda: any((o or 0) > 0 for o in svc.committed().values()), "a first commit", alive=svc.alive)
+        before = svc.service.totals.events
+        tansu.freeze()
+        try:
+            time.sleep(10)
+            svc.alive()
+        finally:
+            tansu.resume()
+        assert before < len(records), "the service finished before the freeze: nothing was tested"
+        wait_for(lambda: committed(bootstrap, n.group, n.input) == expected.ends, "all offsets committed",
+                 alive=svc.alive)
+        svc.alive()
+        assert svc.service.health.live()[0]
+    finally:
+        if svc.thread.is_alive():
+            svc.stop()
+    check_alerts(read_alerts(bootstrap, n.alerts), expected, duplicates=True)
+    check_windows(cfg, expected)
