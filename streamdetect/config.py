@@ -169,7 +169,7 @@ class ModelConfig:
     max_components: int = 6
     step_exponent: float = 0.6
     step_floor: float = 2e-3
-    reg_covar: float = 1e-3
+    reg_covar: float = 0.05
     warmup: int = 5000
     n_init: int = 3
     learn_batch: int = 256

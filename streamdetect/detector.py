@@ -319,7 +319,9 @@ class Detector:
                 )
             )
             self.windows_scored += len(mature)
-            self._pending.add(X, learn_rows.astype(np.float64), score)
+            # A key flagged for long enough has a new normal: its baselines follow (above), but
+            # the mixture does not learn the transitional vectors, only what comes after.
+            self._pending.add(X, (~flags).astype(np.float64), score)
             if self._pending.n >= self.config.model.learn_batch:
                 drift = self._learn()
         self.features.update(rnd, feats, learn)
