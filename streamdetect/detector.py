@@ -382,7 +382,9 @@ class Detector:
         expl = self.model.explain(X[rows])
         tail = 1.0 - probability[rows]
         severities = _severity(tail, cfg.threshold.risk)
-        detected = now_ms if now_ms is not None else int(self.windows.watermark_ms or rnd.end_ms)
+        # Without a wall clock (replays), the event time at which the window closed: the same
+        # whatever the batching.
+        detected = now_ms if now_ms is not None else int(rnd.end_ms + self.config.windows.lateness_ms)
         names = self.features.names
         version = self._model_version()
         out = []

@@ -62,13 +62,11 @@ def test_no_alerts_during_warm_up_and_alerts_after():
 
 
 def test_output_does_not_depend_on_batch_size():
-    # Window sums are accumulated per call, so float rounding may differ in the last bits between
-    # batchings (addition is not associative); the alerts themselves must be the same.
+    # Window sums are exact (fixed point), so another batching gives the same bytes.
     values, _ = stream()
-    a = alerts_of(run(values, chunk=997))
-    b = alerts_of(run(values, chunk=20_000))
-    assert a and [x.alert_id for x in a] == [x.alert_id for x in b]
-    np.testing.assert_allclose([x.score for x in a], [x.score for x in b], rtol=1e-9)
+    a = [x.to_json() for x in alerts_of(run(values, chunk=997))]
+    b = [x.to_json() for x in alerts_of(run(values, chunk=20_000))]
+    assert a and a == b
 
 
 def test_same_input_same_output_byte_for_byte():

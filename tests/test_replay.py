@@ -40,13 +40,8 @@ def test_replay_is_deterministic_byte_for_byte(tmp_path, events_file):
     for name, extra in (("a", ()), ("b", ()), ("c", ("--chunk-size", "777"))):
         (tmp_path / name).mkdir()
         runs.append(replay(tmp_path / name, events_file, *extra))
-    assert runs[0] == runs[1]
+    assert runs[0] == runs[1] == runs[2]  # another chunking too: window sums are exact
     assert runs[0][1].count(b"\n") > 1000
-    # Another chunking sums window revenue in another order (float addition is not associative),
-    # so scores may differ in the last bits, but the alerts and rejects are the same.
-    ids = [[orjson.loads(line)["alert_id"] for line in run[0].splitlines()] for run in (runs[0], runs[2])]
-    assert ids[0] and ids[0] == ids[1]
-    assert runs[0][2] == runs[2][2]
 
 
 def test_scores_csv_columns_and_rejects(tmp_path, events_file):
