@@ -134,3 +134,16 @@ def test_stats_and_config_defaults():
     with pytest.raises(ValueError):
         Detector.from_state({"version": 99})
     assert ModelConfig().warmup >= 50 and ThresholdConfig().risk < 0.5
+
+
+def test_state_round_trip_before_the_warm_up_fit():
+    # The service checkpoints partitions from their first batch on, long before warm-up ends.
+    values, _ = stream()
+    det = Detector(SMALL)
+    det.process(values[:3000])
+    assert not det.stats().warmed_up
+    clone = Detector.from_state(orjson.loads(orjson.dumps(det.to_state())), SMALL)
+    rest = values[3000:]
+    a = [x.to_json() for x in alerts_of([det.process(rest), det.flush()])]
+    b = [x.to_json() for x in alerts_of([clone.process(rest), clone.flush()])]
+    assert a and a == b
