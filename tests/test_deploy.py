@@ -215,9 +215,9 @@ def test_alert_rules_are_documented() -> None:
                 if check.get("exp_alerts"):
                     tested.add(check["alertname"])
     assert names == tested
-    doc = (ROOT / "docs" / "observability.md").read_text()
+    doc = (ROOT / "README.md").read_text()
     for name in names:
-        assert name in doc, f"{name} is not described in docs/observability.md"
+        assert name in doc, f"{name} is not described in README.md"
 
 
 def test_expected_anomaly_ratio_is_the_threshold_risk() -> None:

@@ -31,8 +31,8 @@ def contract_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
 
 
 def documented_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
-    """The metrics reference of docs/observability.md: name -> (type, labels)."""
-    text = (ROOT / "docs" / "observability.md").read_text()
+    """The metrics reference of README.md: name -> (type, labels)."""
+    text = (ROOT / "README.md").read_text()
     section = text.split("### Metrics reference", 1)[1].split("\n### ", 1)[0]
     out = {}
     for m in re.finditer(r"^\| `(streamdetect_\w+)` \| (\w+) \|([^|]*)\|", section, re.M):
@@ -52,7 +52,7 @@ def test_contract_table_matches_metric_names() -> None:
 
 
 def test_every_metric_is_documented() -> None:
-    """docs/observability.md (merged into the README) has one row per metric, with its type and labels."""
+    """README.md has one row per metric, with its type and labels."""
     documented = documented_metrics()
     assert documented == METRIC_NAMES
     # and the registry itself (not only the METRIC_NAMES table) registers exactly these

@@ -446,11 +446,11 @@ def test_river_adapter_scores_anomalies_higher() -> None:
 
 # ----------------------------------------------------------------------------- docs
 def test_docs_model_example_runs() -> None:
-    text = (Path(__file__).parent.parent / "docs" / "model.md").read_text()
+    text = (Path(__file__).parent.parent / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert blocks
     for block in blocks:
-        exec(compile(block, "docs/model.md", "exec"), {})
+        exec(compile(block, "README.md", "exec"), {})
 
 
 def test_constructor_validation() -> None:
