@@ -233,8 +233,8 @@ class DriftConfig:
     """
 
     detector: Literal["page_hinkley", "adwin"] = "page_hinkley"
-    reference_size: int = 5000
-    recent_size: int = 2000
+    reference_size: int = 30_000
+    recent_size: int = 10_000
     boost: float = 10.0
     boost_half_life: float = 20.0
 
