@@ -83,7 +83,7 @@ class Demo:
 
         o = self.options
         gen = GeneratorConfig(stores=o.stores, days=o.days, seed=o.seed, malformed_fraction=o.malformed,
-                              clean_days=1, anomalies_per_store_week=7.0)
+                              clean_days=0, anomalies_per_store_week=7.0)
         producer = OutputProducer(producer_config(self.config.kafka))
         topic = self.config.kafka.input_topics[0]
         first_arrival: int | None = None

@@ -44,6 +44,7 @@ _EPS = 1e-8
 _GRID = 32
 _CALIBRATION_ROUNDS = 3
 _MIN_PEAKS = 30
+_LR_CRITICAL = 3.841  # chi-square(1) at 95 %: the shape parameter must earn its place
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _MAX_CENSOR_BUDGET = 3.0
 _GROSS_IQR = 10.0  # calibration scores beyond Q3 + 10 IQR are gross outliers
@@ -143,6 +144,12 @@ def fit_gpd(excesses: np.ndarray) -> tuple[float, float, float]:
             if gamma != 0.0:
                 candidates.append((gamma, gamma / x))
     best = max(candidates, key=lambda c: _gpd_log_likelihood(y, *c))
+    exponential = _gpd_log_likelihood(y, 0.0, mean)
+    if 2.0 * (_gpd_log_likelihood(y, *best) - exponential) < _LR_CRITICAL:
+        # The exponential tail is the GPD with gamma = 0: keep it unless the data clearly ask for
+        # the extra shape parameter (likelihood-ratio test). A few dozen peaks cannot tell, and a
+        # spurious gamma > 0 puts a small-sample threshold orders of magnitude too high.
+        return 0.0, mean, exponential
     return best[0], best[1], _gpd_log_likelihood(y, *best)
 
 

@@ -215,3 +215,12 @@ def test_a_short_calibration_still_fits_a_sane_tail():
         spot.learn(rng.gamma(4.0, size=200))
         assert spot.n_peaks_ >= 30
         assert 8.0 < spot.threshold < 30.0, (seed, spot.threshold)  # the exact quantile is 13.1
+
+
+def test_a_few_dozen_peaks_keep_the_exponential_tail_unless_the_data_insist():
+    # With 40 exponential peaks the maximum-likelihood shape is noise; the likelihood-ratio test
+    # keeps gamma = 0. A clearly heavy tail still gets its shape.
+    rng = np.random.default_rng(14)
+    kept = [fit_gpd(rng.exponential(2.0, 40))[0] == 0.0 for _ in range(50)]
+    assert sum(kept) >= 40
+    assert fit_gpd(gpd_sample(rng, 0.5, 1.0, 2000))[0] > 0.3
