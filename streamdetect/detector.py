@@ -136,18 +136,24 @@ class _Pending:
     X: list[np.ndarray] = field(default_factory=list)
     weight: list[np.ndarray] = field(default_factory=list)
     score: list[np.ndarray] = field(default_factory=list)
+    calm: list[np.ndarray] = field(default_factory=list)
     n: int = 0
 
-    def add(self, X: np.ndarray, weight: np.ndarray, score: np.ndarray) -> None:
+    def add(self, X: np.ndarray, weight: np.ndarray, score: np.ndarray, calm: np.ndarray) -> None:
         self.X.append(X)
         self.weight.append(weight)
         self.score.append(score)
+        self.calm.append(calm)
         self.n += len(X)
 
-    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        out = np.concatenate(self.X), np.concatenate(self.weight), np.concatenate(self.score)
-        self.X, self.weight, self.score, self.n = [], [], [], 0
+    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        out = (np.concatenate(self.X), np.concatenate(self.weight), np.concatenate(self.score),
+               np.concatenate(self.calm))
+        self.X, self.weight, self.score, self.calm, self.n = [], [], [], [], 0
         return out
+
+
+_NEVER_FLAGGED = 1 << 40
 
 
 def _severity(tail: np.ndarray, risk: float) -> list[str]:
@@ -182,6 +188,8 @@ class Detector:
         self._warmup_n = 0
         self._pending = _Pending()
         self._flag_streak = np.zeros(0, dtype=np.int64)
+        self._since_flag = np.zeros(0, dtype=np.int64)  # windows since the key's last alert
+        self._cooldown = 2 * cfg.features.context_windows
         self.windows_scored = 0
         self.regime_changes = 0
 
@@ -264,7 +272,9 @@ class Detector:
             drift |= self._process_round(rnd, now_ms, alerts, rounds)
         if self.windows.evicted:
             self.features.evict(self.windows.evicted)
-            self._flag_streak[np.asarray(self.windows.evicted, dtype=np.int64)] = 0
+            gone = np.asarray(self.windows.evicted, dtype=np.int64)
+            self._flag_streak[gone] = 0
+            self._since_flag[gone] = _NEVER_FLAGGED
             self.windows.evicted.clear()
         return DetectorOutput(
             alerts=alerts,
@@ -300,6 +310,11 @@ class Detector:
             self._grow_streak(key_ids)
             streak = np.where(flags, self._flag_streak[key_ids] + 1, 0)
             self._flag_streak[key_ids] = streak
+            since = np.where(flags, 0, self._since_flag[key_ids] + 1)
+            self._since_flag[key_ids] = since
+            # An anomaly rarely ends on its last alert: the windows around it score high without
+            # crossing the threshold, and learning them would fatten the very tail that sets it.
+            calm = since > self._cooldown
             learn_rows = ~flags | (streak > self.config.relearn_after)
             learn[mature] = learn_rows
             probability = self.threshold.probability(score)
@@ -321,7 +336,7 @@ class Detector:
             self.windows_scored += len(mature)
             # A key flagged for long enough has a new normal: its baselines follow (above), but
             # the mixture does not learn the transitional vectors, only what comes after.
-            self._pending.add(X, (~flags).astype(np.float64), score)
+            self._pending.add(X, (~flags).astype(np.float64), score, calm)
             if self._pending.n >= self.config.model.learn_batch:
                 drift = self._learn()
         self.features.update(rnd, feats, learn)
@@ -330,10 +345,9 @@ class Detector:
     def _grow_streak(self, key_ids: np.ndarray) -> None:
         need = int(key_ids.max()) + 1
         if need > len(self._flag_streak):
-            self._flag_streak = np.concatenate(
-                [self._flag_streak, np.zeros(max(need, 2 * len(self._flag_streak)) - len(self._flag_streak),
-                                             dtype=np.int64)]
-            )
+            grow = max(need, 2 * len(self._flag_streak)) - len(self._flag_streak)
+            self._flag_streak = np.concatenate([self._flag_streak, np.zeros(grow, dtype=np.int64)])
+            self._since_flag = np.concatenate([self._since_flag, np.full(grow, _NEVER_FLAGGED, dtype=np.int64)])
 
     def _fit_warmup(self) -> None:
         X = np.concatenate(self._warmup_rows)
@@ -352,14 +366,14 @@ class Detector:
         self.model = model
 
     def _learn(self) -> bool:
-        X, weight, score = self._pending.take()
+        X, weight, score, calm = self._pending.take()
         if (weight == 0).mean() > self.config.regime_change_fraction:
             # So many flagged windows at once is a new regime, not a burst of anomalies.
             weight = np.ones_like(weight)
             self.regime_changes += 1
         if weight.sum() > 0:
             self.model.partial_fit(X, sample_weight=weight)
-        self.threshold.learn(score)
+        self.threshold.learn(score[calm])
         drift = bool(self.drift.update(score))
         if drift:
             self.model.boost(self.config.drift.boost, self.config.drift.boost_half_life)
@@ -480,8 +494,10 @@ class Detector:
                 "X": np.concatenate(pending.X).tolist() if pending.X else [],
                 "weight": np.concatenate(pending.weight).tolist() if pending.weight else [],
                 "score": np.concatenate(pending.score).tolist() if pending.score else [],
+                "calm": np.concatenate(pending.calm).tolist() if pending.calm else [],
             },
             "flag_streak": self._flag_streak.tolist(),
+            "since_flag": self._since_flag.tolist(),
             "windows_scored": self.windows_scored,
             "regime_changes": self.regime_changes,
         }
@@ -508,8 +524,10 @@ class Detector:
                 np.array(p["X"], dtype=np.float64).reshape(-1, d),
                 np.array(p["weight"], dtype=np.float64),
                 np.array(p["score"], dtype=np.float64),
+                np.array(p["calm"], dtype=bool),
             )
         det._flag_streak = np.array(state["flag_streak"], dtype=np.int64)
+        det._since_flag = np.array(state["since_flag"], dtype=np.int64)
         det.windows_scored = int(state["windows_scored"])
         det.regime_changes = int(state["regime_changes"])
         return det
