@@ -16,6 +16,10 @@ One model serves keys of very different size, so every model feature compares a 
 * ``count_context_z``, ``revenue_context_ratio`` -- the same over the last ``context_windows``
   windows, which makes sustained small deviations (a store selling nothing at a quiet hour, a
   level shift) visible.
+* ``count_trend_z`` (optional) -- the log ratio of exponentially weighted sums of observed and
+  expected counts (half-life ``trend_half_life``), divided by its standard deviation under Poisson
+  noise *plus* the key's own overdispersion (how much its rate wanders beyond Poisson, learned
+  over about a day); the sums restart after a flagged window, as a CUSUM restarts after its alarm.
 
 Raw aggregates (``count``, ``revenue``, ``log_count``, ...), ratios to the recent baseline
 (``count_ratio_recent``, ``revenue_ratio_recent``), ratios to the seasonal one
@@ -103,6 +107,11 @@ _EPOCH_WEEKDAY_HOURS = 3 * 24  # 1970-01-01 was a Thursday; shift so that bucket
 _TICKET_HALF_LIFE_S = 86_400.0
 _SIGMA_FLOOR = 0.05
 _MAX_LEVEL = 2.0  # |log| of the key's level against its seasonal pattern (x7.4 either way)
+# Overdispersion of the trend sums (variance of the log rate beyond Poisson noise): a prior worth
+# `_PHI_PRIOR_WINDOWS` windows, then an exponentially weighted estimate over about a day.
+_PHI_PRIOR = 0.01
+_PHI_PRIOR_WINDOWS = 120.0
+_PHI_HALF_LIFE_S = 86_400.0
 
 
 @dataclass(slots=True)
@@ -120,6 +129,8 @@ class WindowFeatures:
     how: np.ndarray
     hod: np.ndarray
     trend: dict[str, np.ndarray]  # exponentially weighted sums, stored by update()
+    trend_log_ratio: np.ndarray  # log(observed / expected) of the weighted count sums
+    trend_poisson_var: np.ndarray  # its variance if counts were Poisson around the expectation
 
 
 def _anscombe_z(count: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -165,6 +176,7 @@ class FeatureExtractor:
         self._ticket_decay = 2.0 ** (-hop_s / _TICKET_HALF_LIFE_S)
         self._k = self.config.context_windows
         self._trend_decay = 2.0 ** (-hop_s / self.config.trend_half_life)
+        self._phi_rate = 1.0 - 2.0 ** (-hop_s / _PHI_HALF_LIFE_S)
         self._arrays: dict[str, np.ndarray] = {}
         self._allocate(0)
 
@@ -197,6 +209,9 @@ class FeatureExtractor:
         "tr_exp_count": (),
         "tr_rev": (),
         "tr_exp_rev": (),
+        "tr_exp2_count": (),
+        "tr_phi": (),
+        "tr_phi_n": (),
         "last_start": (),
     }
 
@@ -273,7 +288,15 @@ class FeatureExtractor:
             "tr_exp_count": dec * a["tr_exp_count"][k] + expected_count,
             "tr_rev": dec * a["tr_rev"][k] + r,
             "tr_exp_rev": dec * a["tr_exp_rev"][k] + expected_rev,
+            "tr_exp2_count": dec * dec * a["tr_exp2_count"][k] + expected_count,
         }
+        # Sustained deviations are judged against the key's own overdispersion: real rates wander
+        # (weather, promotions, the hour's mood) far more than Poisson noise over an hour of a
+        # busy key, and a z-score that ignored it would page on every busy afternoon.
+        tr_e = trend["tr_exp_count"] + 0.5
+        trend_log_ratio = np.log((trend["tr_count"] + 0.5) / tr_e)
+        trend_poisson_var = (trend["tr_exp2_count"] + 0.25) / (tr_e * tr_e)
+        phi = np.where(a["tr_phi_n"][k] > 0, np.maximum(a["tr_phi"][k], 0.0), _PHI_PRIOR)
 
         mean_ticket = np.where(sold, r / c_safe, 0.0)
         units_per_event = np.where(sold, rnd.units / c_safe, 0.0)
@@ -296,7 +319,7 @@ class FeatureExtractor:
             "distinct_skus_ratio": lambda: np.where(sold, log_dsr - dsr_base, 0.0),
             "count_context_z": lambda: _anscombe_z(ctx_c, ctx_e),
             "revenue_context_ratio": lambda: np.log((ctx_r + typical_ticket) / (ctx_er + typical_ticket)),
-            "count_trend_z": lambda: _anscombe_z(trend["tr_count"], trend["tr_exp_count"]),
+            "count_trend_z": lambda: trend_log_ratio / np.sqrt(trend_poisson_var + phi),
             "revenue_trend_ratio": lambda: np.log(
                 (trend["tr_rev"] + typical_ticket) / (trend["tr_exp_rev"] + typical_ticket)
             ),
@@ -359,6 +382,8 @@ class FeatureExtractor:
             how=np.full(n, how),
             hod=np.full(n, hod),
             trend=trend,
+            trend_log_ratio=trend_log_ratio,
+            trend_poisson_var=trend_poisson_var,
         )
 
     def explained_quantity(self, feature: str) -> str:
@@ -385,7 +410,9 @@ class FeatureExtractor:
         a["ctx_exp_rev"][k_all, pos] = feats.expected_revenue
         a["ctx_pos"][k_all] += 1
         for name, value in feats.trend.items():
-            a[name][k_all] = value
+            # A flagged window restarts the sums (as a CUSUM restarts after its alarm): evidence
+            # already reported must not keep the key alerting after a short anomaly has ended.
+            a[name][k_all] = np.where(learn, value, 0.0)
         a["last_start"][k_all] = rnd.start_ms
 
         how, hod = int(feats.how[0]), int(feats.hod[0])
@@ -396,6 +423,17 @@ class FeatureExtractor:
         c, r = rnd.count[sel], rnd.revenue[sel]
         self._learn_bucket("how", how, k, c, r)
         self._learn_bucket("hod", hod, k, c, r)
+
+        # Overdispersion: mean squared log ratio beyond the Poisson part, on mature baselines.
+        m = feats.mature[sel]
+        km = k[m]
+        if len(km):
+            excess = feats.trend_log_ratio[sel][m] ** 2 - feats.trend_poisson_var[sel][m]
+            n_phi = a["tr_phi_n"][km] + 1.0
+            prior_weighted = np.where(a["tr_phi_n"][km] > 0, a["tr_phi"][km], _PHI_PRIOR)
+            rate_phi = np.maximum(1.0 / (n_phi + _PHI_PRIOR_WINDOWS), self._phi_rate)
+            a["tr_phi"][km] = prior_weighted + rate_phi * (excess - prior_weighted)
+            a["tr_phi_n"][km] = n_phi
 
         # The key's level relative to its seasonal pattern (log ratio, bounded).
         mature = feats.mature[sel]
@@ -457,4 +495,6 @@ class FeatureExtractor:
             if arr.size == 0:
                 arr = arr.reshape(fx._arrays[name].shape)
             fx._arrays[name] = arr
+        # Arrays a state from an older release lacks start from scratch at the right capacity.
+        fx._allocate(len(fx._arrays["level"]))
         return fx
