@@ -36,7 +36,9 @@ says to learn from (anomalies do not become the new normal).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -114,14 +116,14 @@ _PHI_PRIOR_WINDOWS = 120.0
 _PHI_HALF_LIFE_S = 86_400.0
 
 
-@dataclass(slots=True)
+@dataclass
 class WindowFeatures:
     """Features of one round: ``values`` feed the model; the rest explains and updates."""
 
     values: np.ndarray  # (n, d) in config.features order
     mature: np.ndarray  # bool: the key's baselines are trustworthy for this window
     observed: dict[str, np.ndarray]  # human-facing quantities (see _EXPLAINED_AS)
-    expected: dict[str, np.ndarray]
+    expected_of: Callable[[], dict[str, np.ndarray]] = field(repr=False)
     expected_count: np.ndarray
     expected_revenue: np.ndarray
     seasonal_count: np.ndarray
@@ -131,6 +133,11 @@ class WindowFeatures:
     trend: dict[str, np.ndarray]  # exponentially weighted sums, stored by update()
     trend_log_ratio: np.ndarray  # log(observed / expected) of the weighted count sums
     trend_poisson_var: np.ndarray  # its variance if counts were Poisson around the expectation
+
+    @cached_property
+    def expected(self) -> dict[str, np.ndarray]:
+        """What each human-facing quantity was expected to be (built when an alert asks)."""
+        return self.expected_of()
 
 
 def _anscombe_z(count: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -344,7 +351,8 @@ class FeatureExtractor:
         values = np.empty((n, len(self.names)))
         for j, name in enumerate(self.names):
             values[:, j] = computed[name]()
-        np.nan_to_num(values, copy=False, nan=0.0, posinf=1e6, neginf=-1e6)
+        if not np.isfinite(values).all():
+            np.nan_to_num(values, copy=False, nan=0.0, posinf=1e6, neginf=-1e6)
 
         observed = {
             "count": c,
@@ -358,7 +366,8 @@ class FeatureExtractor:
             "count_recent_hour": trend["tr_count"],
             "revenue_recent_hour": trend["tr_rev"],
         }
-        expected = {
+        def expected() -> dict[str, np.ndarray]:  # only alerts need these: computed on demand
+            return {
             "count": expected_count,
             "revenue": expected_rev,
             "mean_ticket": np.where(has_tickets, np.expm1(mu), mean_ticket),
@@ -369,12 +378,13 @@ class FeatureExtractor:
             "revenue_recent_windows": ctx_er,
             "count_recent_hour": trend["tr_exp_count"],
             "revenue_recent_hour": trend["tr_exp_rev"],
-        }
+            }
+
         return WindowFeatures(
             values=values,
             mature=mature,
             observed=observed,
-            expected=expected,
+            expected_of=expected,
             expected_count=expected_count,
             expected_revenue=expected_rev,
             seasonal_count=seasonal_count,

@@ -224,8 +224,10 @@ class _ScoreWindow:
 
 def _as_scores(scores: Any) -> np.ndarray:
     x = np.asarray(scores, dtype=np.float64).ravel()
+    if np.isfinite(x).all():  # the common case, without nan_to_num's fixed cost on every round
+        return x
     # A non-finite score means the model could not explain the window at all: most anomalous.
-    return np.nan_to_num(x, nan=np.inf, posinf=np.inf, neginf=-np.inf)
+    return np.where(np.isnan(x), np.inf, x)
 
 
 # --------------------------------------------------------------------------- SPOT

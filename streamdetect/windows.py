@@ -403,7 +403,10 @@ class WindowAggregator:
         idle_ms = round(cfg.idle_timeout * 1000)
         live = self._last_data_end > 0
         idle_keys = np.flatnonzero(live & (end - self._last_data_end <= idle_ms))
-        zero_keys = np.setdiff1d(idle_keys, data_keys, assume_unique=False)
+        # Idle keys without data in this round (setdiff1d, without its sort: both are key ids).
+        has_data = np.zeros(len(self._last_data_end), dtype=bool)
+        has_data[data_keys] = True
+        zero_keys = idle_keys[~has_data[idle_keys]]
         if len(slots) == 0 and len(zero_keys) == 0:
             self._evict_stale(end)
             return None
