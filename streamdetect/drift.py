@@ -50,15 +50,27 @@ def psi(reference: np.ndarray, recent: np.ndarray, bins: int = 10) -> float:
     >>> psi(ref, rng.normal(loc=1.0, size=5000)) > 0.25
     True
     """
+    return _psi_against(_reference_bins(reference, bins), recent)
+
+
+def _reference_bins(reference: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray] | None:
+    """Bin edges at the reference's quantiles and the reference's share in each bin."""
     ref = np.asarray(reference, dtype=np.float64)
-    new = np.asarray(recent, dtype=np.float64)
-    ref, new = ref[np.isfinite(ref)], new[np.isfinite(new)]
-    if len(ref) == 0 or len(new) == 0:
-        return 0.0
+    ref = ref[np.isfinite(ref)]
+    if len(ref) == 0:
+        return None
     edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
     e = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1) / len(ref)
+    return edges, np.maximum(e, _SMOOTHING)
+
+
+def _psi_against(reference_bins: tuple[np.ndarray, np.ndarray] | None, recent: np.ndarray) -> float:
+    new = np.asarray(recent, dtype=np.float64)
+    new = new[np.isfinite(new)]
+    if reference_bins is None or len(new) == 0:
+        return 0.0
+    edges, e = reference_bins
     a = np.bincount(np.searchsorted(edges, new, side="right"), minlength=len(edges) + 1) / len(new)
-    e = np.maximum(e, _SMOOTHING)
     a = np.maximum(a, _SMOOTHING)
     return float(np.sum((a - e) * np.log(a / e)))
 
@@ -80,6 +92,8 @@ class ScoreDriftMonitor:
         self._ref_mean = 0.0
         self._ref_std = 1.0
         self._detector = self._new_detector(c)
+        self._bins: tuple[np.ndarray, np.ndarray] | None = None
+        self._bins_of: np.ndarray | None = None
 
     @staticmethod
     def _new_detector(c: DriftConfig) -> river_drift.PageHinkley | river_drift.ADWIN:
@@ -105,7 +119,9 @@ class ScoreDriftMonitor:
                 self._set_reference(self.reference_)
             return False
         self.recent_ = np.concatenate([self.recent_, x])[-c.recent_size :]
-        self.psi_ = psi(self.reference_, self.recent_)
+        if self._bins_of is not self.reference_:  # the reference changes rarely: bin it once
+            self._bins, self._bins_of = _reference_bins(self.reference_), self.reference_
+        self.psi_ = _psi_against(self._bins, self.recent_)
         if self._detect(x):
             self.drift_events_ += 1
             self._set_reference(self.recent_)

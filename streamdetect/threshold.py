@@ -188,6 +188,10 @@ class _ScoreWindow:
         m = len(x)
         if m == 0:
             return
+        if self._sorted is not None and m <= self.size // 8:
+            self._sorted = self._resorted(x)
+        else:
+            self._sorted = None
         end = self.pos + m
         if end <= self.size:
             self.values[self.pos : end] = x
@@ -197,7 +201,23 @@ class _ScoreWindow:
             self.values[: m - cut] = x[cut:]
         self.pos = end % self.size
         self.n = min(self.n + m, self.size)
-        self._sorted = None
+
+    def _resorted(self, x: np.ndarray) -> np.ndarray:
+        """The sorted copy after pushing ``x``: drop the scores it overwrites, insert it (O(size)
+        memory moves instead of a sort of the whole window per learning batch)."""
+        assert self._sorted is not None
+        kept = self._sorted
+        overwritten = max(self.n + len(x) - self.size, 0)
+        if overwritten:
+            # The last `overwritten` slots x lands on held data (the first ones may be empty).
+            idx = (self.pos + len(x) - overwritten + np.arange(overwritten)) % self.size
+            gone = np.sort(self.values[idx])
+            # Equal scores each need their own position: offset by their rank among equals.
+            first = np.searchsorted(kept, gone, side="left")
+            rank = np.arange(overwritten) - np.searchsorted(gone, gone, side="left")
+            kept = np.delete(kept, first + rank)
+        new = np.sort(x)
+        return np.insert(kept, np.searchsorted(kept, new, side="left"), new)
 
     def recent(self) -> np.ndarray:
         """Oldest first."""

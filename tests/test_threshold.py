@@ -224,3 +224,18 @@ def test_a_few_dozen_peaks_keep_the_exponential_tail_unless_the_data_insist():
     kept = [fit_gpd(rng.exponential(2.0, 40))[0] == 0.0 for _ in range(50)]
     assert sum(kept) >= 40
     assert fit_gpd(gpd_sample(rng, 0.5, 1.0, 2000))[0] > 0.3
+
+
+def test_score_window_keeps_its_sorted_copy_exact_across_pushes():
+    from streamdetect.threshold import _ScoreWindow
+
+    rng = np.random.default_rng(0)
+    for size in (7, 8, 16, 100, 2000):
+        w = _ScoreWindow(size)
+        for _ in range(300):
+            x = np.round(rng.normal(size=int(rng.integers(0, size // 6 + 2))), 1)  # many ties
+            if rng.random() < 0.1:
+                x = np.append(x, np.inf)
+            w.push(x)
+            w.survival(np.array([0.0]))  # the sorted copy exists from here on
+            assert np.array_equal(w._sorted, np.sort(w.values[: w.n]))
