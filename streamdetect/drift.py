@@ -92,8 +92,7 @@ class ScoreDriftMonitor:
         self._ref_mean = 0.0
         self._ref_std = 1.0
         self._detector = self._new_detector(c)
-        self._bins: tuple[np.ndarray, np.ndarray] | None = None
-        self._bins_of: np.ndarray | None = None
+        self._bins: tuple[np.ndarray, np.ndarray] | None = None  # of the reference, set with it
 
     @staticmethod
     def _new_detector(c: DriftConfig) -> river_drift.PageHinkley | river_drift.ADWIN:
@@ -119,8 +118,6 @@ class ScoreDriftMonitor:
                 self._set_reference(self.reference_)
             return False
         self.recent_ = np.concatenate([self.recent_, x])[-c.recent_size :]
-        if self._bins_of is not self.reference_:  # the reference changes rarely: bin it once
-            self._bins, self._bins_of = _reference_bins(self.reference_), self.reference_
         self.psi_ = _psi_against(self._bins, self.recent_)
         if self._detect(x):
             self.drift_events_ += 1
@@ -144,6 +141,7 @@ class ScoreDriftMonitor:
 
     def _set_reference(self, values: np.ndarray) -> None:
         self.reference_ = values.copy()
+        self._bins = _reference_bins(self.reference_)  # the reference changes rarely: bin it once
         med = float(np.median(values))
         mad = float(np.median(np.abs(values - med))) * 1.4826
         self._ref_mean = med

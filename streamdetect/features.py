@@ -368,16 +368,16 @@ class FeatureExtractor:
         }
         def expected() -> dict[str, np.ndarray]:  # only alerts need these: computed on demand
             return {
-            "count": expected_count,
-            "revenue": expected_rev,
-            "mean_ticket": np.where(has_tickets, np.expm1(mu), mean_ticket),
-            "max_ticket": np.where(has_tickets, np.expm1(mu + sigma * expected_max_z), rnd.max_ticket),
-            "units_per_sale": np.exp(upe_base),
-            "distinct_skus": np.exp(dsr_base) * (c + 1.0) - 1.0,
-            "count_recent_windows": ctx_e,
-            "revenue_recent_windows": ctx_er,
-            "count_recent_hour": trend["tr_exp_count"],
-            "revenue_recent_hour": trend["tr_exp_rev"],
+                "count": expected_count,
+                "revenue": expected_rev,
+                "mean_ticket": np.where(has_tickets, np.expm1(mu), mean_ticket),
+                "max_ticket": np.where(has_tickets, np.expm1(mu + sigma * expected_max_z), rnd.max_ticket),
+                "units_per_sale": np.exp(upe_base),
+                "distinct_skus": np.exp(dsr_base) * (c + 1.0) - 1.0,
+                "count_recent_windows": ctx_e,
+                "revenue_recent_windows": ctx_er,
+                "count_recent_hour": trend["tr_exp_count"],
+                "revenue_recent_hour": trend["tr_exp_rev"],
             }
 
         return WindowFeatures(
@@ -434,11 +434,11 @@ class FeatureExtractor:
         self._learn_bucket("how", how, k, c, r)
         self._learn_bucket("hod", hod, k, c, r)
 
+        mature = feats.mature[sel]
         # Overdispersion: mean squared log ratio beyond the Poisson part, on mature baselines.
-        m = feats.mature[sel]
-        km = k[m]
+        km = k[mature]
         if len(km):
-            excess = feats.trend_log_ratio[sel][m] ** 2 - feats.trend_poisson_var[sel][m]
+            excess = feats.trend_log_ratio[sel][mature] ** 2 - feats.trend_poisson_var[sel][mature]
             n_phi = a["tr_phi_n"][km] + 1.0
             prior_weighted = np.where(a["tr_phi_n"][km] > 0, a["tr_phi"][km], _PHI_PRIOR)
             rate_phi = np.maximum(1.0 / (n_phi + _PHI_PRIOR_WINDOWS), self._phi_rate)
@@ -446,7 +446,6 @@ class FeatureExtractor:
             a["tr_phi_n"][km] = n_phi
 
         # The key's level relative to its seasonal pattern (log ratio, bounded).
-        mature = feats.mature[sel]
         lvl = np.log((c + 0.5) / (feats.seasonal_count[sel] + 0.5))
         lvl_rev = np.log((r + 1.0) / (feats.seasonal_revenue[sel] + 1.0))
         for name, target in (("level", lvl), ("level_rev", lvl_rev)):

@@ -188,6 +188,7 @@ class _ScoreWindow:
         m = len(x)
         if m == 0:
             return
+        # A small batch is merged into the sorted copy; a big one is cheaper to sort afresh later.
         if self._sorted is not None and m <= self.size // 8:
             self._sorted = self._resorted(x)
         else:
