@@ -133,6 +133,7 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "distinct_skus_ratio",
     "count_context_z",
     "revenue_context_ratio",
+    "count_scan_z",
 )
 
 
@@ -143,7 +144,11 @@ class FeatureConfig:
     ``baseline_half_life`` (seconds) sets the key's recent (EWMA) baseline; ``seasonal_rate`` is the
     weight of the newest week in the hour-of-week baseline; ``context_windows`` is how many recent
     windows the short-horizon context features sum over; ``trend_half_life`` (seconds) is the
-    half-life of the exponentially weighted sums behind the longer-horizon trend features.
+    half-life of the exponentially weighted sums behind the longer-horizon trend features;
+    ``scan_windows`` are the horizons (in windows) ``count_scan_z`` compares counts over.
+    While a key's ``count_scan_z`` is beyond ``freeze_z`` its baselines do not learn (a drop or a
+    level shift would otherwise be absorbed before it is evidence enough), for at most
+    ``freeze_limit`` seconds or until the key has been flagged for long (a new normal).
     """
 
     features: tuple[str, ...] = DEFAULT_FEATURES
@@ -151,14 +156,24 @@ class FeatureConfig:
     seasonal_rate: float = 0.25
     context_windows: int = 5
     trend_half_life: float = 1200.0
+    scan_windows: tuple[int, ...] = (5, 15, 30, 60, 120)
+    freeze_z: float = 3.0
+    freeze_limit: float = 7200.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "scan_windows", tuple(self.scan_windows))
+        _require(
+            len(self.scan_windows) > 0 and min(self.scan_windows) >= 1,
+            "features.scan_windows: give at least one horizon, each >= 1 window, e.g. [5, 15, 30, 60, 120]",
+        )
         _require(len(self.features) > 0, "features.features: choose at least one feature")
         _require(self.baseline_half_life > 0, "features.baseline_half_life must be > 0 seconds")
         _require(0 < self.seasonal_rate <= 1, "features.seasonal_rate must be in (0, 1]")
         _require(self.context_windows >= 2, "features.context_windows must be >= 2")
         _require(self.trend_half_life > 0, "features.trend_half_life must be > 0 seconds")
+        _require(self.freeze_z > 0, "features.freeze_z must be > 0 (inf never freezes the baselines)")
+        _require(self.freeze_limit >= 0, "features.freeze_limit must be >= 0 seconds")
 
 
 @dataclass(frozen=True)
@@ -320,7 +335,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(str(v) for v in value)
+        item = (typing.get_args(annotation) or (str,))[0]
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if annotation is bool:
         if isinstance(value, bool):
             return value

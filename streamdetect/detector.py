@@ -156,6 +156,7 @@ class _Pending:
 _NEVER_FLAGGED = 1 << 40
 
 
+
 def _severity(tail: np.ndarray, risk: float) -> list[str]:
     """Severity from the tail probability relative to the alert budget."""
     return np.where(tail < risk / 100, "critical", np.where(tail < risk / 10, "major", "warning")).tolist()
@@ -300,6 +301,7 @@ class Detector:
 
         mature = np.flatnonzero(feats.mature)
         learn = np.ones(len(rnd), dtype=bool)
+        new_normal = np.zeros(len(rnd), dtype=bool)
         drift = False
         if len(mature):
             X = self.scaler.transform(feats.values[mature])
@@ -308,15 +310,18 @@ class Detector:
             threshold = float(self.threshold.threshold)
             key_ids = rnd.key_id[mature]
             self._grow_streak(key_ids)
-            streak = np.where(flags, self._flag_streak[key_ids] + 1, 0)
-            self._flag_streak[key_ids] = streak
             since = np.where(flags, 0, self._since_flag[key_ids] + 1)
             self._since_flag[key_ids] = since
+            # Flagged windows of one episode: an episode ends only after `_cooldown` calm windows,
+            # so a new normal that scores around the threshold still counts as one long episode.
+            streak = np.where(flags, self._flag_streak[key_ids] + 1,
+                              np.where(since > self._cooldown, 0, self._flag_streak[key_ids]))
+            self._flag_streak[key_ids] = streak
             # An anomaly rarely ends on its last alert: the windows around it score high without
             # crossing the threshold, and learning them would fatten the very tail that sets it.
             calm = since > self._cooldown
-            learn_rows = ~flags | (streak > self.config.relearn_after)
-            learn[mature] = learn_rows
+            new_normal[mature] = streak > self.config.relearn_after
+            learn[mature] = ~flags | new_normal[mature]
             probability = self.threshold.probability(score)
             if flags.any():
                 alerts.extend(self._alerts(rnd, feats, mature, X, score, threshold, probability, flags, now_ms))
@@ -339,7 +344,7 @@ class Detector:
             self._pending.add(X, (~flags).astype(np.float64), score, calm)
             if self._pending.n >= self.config.model.learn_batch:
                 drift = self._learn()
-        self.features.update(rnd, feats, learn)
+        self.features.update(rnd, feats, learn, new_normal)
         return drift
 
     def _grow_streak(self, key_ids: np.ndarray) -> None:

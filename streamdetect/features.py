@@ -4,9 +4,13 @@ One model serves keys of very different size, so every model feature compares a 
 *that key* usually does, in units where the noise is comparable across keys:
 
 * ``count_z`` -- the Anscombe-transformed difference between the window's event count and its
-  expected count, ``2 (sqrt(c + 3/8) - sqrt(lambda + 3/8))``; about N(0, 1) for a Poisson count
-  whatever its rate. The expectation is the key's seasonal baseline (hour of week, falling back to
-  hour of day until a week has been seen) times its recent level relative to that baseline.
+  expected count, ``2 (sqrt(c + 3/8) - sqrt(lambda + 3/8))``, about N(0, 1) for a Poisson count
+  whatever its rate, divided by ``sqrt(1 + phi lambda)`` where ``phi`` is the key's
+  overdispersion (how much its rate wanders beyond Poisson noise, learned, at least
+  ``_PHI_FLOOR``): a busy key's ordinary ups and downs are not a quiet key's anomaly. The
+  expectation is the key's seasonal baseline (hour of week once that hour has been seen in an
+  earlier week, else hour of day, with the day-of-week effect counted as unknown in ``phi``)
+  times the key's level today relative to that baseline.
 * ``revenue_ratio`` -- log ratio of revenue to its expectation, smoothed by one typical ticket.
 * ``mean_ticket_z`` / ``max_ticket_z`` -- the window's mean and max log ticket against the key's
   ticket distribution (a t-like statistic; the max is corrected by the expected maximum of ``c``
@@ -16,6 +20,10 @@ One model serves keys of very different size, so every model feature compares a 
 * ``count_context_z``, ``revenue_context_ratio`` -- the same over the last ``context_windows``
   windows, which makes sustained small deviations (a store selling nothing at a quiet hour, a
   level shift) visible.
+* ``count_scan_z`` -- the count of the last L windows against its expectation for each L in
+  ``scan_windows`` (5 to 120 by default), as a log ratio over its standard deviation (Poisson
+  plus ``phi``); the horizon with the strongest evidence speaks, so a drop of a quiet store shows
+  after the hour it needs while a busy one shows in minutes. The sums restart after an alert.
 * ``count_trend_z`` (optional) -- the log ratio of exponentially weighted sums of observed and
   expected counts (half-life ``trend_half_life``), divided by its standard deviation under Poisson
   noise *plus* the key's own overdispersion (how much its rate wanders beyond Poisson, learned
@@ -31,7 +39,10 @@ of time and value.
 
 Everything is computed vectorised over a :class:`~streamdetect.windows.ClosedRound` (all keys'
 windows that close together); baselines are updated afterwards, and only from windows the caller
-says to learn from (anomalies do not become the new normal).
+says to learn from (anomalies do not become the new normal). They learn robustly: a window weighs
+``1 / (1 + z^2)`` by its ``count_scan_z`` z, and while ``|z| >= freeze_z`` not at all, so that a
+change still building up its evidence is not absorbed; after ``freeze_limit``, or once the
+caller says the key has been flagged for long (``new_normal``), they follow it at full weight.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ AVAILABLE_FEATURES: tuple[str, ...] = (
     "count_context_z",
     "revenue_context_ratio",
     "count_trend_z",
+    "count_scan_z",
     "revenue_trend_ratio",
     "count_ratio_recent",
     "count_ratio_seasonal",
@@ -100,6 +112,7 @@ _EXPLAINED_AS: dict[str, str] = {
     "count_context_z": "count_recent_windows",
     "revenue_context_ratio": "revenue_recent_windows",
     "count_trend_z": "count_recent_hour",
+    "count_scan_z": "count_scan",
     "revenue_trend_ratio": "revenue_recent_hour",
 }
 
@@ -114,6 +127,9 @@ _MAX_LEVEL = 2.0  # |log| of the key's level against its seasonal pattern (x7.4 
 _PHI_PRIOR = 0.01
 _PHI_PRIOR_WINDOWS = 120.0
 _PHI_HALF_LIFE_S = 86_400.0
+_DOW_VAR = 0.1  # variance of log day-of-week factors (about +-30 %), unknown until a week is seen
+_PHI_FLOOR = 0.02  # no expected rate is known better than about +-14 %
+_INT_ARRAYS = ("ctx_pos", "last_start", "how_hour", "scan_n", "scan_pos")
 
 
 @dataclass
@@ -128,11 +144,15 @@ class WindowFeatures:
     expected_revenue: np.ndarray
     seasonal_count: np.ndarray
     seasonal_revenue: np.ndarray
+    seasonal_refs: tuple[np.ndarray, ...]  # how_ok, fallback count and revenue, hour-of-week count and revenue
     how: np.ndarray
     hod: np.ndarray
     trend: dict[str, np.ndarray]  # exponentially weighted sums, stored by update()
     trend_log_ratio: np.ndarray  # log(observed / expected) of the weighted count sums
     trend_poisson_var: np.ndarray  # its variance if counts were Poisson around the expectation
+    trend_z: np.ndarray  # the log ratio over its standard deviation (count_trend_z)
+    scan: dict[str, np.ndarray]  # running totals since the scan restarted, stored by update()
+    scan_z: np.ndarray  # count_scan_z
 
     @cached_property
     def expected(self) -> dict[str, np.ndarray]:
@@ -140,8 +160,20 @@ class WindowFeatures:
         return self.expected_of()
 
 
-def _anscombe_z(count: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    return 2.0 * (np.sqrt(count + 0.375) - np.sqrt(np.maximum(expected, 0.0) + 0.375))
+def _anscombe_z(count: np.ndarray, expected: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """Anscombe residual of a count against its expectation, in units of its noise: about
+    N(0, 1) for a Poisson count whatever the rate, divided by ``sqrt(1 + phi mu)`` for a rate that
+    itself wanders (a negative binomial with variance ``mu + phi mu^2``), so that a busy key's
+    ordinary ups and downs do not look like a quiet key's anomaly.
+
+    >>> z = _anscombe_z(np.array([0.0, 0.0]), np.array([50.0, 50.0]), np.array([0.0, 0.02]))
+    >>> z.round(1).tolist()
+    [-13.0, -9.2]
+    """
+    raw = 2.0 * (np.sqrt(count + 0.375) - np.sqrt(np.maximum(expected, 0.0) + 0.375))
+    return raw / np.sqrt(1.0 + phi * np.maximum(expected, 0.0))
+
+
 
 
 class FeatureExtractor:
@@ -159,8 +191,8 @@ class FeatureExtractor:
     >>> for m in range(30):
     ...     r = rnd(m * 60_000, 5.0); f = fx.transform(r); fx.update(r, f, np.array([True]))
     >>> f = fx.transform(rnd(30 * 60_000, 0.0))
-    >>> bool(f.mature[0]), round(float(f.values[0, 0]), 2)
-    (True, -3.41)
+    >>> bool(f.mature[0]), round(float(f.values[0, 0]), 2)  # (its first week: day of week unknown)
+    (True, -2.63)
     """
 
     def __init__(self, config: FeatureConfig | None = None, windows: WindowConfig | None = None) -> None:
@@ -184,6 +216,9 @@ class FeatureExtractor:
         self._k = self.config.context_windows
         self._trend_decay = 2.0 ** (-hop_s / self.config.trend_half_life)
         self._phi_rate = 1.0 - 2.0 ** (-hop_s / _PHI_HALF_LIFE_S)
+        self._freeze_limit = self.config.freeze_limit / hop_s
+        self._scan = np.array(sorted(set(self.config.scan_windows)), dtype=np.int64)
+        self._ring = int(self._scan[-1]) + 1
         self._arrays: dict[str, np.ndarray] = {}
         self._allocate(0)
 
@@ -197,6 +232,10 @@ class FeatureExtractor:
         "hod_n": (24,),
         "level": (),
         "level_rev": (),
+        "level_how": (),
+        "how_hour": (),
+        "how_hour_n": (),
+        "level_rev_how": (),
         "recent_count": (),
         "recent_rev": (),
         "recent_n": (),
@@ -219,6 +258,13 @@ class FeatureExtractor:
         "tr_exp2_count": (),
         "tr_phi": (),
         "tr_phi_n": (),
+        "frozen_n": (),
+        "scan_ring_c": (-2,),
+        "scan_ring_e": (-2,),
+        "scan_tot_c": (),
+        "scan_tot_e": (),
+        "scan_n": (),
+        "scan_pos": (),
         "last_start": (),
     }
 
@@ -226,8 +272,8 @@ class FeatureExtractor:
         old = self._arrays
         new: dict[str, np.ndarray] = {}
         for name, shape in self._SHAPES.items():
-            full = (capacity, *(self._k if s == -1 else s for s in shape))
-            dtype = np.int64 if name in ("ctx_pos", "last_start") else np.float64
+            full = (capacity, *({-1: self._k, -2: self._ring}.get(s, s) for s in shape))
+            dtype = np.int64 if name in _INT_ARRAYS else np.float64
             arr = np.zeros(full, dtype=dtype)
             if name == "last_start":
                 arr[:] = np.iinfo(np.int64).min // 2
@@ -257,16 +303,22 @@ class FeatureExtractor:
         hod = int(hour % 24)
         c, r = rnd.count, rnd.revenue
 
-        how_ok = a["how_n"][k, how] >= _MIN_BUCKET
+        # An hour of week is trusted once it held enough windows before this occurrence of the
+        # hour: the current occurrence alone would only echo the current hour back.
+        this_hour = a["how_hour"][k] == hour
+        how_ok = a["how_n"][k, how] - np.where(this_hour, a["how_hour_n"][k], 0.0) >= _MIN_BUCKET
         hod_ok = a["hod_n"][k, hod] >= _MIN_BUCKET
         recent_ok = a["recent_n"][k] > 0
-        seasonal_count = np.where(how_ok, a["how_count"][k, how], np.where(hod_ok, a["hod_count"][k, hod], 0.0))
-        seasonal_rev = np.where(how_ok, a["how_rev"][k, how], np.where(hod_ok, a["hod_rev"][k, hod], 0.0))
         mature = how_ok | hod_ok
-        seasonal_count = np.where(mature, seasonal_count, a["recent_count"][k])
-        seasonal_rev = np.where(mature, seasonal_rev, a["recent_rev"][k])
-        expected_count = seasonal_count * np.exp(a["level"][k])
-        expected_rev = seasonal_rev * np.exp(a["level_rev"][k])
+        # Two seasonal references, each with its own level (today's ratio to it), so that the
+        # switch from hour of day to hour of week does not count the day-of-week effect twice.
+        fallback_count = np.where(hod_ok, a["hod_count"][k, hod], a["recent_count"][k])
+        fallback_rev = np.where(hod_ok, a["hod_rev"][k, hod], a["recent_rev"][k])
+        how_count, how_rev = a["how_count"][k, how], a["how_rev"][k, how]
+        seasonal_count = np.where(how_ok, how_count, fallback_count)
+        seasonal_rev = np.where(how_ok, how_rev, fallback_rev)
+        expected_count = seasonal_count * np.exp(np.where(how_ok, a["level_how"][k], a["level"][k]))
+        expected_rev = seasonal_rev * np.exp(np.where(how_ok, a["level_rev_how"][k], a["level_rev"][k]))
 
         # The key's ticket distribution (log1p of amounts), exponentially weighted over a day.
         w = a["tk_w"][k]
@@ -303,7 +355,30 @@ class FeatureExtractor:
         tr_e = trend["tr_exp_count"] + 0.5
         trend_log_ratio = np.log((trend["tr_count"] + 0.5) / tr_e)
         trend_poisson_var = (trend["tr_exp2_count"] + 0.25) / (tr_e * tr_e)
-        phi = np.where(a["tr_phi_n"][k] > 0, np.maximum(a["tr_phi"][k], 0.0), _PHI_PRIOR)
+        phi = np.where(a["tr_phi_n"][k] > 0, np.maximum(a["tr_phi"][k], _PHI_FLOOR), _PHI_PRIOR)
+        # Until the key's hour of week is known, the day-of-week effect is unknown too.
+        phi = phi + np.where(how_ok, 0.0, _DOW_VAR)
+        trend_z = trend_log_ratio / np.sqrt(trend_poisson_var + phi)
+
+        # Scan over several horizons: the count of the last L windows against its expectation,
+        # for each L in `scan_windows`, as a log ratio over its standard deviation (Poisson plus
+        # the key's overdispersion); the horizon with the strongest evidence speaks. Whatever the
+        # length of a change, one horizon about matches it. The sums restart after an alert.
+        scan = {
+            "scan_tot_c": np.where(contiguous, a["scan_tot_c"][k], 0.0) + c,
+            "scan_tot_e": np.where(contiguous, a["scan_tot_e"][k], 0.0) + expected_count,
+            "scan_n": np.where(contiguous, a["scan_n"][k], 0) + 1,
+        }
+        lags = self._scan[None, :]
+        slot = (a["scan_pos"][k][:, None] - lags) % self._ring
+        full = scan["scan_n"][:, None] > lags
+        rows = k[:, None]
+        sum_c = scan["scan_tot_c"][:, None] - np.where(full, a["scan_ring_c"][rows, slot], 0.0)
+        sum_e = scan["scan_tot_e"][:, None] - np.where(full, a["scan_ring_e"][rows, slot], 0.0)
+        sum_e = np.maximum(sum_e, 0.0) + 0.5
+        z_all = np.log((np.maximum(sum_c, 0.0) + 0.5) / sum_e) / np.sqrt(1.0 / sum_e + phi[:, None])
+        strongest = np.abs(z_all).argmax(axis=1)
+        scan_z = z_all[np.arange(len(k)), strongest]
 
         mean_ticket = np.where(sold, r / c_safe, 0.0)
         units_per_event = np.where(sold, rnd.units / c_safe, 0.0)
@@ -316,7 +391,7 @@ class FeatureExtractor:
         n = len(k)
 
         computed: dict[str, Any] = {
-            "count_z": lambda: _anscombe_z(c, expected_count),
+            "count_z": lambda: _anscombe_z(c, expected_count, phi),
             "revenue_ratio": lambda: np.log((r + typical_ticket) / (expected_rev + typical_ticket)),
             "mean_ticket_z": lambda: np.where(sold, (mean_log_ticket - mu) * np.sqrt(c_safe) / sigma, 0.0),
             "max_ticket_z": lambda: np.where(
@@ -324,9 +399,10 @@ class FeatureExtractor:
             ),
             "units_per_event_ratio": lambda: np.where(sold, log_upe - upe_base, 0.0),
             "distinct_skus_ratio": lambda: np.where(sold, log_dsr - dsr_base, 0.0),
-            "count_context_z": lambda: _anscombe_z(ctx_c, ctx_e),
+            "count_context_z": lambda: _anscombe_z(ctx_c, ctx_e, phi),
             "revenue_context_ratio": lambda: np.log((ctx_r + typical_ticket) / (ctx_er + typical_ticket)),
-            "count_trend_z": lambda: trend_log_ratio / np.sqrt(trend_poisson_var + phi),
+            "count_trend_z": lambda: trend_z,
+            "count_scan_z": lambda: scan_z,
             "revenue_trend_ratio": lambda: np.log(
                 (trend["tr_rev"] + typical_ticket) / (trend["tr_exp_rev"] + typical_ticket)
             ),
@@ -389,11 +465,15 @@ class FeatureExtractor:
             expected_revenue=expected_rev,
             seasonal_count=seasonal_count,
             seasonal_revenue=seasonal_rev,
+            seasonal_refs=(how_ok, fallback_count, fallback_rev, how_count, how_rev),
             how=np.full(n, how),
             hod=np.full(n, hod),
             trend=trend,
             trend_log_ratio=trend_log_ratio,
             trend_poisson_var=trend_poisson_var,
+            trend_z=trend_z,
+            scan=scan,
+            scan_z=scan_z,
         )
 
     def explained_quantity(self, feature: str) -> str:
@@ -401,8 +481,12 @@ class FeatureExtractor:
         return _EXPLAINED_AS.get(feature, feature)
 
     # ------------------------------------------------------------------ learning
-    def update(self, rnd: ClosedRound, feats: WindowFeatures, learn: np.ndarray) -> None:
+    def update(
+        self, rnd: ClosedRound, feats: WindowFeatures, learn: np.ndarray, new_normal: np.ndarray | None = None
+    ) -> None:
         """Fold a round into the baselines; only rows with ``learn`` move them.
+
+        Rows with ``new_normal`` (a key flagged for long) move them even while they deviate.
 
         The short-horizon context records every window (it is what happened, anomalous or not).
         """
@@ -424,15 +508,38 @@ class FeatureExtractor:
             # already reported must not keep the key alerting after a short anomaly has ended.
             a[name][k_all] = np.where(learn, value, 0.0)
         a["last_start"][k_all] = rnd.start_ms
+        pos = a["scan_pos"][k_all] % self._ring
+        a["scan_ring_c"][k_all, pos] = feats.scan["scan_tot_c"]
+        a["scan_ring_e"][k_all, pos] = feats.scan["scan_tot_e"]
+        a["scan_pos"][k_all] += 1
+        for name, value in feats.scan.items():
+            a[name][k_all] = np.where(learn, value, 0)  # an alert restarts the scan
 
         how, hod = int(feats.how[0]), int(feats.hod[0])
-        sel = np.flatnonzero(learn)
+        # A sustained deviation in progress freezes the key's baselines, or they would absorb a
+        # drop or a level shift before it is evidence enough to alert on. Past `freeze_limit`, or
+        # once the key has been flagged for long, the key has a new normal and they follow it.
+        deviating = np.abs(feats.scan_z) >= self.config.freeze_z
+        frozen_n = np.where(deviating, a["frozen_n"][k_all] + 1.0, 0.0)
+        a["frozen_n"][k_all] = frozen_n
+        settled = deviating & (frozen_n > self._freeze_limit)
+        if new_normal is not None:
+            settled |= new_normal
+        sel = np.flatnonzero(learn & (~deviating | settled))
         if len(sel) == 0:
             return
         k = k_all[sel]
         c, r = rnd.count[sel], rnd.revenue[sel]
-        self._learn_bucket("how", how, k, c, r)
-        self._learn_bucket("hod", hod, k, c, r)
+        # Robust learning (an M-estimate, as in robust exponential smoothing): below the freeze,
+        # a window weighs 1 / (1 + z^2) by its sustained deviation z, so a change the scan is
+        # still building evidence for hardly moves the count baselines. A new normal weighs 1.
+        weight = np.where(settled[sel], 1.0, 1.0 / (1.0 + feats.scan_z[sel] ** 2))
+        self._learn_bucket("how", how, k, c, r, weight)
+        # Windows learned in this occurrence of the hour: they do not make it trusted yet.
+        hour = rnd.start_ms // 3_600_000
+        a["how_hour_n"][k] = np.where(a["how_hour"][k] == hour, a["how_hour_n"][k] + 1.0, 1.0)
+        a["how_hour"][k] = hour
+        self._learn_bucket("hod", hod, k, c, r, weight)
 
         mature = feats.mature[sel]
         # Overdispersion: mean squared log ratio beyond the Poisson part, on mature baselines.
@@ -445,12 +552,16 @@ class FeatureExtractor:
             a["tr_phi"][km] = prior_weighted + rate_phi * (excess - prior_weighted)
             a["tr_phi_n"][km] = n_phi
 
-        # The key's level relative to its seasonal pattern (log ratio, bounded).
-        lvl = np.log((c + 0.5) / (feats.seasonal_count[sel] + 0.5))
-        lvl_rev = np.log((r + 1.0) / (feats.seasonal_revenue[sel] + 1.0))
-        for name, target in (("level", lvl), ("level_rev", lvl_rev)):
-            moved = a[name][k] + self._level_rate * (target - a[name][k])
-            a[name][k] = np.where(mature, np.clip(moved, -_MAX_LEVEL, _MAX_LEVEL), 0.0)
+        # The key's levels relative to its two seasonal references (log ratios, bounded).
+        how_ok, fb_c, fb_r, how_c, how_r = (x[sel] for x in feats.seasonal_refs)
+        for name, target, use in (
+            ("level", np.log((c + 0.5) / (fb_c + 0.5)), mature),
+            ("level_rev", np.log((r + 1.0) / (fb_r + 1.0)), mature),
+            ("level_how", np.log((c + 0.5) / (how_c + 0.5)), how_ok),
+            ("level_rev_how", np.log((r + 1.0) / (how_r + 1.0)), how_ok),
+        ):
+            moved = a[name][k] + self._level_rate * weight * (target - a[name][k])
+            a[name][k] = np.where(use, np.clip(moved, -_MAX_LEVEL, _MAX_LEVEL), np.where(mature, a[name][k], 0.0))
 
         rn = a["recent_n"][k] + 1.0
         rate = np.maximum(1.0 / rn, self._level_rate)
@@ -476,10 +587,12 @@ class FeatureExtractor:
                 a[f"{name}_n"][ks] = nn
                 a[name][ks] += rate_s * (target - a[name][ks])
 
-    def _learn_bucket(self, prefix: str, bucket: int, k: np.ndarray, c: np.ndarray, r: np.ndarray) -> None:
+    def _learn_bucket(
+        self, prefix: str, bucket: int, k: np.ndarray, c: np.ndarray, r: np.ndarray, weight: np.ndarray
+    ) -> None:
         a = self._arrays
         n = a[f"{prefix}_n"][k, bucket] + 1.0
-        rate = np.maximum(1.0 / n, self._season_rate)
+        rate = np.maximum(1.0 / n, self._season_rate) * weight
         a[f"{prefix}_n"][k, bucket] = n
         a[f"{prefix}_count"][k, bucket] += rate * (c - a[f"{prefix}_count"][k, bucket])
         a[f"{prefix}_rev"][k, bucket] += rate * (r - a[f"{prefix}_rev"][k, bucket])
@@ -499,7 +612,7 @@ class FeatureExtractor:
             raise ValueError(f"unsupported feature state version {state.get('version')!r}")
         fx = cls(config, windows)
         for name, values in state["arrays"].items():
-            dtype = np.int64 if name in ("ctx_pos", "last_start") else np.float64
+            dtype = np.int64 if name in _INT_ARRAYS else np.float64
             arr = np.array(values, dtype=dtype)
             if arr.size == 0:
                 arr = arr.reshape(fx._arrays[name].shape)

@@ -147,3 +147,32 @@ def test_state_round_trip_before_the_warm_up_fit():
     a = [x.to_json() for x in alerts_of([det.process(rest), det.flush()])]
     b = [x.to_json() for x in alerts_of([clone.process(rest), clone.flush()])]
     assert a and a == b
+
+
+def test_a_lasting_change_becomes_the_new_normal_and_alerts_stop():
+    values, labels = stream(days=9)  # the change comes in the second week: the hour of week is known
+    decoded = [orjson.loads(v) for v in values]
+    from streamdetect.events import parse_timestamp
+
+    times = np.array([parse_timestamp(e["ts"]) for e in decoded])
+    stores = sorted({e["store_id"] for e in decoded})
+    victim = max(stores, key=lambda s: sum(e["store_id"] == s for e in decoded))
+    # From the morning of the last day on, the victim sells a tenth of what it used to.
+    t0 = int(times.max()) - int(times.max()) % 86_400_000 + 9 * 3_600_000
+    keep = np.random.default_rng(0).random(len(values)) < 0.1
+    kept = [
+        v for v, e, t, k in zip(values, decoded, times, keep, strict=True)
+        if not (e["store_id"] == victim and t >= t0 and not k)
+    ]
+    hour = 3_600_000
+    # The generator's own anomalies of the victim (and a few windows after them) are not ours.
+    injected = [(parse_timestamp(x["start"]), parse_timestamp(x["end"]) + 5 * 60_000)
+                for x in labels if x["key"]["store_id"] == victim]
+    starts = np.array([
+        s for a in alerts_of(run(kept)) if a.key["store_id"] == victim
+        for s in [parse_timestamp(a.window_start)] if not any(lo <= s < hi for lo, hi in injected)
+    ])
+    early = int(((starts >= t0) & (starts < t0 + 2 * hour)).sum())
+    late = int((starts >= t0 + 6 * hour).sum())
+    assert early >= 1, "the change itself is an anomaly"
+    assert late <= max(1, early // 4), (early, late)

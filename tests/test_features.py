@@ -64,8 +64,21 @@ def test_outage_drop_and_spike_move_count_features_in_the_right_direction():
     rnd = make_round(120 * MIN, np.array([0, 3, 40]), rng)
     f = fx.transform(rnd)
     z = f.values[:, column(fx, "count_z")]
-    assert z[0] < -4 and z[1] < -2 and z[2] > 5
+    # In its first week a key's day-of-week effect is unknown: the evidence is discounted.
+    assert z[0] < -3 and z[1] < -1.5 and z[2] > 4
     assert f.expected["count"][0] == pytest.approx(10.0, rel=0.3)
+
+
+def test_count_z_is_more_confident_once_the_hour_of_week_is_known():
+    rng = np.random.default_rng(1)
+    rates = np.array([10.0, 10.0, 10.0])
+    first, known = (FeatureExtractor(FeatureConfig(), WindowConfig()) for _ in range(2))
+    train(first, rates, 120, rng, start_minute=7 * 1440)
+    train(known, rates, 7 * 1440 + 120, rng)  # the same hour of the previous week has been seen
+    rnd = make_round((7 * 1440 + 120) * MIN, np.array([0, 3, 40]), rng)
+    z_first, z_known = (fx.transform(rnd).values[:, column(fx, "count_z")] for fx in (first, known))
+    assert z_known[0] < -4.5 and z_known[2] > 5.5
+    assert np.all(np.abs(z_known) > 1.2 * np.abs(z_first))
 
 
 def test_quiet_store_outage_shows_in_context_features_after_a_few_windows():
@@ -80,7 +93,7 @@ def test_quiet_store_outage_shows_in_context_features_after_a_few_windows():
         fx.update(rnd, f, np.array([False]))  # flagged: not learned
         ctx.append(f.values[0, column(fx, "count_context_z")])
     single = f.values[0, column(fx, "count_z")]
-    assert ctx[-1] < -3 < single  # one empty minute is normal at 1 sale/min; five are not
+    assert ctx[-1] < -2.5 and single > -1.5  # one empty minute is normal at 1 sale/min; five are not
     assert ctx[-1] < ctx[0]
 
 
@@ -146,29 +159,45 @@ def test_state_round_trips_and_evict_resets_a_key():
     assert fx.transform(rnd).mature[0]
 
 
-def test_trend_features_see_a_sustained_small_drop_that_single_windows_do_not():
+def test_scan_sees_a_sustained_drop_that_single_windows_do_not_and_the_level_waits():
     rng = np.random.default_rng(7)
     rates = np.array([1.0, 1.0])
-    cfg = FeatureConfig(features=("count_z", "count_context_z", "count_trend_z"), trend_half_life=1200)
+    cfg = FeatureConfig(features=("count_z", "count_scan_z", "count_trend_z"))
     fx = FeatureExtractor(cfg, WindowConfig())
-    train(fx, rates, 3 * 60, rng)
-    trend = []
-    per_window = []
-    for m in range(180, 220):  # key 0 sells at 30 % of its rate for 40 minutes, key 1 as usual
+    start = 7 * 1440 + 3 * 60  # a week and three hours: the hour of week is known
+    train(fx, rates, start, rng)
+    level_before = fx._arrays["level_how"][:2].copy()
+    scan, per_window = [], []
+    for m in range(start, start + 45):  # key 0 sells at 30 % of its rate, key 1 as usual
         rnd = make_round(m * MIN, rng.poisson(rates * np.array([0.3, 1.0])), rng)
         f = fx.transform(rnd)
-        fx.update(rnd, f, np.ones(2, dtype=bool))  # no single window is flagged, so all are learned
-        trend.append(f.values[:, 2])
+        fx.update(rnd, f, np.ones(2, dtype=bool))  # no single window is flagged, so none is held back
+        scan.append(f.values[:, 1])
         per_window.append(f.values[:, 0])
-    trend_a, per_window_a = np.array(trend), np.array(per_window)
-    # The baselines slowly follow the unflagged drop, so the evidence peaks before the end.
-    assert trend_a[:, 0].min() < -1.8
-    assert trend_a[:, 0].min() < trend_a[:, 1].min() - 2.0
+    scan_a, per_window_a = np.array(scan), np.array(per_window)
+    assert scan_a[:, 0].min() < -3.5 and scan_a[:, 1].min() > -3.0
     assert per_window_a[:, 0].min() > -2.0  # a quiet key: no single window is alarming
+    # While the deviation is in progress, the key's level does not absorb it.
+    level_after = fx._arrays["level_how"][:2]
+    assert abs(level_after[0] - level_before[0]) < 0.1
     state = orjson.loads(orjson.dumps(fx.to_state()))
     clone = FeatureExtractor.from_state(state, cfg, WindowConfig())
-    rnd = make_round(220 * MIN, np.array([0.0, 1.0]), rng)
+    rnd = make_round((start + 45) * MIN, np.array([0.0, 1.0]), rng)
     assert np.array_equal(clone.transform(rnd).values, fx.transform(rnd).values)
+
+
+def test_a_key_with_a_new_normal_moves_its_level_again():
+    rng = np.random.default_rng(8)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    start = 7 * 1440 + 3 * 60
+    train(fx, np.array([5.0, 5.0]), start, rng)
+    level_before = fx._arrays["level_how"][:2].copy()
+    for m in range(start, start + 60):  # both keys sell half as much for an hour
+        rnd = make_round(m * MIN, rng.poisson(np.array([2.5, 2.5])), rng)
+        # key 1 has been flagged for long (its episode is a new normal): its level follows
+        fx.update(rnd, fx.transform(rnd), np.ones(2, dtype=bool), new_normal=np.array([False, True]))
+    moved = fx._arrays["level_how"][:2] - level_before
+    assert abs(moved[0]) < 0.1 and moved[1] < -0.15
 
 
 def test_trend_z_restarts_after_a_flagged_window_and_allows_for_overdispersion():
@@ -176,24 +205,27 @@ def test_trend_z_restarts_after_a_flagged_window_and_allows_for_overdispersion()
     rates = np.array([20.0, 20.0])
     cfg = FeatureConfig(features=("count_trend_z",), trend_half_life=1200)
     fx = FeatureExtractor(cfg, WindowConfig())
-    # Key 0's rate wanders by about 25 % from hour to hour; key 1 is Poisson around its rate.
-    for m in range(8 * 60):
-        wander = np.array([np.exp(0.3 * np.sin(m / 37.0) + 0.3 * np.cos(m / 23.0)), 1.0])
+    # Key 0's rate wanders by about 40 % from hour to hour; key 1 is Poisson around its rate.
+    train_minutes = 7 * 1440 + 8 * 60  # past the first week, whose day-of-week effect is unknown
+    for m in range(train_minutes):
+        wander = np.array([np.exp(0.45 * np.sin(m / 37.0) + 0.45 * np.cos(m / 23.0)), 1.0])
         rnd = make_round(m * MIN, rng.poisson(rates * wander), rng)
         fx.update(rnd, fx.transform(rnd), np.ones(2, dtype=bool))
     phi = fx._arrays["tr_phi"][:2]
     assert phi[0] > 3 * phi[1] > 0  # the wandering key is overdispersed, the other is not
     # The same sustained excess (x1.5 for 20 minutes) is stronger evidence for the steady key.
-    for m in range(8 * 60, 8 * 60 + 20):
-        rnd = make_round(m * MIN, rng.poisson(rates * 1.5), rng)
+    for m in range(train_minutes, train_minutes + 20):
+        expected = fx.transform(make_round(m * MIN, rates, rng)).expected_count
+        rnd = make_round(m * MIN, np.round(1.5 * expected), rng)  # each key 1.5 x its own expectation
         f = fx.transform(rnd)
         fx.update(rnd, f, np.ones(2, dtype=bool))
     z = f.values[:, 0]
-    assert z[1] > 2.0 and z[1] > 1.5 * z[0]
+    # Per unit of log ratio (observed over expected), the steady key's evidence is stronger.
+    assert z[1] > 1.0 and z[1] / f.trend_log_ratio[1] > 1.5 * z[0] / f.trend_log_ratio[0]
     # A flagged window restarts the sums: the evidence it was flagged on does not linger.
     fx.update(rnd, f, np.array([False, True]))
     assert fx._arrays["tr_count"][0] == 0.0 and fx._arrays["tr_count"][1] > 200
-    rnd = make_round((8 * 60 + 20) * MIN, np.array([20.0, 20.0]), rng)
+    rnd = make_round((train_minutes + 20) * MIN, np.array([20.0, 20.0]), rng)
     after = fx.transform(rnd)
     assert after.trend["tr_count"][0] == 20.0  # only the new window
-    assert after.values[1, 0] > 2.0  # the unflagged key keeps its evidence
+    assert after.values[1, 0] > 1.0  # the unflagged key keeps its evidence
