@@ -378,7 +378,11 @@ class FeatureExtractor:
         sum_e = np.maximum(sum_e, 0.0) + 0.5
         z_all = np.log((np.maximum(sum_c, 0.0) + 0.5) / sum_e) / np.sqrt(1.0 / sum_e + phi[:, None])
         strongest = np.abs(z_all).argmax(axis=1)
-        scan_z = z_all[np.arange(len(k)), strongest]
+        rows_n = np.arange(len(k))
+        scan_z = z_all[rows_n, strongest]
+        # What an alert reports: the count over the strongest horizon and what was expected.
+        scan_count = np.maximum(sum_c[rows_n, strongest], 0.0)
+        scan_expected = sum_e[rows_n, strongest] - 0.5
 
         mean_ticket = np.where(sold, r / c_safe, 0.0)
         units_per_event = np.where(sold, rnd.units / c_safe, 0.0)
@@ -441,6 +445,7 @@ class FeatureExtractor:
             "revenue_recent_windows": ctx_r,
             "count_recent_hour": trend["tr_count"],
             "revenue_recent_hour": trend["tr_rev"],
+            "count_scan": scan_count,
         }
         def expected() -> dict[str, np.ndarray]:  # only alerts need these: computed on demand
             return {
@@ -454,6 +459,7 @@ class FeatureExtractor:
                 "revenue_recent_windows": ctx_er,
                 "count_recent_hour": trend["tr_exp_count"],
                 "revenue_recent_hour": trend["tr_exp_rev"],
+                "count_scan": scan_expected,
             }
 
         return WindowFeatures(

@@ -177,6 +177,9 @@ def test_scan_sees_a_sustained_drop_that_single_windows_do_not_and_the_level_wai
     scan_a, per_window_a = np.array(scan), np.array(per_window)
     assert scan_a[:, 0].min() < -3.5 and scan_a[:, 1].min() > -3.0
     assert per_window_a[:, 0].min() > -2.0  # a quiet key: no single window is alarming
+    # An alert reports the count over the strongest horizon against what was expected there.
+    assert f.observed["count_scan"][0] < 0.6 * f.expected["count_scan"][0]
+    assert f.expected["count_scan"][0] >= 5.0
     # While the deviation is in progress, the key's level does not absorb it.
     level_after = fx._arrays["level_how"][:2]
     assert abs(level_after[0] - level_before[0]) < 0.1
