@@ -506,3 +506,28 @@ def test_frozen_broker_is_ridden_out(bootstrap: str, tansu: Any, input_topic: Na
             svc.stop()
     check_alerts(read_alerts(bootstrap, n.alerts), expected, duplicates=True)
     check_windows(cfg, expected)
+
+
+def test_a_delivery_failure_never_commits(bootstrap: str, input_topic: Names) -> None:
+    """Dead letters that cannot be delivered (their topic does not exist and the broker does not
+    create it) stop the service with a fatal error, and not one offset is committed: the consumer,
+    the alerts and the state topic all work, so a service that committed regardless of its
+    deliveries would be caught here."""
+    n = input_topic
+    ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(n.alerts, 1), TopicSpec(n.state, 1)])
+    produce(bootstrap, n.input, scenario())  # 1 % malformed: dead letters from the first batch on
+    cfg = app_config(bootstrap, n, create_topics=False, delivery_retries=1,
+                     producer={"message.timeout.ms": "2000", "allow.auto.create.topics": "false"})
+    svc = Running(cfg)
+    svc.thread.join(TIMEOUT)
+    try:
+        offsets = committed(bootstrap, n.group, n.input)
+        assert all(offset < 0 for offset in offsets.values()), f"committed {offsets} with undelivered outputs"
+        assert not svc.thread.is_alive(), "the service kept running although its dead letters were not delivered"
+        assert svc.rc == 1
+        assert svc.service.totals.events > 0 and svc.service.totals.rejected > 0  # it did process input
+        assert svc.service.producer.failures >= 1
+    finally:
+        if svc.thread.is_alive():
+            svc.service.request_stop()
+            svc.thread.join(60)
