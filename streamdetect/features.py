@@ -509,17 +509,16 @@ class FeatureExtractor:
         a["ctx_rev"][k_all, pos] = rnd.revenue
         a["ctx_exp_rev"][k_all, pos] = feats.expected_revenue
         a["ctx_pos"][k_all] += 1
-        for name, value in feats.trend.items():
-            # A flagged window restarts the sums (as a CUSUM restarts after its alarm): evidence
-            # already reported must not keep the key alerting after a short anomaly has ended.
-            a[name][k_all] = np.where(learn, value, 0.0)
         a["last_start"][k_all] = rnd.start_ms
         pos = a["scan_pos"][k_all] % self._ring
         a["scan_ring_c"][k_all, pos] = feats.scan["scan_tot_c"]
         a["scan_ring_e"][k_all, pos] = feats.scan["scan_tot_e"]
         a["scan_pos"][k_all] += 1
-        for name, value in feats.scan.items():
-            a[name][k_all] = np.where(learn, value, 0)  # an alert restarts the scan
+        # A flagged window restarts the trend sums and the scan (as a CUSUM restarts after its
+        # alarm): evidence already reported must not keep the key alerting after a short anomaly.
+        flagged = None if learn.all() else ~learn
+        for name, value in (*feats.trend.items(), *feats.scan.items()):
+            a[name][k_all] = value if flagged is None else np.where(flagged, 0, value)
 
         how, hod = int(feats.how[0]), int(feats.hod[0])
         # A sustained deviation in progress freezes the key's baselines, or they would absorb a
@@ -566,8 +565,9 @@ class FeatureExtractor:
             ("level_how", np.log((c + 0.5) / (how_c + 0.5)), how_ok),
             ("level_rev_how", np.log((r + 1.0) / (how_r + 1.0)), how_ok),
         ):
-            moved = a[name][k] + self._level_rate * weight * (target - a[name][k])
-            a[name][k] = np.where(use, np.clip(moved, -_MAX_LEVEL, _MAX_LEVEL), np.where(mature, a[name][k], 0.0))
+            old = a[name][k]
+            moved = np.minimum(np.maximum(old + self._level_rate * weight * (target - old), -_MAX_LEVEL), _MAX_LEVEL)
+            a[name][k] = np.where(use, moved, np.where(mature, old, 0.0))
 
         rn = a["recent_n"][k] + 1.0
         rate = np.maximum(1.0 / rn, self._level_rate)
@@ -597,11 +597,15 @@ class FeatureExtractor:
         self, prefix: str, bucket: int, k: np.ndarray, c: np.ndarray, r: np.ndarray, weight: np.ndarray
     ) -> None:
         a = self._arrays
-        n = a[f"{prefix}_n"][k, bucket] + 1.0
+        # Column views: one 1-D gather and scatter per array instead of 2-D fancy indexing.
+        n_col, count_col, rev_col = (a[prefix + suffix][:, bucket] for suffix in ("_n", "_count", "_rev"))
+        n = n_col[k] + 1.0
         rate = np.maximum(1.0 / n, self._season_rate) * weight
-        a[f"{prefix}_n"][k, bucket] = n
-        a[f"{prefix}_count"][k, bucket] += rate * (c - a[f"{prefix}_count"][k, bucket])
-        a[f"{prefix}_rev"][k, bucket] += rate * (r - a[f"{prefix}_rev"][k, bucket])
+        n_col[k] = n
+        old = count_col[k]
+        count_col[k] = old + rate * (c - old)
+        old = rev_col[k]
+        rev_col[k] = old + rate * (r - old)
 
     # ------------------------------------------------------------------ state
     def to_state(self) -> dict[str, Any]:
