@@ -142,15 +142,12 @@ class WindowFeatures:
     expected_of: Callable[[], dict[str, np.ndarray]] = field(repr=False)
     expected_count: np.ndarray
     expected_revenue: np.ndarray
-    seasonal_count: np.ndarray
-    seasonal_revenue: np.ndarray
     seasonal_refs: tuple[np.ndarray, ...]  # how_ok, fallback count and revenue, hour-of-week count and revenue
     how: np.ndarray
     hod: np.ndarray
     trend: dict[str, np.ndarray]  # exponentially weighted sums, stored by update()
     trend_log_ratio: np.ndarray  # log(observed / expected) of the weighted count sums
     trend_poisson_var: np.ndarray  # its variance if counts were Poisson around the expectation
-    trend_z: np.ndarray  # the log ratio over its standard deviation (count_trend_z)
     scan: dict[str, np.ndarray]  # running totals since the scan restarted, stored by update()
     scan_z: np.ndarray  # count_scan_z
 
@@ -469,15 +466,12 @@ class FeatureExtractor:
             expected_of=expected,
             expected_count=expected_count,
             expected_revenue=expected_rev,
-            seasonal_count=seasonal_count,
-            seasonal_revenue=seasonal_rev,
             seasonal_refs=(how_ok, fallback_count, fallback_rev, how_count, how_rev),
             how=np.full(n, how),
             hod=np.full(n, hod),
             trend=trend,
             trend_log_ratio=trend_log_ratio,
             trend_poisson_var=trend_poisson_var,
-            trend_z=trend_z,
             scan=scan,
             scan_z=scan_z,
         )
