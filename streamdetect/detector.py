@@ -156,7 +156,6 @@ class _Pending:
 _NEVER_FLAGGED = 1 << 40
 
 
-
 def _severity(tail: np.ndarray, risk: float) -> list[str]:
     """Severity from the tail probability relative to the alert budget."""
     return np.where(tail < risk / 100, "critical", np.where(tail < risk / 10, "major", "warning")).tolist()
@@ -312,14 +311,13 @@ class Detector:
             self._grow_streak(key_ids)
             since = np.where(flags, 0, self._since_flag[key_ids] + 1)
             self._since_flag[key_ids] = since
-            # Flagged windows of one episode: an episode ends only after `_cooldown` calm windows,
-            # so a new normal that scores around the threshold still counts as one long episode.
-            streak = np.where(flags, self._flag_streak[key_ids] + 1,
-                              np.where(since > self._cooldown, 0, self._flag_streak[key_ids]))
-            self._flag_streak[key_ids] = streak
             # An anomaly rarely ends on its last alert: the windows around it score high without
             # crossing the threshold, and learning them would fatten the very tail that sets it.
             calm = since > self._cooldown
+            # Flagged windows of one episode: an episode ends only after `_cooldown` calm windows,
+            # so a new normal that scores around the threshold still counts as one long episode.
+            streak = np.where(flags, self._flag_streak[key_ids] + 1, np.where(calm, 0, self._flag_streak[key_ids]))
+            self._flag_streak[key_ids] = streak
             new_normal[mature] = streak > self.config.relearn_after
             learn[mature] = ~flags | new_normal[mature]
             probability = self.threshold.probability(score)

@@ -171,8 +171,6 @@ def _anscombe_z(count: np.ndarray, expected: np.ndarray, phi: np.ndarray) -> np.
     return raw / np.sqrt(1.0 + phi * np.maximum(expected, 0.0))
 
 
-
-
 class FeatureExtractor:
     """Per-key baselines in flat arrays indexed by key id; see the module docstring.
 
@@ -230,9 +228,9 @@ class FeatureExtractor:
         "level": (),
         "level_rev": (),
         "level_how": (),
+        "level_rev_how": (),
         "how_hour": (),
         "how_hour_n": (),
-        "level_rev_how": (),
         "recent_count": (),
         "recent_rev": (),
         "recent_n": (),
@@ -355,7 +353,6 @@ class FeatureExtractor:
         phi = np.where(a["tr_phi_n"][k] > 0, np.maximum(a["tr_phi"][k], _PHI_FLOOR), _PHI_PRIOR)
         # Until the key's hour of week is known, the day-of-week effect is unknown too.
         phi = phi + np.where(how_ok, 0.0, _DOW_VAR)
-        trend_z = trend_log_ratio / np.sqrt(trend_poisson_var + phi)
 
         # Scan over several horizons: the count of the last L windows against its expectation,
         # for each L in `scan_windows`, as a log ratio over its standard deviation (Poisson plus
@@ -402,7 +399,7 @@ class FeatureExtractor:
             "distinct_skus_ratio": lambda: np.where(sold, log_dsr - dsr_base, 0.0),
             "count_context_z": lambda: _anscombe_z(ctx_c, ctx_e, phi),
             "revenue_context_ratio": lambda: np.log((ctx_r + typical_ticket) / (ctx_er + typical_ticket)),
-            "count_trend_z": lambda: trend_z,
+            "count_trend_z": lambda: trend_log_ratio / np.sqrt(trend_poisson_var + phi),
             "count_scan_z": lambda: scan_z,
             "revenue_trend_ratio": lambda: np.log(
                 (trend["tr_rev"] + typical_ticket) / (trend["tr_exp_rev"] + typical_ticket)
