@@ -178,7 +178,12 @@ class FeatureConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The stepwise-EM Gaussian mixture (see :class:`streamdetect.model.StepwiseGMM`)."""
+    """The stepwise-EM Gaussian mixture (see :class:`streamdetect.model.StepwiseGMM`).
+
+    The warm-up ends after ``warmup`` windows from keys with trustworthy baselines, or once those
+    windows span ``warmup_span`` seconds of event time and number at least 50 per feature: a
+    stream of a few keys (one store, one metric series) would otherwise wait weeks.
+    """
 
     n_components: int | Literal["auto"] = "auto"
     max_components: int = 6
@@ -186,6 +191,7 @@ class ModelConfig:
     step_floor: float = 2e-3
     reg_covar: float = 0.05
     warmup: int = 5000
+    warmup_span: float = 86_400.0
     n_init: int = 3
     learn_batch: int = 256
     seed: int = 0
@@ -201,6 +207,7 @@ class ModelConfig:
         _require(0 < self.step_floor < 1, "model.step_floor must be in (0, 1)")
         _require(self.reg_covar >= 0, "model.reg_covar must be >= 0")
         _require(self.warmup >= 50, "model.warmup must be >= 50 windows")
+        _require(self.warmup_span >= 0, "model.warmup_span must be >= 0 seconds (0: end the warm-up by count only)")
         _require(self.n_init >= 1, "model.n_init must be >= 1")
         _require(self.learn_batch >= 1, "model.learn_batch must be >= 1")
 
@@ -212,12 +219,15 @@ class ThresholdConfig:
     ``method``: ``"spot"`` (EVT peaks-over-threshold), ``"dspot"`` (SPOT on scores minus their
     recent mean, for a drifting level) or ``"quantile"`` (rolling empirical quantile). ``risk`` is
     the target probability that a normal window crosses it (the alert budget per window).
+    Calibration ends after ``n_init`` scores, or once the scores span ``calibration_span`` seconds
+    of event time and number at least 500.
     """
 
     method: Literal["spot", "dspot", "quantile"] = "spot"
     risk: float = 1e-4
     level: float = 0.98
     n_init: int = 2000
+    calibration_span: float = 86_400.0
     max_excess: int = 2000
     window: int = 20_000
     depth: int = 50
@@ -234,6 +244,10 @@ class ThresholdConfig:
             f"threshold.risk ({self.risk:g}) must be below 1 - threshold.level ({1 - self.level:g})",
         )
         _require(self.n_init >= 100, "threshold.n_init must be >= 100 scores")
+        _require(
+            self.calibration_span >= 0,
+            "threshold.calibration_span must be >= 0 seconds (0: calibrate after n_init scores only)",
+        )
         _require(self.max_excess >= 30, "threshold.max_excess must be >= 30")
         _require(self.window >= self.n_init, "threshold.window must be >= threshold.n_init")
         _require(self.depth >= 2, "threshold.depth must be >= 2")

@@ -15,10 +15,14 @@ One :class:`Detector` serves one stream (one Kafka partition, or one replayed fi
    scores and windows in fixed-size batches; flagged windows are not learned unless so many are
    flagged that it is a regime change, or a key stays flagged for long (its new normal).
 
-Warm-up: until ``model.warmup`` windows from keys with trustworthy baselines have been seen, no
-window is scored; then the scaler and the mixture are fitted (the highest-scoring
-``trim_fraction`` of the warm-up windows left out). The threshold calibrates on the first
-``threshold.n_init`` out-of-sample scores; alerts start after that.
+Warm-up: until ``model.warmup`` windows from keys with trustworthy baselines have been seen (or
+they span ``model.warmup_span`` of event time, for sparse streams), no window is scored; then the
+scaler and the mixture are fitted (the highest-scoring ``trim_fraction`` of the warm-up windows
+left out). The threshold calibrates on the first ``threshold.n_init`` out-of-sample scores (or
+those of ``threshold.calibration_span``); alerts start after that.
+
+An aggregated series (``events.value_field``) has one sample per window: a window without one is a
+missing measurement, not a zero, so it is neither scored nor learned.
 
 Everything proceeds in event time and in window rounds, so the output does not depend on how the
 input is cut into batches, and the same input gives the same output byte for byte.
@@ -27,13 +31,13 @@ input is cut into batches, and the same input gives the same output byte for byt
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from streamdetect.alerts import Alert, Contribution, format_time
-from streamdetect.config import DetectorConfig
+from streamdetect.config import DetectorConfig, WindowConfig
 from streamdetect.drift import ScoreDriftMonitor
 from streamdetect.events import EventBatch, Rejected, RejectReason, decode_events, decode_records
 from streamdetect.features import FeatureExtractor, WindowFeatures
@@ -154,6 +158,16 @@ class _Pending:
 
 
 _NEVER_FLAGGED = 1 << 40
+_ROWS_PER_FEATURE = 50  # the least warm-up a mixture with full covariances is fitted on
+_MIN_CALIBRATION = 500  # the fewest scores a threshold is calibrated on
+
+
+def _window_config(config: DetectorConfig) -> WindowConfig:
+    """The windows as configured; for an aggregated series, no zero windows for silent keys."""
+    if config.events.value_field is None:
+        return config.windows
+    # One sample per window: a window without one is a missing measurement, not a zero.
+    return replace(config.windows, idle_timeout=0.0)
 
 
 def _severity(tail: np.ndarray, risk: float) -> list[str]:
@@ -178,14 +192,16 @@ class Detector:
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = cfg = config or DetectorConfig()
-        self.windows = WindowAggregator(cfg.windows)
-        self.features = FeatureExtractor(cfg.features, cfg.windows)
+        self.windows = WindowAggregator(_window_config(cfg))
+        self.features = FeatureExtractor(cfg.features, cfg.windows, series=cfg.events.value_field is not None)
         self.scaler = RobustScaler()
         self.model = self._new_model()
         self.threshold = make_threshold(cfg.threshold)
         self.drift = ScoreDriftMonitor(cfg.drift)
         self._warmup_rows: list[np.ndarray] = []
         self._warmup_n = 0
+        self._warmup_from_ms: int | None = None  # event time of the first warm-up window
+        self._fitted_at_ms: int | None = None  # event time at which the mixture was first fitted
         self._pending = _Pending()
         self._flag_streak = np.zeros(0, dtype=np.int64)
         self._since_flag = np.zeros(0, dtype=np.int64)  # windows since the key's last alert
@@ -294,8 +310,13 @@ class Detector:
             if len(rows):
                 self._warmup_rows.append(rows)
                 self._warmup_n += len(rows)
-                if self._warmup_n >= self.config.model.warmup:
+                if self._warmup_from_ms is None:
+                    self._warmup_from_ms = rnd.start_ms
+                m = self.config.model
+                spanned = rnd.end_ms - self._warmup_from_ms >= m.warmup_span * 1000 > 0
+                if self._warmup_n >= m.warmup or (spanned and self._warmup_n >= _ROWS_PER_FEATURE * rows.shape[1]):
                     self._fit_warmup()
+                    self._fitted_at_ms = rnd.end_ms
             return False
 
         mature = np.flatnonzero(feats.mature)
@@ -340,10 +361,19 @@ class Detector:
             # A key flagged for long enough has a new normal: its baselines follow (above), but
             # the mixture does not learn the transitional vectors, only what comes after.
             self._pending.add(X, (~flags).astype(np.float64), score, calm)
-            if self._pending.n >= self.config.model.learn_batch:
+            if self._pending.n >= self.config.model.learn_batch or self._calibration_due(rnd.end_ms):
                 drift = self._learn()
+                if self._calibration_due(rnd.end_ms):
+                    self.threshold.calibrate()
         self.features.update(rnd, feats, learn, new_normal)
         return drift
+
+    def _calibration_due(self, now_ms: int) -> bool:
+        """A sparse stream has scored for ``calibration_span`` without reaching ``n_init``."""
+        if self.threshold.is_calibrated or self._fitted_at_ms is None:
+            return False
+        span_ms = self.config.threshold.calibration_span * 1000
+        return now_ms - self._fitted_at_ms >= span_ms > 0 and self.windows_scored >= _MIN_CALIBRATION
 
     def _grow_streak(self, key_ids: np.ndarray) -> None:
         need = int(key_ids.max()) + 1
@@ -503,6 +533,8 @@ class Detector:
             "since_flag": self._since_flag.tolist(),
             "windows_scored": self.windows_scored,
             "regime_changes": self.regime_changes,
+            "warmup_from_ms": self._warmup_from_ms,
+            "fitted_at_ms": self._fitted_at_ms,
         }
 
     @classmethod
@@ -511,8 +543,10 @@ class Detector:
             raise ValueError(f"unsupported detector state version {state.get('version')!r}")
         det = cls(config)
         cfg = det.config
-        det.windows = WindowAggregator.from_state(state["windows"], cfg.windows)
-        det.features = FeatureExtractor.from_state(state["features"], cfg.features, cfg.windows)
+        det.windows = WindowAggregator.from_state(state["windows"], _window_config(cfg))
+        det.features = FeatureExtractor.from_state(
+            state["features"], cfg.features, cfg.windows, series=cfg.events.value_field is not None
+        )
         det.scaler = RobustScaler.from_state(state["scaler"])
         det.model = StepwiseGMM.from_state(state["model"])
         det.threshold = threshold_from_state(state["threshold"])
@@ -533,4 +567,7 @@ class Detector:
         det._since_flag = np.array(state["since_flag"], dtype=np.int64)
         det.windows_scored = int(state["windows_scored"])
         det.regime_changes = int(state["regime_changes"])
+        # States written before the warm-up and calibration spans existed lack these: counts only.
+        det._warmup_from_ms = state.get("warmup_from_ms")
+        det._fitted_at_ms = state.get("fitted_at_ms")
         return det

@@ -58,7 +58,7 @@ from scipy.special import ndtri
 from streamdetect.config import FeatureConfig, WindowConfig
 from streamdetect.windows import ClosedRound
 
-__all__ = ["AVAILABLE_FEATURES", "FeatureExtractor", "WindowFeatures"]
+__all__ = ["AVAILABLE_FEATURES", "PER_SALE_FEATURES", "FeatureExtractor", "WindowFeatures"]
 
 AVAILABLE_FEATURES: tuple[str, ...] = (
     "count_z",
@@ -115,6 +115,14 @@ _EXPLAINED_AS: dict[str, str] = {
     "count_scan_z": "count_scan",
     "revenue_trend_ratio": "revenue_recent_hour",
 }
+
+# What describes sales rather than values: in an aggregated series every window holds exactly
+# one sample by construction, so these say nothing there (and their jitter would only add noise).
+PER_SALE_FEATURES: frozenset[str] = frozenset({
+    "count_z", "count_context_z", "count_scan_z", "count_trend_z", "count_ratio_recent",
+    "count_ratio_seasonal", "count", "log_count", "units_per_event_ratio", "units",
+    "distinct_skus_ratio", "distinct_skus", "max_ticket_z", "max_ticket",
+})
 
 _HOURS_PER_WEEK = 168
 _MIN_BUCKET = 20  # windows seen in a seasonal bucket before it is trusted
@@ -190,17 +198,27 @@ class FeatureExtractor:
     (True, -2.63)
     """
 
-    def __init__(self, config: FeatureConfig | None = None, windows: WindowConfig | None = None) -> None:
+    def __init__(
+        self, config: FeatureConfig | None = None, windows: WindowConfig | None = None, series: bool = False
+    ) -> None:
+        from streamdetect.config import ConfigError
+
         self.config = config or FeatureConfig()
         self.windows = windows or WindowConfig()
         unknown = [f for f in self.config.features if f not in AVAILABLE_FEATURES]
         if unknown:
-            from streamdetect.config import ConfigError
-
             raise ConfigError(
                 f"features.features: unknown feature {unknown[0]!r}; available: {', '.join(AVAILABLE_FEATURES)}"
             )
-        self.names: tuple[str, ...] = self.config.features
+        # An aggregated series (`series`) has one sample per window: per-sale features are left out.
+        self.names: tuple[str, ...] = tuple(
+            f for f in self.config.features if not (series and f in PER_SALE_FEATURES)
+        )
+        if not self.names:
+            raise ConfigError(
+                "features.features: an aggregated series (events.value_field) needs a feature that describes"
+                f" values, e.g. revenue_ratio; {', '.join(self.config.features)} all describe sales"
+            )
         hop_s = self.windows.hop_ms / 1000.0
         windows_per_hour = max(3600.0 / hop_s, 1.0)
         # Per-window EWMA rates: the newest week (hour-of-week) or day (hour-of-day) of a bucket
@@ -607,11 +625,15 @@ class FeatureExtractor:
 
     @classmethod
     def from_state(
-        cls, state: dict[str, Any], config: FeatureConfig | None = None, windows: WindowConfig | None = None
+        cls,
+        state: dict[str, Any],
+        config: FeatureConfig | None = None,
+        windows: WindowConfig | None = None,
+        series: bool = False,
     ) -> FeatureExtractor:
         if state.get("version") != 1:
             raise ValueError(f"unsupported feature state version {state.get('version')!r}")
-        fx = cls(config, windows)
+        fx = cls(config, windows, series)
         for name, values in state["arrays"].items():
             dtype = np.int64 if name in _INT_ARRAYS else np.float64
             arr = np.array(values, dtype=dtype)

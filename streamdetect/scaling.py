@@ -5,7 +5,10 @@ free of cancellation, and ``reg_covar`` means the same thing for every feature. 
 median and the scale the standard deviation of the values winsorised at their 1st and 99th
 percentiles: unmoved by the few anomalies a warm-up may contain, and not fooled by features that
 sit on one value most of the time (an assortment ratio is exactly 0 whenever a window has one
-sale), where a MAD would be near 0 and blow the feature up. A constant feature gets scale 1.
+sale), where a MAD would be near 0 and blow the feature up. The features already come in units of
+noise (z-scores) or of relative change (log ratios), so no scale is taken below ``0.1``: a feature
+that barely moves in the warm-up (the count of a series with one sample per window) would
+otherwise turn baseline jitter of a few hundredths into alerts.
 
 Examples
 --------
@@ -13,7 +16,7 @@ Examples
 >>> X = np.column_stack([np.r_[np.zeros(90), np.arange(1.0, 11.0)], np.full(100, 5.0)])
 >>> s = RobustScaler().fit(X)   # column 0 is 0 on 90 % of the rows: its MAD would be 0
 >>> s.center_.tolist(), s.scale_.round(3).tolist()
-([0.0, 5.0], [1.836, 1.0])
+([0.0, 5.0], [1.836, 0.1])
 >>> RobustScaler.from_state(s.to_state()).transform(X[-1:]).round(3).tolist()
 [[5.447, 0.0]]
 """
@@ -26,7 +29,7 @@ import numpy as np
 
 __all__ = ["RobustScaler"]
 
-_MIN_SCALE = 1e-6
+_MIN_SCALE = 0.1  # in the features' own units (see the module docstring)
 _WINSOR = 1.0  # percent winsorised at each end before the standard deviation
 _CLIP = 1e4  # standardised values beyond this carry no extra information, only overflow risk
 
@@ -41,7 +44,7 @@ class RobustScaler:
         center = np.median(X, axis=0)
         lo, hi = np.percentile(X, [_WINSOR, 100.0 - _WINSOR], axis=0)
         std = np.clip(X, lo, hi).std(axis=0)
-        scale = np.where(std > _MIN_SCALE, std, 1.0)
+        scale = np.maximum(std, _MIN_SCALE)
         self.center_, self.scale_ = center, scale
         return self
 

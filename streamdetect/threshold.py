@@ -4,6 +4,8 @@ All three learn from the stream of pre-update scores in mini-batches and expose 
 
 * ``classify(scores)`` -> bool array (all ``False`` until calibrated: no alerts during warm-up);
 * ``learn(scores)``: feed a batch of scores (scores above the threshold are kept out of the fit);
+* ``calibrate()``: end the calibration early, on the scores learned so far (the detector does
+  this once a day of scores has passed, for streams too sparse to reach ``n_init`` soon);
 * ``threshold``: the current alert threshold in score units (``inf`` until calibrated);
 * ``probability(scores)``: ``1 - P(S >= s)`` under the recent score distribution, in [0, 1];
   the tail beyond the peaks threshold comes from the fitted generalised Pareto distribution, so
@@ -62,6 +64,8 @@ class Threshold(Protocol):
     def classify(self, scores: np.ndarray) -> np.ndarray: ...
 
     def learn(self, scores: np.ndarray) -> None: ...
+
+    def calibrate(self) -> None: ...
 
     def probability(self, scores: np.ndarray) -> np.ndarray: ...
 
@@ -314,6 +318,11 @@ class SPOT:
 
     def classify(self, scores: Any) -> np.ndarray:
         return np.asarray(_as_scores(scores) > self.z_)
+
+    def calibrate(self) -> None:
+        """End the calibration now, on the scores learned so far (fewer than ``n_init``)."""
+        if not self.is_calibrated and self.recent_.n:
+            self._calibrate(self.recent_.recent())
 
     def learn(self, scores: Any) -> None:
         x = _as_scores(scores)
@@ -585,6 +594,11 @@ class QuantileThreshold:
 
     def classify(self, scores: Any) -> np.ndarray:
         return np.asarray(_as_scores(scores) > self.threshold)
+
+    def calibrate(self) -> None:
+        """End the calibration now, on the scores learned so far (fewer than ``n_init``)."""
+        if self.recent_.n:
+            self.n_init = min(self.n_init, self.recent_.n)
 
     def learn(self, scores: Any) -> None:
         x = _as_scores(scores)

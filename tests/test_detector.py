@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from streamdetect.alerts import Alert
-from streamdetect.config import DetectorConfig, ModelConfig, ThresholdConfig, from_mapping
+from streamdetect.config import ConfigError, DetectorConfig, ModelConfig, ThresholdConfig, from_mapping
 from streamdetect.detector import Detector, DetectorOutput
 from streamdetect.generate import GeneratorConfig, generate
 
@@ -176,3 +176,26 @@ def test_a_lasting_change_becomes_the_new_normal_and_alerts_stop():
     late = int((starts >= t0 + 6 * hour).sum())
     assert early >= 1, "the change itself is an anomaly"
     assert late <= max(1, early // 4), (early, late)
+
+
+def test_an_aggregated_series_models_values_not_sales():
+    series = {"events": {"time_field": "timestamp", "value_field": "value"}}
+    det = Detector(from_mapping(DetectorConfig, series))
+    # One sample per window by construction: counts, baskets and assortment say nothing.
+    assert det.feature_names == ("revenue_ratio", "mean_ticket_z", "revenue_context_ratio")
+    restored = Detector.from_state(orjson.loads(orjson.dumps(det.to_state())), det.config)
+    assert restored.feature_names == det.feature_names
+    with pytest.raises(ConfigError, match="aggregated series"):
+        Detector(from_mapping(DetectorConfig, {**series, "features": {"features": ["count_z", "count_scan_z"]}}))
+
+
+def test_a_missing_sample_of_a_series_is_not_a_zero():
+    cfg = from_mapping(DetectorConfig, {"events": {"time_field": "timestamp", "value_field": "value"},
+                                        "windows": {"size": 300, "allowed_lateness": 0}})
+    det = Detector(cfg)
+    t0 = 1_767_225_600_000
+    records = [{"timestamp": t0 + 300_000 * i, "value": 50.0, "store_id": "m"} for i in range(10) if i != 4]
+    det.process_records(records)
+    det.flush()
+    # Nine samples, nine windows: no zero window for the gap (nor, on sales, would a key be idle).
+    assert det.features._arrays["recent_n"][0] == 9

@@ -76,6 +76,35 @@ def test_aggregated_series_csv(tmp_path):
     assert any(collapse_start <= w <= "2026-01-03T02:35:00Z" for w in flagged), flagged[:10]
 
 
+def test_a_metric_series_with_missing_samples_works_on_defaults(tmp_path, capsys):
+    """A 5-minute metric series, replayed with no tuning: the windows take its spacing, missing
+    samples are missing (not zeros), the warm-up and calibration end after a day each, and a
+    two-hour collapse on day 7 alerts while nothing else does."""
+    rng = np.random.default_rng(3)
+    t0 = 1_767_225_600  # 2026-01-01
+    n = 8 * 288
+    daily = 60 + 30 * np.sin(2 * np.pi * np.arange(n) / 288)
+    values = rng.normal(daily, 4)
+    values[6 * 288 + 100 : 6 * 288 + 124] *= 0.2  # 2026-01-07 08:20 to 10:20
+    kept = np.flatnonzero(rng.random(n) > 0.03)  # 3 % of the samples never arrive
+    src = tmp_path / "metric.csv"
+    with src.open("w") as f:
+        f.write("timestamp,value\n")
+        for i in kept.tolist():
+            f.write(f"{(t0 + 300 * i) * 1000},{values[i]:.3f}\n")
+    alerts_path, scores_path = tmp_path / "alerts.jsonl", tmp_path / "scores.csv"
+    assert main(["replay", str(src), "--time-field", "timestamp", "--value-field", "value",
+                 "--alerts", str(alerts_path), "--scores", str(scores_path)]) == 0
+    assert "windows of 300 s" in capsys.readouterr().err
+    alerts = alerts_path.read_bytes()
+    rows = list(csv.DictReader(scores_path.read_text().splitlines()))
+    starts = [r["window_start"] for r in rows]
+    assert len(starts) == len(set(starts)) and len(rows) < len(kept)  # one window per sample, no zeros
+    assert starts[0] < "2026-01-04"  # warmed up on defaults within three days
+    flagged = sorted({orjson.loads(a)["window_start"] for a in alerts.splitlines()})
+    assert flagged and all("2026-01-07T08:20:00Z" <= w <= "2026-01-07T10:45:00Z" for w in flagged), flagged
+
+
 def test_bad_configuration_fails_with_a_message(tmp_path, events_file, capsys):
     assert main(["replay", str(events_file), "--window", "0.5"]) == 2
     assert "windows.size" in capsys.readouterr().err

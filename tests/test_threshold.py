@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from streamdetect.config import ConfigError, DriftConfig, ThresholdConfig
+from streamdetect.config import ConfigError, DriftConfig, ModelConfig, ThresholdConfig
 from streamdetect.drift import ScoreDriftMonitor, psi
 from streamdetect.threshold import DSPOT, SPOT, QuantileThreshold, fit_gpd, make_threshold, threshold_from_state
 
@@ -51,6 +51,27 @@ def test_nothing_is_flagged_before_calibration():
     assert not spot.classify(np.array([1e12, np.inf])).any()
     spot.learn(np.array([1.0]))
     assert spot.is_calibrated and math.isfinite(spot.threshold)
+
+
+@pytest.mark.parametrize("method", ["spot", "dspot", "quantile"])
+def test_calibration_can_end_early_on_the_scores_so_far(method):
+    threshold = make_threshold(ThresholdConfig(method=method, risk=1e-3, n_init=2000))
+    threshold.calibrate()  # nothing learned yet: nothing to calibrate on
+    assert not threshold.is_calibrated
+    threshold.learn(np.random.default_rng(0).normal(size=600))
+    assert not threshold.is_calibrated and math.isinf(threshold.threshold)
+    threshold.calibrate()
+    assert threshold.is_calibrated and 2.0 < threshold.threshold < 5.0  # N(0, 1): 3.09
+    assert threshold.classify(np.array([0.0, 10.0])).tolist() == [False, True]
+    restored = threshold_from_state(orjson.loads(orjson.dumps(threshold.to_state())))
+    assert restored.is_calibrated and restored.threshold == threshold.threshold
+
+
+def test_spans_must_not_be_negative():
+    with pytest.raises(ConfigError, match=r"threshold\.calibration_span"):
+        ThresholdConfig(calibration_span=-1)
+    with pytest.raises(ConfigError, match=r"model\.warmup_span"):
+        ModelConfig(warmup_span=-1)
 
 
 @pytest.mark.parametrize(

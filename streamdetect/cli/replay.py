@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 import tomllib
@@ -42,7 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--price-field", help="unit price field (default unit_price)")
     g.add_argument("--sku-field", help="SKU field (default sku)")
     w = p.add_argument_group("windows and detection")
-    w.add_argument("--window", type=float, help="window size in seconds (default 60)")
+    w.add_argument(
+        "--window",
+        type=float,
+        help="window size in seconds (default 60; with --value-field, the series' median sample spacing)",
+    )
     w.add_argument("--hop", type=float, help="hop in seconds for hopping windows (default: tumbling)")
     w.add_argument("--lateness", type=float, help="allowed lateness in seconds (default 120)")
     w.add_argument("--idle-timeout", type=float, help="seconds a silent key keeps producing windows (default 3600)")
@@ -58,8 +63,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def build_config(args: argparse.Namespace) -> Any:
-    """DetectorConfig from the optional TOML file, overridden by flags."""
+def build_config(args: argparse.Namespace, series_spacing: float | None = None) -> Any:
+    """DetectorConfig from the optional TOML file, overridden by flags.
+
+    ``series_spacing`` (seconds) sizes the windows of an aggregated series unless the flags or the
+    file do: one sample per window.
+    """
     from streamdetect.config import ConfigError, DetectorConfig, from_mapping
 
     table: dict[str, Any] = {}
@@ -81,6 +90,8 @@ def build_config(args: argparse.Namespace) -> Any:
     put("events", "unit_price_field", args.price_field)
     put("events", "sku_field", args.sku_field)
     put("windows", "size", args.window)
+    if series_spacing is not None:
+        table.setdefault("windows", {}).setdefault("size", series_spacing)
     put("windows", "hop", args.hop)
     put("windows", "allowed_lateness", args.lateness)
     put("windows", "idle_timeout", args.idle_timeout)
@@ -92,6 +103,16 @@ def build_config(args: argparse.Namespace) -> Any:
     return from_mapping(DetectorConfig, table)
 
 
+def _median_spacing(ts_ms: Any) -> float | None:
+    """Median spacing in seconds of a series' distinct sample times (None with fewer than 3)."""
+    import numpy as np
+
+    times = np.unique(ts_ms)
+    if len(times) < 3:
+        return None
+    return max(float(np.median(np.diff(times))) / 1000.0, 1.0)
+
+
 def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
@@ -101,11 +122,27 @@ def run(args: argparse.Namespace) -> int:
 
     from streamdetect.alerts import format_time
     from streamdetect.detector import Detector, DetectorOutput, ScoredWindows
+    from streamdetect.events import decode_events, decode_records
     from streamdetect.sources import iter_csv_chunks, iter_jsonl_chunks
 
     config = build_config(args)
-    detector = Detector(config)
     fmt = args.format or ("csv" if args.input.endswith((".csv", ".csv.gz")) else "jsonl")
+    chunks: Iterator[Any] = (
+        iter_csv_chunks(args.input, config.events, args.chunk_size)
+        if fmt == "csv"
+        else iter_jsonl_chunks(args.input, args.chunk_size)
+    )
+    first = next(chunks, None)
+    if config.events.value_field is not None and first is not None:
+        # An aggregated series: one sample per window, so the windows take the series' spacing.
+        batch, _ = decode_records(first, config.events) if fmt == "csv" else decode_events(first, config.events)
+        spacing = _median_spacing(batch.ts_ms)
+        if spacing is not None:
+            config = build_config(args, spacing)
+            if not args.quiet and config.windows.size == spacing:
+                print(f"series sampled every {spacing:g} s: windows of {spacing:g} s (--window overrides)",
+                      file=sys.stderr)
+    detector = Detector(config)
     alerts_out = args.alerts.open("wb") if args.alerts else None
     rejects_out = args.rejects.open("wb") if args.rejects else None
     scores_out = args.scores.open("w", newline="") if args.scores else None
@@ -156,12 +193,10 @@ def run(args: argparse.Namespace) -> int:
             kept_alerts.extend(out.alerts)
 
     def outputs() -> Iterator[tuple[int, DetectorOutput]]:
-        if fmt == "csv":
-            for records in iter_csv_chunks(args.input, config.events, args.chunk_size):
-                yield len(records), detector.process_records(records)
-        else:
-            for values in iter_jsonl_chunks(args.input, args.chunk_size):
-                yield len(values), detector.process(values)
+        if first is None:
+            return
+        for chunk in itertools.chain([first], chunks):
+            yield len(chunk), detector.process_records(chunk) if fmt == "csv" else detector.process(chunk)
 
     try:
         for n, out in outputs():
