@@ -52,9 +52,12 @@ class EventSchema:
 
     ``amount`` defaults to ``quantity * unit_price`` when absent. ``value_field`` switches to an
     already aggregated series: each row is one event whose amount is that value (quantity 1).
+    ``time_format``: ``"auto"`` (RFC 3339 strings, epoch-millisecond numbers), ``"epoch_s"``,
+    ``"epoch_ms"``, or a ``strptime`` pattern such as ``"%d/%m/%Y %H:%M"`` (UTC unless it has ``%z``).
     """
 
     time_field: str = "ts"
+    time_format: str = "auto"
     key_fields: tuple[str, ...] = ("store_id",)
     sku_field: str = "sku"
     channel_field: str = "channel"
@@ -74,6 +77,11 @@ class EventSchema:
     def __post_init__(self) -> None:
         object.__setattr__(self, "key_fields", tuple(self.key_fields))
         _require(len(self.key_fields) > 0, "events.key_fields: give at least one key field, e.g. ['store_id']")
+        _require(
+            self.time_format in ("auto", "epoch_s", "epoch_ms") or "%" in self.time_format,
+            f"events.time_format is {self.time_format!r}; use 'auto', 'epoch_s', 'epoch_ms' or a strptime"
+            " pattern such as '%d/%m/%Y %H:%M'",
+        )
         _require(self.max_event_bytes > 0, "events.max_event_bytes must be > 0")
         _require(self.max_amount > 0, "events.max_amount must be > 0")
         _require(self.max_quantity > 0, "events.max_quantity must be > 0")

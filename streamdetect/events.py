@@ -13,8 +13,8 @@ others. Rules (field names come from :class:`~streamdetect.config.EventSchema`):
   ``bad_type``; ``null`` in an optional field (amount, quantity, unit price, SKU) means absent.
 * ``missing_field``: the time field or a key field is absent; or ``amount`` is absent and
   ``quantity`` or ``unit_price`` is too.
-* ``bad_timestamp``: not an RFC 3339 string nor epoch milliseconds, or outside
-  ``[min_time_ms, max_time_ms)``.
+* ``bad_timestamp``: not an RFC 3339 string nor epoch milliseconds (or not in
+  ``events.time_format`` when that is set), or outside ``[min_time_ms, max_time_ms)``.
 * ``out_of_range``: NaN/inf, a negative quantity, unit price or amount (unless
   ``allow_negative``, in which case the magnitude is checked), ``|amount| > max_amount``,
   ``|quantity| > max_quantity``.
@@ -46,13 +46,14 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import gc
 import hashlib
 import math
 import numbers
 import re
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -70,6 +71,7 @@ __all__ = [
     "decode_records",
     "parse_timestamp",
     "sku_hash",
+    "time_parser",
 ]
 
 
@@ -192,6 +194,45 @@ def _parse_iso(s: str) -> int:
             _SECOND_CACHE.clear()
         _SECOND_CACHE[key] = base
     return base + frac
+
+
+@functools.cache
+def time_parser(time_format: str) -> Callable[[Any], int] | None:
+    """The parser of ``events.time_format`` (None for ``"auto"``); it raises ValueError or
+    TypeError on a value that does not match.
+
+    >>> time_parser("epoch_s")(1709294400), time_parser("epoch_ms")("1709294400123")
+    (1709294400000, 1709294400123)
+    >>> time_parser("%d/%m/%Y %H:%M")("01/03/2024 12:00")
+    1709294400000
+    """
+    if time_format == "auto":
+        return None
+    if time_format in ("epoch_s", "epoch_ms"):
+        scale = 1000 if time_format == "epoch_s" else 1
+
+        def epoch(value: Any) -> int:
+            if isinstance(value, bool):
+                raise TypeError("a boolean is not a time")
+            if isinstance(value, int):
+                return value * scale
+            f = float(value)  # a number, or a numeric string (CSV cells)
+            if not math.isfinite(f):
+                raise ValueError("not a finite number")
+            return math.floor(f * scale)
+
+        return epoch
+
+    @functools.lru_cache(maxsize=1 << 16)  # times repeat: many events share a second
+    def pattern(value: str) -> int:
+        if not isinstance(value, str):
+            raise TypeError("not a string")
+        dt = datetime.strptime(value, time_format)
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return (dt - _EPOCH) // _MS
+
+    return pattern
 
 
 def parse_timestamp(value: object) -> int:
@@ -340,7 +381,15 @@ def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], flo
     if tf not in d:
         raise _Invalid(RejectReason.MISSING_FIELD, f"{tf}: missing")
     t = d[tf]
-    if isinstance(t, str):
+    parse = time_parser(schema.time_format)
+    if parse is not None:
+        try:
+            ms = parse(t)
+        except (ValueError, TypeError, OverflowError):
+            raise _Invalid(
+                RejectReason.BAD_TIMESTAMP, f"{tf}: {_show(t)} does not match events.time_format {schema.time_format!r}"
+            ) from None
+    elif isinstance(t, str):
         try:
             ms = _parse_iso(t)
         except ValueError as exc:
@@ -356,8 +405,8 @@ def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], flo
             raise _Invalid(RejectReason.BAD_TIMESTAMP, f"{tf}: {exc}") from None
     if not schema.min_time_ms <= ms < schema.max_time_ms:
         hint = ""
-        if not isinstance(t, str) and schema.min_time_ms <= ms * 1000 < schema.max_time_ms:
-            hint = " (looks like epoch seconds; expected milliseconds)"
+        if parse is None and not isinstance(t, str) and schema.min_time_ms <= ms * 1000 < schema.max_time_ms:
+            hint = " (looks like epoch seconds; expected milliseconds, or set events.time_format = 'epoch_s')"
         raise _Invalid(RejectReason.BAD_TIMESTAMP, f"{tf}: {_show(t)} is outside the accepted time range{hint}")
 
     keys = []
@@ -485,6 +534,7 @@ def _columns(
         schema.value_field,
     )
     lo_t, hi_t = schema.min_time_ms, schema.max_time_ms
+    parse_time = time_parser(schema.time_format)
     # Placeholder time of a canonical string left for the vectorised pass; never a valid time.
     canon_mark = lo_t - 1
     max_a, max_q = schema.max_amount, schema.max_quantity
@@ -511,7 +561,11 @@ def _columns(
         # shortcut here can cost speed, never correctness.
         try:
             t = d[tf]
-            if type(t) is str_ and len(t) == 24:
+            if parse_time is not None:
+                ms = parse_time(t)
+                if not lo_t <= ms < hi_t:
+                    raise slow
+            elif type(t) is str_ and len(t) == 24:
                 ms = canon_mark
             else:
                 if type(t) is str_:
@@ -578,7 +632,7 @@ def _columns(
                     raise slow
                 q = 1
                 h = 0
-        except (_Slow, KeyError, TypeError, ValueError, AttributeError):
+        except (_Slow, KeyError, TypeError, ValueError, AttributeError, OverflowError):
             try:
                 ms, key, a, q, h = _validate(d, schema)
             except _Invalid as exc:

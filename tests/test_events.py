@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamdetect.config import EventSchema
+from streamdetect.config import ConfigError, EventSchema
 from streamdetect.events import (
     EventBatch,
     Rejected,
@@ -109,6 +109,33 @@ def test_value_field_series_mode() -> None:
         EventSchema(time_field="timestamp", value_field="value", key_fields=("series",), allow_negative=True),
     )
     assert rejected == [] and batch.amount.tolist() == [-1.0]
+
+
+@pytest.mark.parametrize(
+    ("time_format", "good", "bad"),
+    [
+        ("epoch_s", [1709294400, 1709294400.5, "1709294400"], ["2024-03-01T12:00:00Z", True, 1709294400123]),
+        ("epoch_ms", [1709294400000, "1709294400000"], ["soon", 1709294400]),
+        ("%d/%m/%Y %H:%M", ["01/03/2024 12:00", "1/3/2024 12:00"], ["2024-03-01T12:00:00Z", "31/02/2024 12:00", 5]),
+        ("%Y-%m-%d %H:%M:%S%z", ["2024-03-01 13:00:00+0100"], ["2024-03-01 12:00:00"]),
+    ],
+)
+def test_time_format(time_format: str, good: list, bad: list) -> None:
+    """Other ways of writing the time (what exported sales and metric files use), fast path and
+    reference rules alike: every good one is 2024-03-01T12:00:00Z, every bad one a bad_timestamp."""
+    schema = EventSchema(time_format=time_format)
+    events = [{"ts": t, "store_id": "s1", "amount": 1.0} for t in good + bad]
+    # The same events through the fast path and, with an integer key, through _validate.
+    for extra in ({}, {"store_id": 7}):
+        batch, rejected = decode_records([{**e, **extra} for e in events], schema)
+        assert (batch.ts_ms // 1000 * 1000).tolist() == [1709294400000] * len(good)
+        assert [(r.index, r.reason) for r in rejected] == [(len(good) + i, R.BAD_TIMESTAMP) for i in range(len(bad))]
+        assert all("events.time_format" in r.detail or "time range" in r.detail for r in rejected), rejected
+
+
+def test_a_time_format_that_is_not_one_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="time_format"):
+        EventSchema(time_format="dd/mm/yyyy")
 
 
 def test_unicode_keys_and_skus() -> None:

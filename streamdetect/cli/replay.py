@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="TOML file; its [detector] table configures the core")
     g = p.add_argument_group("field mapping")
     g.add_argument("--time-field", help="event time field (RFC 3339 or epoch ms; default ts)")
+    g.add_argument(
+        "--time-format",
+        help="how the time field is written: auto (default), epoch_s, epoch_ms, or a strptime pattern"
+        " such as '%%d/%%m/%%Y %%H:%%M' (UTC unless the pattern has %%z)",
+    )
     g.add_argument("--value-field", help="aggregated series: each row is one event whose amount is this field")
     g.add_argument("--key", help="comma-separated key fields (default store_id)")
     g.add_argument("--amount-field", help="amount field (default amount)")
@@ -83,6 +88,7 @@ def build_config(args: argparse.Namespace, series_spacing: float | None = None) 
             table.setdefault(section, {})[name] = value
 
     put("events", "time_field", args.time_field)
+    put("events", "time_format", args.time_format)
     put("events", "value_field", args.value_field)
     put("events", "key_fields", args.key.split(",") if args.key else None)
     put("events", "amount_field", args.amount_field)

@@ -1,0 +1,137 @@
+"""Detection quality on real metric series: the Numenta Anomaly Benchmark (NAB), on defaults.
+
+NAB (github.com/numenta/NAB) holds real series (AWS CloudWatch metrics, machine temperatures,
+traffic, tweet volumes, ad clicks, ...) with labelled anomaly windows. Its data is AGPL-licensed and
+not shipped here: clone it and point ``--nab`` at the checkout. Every series is replayed the way
+``streamdetect replay series.csv --time-field timestamp --value-field value`` does it, with no
+tuning (windows of the series' median sample spacing, default warm-up, calibration and risk).
+
+Scoring: a NAB window counts as detected when an alert overlaps it (:mod:`streamdetect.evaluate`
+with no tolerance beyond the window, which NAB already makes wide); an alert inside any window is a
+true alert, any other a false one. The peer, in the same run: river's ``HalfSpaceTrees`` on the
+value (behind a ``MinMaxScaler``), its scores through the same SPOT threshold configuration.
+
+    python benchmarks/bench_nab.py --nab ~/src/NAB [--only cpu,temperature] [--no-hst]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from streamdetect.alerts import alert_id, format_time  # noqa: E402
+from streamdetect.config import DetectorConfig, from_mapping  # noqa: E402
+from streamdetect.detector import Detector  # noqa: E402
+from streamdetect.evaluate import evaluate  # noqa: E402
+from streamdetect.generate import parse_time_ms  # noqa: E402
+from streamdetect.sources import SERIES_KEY  # noqa: E402
+from streamdetect.threshold import make_threshold  # noqa: E402
+
+
+def _iso(nab_time: str) -> str:
+    return nab_time.replace(" ", "T")[:19] + "Z"  # NAB's times are UTC without an offset
+
+
+def run_detector(ts_ms: np.ndarray, values: np.ndarray, window_s: float) -> tuple[list[dict[str, Any]], Detector]:
+    config = from_mapping(DetectorConfig, {
+        "events": {"time_field": "timestamp", "value_field": "value", "allow_negative": True},
+        "windows": {"size": window_s},
+    })
+    det = Detector(config)
+    records = [
+        {"timestamp": int(t), "value": float(v), "store_id": SERIES_KEY} for t, v in zip(ts_ms, values, strict=True)
+    ]
+    alerts: list[dict[str, Any]] = []
+    for i in range(0, len(records), 5000):
+        alerts += [a.to_dict() for a in det.process_records(records[i : i + 5000]).alerts]
+    alerts += [a.to_dict() for a in det.flush().alerts]
+    return alerts, det
+
+
+def run_half_space_trees(ts_ms: np.ndarray, values: np.ndarray, window_s: float, det: Detector) -> list[dict[str, Any]]:
+    from river import anomaly, compose, preprocessing
+
+    model = compose.Pipeline(preprocessing.MinMaxScaler(), anomaly.HalfSpaceTrees(seed=42))
+    threshold = make_threshold(det.config.threshold)
+    batch = det.config.model.learn_batch
+    alerts: list[dict[str, Any]] = []
+    pending: list[float] = []
+    for t, v in zip(ts_ms.tolist(), values.tolist(), strict=True):
+        x = {"value": v}
+        s = model.score_one(x)
+        model.learn_one(x)
+        if threshold.classify(np.array([s]))[0]:
+            start = t - t % int(window_s * 1000)
+            end = start + int(window_s * 1000)
+            key = {"store_id": SERIES_KEY}
+            alerts.append({"alert_id": alert_id(key, start, end), "key": key, "window_start": format_time(start),
+                           "window_end": format_time(end)})
+        pending.append(s)
+        if len(pending) >= batch:
+            threshold.learn(np.array(pending))
+            pending = []
+    return alerts
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nab", type=Path, required=True, help="a checkout of github.com/numenta/NAB")
+    p.add_argument("--only", help="comma-separated substrings of the series names to run")
+    p.add_argument("--no-hst", action="store_true", help="skip the HalfSpaceTrees peer")
+    args = p.parse_args()
+
+    windows = json.loads((args.nab / "labels" / "combined_windows.json").read_text())
+    totals = {name: {"labels": 0, "detected": 0, "alerts": 0, "true": 0} for name in ("streamdetect", "hst")}
+    days_total = 0.0
+    print(f"{'series':44s} {'days':>5s} {'windows':>7s}  streamdetect det/alerts/false  |  HST det/alerts/false")
+    for rel, spans in sorted(windows.items()):
+        path = args.nab / "data" / rel
+        if not path.exists() or (args.only and not any(o in rel for o in args.only.split(","))):
+            continue
+        with path.open() as f:
+            rows = list(csv.DictReader(f))
+        ts_ms = np.array([parse_time_ms(_iso(r["timestamp"])) for r in rows], dtype=np.int64)
+        values = np.array([float(r["value"]) for r in rows])
+        window_s = max(float(np.median(np.diff(np.unique(ts_ms)))) / 1000.0, 1.0)
+        labels = [{"anomaly_id": f"{rel}#{i}", "type": "nab", "key": {"store_id": SERIES_KEY},
+                   "start": _iso(a), "end": _iso(b), "magnitude": 1.0} for i, (a, b) in enumerate(spans)]
+        days = (ts_ms[-1] - ts_ms[0]) / 86_400_000
+        days_total += days
+        alerts, det = run_detector(ts_ms, values, window_s)
+        runs = {"streamdetect": alerts}
+        if not args.no_hst:
+            runs["hst"] = run_half_space_trees(ts_ms, values, window_s, det)
+        line = f"{rel[:44]:44s} {days:5.1f} {len(labels):7d}"
+        for name, found in runs.items():
+            r = evaluate(labels, found, window_seconds=window_s, tolerance_windows=0.0)
+            detected = sum(lr.detected for lr in r.label_results)
+            t = totals[name]
+            t["labels"] += len(labels)
+            t["detected"] += detected
+            t["alerts"] += r.n_alerts
+            t["true"] += r.n_true_alerts
+            line += f"  {detected:>5d} {r.n_alerts:>6d} {r.n_alerts - r.n_true_alerts:>5d}"
+        print(line, flush=True)
+    for name, t in totals.items():
+        if not t["labels"]:
+            continue
+        precision = t["true"] / t["alerts"] if t["alerts"] else float("nan")
+        recall = t["detected"] / t["labels"]
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else float("nan")
+        false_per_day = (t["alerts"] - t["true"]) / max(days_total, 1e-9)
+        print(f"{name:13s} windows detected {t['detected']}/{t['labels']} (recall {recall:.2f}), alerts {t['alerts']}"
+              f" (precision {precision:.2f}), F1 {f1:.3f}, false alerts per series-day {false_per_day:.2f}")
+
+
+if __name__ == "__main__":
+    main()
