@@ -228,7 +228,7 @@ class ThresholdConfig:
     recent mean, for a drifting level) or ``"quantile"`` (rolling empirical quantile). ``risk`` is
     the target probability that a normal window crosses it (the alert budget per window).
     Calibration ends after ``n_init`` scores, or once the scores span ``calibration_span`` seconds
-    of event time and number at least 500.
+    of event time and number at least 100.
     """
 
     method: Literal["spot", "dspot", "quantile"] = "spot"

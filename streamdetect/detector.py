@@ -159,7 +159,7 @@ class _Pending:
 
 _NEVER_FLAGGED = 1 << 40
 _ROWS_PER_FEATURE = 50  # the least warm-up a mixture with full covariances is fitted on
-_MIN_CALIBRATION = 500  # the fewest scores a threshold is calibrated on
+_MIN_CALIBRATION = 100  # the fewest scores a threshold is calibrated on (threshold.n_init's floor)
 
 
 def _window_config(config: DetectorConfig) -> WindowConfig:

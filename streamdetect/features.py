@@ -125,7 +125,11 @@ PER_SALE_FEATURES: frozenset[str] = frozenset({
 })
 
 _HOURS_PER_WEEK = 168
-_MIN_BUCKET = 20  # windows seen in a seasonal bucket before it is trusted
+# A seasonal bucket is trusted once it holds this many windows, or three occurrences of its hour
+# when windows are long (an hourly window visits each hour-of-week bucket once a week).
+_MIN_BUCKET = 20
+_MIN_OCCURRENCES = 3
+_MIN_HALF_LIFE_WINDOWS = 5.0
 _EPOCH_WEEKDAY_HOURS = 3 * 24  # 1970-01-01 was a Thursday; shift so that bucket 0 is Monday 00:00 UTC
 _TICKET_HALF_LIFE_S = 86_400.0
 _SIGMA_FLOOR = 0.05
@@ -221,14 +225,21 @@ class FeatureExtractor:
             )
         hop_s = self.windows.hop_ms / 1000.0
         windows_per_hour = max(3600.0 / hop_s, 1.0)
+        self._min_bucket = min(_MIN_BUCKET, _MIN_OCCURRENCES * windows_per_hour)
+
+        def decay(half_life_s: float) -> float:
+            # Per window; with long windows (hourly, daily) a half-life of a few windows at least,
+            # or each baseline would be little more than the previous window.
+            return float(2.0 ** (-hop_s / max(half_life_s, _MIN_HALF_LIFE_WINDOWS * hop_s)))
+
         # Per-window EWMA rates: the newest week (hour-of-week) or day (hour-of-day) of a bucket
         # weighs `seasonal_rate`; the level and recent baselines have `baseline_half_life`.
         self._season_rate = 1.0 - (1.0 - self.config.seasonal_rate) ** (1.0 / windows_per_hour)
-        self._level_rate = 1.0 - 2.0 ** (-hop_s / self.config.baseline_half_life)
-        self._ticket_decay = 2.0 ** (-hop_s / _TICKET_HALF_LIFE_S)
+        self._level_rate = 1.0 - decay(self.config.baseline_half_life)
+        self._ticket_decay = decay(_TICKET_HALF_LIFE_S)
         self._k = self.config.context_windows
-        self._trend_decay = 2.0 ** (-hop_s / self.config.trend_half_life)
-        self._phi_rate = 1.0 - 2.0 ** (-hop_s / _PHI_HALF_LIFE_S)
+        self._trend_decay = decay(self.config.trend_half_life)
+        self._phi_rate = 1.0 - decay(_PHI_HALF_LIFE_S)
         self._freeze_limit = self.config.freeze_limit / hop_s
         self._scan = np.array(sorted(set(self.config.scan_windows)), dtype=np.int64)
         self._ring = int(self._scan[-1]) + 1
@@ -319,8 +330,8 @@ class FeatureExtractor:
         # An hour of week is trusted once it held enough windows before this occurrence of the
         # hour: the current occurrence alone would only echo the current hour back.
         this_hour = a["how_hour"][k] == hour
-        how_ok = a["how_n"][k, how] - np.where(this_hour, a["how_hour_n"][k], 0.0) >= _MIN_BUCKET
-        hod_ok = a["hod_n"][k, hod] >= _MIN_BUCKET
+        how_ok = a["how_n"][k, how] - np.where(this_hour, a["how_hour_n"][k], 0.0) >= self._min_bucket
+        hod_ok = a["hod_n"][k, hod] >= self._min_bucket
         recent_ok = a["recent_n"][k] > 0
         mature = how_ok | hod_ok
         # Two seasonal references, each with its own level (today's ratio to it), so that the

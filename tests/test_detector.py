@@ -11,6 +11,7 @@ import pytest
 from streamdetect.alerts import Alert
 from streamdetect.config import ConfigError, DetectorConfig, ModelConfig, ThresholdConfig, from_mapping
 from streamdetect.detector import Detector, DetectorOutput
+from streamdetect.events import parse_timestamp
 from streamdetect.generate import GeneratorConfig, generate
 
 SMALL = from_mapping(
@@ -199,3 +200,35 @@ def test_a_missing_sample_of_a_series_is_not_a_zero():
     det.flush()
     # Nine samples, nine windows: no zero window for the gap (nor, on sales, would a key be idle).
     assert det.features._arrays["recent_n"][0] == 9
+
+
+def _series(step_s: int, n: int, spike_at: int, seed: int = 0) -> list[dict]:
+    """One key's series: a daily cycle (when windows are shorter than a day), weekends at 60 %,
+    5 % noise, and the value tripled for three windows from ``spike_at``."""
+    rng = np.random.default_rng(seed)
+    t0 = 1_704_067_200_000  # Monday 2024-01-01
+    i = np.arange(n)
+    per_day = max(86_400 // step_s, 1)
+    day = i * step_s // 86_400
+    level = 100 * (1 + 0.5 * np.sin(2 * np.pi * (i % per_day) / per_day)) * np.where(day % 7 >= 5, 0.6, 1.0)
+    values = rng.normal(level, 0.05 * level)
+    values[spike_at : spike_at + 3] *= 3
+    return [{"timestamp": t0 + j * step_s * 1000, "value": float(v), "store_id": "m"} for j, v in enumerate(values)]
+
+
+@pytest.mark.parametrize(("step_s", "n", "spike_at"), [(3600, 24 * 120, 24 * 84 - 1), (86_400, 400, 330)])
+def test_hourly_and_daily_series_work_on_defaults(step_s, n, spike_at):
+    """Long windows: seasonal buckets are trusted after three occurrences (an hourly window visits
+    each hour of the week once a week), baselines keep a half-life of several windows, and the
+    threshold calibrates on a day's scores or 100, whichever comes later. The spike (here from a
+    Sunday 23:00 into Monday) alerts; the rest of the series hardly does."""
+    cfg = from_mapping(DetectorConfig, {"events": {"time_field": "timestamp", "value_field": "value"},
+                                        "windows": {"size": step_s}})
+    det = Detector(cfg)
+    records = _series(step_s, n, spike_at)
+    alerts = det.process_records(records).alerts + det.flush().alerts
+    t0 = records[0]["timestamp"]
+    flagged = {(parse_timestamp(a.window_start) - t0) // (step_s * 1000) for a in alerts}
+    assert flagged & set(range(spike_at, spike_at + 3)), sorted(flagged)
+    elsewhere = flagged - set(range(spike_at - 1, spike_at + 6))
+    assert len(elsewhere) <= 4, sorted(elsewhere)
