@@ -42,11 +42,16 @@ def _iso(nab_time: str) -> str:
     return nab_time.replace(" ", "T")[:19] + "Z"  # NAB's times are UTC without an offset
 
 
-def run_detector(ts_ms: np.ndarray, values: np.ndarray, window_s: float) -> tuple[list[dict[str, Any]], Detector]:
-    config = from_mapping(DetectorConfig, {
+def run_detector(
+    ts_ms: np.ndarray, values: np.ndarray, window_s: float, features: list[str] | None = None
+) -> tuple[list[dict[str, Any]], Detector]:
+    table: dict[str, Any] = {
         "events": {"time_field": "timestamp", "value_field": "value", "allow_negative": True},
         "windows": {"size": window_s},
-    })
+    }
+    if features:
+        table["features"] = {"features": features}
+    config = from_mapping(DetectorConfig, table)
     det = Detector(config)
     records = [
         {"timestamp": int(t), "value": float(v), "store_id": SERIES_KEY} for t, v in zip(ts_ms, values, strict=True)
@@ -88,6 +93,7 @@ def main() -> None:
     p.add_argument("--nab", type=Path, required=True, help="a checkout of github.com/numenta/NAB")
     p.add_argument("--only", help="comma-separated substrings of the series names to run")
     p.add_argument("--no-hst", action="store_true", help="skip the HalfSpaceTrees peer")
+    p.add_argument("--features", help="comma-separated model features (default: the detector's)")
     args = p.parse_args()
 
     windows = json.loads((args.nab / "labels" / "combined_windows.json").read_text())
@@ -100,14 +106,18 @@ def main() -> None:
             continue
         with path.open() as f:
             rows = list(csv.DictReader(f))
-        ts_ms = np.array([parse_time_ms(_iso(r["timestamp"])) for r in rows], dtype=np.int64)
-        values = np.array([float(r["value"]) for r in rows])
+        try:
+            ts_ms = np.array([parse_time_ms(_iso(r["timestamp"])) for r in rows], dtype=np.int64)
+            values = np.array([float(r["value"]) for r in rows])
+        except (TypeError, ValueError) as exc:
+            print(f"{rel}: skipped, not a timestamp,value series ({exc})")
+            continue
         window_s = max(float(np.median(np.diff(np.unique(ts_ms)))) / 1000.0, 1.0)
         labels = [{"anomaly_id": f"{rel}#{i}", "type": "nab", "key": {"store_id": SERIES_KEY},
                    "start": _iso(a), "end": _iso(b), "magnitude": 1.0} for i, (a, b) in enumerate(spans)]
         days = (ts_ms[-1] - ts_ms[0]) / 86_400_000
         days_total += days
-        alerts, det = run_detector(ts_ms, values, window_s)
+        alerts, det = run_detector(ts_ms, values, window_s, args.features.split(",") if args.features else None)
         runs = {"streamdetect": alerts}
         if not args.no_hst:
             runs["hst"] = run_half_space_trees(ts_ms, values, window_s, det)

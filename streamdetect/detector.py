@@ -22,7 +22,8 @@ left out). The threshold calibrates on the first ``threshold.n_init`` out-of-sam
 those of ``threshold.calibration_span``); alerts start after that.
 
 An aggregated series (``events.value_field``) has one sample per window: a window without one is a
-missing measurement, not a zero, so it is neither scored nor learned.
+missing measurement, not a zero, so it is neither scored nor learned; a window with several (an
+irregular sampling clock) is judged by their mean, as one sample.
 
 Everything proceeds in event time and in window rounds, so the output does not depend on how the
 input is cut into batches, and the same input gives the same output byte for byte.
@@ -160,6 +161,22 @@ class _Pending:
 _NEVER_FLAGGED = 1 << 40
 _ROWS_PER_FEATURE = 50  # the least warm-up a mixture with full covariances is fitted on
 _MIN_CALIBRATION = 100  # the fewest scores a threshold is calibrated on (threshold.n_init's floor)
+
+
+def _mean_sample(rnd: ClosedRound) -> ClosedRound:
+    """A series' window as one sample: the mean of its samples (a level, not a sum of levels)."""
+    c = np.maximum(rnd.count, 1.0)
+    if (c == 1.0).all():
+        return rnd
+    return replace(
+        rnd,
+        count=np.minimum(rnd.count, 1.0),
+        revenue=rnd.revenue / c,
+        units=rnd.units / c,
+        distinct_skus=np.minimum(rnd.distinct_skus, 1.0),
+        log_ticket_sum=rnd.log_ticket_sum / c,
+        log_ticket_sq_sum=rnd.log_ticket_sq_sum / c,
+    )
 
 
 def _window_config(config: DetectorConfig) -> WindowConfig:
@@ -303,6 +320,8 @@ class Detector:
     def _process_round(
         self, rnd: ClosedRound, now_ms: int | None, alerts: list[Alert], rounds: list[_RoundScores]
     ) -> bool:
+        if self.config.events.value_field is not None:
+            rnd = _mean_sample(rnd)
         feats = self.features.transform(rnd)
         if not self.model.is_fitted:
             self.features.update(rnd, feats, np.ones(len(rnd), dtype=bool))

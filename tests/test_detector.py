@@ -196,10 +196,13 @@ def test_a_missing_sample_of_a_series_is_not_a_zero():
     det = Detector(cfg)
     t0 = 1_767_225_600_000
     records = [{"timestamp": t0 + 300_000 * i, "value": 50.0, "store_id": "m"} for i in range(10) if i != 4]
+    records.insert(6, {"timestamp": t0 + 300_000 * 6 + 1000, "value": 52.0, "store_id": "m"})  # a jittery clock
     det.process_records(records)
     det.flush()
-    # Nine samples, nine windows: no zero window for the gap (nor, on sales, would a key be idle).
+    # Nine windows with samples, nine windows learned: no zero window for the gap, and the window
+    # with two samples counts as one of their mean (a level, not a sum of levels).
     assert det.features._arrays["recent_n"][0] == 9
+    assert 50.0 <= det.features._arrays["recent_rev"][0] <= 51.0
 
 
 def _series(step_s: int, n: int, spike_at: int, seed: int = 0) -> list[dict]:
