@@ -52,6 +52,8 @@ class EventSchema:
 
     ``amount`` defaults to ``quantity * unit_price`` when absent. ``value_field`` switches to an
     already aggregated series: each row is one event whose amount is that value (quantity 1).
+    ``count_field`` switches to an aggregated series of sales counts: each row is that many sales
+    (a non-negative integer), whose total amount is ``value_field`` when that is set too.
     ``time_format``: ``"auto"`` (RFC 3339 strings, epoch-millisecond numbers), ``"epoch_s"``,
     ``"epoch_ms"``, or a ``strptime`` pattern such as ``"%d/%m/%Y %H:%M"`` (UTC unless it has ``%z``).
     """
@@ -67,6 +69,7 @@ class EventSchema:
     event_id_field: str = "event_id"
     currency_field: str = "currency"
     value_field: str | None = None
+    count_field: str | None = None
     max_event_bytes: int = 65_536
     max_amount: float = 1e9
     max_quantity: float = 1e6
@@ -78,6 +81,10 @@ class EventSchema:
         object.__setattr__(self, "key_fields", tuple(self.key_fields))
         _require(len(self.key_fields) > 0, "events.key_fields: give at least one key field, e.g. ['store_id']")
         _require(
+            self.count_field is None or self.count_field != self.value_field,
+            "events.count_field and events.value_field name the same field; a count series with revenue needs two",
+        )
+        _require(
             self.time_format in ("auto", "epoch_s", "epoch_ms") or "%" in self.time_format,
             f"events.time_format is {self.time_format!r}; use 'auto', 'epoch_s', 'epoch_ms' or a strptime"
             " pattern such as '%d/%m/%Y %H:%M'",
@@ -86,6 +93,11 @@ class EventSchema:
         _require(self.max_amount > 0, "events.max_amount must be > 0")
         _require(self.max_quantity > 0, "events.max_quantity must be > 0")
         _require(self.min_time_ms < self.max_time_ms, "events.min_time_ms must be below events.max_time_ms")
+
+    @property
+    def aggregated(self) -> bool:
+        """Rows are samples of an aggregated series (values or sales counts), not single sales."""
+        return self.value_field is not None or self.count_field is not None
 
 
 @dataclass(frozen=True)

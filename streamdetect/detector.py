@@ -21,9 +21,10 @@ scaler and the mixture are fitted (the highest-scoring ``trim_fraction`` of the 
 left out). The threshold calibrates on the first ``threshold.n_init`` out-of-sample scores (or
 those of ``threshold.calibration_span``); alerts start after that.
 
-An aggregated series (``events.value_field``) has one sample per window: a window without one is a
-missing measurement, not a zero, so it is neither scored nor learned; a window with several (an
-irregular sampling clock) is judged by their mean, as one sample.
+An aggregated series (``events.value_field`` or ``events.count_field``) has one sample per window:
+a window without one is a missing measurement, not a zero, so it is neither scored nor learned. A
+value series' window with several samples (an irregular sampling clock) is judged by their mean,
+as one sample; a count series' counts add up.
 
 Everything proceeds in event time and in window rounds, so the output does not depend on how the
 input is cut into batches, and the same input gives the same output byte for byte.
@@ -41,7 +42,7 @@ from streamdetect.alerts import Alert, Contribution, format_time
 from streamdetect.config import DetectorConfig, WindowConfig
 from streamdetect.drift import ScoreDriftMonitor
 from streamdetect.events import EventBatch, Rejected, RejectReason, decode_events, decode_records
-from streamdetect.features import FeatureExtractor, WindowFeatures
+from streamdetect.features import FeatureExtractor, WindowFeatures, unavailable_features
 from streamdetect.model import StepwiseGMM
 from streamdetect.scaling import RobustScaler
 from streamdetect.threshold import make_threshold, threshold_from_state
@@ -181,7 +182,7 @@ def _mean_sample(rnd: ClosedRound) -> ClosedRound:
 
 def _window_config(config: DetectorConfig) -> WindowConfig:
     """The windows as configured; for an aggregated series, no zero windows for silent keys."""
-    if config.events.value_field is None:
+    if not config.events.aggregated:
         return config.windows
     # One sample per window: a window without one is a missing measurement, not a zero.
     return replace(config.windows, idle_timeout=0.0)
@@ -210,7 +211,7 @@ class Detector:
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = cfg = config or DetectorConfig()
         self.windows = WindowAggregator(_window_config(cfg))
-        self.features = FeatureExtractor(cfg.features, cfg.windows, series=cfg.events.value_field is not None)
+        self.features = FeatureExtractor(cfg.features, cfg.windows, unavailable=unavailable_features(cfg.events))
         self.scaler = RobustScaler()
         self.model = self._new_model()
         self.threshold = make_threshold(cfg.threshold)
@@ -283,7 +284,12 @@ class Detector:
         self, batch: EventBatch, rejected: list[Rejected], now_ms: int | None, flush: bool = False
     ) -> DetectorOutput:
         late = self.windows.add(
-            batch.ts_ms, batch.keys, amount=batch.amount, quantity=batch.quantity, sku_hash=batch.sku_hash
+            batch.ts_ms,
+            batch.keys,
+            amount=batch.amount,
+            quantity=batch.quantity,
+            sku_hash=batch.sku_hash,
+            count=batch.count,
         )
         if len(late):
             wm = self.windows.watermark_ms
@@ -320,7 +326,7 @@ class Detector:
     def _process_round(
         self, rnd: ClosedRound, now_ms: int | None, alerts: list[Alert], rounds: list[_RoundScores]
     ) -> bool:
-        if self.config.events.value_field is not None:
+        if self.config.events.value_field is not None and self.config.events.count_field is None:
             rnd = _mean_sample(rnd)
         feats = self.features.transform(rnd)
         if not self.model.is_fitted:
@@ -564,7 +570,7 @@ class Detector:
         cfg = det.config
         det.windows = WindowAggregator.from_state(state["windows"], _window_config(cfg))
         det.features = FeatureExtractor.from_state(
-            state["features"], cfg.features, cfg.windows, series=cfg.events.value_field is not None
+            state["features"], cfg.features, cfg.windows, unavailable=unavailable_features(cfg.events)
         )
         det.scaler = RobustScaler.from_state(state["scaler"])
         det.model = StepwiseGMM.from_state(state["model"])

@@ -23,7 +23,9 @@ others. Rules (field names come from :class:`~streamdetect.config.EventSchema`):
 Amount and quantity: ``amount`` wins when present, and ``quantity`` then defaults to 1 when absent
 (``unit_price`` is ignored); without ``amount``, both ``quantity`` and ``unit_price`` are required
 and ``amount = quantity * unit_price``. With ``value_field`` set (an aggregated series) the amount
-is that field, the quantity is 1 and the SKU is ignored. An absent or empty SKU hashes to 0.
+is that field, the quantity is 1 and the SKU is ignored. With ``count_field`` set (a series of sales
+counts) a row is that many sales (``out_of_range`` unless a whole number >= 0), with
+``value_field`` as their total amount when set (else 0). An absent or empty SKU hashes to 0.
 
 Timestamps without an offset (``2024-03-01T12:00:00``) are taken as UTC.
 
@@ -111,6 +113,8 @@ class EventBatch:
     quantity: np.ndarray
     sku_hash: np.ndarray
     keys: list[tuple[str, ...]]
+    # Sales per row of a count series (events.count_field); None: each row is one sale.
+    count: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -421,6 +425,23 @@ def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], flo
         else:
             raise _Invalid(RejectReason.BAD_TYPE, f"{kf}: expected a string or an integer, got {_show(k)}")
 
+    if schema.count_field is not None:
+        # A count series: the row is that many sales, the value (if any) their total amount.
+        count = _number(d, schema.count_field, required=True)
+        assert count is not None
+        if count < 0 or count != int(count):
+            raise _Invalid(
+                RejectReason.OUT_OF_RANGE, f"{schema.count_field}: {_fmt(count)} is not a count (a whole number >= 0)"
+            )
+        _check_range(schema.count_field, count, schema.max_quantity, schema)
+        total = 0.0
+        if schema.value_field is not None:
+            value = _number(d, schema.value_field, required=True)
+            assert value is not None
+            _check_range(schema.value_field, value, schema.max_amount, schema)
+            total = value
+        return ms, tuple(keys), total, count, 0
+
     if schema.value_field is not None:
         value = _number(d, schema.value_field, required=True)
         assert value is not None
@@ -535,6 +556,7 @@ def _columns(
     )
     lo_t, hi_t = schema.min_time_ms, schema.max_time_ms
     parse_time = time_parser(schema.time_format)
+    counted = schema.count_field is not None
     # Placeholder time of a canonical string left for the vectorised pass; never a valid time.
     canon_mark = lo_t - 1
     max_a, max_q = schema.max_amount, schema.max_quantity
@@ -560,6 +582,8 @@ def _columns(
         # event, raises and falls through to _validate, which alone defines the rules: a wrong
         # shortcut here can cost speed, never correctness.
         try:
+            if counted:
+                raise slow  # count series: rows are few, the reference rules take them all
             t = d[tf]
             if parse_time is not None:
                 ms = parse_time(t)
@@ -678,7 +702,15 @@ def _columns(
                 keys = [k for k, m in zip(keys, keep.tolist(), strict=True) if m]
                 rejected.sort(key=lambda r: r.index)
 
-    return EventBatch(index=index, ts_ms=ts_arr, amount=amount_arr, quantity=quantity_arr, sku_hash=sku_arr, keys=keys)
+    return EventBatch(
+        index=index,
+        ts_ms=ts_arr,
+        amount=amount_arr,
+        quantity=quantity_arr,
+        sku_hash=sku_arr,
+        keys=keys,
+        count=quantity_arr if counted else None,
+    )
 
 
 # --------------------------------------------------------------------------- parsing

@@ -55,10 +55,18 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy.special import ndtri
 
-from streamdetect.config import FeatureConfig, WindowConfig
+from streamdetect.config import EventSchema, FeatureConfig, WindowConfig
 from streamdetect.windows import ClosedRound
 
-__all__ = ["AVAILABLE_FEATURES", "PER_SALE_FEATURES", "FeatureExtractor", "WindowFeatures"]
+__all__ = [
+    "AVAILABLE_FEATURES",
+    "PER_EVENT_FEATURES",
+    "PER_SALE_FEATURES",
+    "REVENUE_FEATURES",
+    "FeatureExtractor",
+    "WindowFeatures",
+    "unavailable_features",
+]
 
 AVAILABLE_FEATURES: tuple[str, ...] = (
     "count_z",
@@ -123,6 +131,32 @@ PER_SALE_FEATURES: frozenset[str] = frozenset({
     "count_ratio_seasonal", "count", "log_count", "units_per_event_ratio", "units",
     "distinct_skus_ratio", "distinct_skus", "max_ticket_z", "max_ticket",
 })
+
+# What needs single sales (baskets, assortment, the largest ticket): a count series has totals only.
+PER_EVENT_FEATURES: frozenset[str] = frozenset({
+    "units_per_event_ratio", "units", "distinct_skus_ratio", "distinct_skus", "max_ticket_z", "max_ticket",
+})
+# What needs amounts: a count series without values has none.
+REVENUE_FEATURES: frozenset[str] = frozenset({
+    "revenue_ratio", "mean_ticket_z", "max_ticket_z", "revenue_context_ratio", "revenue_trend_ratio",
+    "revenue_ratio_recent", "revenue", "log_revenue", "mean_ticket", "max_ticket",
+})
+
+
+def unavailable_features(schema: EventSchema) -> frozenset[str]:
+    """The features the events of ``schema`` say nothing about (left out of the model).
+
+    >>> sorted(unavailable_features(EventSchema(count_field="orders")))[:3]
+    ['distinct_skus', 'distinct_skus_ratio', 'log_revenue']
+    >>> unavailable_features(EventSchema()) == frozenset()
+    True
+    """
+    if schema.count_field is not None:
+        return PER_EVENT_FEATURES | (frozenset() if schema.value_field is not None else REVENUE_FEATURES)
+    if schema.value_field is not None:
+        return PER_SALE_FEATURES
+    return frozenset()
+
 
 _HOURS_PER_WEEK = 168
 # A seasonal bucket is trusted once it holds this many windows, or three occurrences of its hour
@@ -203,7 +237,10 @@ class FeatureExtractor:
     """
 
     def __init__(
-        self, config: FeatureConfig | None = None, windows: WindowConfig | None = None, series: bool = False
+        self,
+        config: FeatureConfig | None = None,
+        windows: WindowConfig | None = None,
+        unavailable: frozenset[str] = frozenset(),
     ) -> None:
         from streamdetect.config import ConfigError
 
@@ -214,14 +251,13 @@ class FeatureExtractor:
             raise ConfigError(
                 f"features.features: unknown feature {unknown[0]!r}; available: {', '.join(AVAILABLE_FEATURES)}"
             )
-        # An aggregated series (`series`) has one sample per window: per-sale features are left out.
-        self.names: tuple[str, ...] = tuple(
-            f for f in self.config.features if not (series and f in PER_SALE_FEATURES)
-        )
+        # An aggregated series lacks what single sales carry: those features are left out.
+        self.names: tuple[str, ...] = tuple(f for f in self.config.features if f not in unavailable)
         if not self.names:
             raise ConfigError(
-                "features.features: an aggregated series (events.value_field) needs a feature that describes"
-                f" values, e.g. revenue_ratio; {', '.join(self.config.features)} all describe sales"
+                f"features.features: {', '.join(self.config.features)} all need what these events do not carry"
+                " (an aggregated series, events.value_field or events.count_field, has no single sales);"
+                " add e.g. revenue_ratio for values, count_z for counts"
             )
         hop_s = self.windows.hop_ms / 1000.0
         windows_per_hour = max(3600.0 / hop_s, 1.0)
@@ -640,11 +676,11 @@ class FeatureExtractor:
         state: dict[str, Any],
         config: FeatureConfig | None = None,
         windows: WindowConfig | None = None,
-        series: bool = False,
+        unavailable: frozenset[str] = frozenset(),
     ) -> FeatureExtractor:
         if state.get("version") != 1:
             raise ValueError(f"unsupported feature state version {state.get('version')!r}")
-        fx = cls(config, windows, series)
+        fx = cls(config, windows, unavailable)
         for name, values in state["arrays"].items():
             dtype = np.int64 if name in _INT_ARRAYS else np.float64
             arr = np.array(values, dtype=dtype)

@@ -265,8 +265,12 @@ class WindowAggregator:
         amount: np.ndarray,
         quantity: np.ndarray,
         sku_hash: np.ndarray,
+        count: np.ndarray | None = None,
     ) -> np.ndarray:
         """Add valid events (in arrival order); return the positions of the late ones.
+
+        ``count`` makes each event that many sales with ``amount`` their total (a count series);
+        their tickets count as that many tickets of the mean amount.
 
         An event is late when every window it belongs to had already closed at its arrival, by
         the watermark of the events before it (so the verdict does not depend on batching).
@@ -295,8 +299,16 @@ class WindowAggregator:
         floor_start = self.next_start if self.next_start is not None else np.iinfo(np.int64).min
         accepted = np.zeros(n, dtype=bool)
         ticket = np.where(amount > 0, amount, 0.0)
-        log_ticket = np.log1p(ticket)
-        per_event = np.stack([np.ones(n), ticket, ticket, quantity, log_ticket, log_ticket * log_ticket])
+        if count is None:
+            log_ticket = np.log1p(ticket)
+            per_event = np.stack([np.ones(n), ticket, ticket, quantity, log_ticket, log_ticket * log_ticket])
+        else:
+            sales = np.asarray(count, dtype=np.float64)
+            mean_ticket = ticket / np.maximum(sales, 1.0)
+            log_ticket = np.log1p(mean_ticket)
+            per_event = np.stack(
+                [sales, ticket, mean_ticket, quantity, sales * log_ticket, sales * log_ticket * log_ticket]
+            )
         # Fixed-point values: sums of multiples of 2^-k are exact in float64 (below 2^(53-k)), so a
         # window's sums, and everything downstream, do not depend on how the input was batched.
         per_event = np.round(per_event * _FIXED_POINT) / _FIXED_POINT

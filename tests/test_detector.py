@@ -235,3 +235,24 @@ def test_hourly_and_daily_series_work_on_defaults(step_s, n, spike_at):
     assert flagged & set(range(spike_at, spike_at + 3)), sorted(flagged)
     elsewhere = flagged - set(range(spike_at - 1, spike_at + 6))
     assert len(elsewhere) <= 4, sorted(elsewhere)
+
+
+def test_a_count_series_models_counts_and_their_revenue():
+    orders = {"events": {"time_field": "timestamp", "count_field": "orders"}}
+    counts_only = Detector(from_mapping(DetectorConfig, orders))
+    assert counts_only.feature_names == ("count_z", "count_context_z", "count_scan_z")
+    with_revenue = {"events": {"time_field": "timestamp", "count_field": "orders", "value_field": "revenue"}}
+    det = Detector(from_mapping(DetectorConfig, {**with_revenue, "windows": {"size": 300, "allowed_lateness": 0}}))
+    assert det.feature_names == ("count_z", "revenue_ratio", "mean_ticket_z", "count_context_z",
+                                 "revenue_context_ratio", "count_scan_z")
+    t0 = 1_767_225_600_000
+    rows = [{"timestamp": t0, "orders": 3, "revenue": 30.0, "store_id": "s"},
+            {"timestamp": t0 + 1000, "orders": 4, "revenue": 60.0, "store_id": "s"},  # counts of one window add up
+            {"timestamp": t0 + 600_000, "orders": 5, "revenue": 50.0, "store_id": "s"}]
+    det.process_records(rows)
+    det.flush()
+    a = det.features._arrays
+    assert a["recent_n"][0] == 2  # two windows learned: the one between them is missing, not a zero
+    # 7 sales for 90, then 5 for 50: the recent baselines saw exactly that, and 12 tickets.
+    assert a["recent_count"][0] == pytest.approx(6.0) and a["recent_rev"][0] == pytest.approx(70.0)
+    assert a["tk_w"][0] == pytest.approx(7 * det.features._ticket_decay + 5)

@@ -138,6 +138,31 @@ def test_a_time_format_that_is_not_one_is_a_config_error() -> None:
         EventSchema(time_format="dd/mm/yyyy")
 
 
+def test_count_series_rows_are_that_many_sales() -> None:
+    schema = EventSchema(time_field="t", count_field="orders", value_field="revenue", key_fields=("store",))
+    rows = [
+        {"t": T0, "store": "a", "orders": 3, "revenue": 30.0},
+        {"t": T0, "store": "a", "orders": 0.0, "revenue": 0},  # a quiet interval: zero sales, not missing
+        {"t": T0, "store": "a", "orders": 2.5, "revenue": 5},
+        {"t": T0, "store": "a", "orders": -1, "revenue": 5},
+        {"t": T0, "store": "a", "revenue": 5},
+        {"t": T0, "store": "a", "orders": 1},
+    ]
+    batch, rejected = decode_records(rows, schema)
+    assert batch.count is not None and batch.count.tolist() == [3.0, 0.0]
+    assert batch.amount.tolist() == [30.0, 0.0]
+    assert [(r.index, r.reason) for r in rejected] == [
+        (2, R.OUT_OF_RANGE), (3, R.OUT_OF_RANGE), (4, R.MISSING_FIELD), (5, R.MISSING_FIELD)
+    ]
+    batch, _ = decode_records([{"t": T0, "store": "a", "orders": 4}], EventSchema(time_field="t", count_field="orders",
+                                                                                   key_fields=("store",)))
+    assert batch.count.tolist() == [4.0] and batch.amount.tolist() == [0.0]
+    sales = EventSchema(time_field="t", key_fields=("store",), amount_field="revenue")
+    assert decode_records(rows[:1], sales)[0].count is None
+    with pytest.raises(ConfigError, match="same field"):
+        EventSchema(count_field="v", value_field="v")
+
+
 def test_unicode_keys_and_skus() -> None:
     batch, rejected = one(ev(store_id="magasin-é-東京-🛒", sku="ß✓"))
     assert rejected == [] and batch.keys == [("magasin-é-東京-🛒",)] and batch.sku_hash[0] == sku_hash("ß✓")

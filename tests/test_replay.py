@@ -105,6 +105,32 @@ def test_a_metric_series_with_missing_samples_works_on_defaults(tmp_path, capsys
     assert flagged and all("2026-01-07T08:20:00Z" <= w <= "2026-01-07T10:45:00Z" for w in flagged), flagged
 
 
+def test_a_series_of_order_counts_works_on_defaults(tmp_path):
+    """Orders and revenue per 5 minutes (an aggregated sales export), two stores, no tuning: the
+    counts are modelled as counts (Poisson with overdispersion), and a two-hour drop to a third of
+    one store's orders on day 7 alerts while nothing else does."""
+    rng = np.random.default_rng(4)
+    t0 = 1_767_225_600  # 2026-01-01
+    n = 8 * 288
+    rate = 6 + 4 * np.sin(2 * np.pi * np.arange(n) / 288)
+    src = tmp_path / "orders.csv"
+    with src.open("w") as f:
+        f.write("timestamp,store_id,orders,revenue\n")
+        for i in range(n):
+            for store, scale in (("north", 1.0), ("south", 3.0)):
+                lam = rate[i] * scale * (0.3 if store == "north" and 6 * 288 + 100 <= i < 6 * 288 + 124 else 1.0)
+                k = rng.poisson(lam)
+                f.write(f"{(t0 + 300 * i) * 1000},{store},{k},{rng.gamma(4.0, 5.0, k).sum():.2f}\n")
+    alerts_path = tmp_path / "alerts.jsonl"
+    assert main(["replay", str(src), "--time-field", "timestamp", "--count-field", "orders", "--value-field",
+                 "revenue", "--alerts", str(alerts_path), "--quiet"]) == 0
+    alerts = [orjson.loads(a) for a in alerts_path.read_bytes().splitlines()]
+    flagged = sorted({(a["key"]["store_id"], a["window_start"]) for a in alerts})
+    assert any(k == "north" and "2026-01-07T08:20:00Z" <= w <= "2026-01-07T10:20:00Z" for k, w in flagged), flagged
+    assert all(k == "north" and "2026-01-07T08:20:00Z" <= w <= "2026-01-07T10:45:00Z" for k, w in flagged), flagged
+    assert any("count" in c["feature"] for a in alerts for c in a["contributions"])
+
+
 def test_bad_configuration_fails_with_a_message(tmp_path, events_file, capsys):
     assert main(["replay", str(events_file), "--window", "0.5"]) == 2
     assert "windows.size" in capsys.readouterr().err

@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " such as '%%d/%%m/%%Y %%H:%%M' (UTC unless the pattern has %%z)",
     )
     g.add_argument("--value-field", help="aggregated series: each row is one event whose amount is this field")
+    g.add_argument(
+        "--count-field",
+        help="aggregated series of sales counts: each row is this many sales (with --value-field: their revenue)",
+    )
     g.add_argument("--key", help="comma-separated key fields (default store_id)")
     g.add_argument("--amount-field", help="amount field (default amount)")
     g.add_argument("--quantity-field", help="quantity field (default quantity)")
@@ -51,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument(
         "--window",
         type=float,
-        help="window size in seconds (default 60; with --value-field, the series' median sample spacing)",
+        help="window size in seconds (default 60; for an aggregated series, its median sample spacing)",
     )
     w.add_argument("--hop", type=float, help="hop in seconds for hopping windows (default: tumbling)")
     w.add_argument("--lateness", type=float, help="allowed lateness in seconds (default 120)")
@@ -90,6 +94,7 @@ def build_config(args: argparse.Namespace, series_spacing: float | None = None) 
     put("events", "time_field", args.time_field)
     put("events", "time_format", args.time_format)
     put("events", "value_field", args.value_field)
+    put("events", "count_field", args.count_field)
     put("events", "key_fields", args.key.split(",") if args.key else None)
     put("events", "amount_field", args.amount_field)
     put("events", "quantity_field", args.quantity_field)
@@ -139,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         else iter_jsonl_chunks(args.input, args.chunk_size)
     )
     first = next(chunks, None)
-    if config.events.value_field is not None and first is not None:
+    if config.events.aggregated and first is not None:
         # An aggregated series: one sample per window, so the windows take the series' spacing.
         batch, _ = decode_records(first, config.events) if fmt == "csv" else decode_events(first, config.events)
         spacing = _median_spacing(batch.ts_ms)
