@@ -11,7 +11,10 @@ with no tolerance beyond the window, which NAB already makes wide); an alert ins
 true alert, any other a false one. The peer, in the same run: river's ``HalfSpaceTrees`` on the
 value (behind a ``MinMaxScaler``), its scores through the same SPOT threshold configuration.
 
-    python benchmarks/bench_nab.py --nab ~/src/NAB [--only cpu,temperature] [--no-hst]
+    python benchmarks/bench_nab.py --nab ~/src/NAB [--only cpu,temperature] [--no-hst] [--counts]
+
+``--counts`` reads the whole-number series (request and tweet counts) as counts (``--count-field``,
+marked ``#``) instead of values.
 """
 
 from __future__ import annotations
@@ -43,10 +46,11 @@ def _iso(nab_time: str) -> str:
 
 
 def run_detector(
-    ts_ms: np.ndarray, values: np.ndarray, window_s: float, features: list[str] | None = None
+    ts_ms: np.ndarray, values: np.ndarray, window_s: float, features: list[str] | None = None, counts: bool = False
 ) -> tuple[list[dict[str, Any]], Detector]:
+    field = "count_field" if counts else "value_field"
     table: dict[str, Any] = {
-        "events": {"time_field": "timestamp", "value_field": "value", "allow_negative": True},
+        "events": {"time_field": "timestamp", field: "value", "allow_negative": True},
         "windows": {"size": window_s},
     }
     if features:
@@ -94,6 +98,11 @@ def main() -> None:
     p.add_argument("--only", help="comma-separated substrings of the series names to run")
     p.add_argument("--no-hst", action="store_true", help="skip the HalfSpaceTrees peer")
     p.add_argument("--features", help="comma-separated model features (default: the detector's)")
+    p.add_argument(
+        "--counts",
+        action="store_true",
+        help="read whole-number series as counts (--count-field; request and tweet counts), the others as values",
+    )
     args = p.parse_args()
 
     windows = json.loads((args.nab / "labels" / "combined_windows.json").read_text())
@@ -117,11 +126,13 @@ def main() -> None:
                    "start": _iso(a), "end": _iso(b), "magnitude": 1.0} for i, (a, b) in enumerate(spans)]
         days = (ts_ms[-1] - ts_ms[0]) / 86_400_000
         days_total += days
-        alerts, det = run_detector(ts_ms, values, window_s, args.features.split(",") if args.features else None)
+        counts = args.counts and bool(np.all((values >= 0) & (values == np.round(values))))
+        features = args.features.split(",") if args.features else None
+        alerts, det = run_detector(ts_ms, values, window_s, features, counts)
         runs = {"streamdetect": alerts}
         if not args.no_hst:
             runs["hst"] = run_half_space_trees(ts_ms, values, window_s, det)
-        line = f"{rel[:44]:44s} {days:5.1f} {len(labels):7d}"
+        line = f"{rel[:44]:44s}{'#' if counts else ' '}{days:5.1f} {len(labels):7d}"
         for name, found in runs.items():
             r = evaluate(labels, found, window_seconds=window_s, tolerance_windows=0.0)
             detected = sum(lr.detected for lr in r.label_results)
