@@ -224,6 +224,8 @@ class Detector:
         self._flag_streak = np.zeros(0, dtype=np.int64)
         self._since_flag = np.zeros(0, dtype=np.int64)  # windows since the key's last alert
         self._cooldown = 2 * cfg.features.context_windows
+        # A value series' samples are levels (a window of several is their mean); counts add up.
+        self._samples_are_levels = cfg.events.value_field is not None and cfg.events.count_field is None
         self.windows_scored = 0
         self.regime_changes = 0
 
@@ -326,7 +328,7 @@ class Detector:
     def _process_round(
         self, rnd: ClosedRound, now_ms: int | None, alerts: list[Alert], rounds: list[_RoundScores]
     ) -> bool:
-        if self.config.events.value_field is not None and self.config.events.count_field is None:
+        if self._samples_are_levels:
             rnd = _mean_sample(rnd)
         feats = self.features.transform(rnd)
         if not self.model.is_fitted:
