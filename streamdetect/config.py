@@ -53,7 +53,9 @@ class EventSchema:
     ``amount`` defaults to ``quantity * unit_price`` when absent. ``value_field`` switches to an
     already aggregated series: each row is one event whose amount is that value (quantity 1).
     ``count_field`` switches to an aggregated series of sales counts: each row is that many sales
-    (a non-negative integer), whose total amount is ``value_field`` when that is set too.
+    (a non-negative integer), whose total amount is ``value_field`` when that is set too. A series'
+    value is checked against ``max_value`` (a metric in bytes passes 1e9 easily), a sale's amount
+    against ``max_amount``.
     ``time_format``: ``"auto"`` (RFC 3339 strings, epoch-millisecond numbers), ``"epoch_s"``,
     ``"epoch_ms"``, or a ``strptime`` pattern such as ``"%d/%m/%Y %H:%M"`` (UTC unless it has ``%z``).
     """
@@ -72,6 +74,7 @@ class EventSchema:
     count_field: str | None = None
     max_event_bytes: int = 65_536
     max_amount: float = 1e9
+    max_value: float = 1e15
     max_quantity: float = 1e6
     allow_negative: bool = False
     min_time_ms: int = 946_684_800_000  # 2000-01-01: anything earlier is a broken clock, not a sale
@@ -91,6 +94,7 @@ class EventSchema:
         )
         _require(self.max_event_bytes > 0, "events.max_event_bytes must be > 0")
         _require(self.max_amount > 0, "events.max_amount must be > 0")
+        _require(self.max_value > 0, "events.max_value must be > 0")
         _require(self.max_quantity > 0, "events.max_quantity must be > 0")
         _require(self.min_time_ms < self.max_time_ms, "events.min_time_ms must be below events.max_time_ms")
 

@@ -438,14 +438,14 @@ def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], flo
         if schema.value_field is not None:
             value = _number(d, schema.value_field, required=True)
             assert value is not None
-            _check_range(schema.value_field, value, schema.max_amount, schema)
+            _check_range(schema.value_field, value, schema.max_value, schema)
             total = value
         return ms, tuple(keys), total, count, 0
 
     if schema.value_field is not None:
         value = _number(d, schema.value_field, required=True)
         assert value is not None
-        _check_range(schema.value_field, value, schema.max_amount, schema)
+        _check_range(schema.value_field, value, schema.max_value, schema)
         return ms, tuple(keys), value, 1, 0
 
     amount = _number(d, schema.amount_field, required=False)
@@ -559,8 +559,9 @@ def _columns(
     counted = schema.count_field is not None
     # Placeholder time of a canonical string left for the vectorised pass; never a valid time.
     canon_mark = lo_t - 1
-    max_a, max_q = schema.max_amount, schema.max_quantity
+    max_a, max_q, max_v = schema.max_amount, schema.max_quantity, schema.max_value
     lo_a = -max_a if schema.allow_negative else 0
+    lo_v = -max_v if schema.allow_negative else 0
     lo_q = -max_q if schema.allow_negative else 0
     lo_p = -math.inf if schema.allow_negative else 0
     sku_cache = _SKU_CACHE
@@ -652,7 +653,7 @@ def _columns(
             else:
                 a = d[vf]
                 ta = type(a)
-                if not ((ta is float_ or ta is int_) and lo_a <= a <= max_a):
+                if not ((ta is float_ or ta is int_) and lo_v <= a <= max_v):
                     raise slow
                 q = 1
                 h = 0

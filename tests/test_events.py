@@ -109,6 +109,10 @@ def test_value_field_series_mode() -> None:
         EventSchema(time_field="timestamp", value_field="value", key_fields=("series",), allow_negative=True),
     )
     assert rejected == [] and batch.amount.tolist() == [-1.0]
+    # A series' values have their own bound: a metric in bytes passes a sales amount's limit easily.
+    big = [orjson.dumps({"timestamp": T0, "series": "x", "value": v}) for v in (5e9, 2e15)]
+    batch, rejected = decode_events(big, schema)
+    assert batch.amount.tolist() == [5e9] and [(r.index, r.reason) for r in rejected] == [(1, R.OUT_OF_RANGE)]
 
 
 @pytest.mark.parametrize(
