@@ -11,10 +11,11 @@ with no tolerance beyond the window, which NAB already makes wide); an alert ins
 true alert, any other a false one. The peer, in the same run: river's ``HalfSpaceTrees`` on the
 value (behind a ``MinMaxScaler``), its scores through the same SPOT threshold configuration.
 
-    python benchmarks/bench_nab.py --nab ~/src/NAB [--only cpu,temperature] [--no-hst] [--counts]
+    python benchmarks/bench_nab.py --nab ~/src/NAB [--only cpu,temperature] [--no-hst] [--series-kind values]
 
-``--counts`` reads the whole-number series (request and tweet counts) as counts (``--count-field``,
-marked ``#``) instead of values.
+As replay does by default, whole-number series (request and tweet counts, but also whole-number
+speeds and travel times) are read as counts (marked ``#``); ``--series-kind values`` reads every
+series as values.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from streamdetect.config import DetectorConfig, from_mapping  # noqa: E402
 from streamdetect.detector import Detector  # noqa: E402
 from streamdetect.evaluate import evaluate  # noqa: E402
 from streamdetect.generate import parse_time_ms  # noqa: E402
-from streamdetect.sources import SERIES_KEY  # noqa: E402
+from streamdetect.sources import SERIES_KEY, looks_like_counts  # noqa: E402
 from streamdetect.threshold import make_threshold  # noqa: E402
 
 
@@ -99,9 +100,10 @@ def main() -> None:
     p.add_argument("--no-hst", action="store_true", help="skip the HalfSpaceTrees peer")
     p.add_argument("--features", help="comma-separated model features (default: the detector's)")
     p.add_argument(
-        "--counts",
-        action="store_true",
-        help="read whole-number series as counts (--count-field; request and tweet counts), the others as values",
+        "--series-kind",
+        choices=("auto", "values", "counts"),
+        default="auto",
+        help="as replay's: auto reads whole-number series as counts (requests, tweets) and the others as values",
     )
     args = p.parse_args()
 
@@ -126,7 +128,7 @@ def main() -> None:
                    "start": _iso(a), "end": _iso(b), "magnitude": 1.0} for i, (a, b) in enumerate(spans)]
         days = (ts_ms[-1] - ts_ms[0]) / 86_400_000
         days_total += days
-        counts = args.counts and bool(np.all((values >= 0) & (values == np.round(values))))
+        counts = args.series_kind == "counts" or (args.series_kind == "auto" and looks_like_counts(values))
         features = args.features.split(",") if args.features else None
         alerts, det = run_detector(ts_ms, values, window_s, features, counts)
         runs = {"streamdetect": alerts}

@@ -40,9 +40,28 @@ from typing import IO, Any, Literal
 
 from streamdetect.config import ConfigError, EventSchema
 
-__all__ = ["SERIES_KEY", "detect_format", "iter_csv_chunks", "iter_jsonl_chunks"]
+__all__ = ["SERIES_KEY", "detect_format", "iter_csv_chunks", "iter_jsonl_chunks", "looks_like_counts"]
 
 SERIES_KEY = "series"
+_MIN_SAMPLES_FOR_KIND = 20
+
+
+def looks_like_counts(values: Any) -> bool:
+    """Whether a series' values read best as counts: at least 20 of them, all whole numbers >= 0.
+
+    Requests, tweets, orders and units sold per interval are counts in their natural unit, and
+    their noise grows with their level as a count's does; a series with a fraction anywhere
+    (CPU percent, prices, latencies) is a value.
+
+    >>> looks_like_counts([3, 0, 12] * 10), looks_like_counts([3, 0.5, 12] * 10), looks_like_counts([3, 4])
+    (True, False, False)
+    """
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < _MIN_SAMPLES_FOR_KIND:
+        return False
+    return bool(np.all(np.isfinite(v) & (v >= 0) & (v == np.round(v))))
 """Key value given to every row of a CSV without key columns (one aggregated series)."""
 
 _INT = re.compile(r"[+-]?\d+", re.ASCII)

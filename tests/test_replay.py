@@ -131,6 +131,21 @@ def test_a_series_of_order_counts_works_on_defaults(tmp_path):
     assert any("count" in c["feature"] for a in alerts for c in a["contributions"])
 
 
+@pytest.mark.parametrize(("kind", "features"), [("auto", "count_z"), ("values", "revenue_ratio")])
+def test_a_whole_number_series_reads_as_counts_unless_told(tmp_path, capsys, kind, features):
+    rng = np.random.default_rng(6)
+    t0 = 1_767_225_600
+    src = tmp_path / "requests.csv"
+    src.write_text("timestamp,value\n" + "".join(f"{(t0 + 300 * i) * 1000},{rng.poisson(40)}\n" for i in range(600)))
+    scores = tmp_path / "scores.csv"
+    assert main(["replay", str(src), "--time-field", "timestamp", "--value-field", "value", "--series-kind", kind,
+                 "--scores", str(scores), "--score-features", "--warmup", "50", "--calibration", "100"]) == 0
+    err = capsys.readouterr().err
+    assert ("read as counts" in err) == (kind == "auto")
+    header = scores.read_text().splitlines()[0].split(",")
+    assert features in header and len(header) == 6 + 3
+
+
 def test_bad_configuration_fails_with_a_message(tmp_path, events_file, capsys):
     assert main(["replay", str(events_file), "--window", "0.5"]) == 2
     assert "windows.size" in capsys.readouterr().err

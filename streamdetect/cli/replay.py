@@ -43,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--value-field", help="aggregated series: each row is one event whose amount is this field")
     g.add_argument(
+        "--series-kind",
+        choices=("auto", "values", "counts"),
+        default="auto",
+        help="with --value-field alone: read the values as counts (whole numbers >= 0: requests, orders) or "
+        "as values; auto decides from the first rows (default)",
+    )
+    g.add_argument(
         "--count-field",
         help="aggregated series of sales counts: each row is this many sales (with --value-field: their revenue)",
     )
@@ -72,11 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def build_config(args: argparse.Namespace, series_spacing: float | None = None) -> Any:
+def build_config(args: argparse.Namespace, series_spacing: float | None = None, as_counts: bool = False) -> Any:
     """DetectorConfig from the optional TOML file, overridden by flags.
 
     ``series_spacing`` (seconds) sizes the windows of an aggregated series unless the flags or the
-    file do: one sample per window.
+    file do: one sample per window. ``as_counts`` reads the value field as a count field.
     """
     from streamdetect.config import ConfigError, DetectorConfig, from_mapping
 
@@ -103,6 +110,9 @@ def build_config(args: argparse.Namespace, series_spacing: float | None = None) 
     put("windows", "size", args.window)
     if series_spacing is not None:
         table.setdefault("windows", {}).setdefault("size", series_spacing)
+    if as_counts:
+        events = table.setdefault("events", {})
+        events["count_field"] = events.pop("value_field")
     put("windows", "hop", args.hop)
     put("windows", "allowed_lateness", args.lateness)
     put("windows", "idle_timeout", args.idle_timeout)
@@ -134,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from streamdetect.alerts import format_time
     from streamdetect.detector import Detector, DetectorOutput, ScoredWindows
     from streamdetect.events import decode_events, decode_records
-    from streamdetect.sources import iter_csv_chunks, iter_jsonl_chunks
+    from streamdetect.sources import iter_csv_chunks, iter_jsonl_chunks, looks_like_counts
 
     config = build_config(args)
     fmt = args.format or ("csv" if args.input.endswith((".csv", ".csv.gz")) else "jsonl")
@@ -148,11 +158,18 @@ def run(args: argparse.Namespace) -> int:
         # An aggregated series: one sample per window, so the windows take the series' spacing.
         batch, _ = decode_records(first, config.events) if fmt == "csv" else decode_events(first, config.events)
         spacing = _median_spacing(batch.ts_ms)
-        if spacing is not None:
-            config = build_config(args, spacing)
-            if not args.quiet and config.windows.size == spacing:
-                print(f"series sampled every {spacing:g} s: windows of {spacing:g} s (--window overrides)",
-                      file=sys.stderr)
+        values_only = config.events.value_field is not None and config.events.count_field is None
+        as_counts = values_only and (
+            args.series_kind == "counts" or (args.series_kind == "auto" and looks_like_counts(batch.amount))
+        )
+        if spacing is not None or as_counts:
+            config = build_config(args, spacing, as_counts)
+        if not args.quiet and spacing is not None and config.windows.size == spacing:
+            print(f"series sampled every {spacing:g} s: windows of {spacing:g} s (--window overrides)",
+                  file=sys.stderr)
+        if not args.quiet and as_counts and args.series_kind == "auto":
+            print("the values are whole numbers: read as counts (--series-kind values keeps them values)",
+                  file=sys.stderr)
     detector = Detector(config)
     alerts_out = args.alerts.open("wb") if args.alerts else None
     rejects_out = args.rejects.open("wb") if args.rejects else None
