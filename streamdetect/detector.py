@@ -160,6 +160,9 @@ class _Pending:
 
 
 _NEVER_FLAGGED = 1 << 40
+_UNIT_VALUE = 100.0  # a value series whose first sample is below 1 is rescaled to put it here
+# What an alert reports in a value series' own units (the detector works in rescaled ones).
+_VALUE_QUANTITIES = frozenset({"revenue", "mean_ticket", "max_ticket", "revenue_recent_windows", "revenue_recent_hour"})
 _ROWS_PER_FEATURE = 50  # the least warm-up a mixture with full covariances is fitted on
 _MIN_CALIBRATION = 100  # the fewest scores a threshold is calibrated on (threshold.n_init's floor)
 
@@ -226,6 +229,8 @@ class Detector:
         self._cooldown = 2 * cfg.features.context_windows
         # A value series' samples are levels (a window of several is their mean); counts add up.
         self._samples_are_levels = cfg.events.value_field is not None and cfg.events.count_field is None
+        # Per key, the factor a value series' samples are multiplied by (0: no sample yet).
+        self._unit = np.zeros(0)
         self.windows_scored = 0
         self.regime_changes = 0
 
@@ -288,7 +293,7 @@ class Detector:
         late = self.windows.add(
             batch.ts_ms,
             batch.keys,
-            amount=batch.amount,
+            amount=self._in_units(batch),
             quantity=batch.quantity,
             sku_hash=batch.sku_hash,
             count=batch.count,
@@ -316,6 +321,7 @@ class Detector:
             gone = np.asarray(self.windows.evicted, dtype=np.int64)
             self._flag_streak[gone] = 0
             self._since_flag[gone] = _NEVER_FLAGGED
+            self._unit[gone[gone < len(self._unit)]] = 0.0
             self.windows.evicted.clear()
         return DetectorOutput(
             alerts=alerts,
@@ -324,6 +330,28 @@ class Detector:
             n_valid=len(batch) - len(late),
             drift_detected=drift,
         )
+
+    def _in_units(self, batch: EventBatch) -> np.ndarray:
+        """The amounts, with a value series rescaled per key when its first sample is below 1.
+
+        The value features work on ``log1p`` of values and ratios smoothed by a typical value plus
+        one: in a series of fractions, rates or seconds they would be flattened into noise. The
+        factor is fixed per key at its first non-zero sample (so the result does not depend on the
+        batching); alerts report values in the series' own units.
+        """
+        if not self._samples_are_levels or len(batch) == 0:
+            return batch.amount
+        kid = self.windows.keys.ids(batch.keys)
+        need = int(kid.max()) + 1
+        if need > len(self._unit):
+            self._unit = np.concatenate([self._unit, np.zeros(max(need, 2 * len(self._unit)) - len(self._unit))])
+        fresh = np.flatnonzero((self._unit[kid] == 0.0) & (batch.amount != 0.0))
+        if len(fresh):
+            keys, first = np.unique(kid[fresh], return_index=True)
+            v = np.abs(batch.amount[fresh[first]])
+            self._unit[keys] = np.where(v < 1.0, _UNIT_VALUE / v, 1.0)
+        unit = self._unit[kid]
+        return np.asarray(batch.amount * np.where(unit > 0.0, unit, 1.0))
 
     def _process_round(
         self, rnd: ClosedRound, now_ms: int | None, alerts: list[Alert], rounds: list[_RoundScores]
@@ -466,17 +494,19 @@ class Detector:
             pos = int(mature[row])
             kid = int(rnd.key_id[pos])
             key = self._key_dict(kid)
+            unit = float(self._unit[kid]) if kid < len(self._unit) and self._unit[kid] > 0 else 1.0
             order = np.argsort(-np.abs(expl.z[j]), kind="stable")[: cfg.max_contributions]
             contributions = []
             for f in order.tolist():
                 quantity = self.features.explained_quantity(names[f])
                 observed = feats.observed.get(quantity)
                 expected = feats.expected.get(quantity)
+                per = unit if quantity in _VALUE_QUANTITIES else 1.0
                 contributions.append(
                     Contribution(
                         feature=quantity,
-                        observed=float(observed[pos]) if observed is not None else float(feats.values[pos, f]),
-                        expected=float(expected[pos]) if expected is not None else float(
+                        observed=float(observed[pos]) / per if observed is not None else float(feats.values[pos, f]),
+                        expected=float(expected[pos]) / per if expected is not None else float(
                             expl.expected[j, f] * self.scaler.scale_[f] + self.scaler.center_[f]  # type: ignore[index]
                         ),
                         z=float(expl.z[j, f]),
@@ -484,9 +514,10 @@ class Detector:
                 )
             window_features = {name: float(feats.values[pos, f]) for f, name in enumerate(names)}
             for quantity in ("count", "revenue", "mean_ticket", "max_ticket", "units_per_sale", "distinct_skus"):
-                window_features[quantity] = float(feats.observed[quantity][pos])
+                per = unit if quantity in _VALUE_QUANTITIES else 1.0
+                window_features[quantity] = float(feats.observed[quantity][pos]) / per
             window_features["expected_count"] = float(feats.expected_count[pos])
-            window_features["expected_revenue"] = float(feats.expected_revenue[pos])
+            window_features["expected_revenue"] = float(feats.expected_revenue[pos]) / unit
             out.append(
                 Alert.build(
                     key=key,
@@ -557,6 +588,7 @@ class Detector:
                 "calm": np.concatenate(pending.calm).tolist() if pending.calm else [],
             },
             "flag_streak": self._flag_streak.tolist(),
+            "unit": self._unit.tolist(),
             "since_flag": self._since_flag.tolist(),
             "windows_scored": self.windows_scored,
             "regime_changes": self.regime_changes,
@@ -591,6 +623,7 @@ class Detector:
                 np.array(p["calm"], dtype=bool),
             )
         det._flag_streak = np.array(state["flag_streak"], dtype=np.int64)
+        det._unit = np.array(state.get("unit", []), dtype=np.float64)
         det._since_flag = np.array(state["since_flag"], dtype=np.int64)
         det.windows_scored = int(state["windows_scored"])
         det.regime_changes = int(state["regime_changes"])

@@ -256,3 +256,26 @@ def test_a_count_series_models_counts_and_their_revenue():
     # 7 sales for 90, then 5 for 50: the recent baselines saw exactly that, and 12 tickets.
     assert a["recent_count"][0] == pytest.approx(6.0) and a["recent_rev"][0] == pytest.approx(70.0)
     assert a["tk_w"][0] == pytest.approx(7 * det.features._ticket_decay + 5)
+
+
+def test_a_series_of_small_values_is_judged_as_the_same_series_in_larger_units():
+    """Latencies in seconds (0.05-0.15) and the same latencies in milliseconds: the value features
+    work on log1p, which would flatten the seconds into noise, so a series whose first sample is
+    below 1 is rescaled. Both raise the same alerts on the same spike, reported in their own units."""
+    rng = np.random.default_rng(8)
+    t0, step, n = 1_767_225_600_000, 300, 9 * 288
+    i = np.arange(n)
+    seconds = 0.1 * (1 + 0.5 * np.sin(2 * np.pi * i / 288)) * rng.lognormal(0, 0.05, n)
+    seconds[7 * 288 + 100 : 7 * 288 + 106] *= 4
+    flagged = []
+    for unit in (1.0, 1000.0):
+        cfg = from_mapping(DetectorConfig, {"events": {"time_field": "timestamp", "value_field": "latency"},
+                                            "windows": {"size": step}})
+        det = Detector(cfg)
+        records = [{"timestamp": t0 + j * step * 1000, "latency": float(v * unit), "store_id": "api"}
+                   for j, v in enumerate(seconds)]
+        alerts = det.process_records(records).alerts + det.flush().alerts
+        flagged.append({a.window_start for a in alerts})
+        spike = [a for a in alerts if a.features["revenue"] > 0.3 * unit]
+        assert spike and all(0.3 * unit < a.features["revenue"] < 0.8 * unit for a in spike)
+    assert flagged[0] and flagged[0] == flagged[1]
