@@ -19,7 +19,7 @@ One model serves keys of very different size, so every model feature compares a 
   the key's recent values.
 * ``count_context_z``, ``revenue_context_ratio`` -- the same over the last ``context_windows``
   windows, which makes sustained small deviations (a store selling nothing at a quiet hour, a
-  level shift) visible.
+  level shift) visible; the sums restart after an alert.
 * ``count_scan_z`` -- the count of the last L windows against its expectation for each L in
   ``scan_windows`` (5 to 120 by default), as a log ratio over its standard deviation (Poisson
   plus ``phi``); the horizon with the strongest evidence speaks, so a drop of a quiet store shows
@@ -550,7 +550,8 @@ class FeatureExtractor:
 
         Rows with ``new_normal`` (a key flagged for long) move them even while they deviate.
 
-        The short-horizon context records every window (it is what happened, anomalous or not).
+        The short-horizon context records every window (it is what happened, anomalous or not),
+        and, like the scan and the trend sums, restarts after a flagged one.
         """
         a, k_all = self._arrays, rnd.key_id
         # Context ring: every row.
@@ -566,6 +567,12 @@ class FeatureExtractor:
         a["ctx_exp_rev"][k_all, pos] = feats.expected_revenue
         a["ctx_pos"][k_all] += 1
         a["last_start"][k_all] = rnd.start_ms
+        if not learn.all():
+            # A flagged window restarts the context: a spike already reported must not keep the
+            # next windows alerting while it is still in their sum.
+            flagged_keys = k_all[~learn]
+            for name in ("ctx_count", "ctx_exp_count", "ctx_rev", "ctx_exp_rev"):
+                a[name][flagged_keys] = 0.0
         pos = a["scan_pos"][k_all] % self._ring
         a["scan_ring_c"][k_all, pos] = feats.scan["scan_tot_c"]
         a["scan_ring_e"][k_all, pos] = feats.scan["scan_tot_e"]

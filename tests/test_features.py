@@ -90,11 +90,26 @@ def test_quiet_store_outage_shows_in_context_features_after_a_few_windows():
     for m in range(180, 185):
         rnd = make_round(m * MIN, np.array([0]), rng)
         f = fx.transform(rnd)
-        fx.update(rnd, f, np.array([False]))  # flagged: not learned
+        fx.update(rnd, f, np.array([True]))  # not alerts yet: an alert would restart the context
         ctx.append(f.values[0, column(fx, "count_context_z")])
     single = f.values[0, column(fx, "count_z")]
     assert ctx[-1] < -2.5 and single > -1.5  # one empty minute is normal at 1 sale/min; five are not
     assert ctx[-1] < ctx[0]
+
+
+def test_a_spike_already_alerted_does_not_linger_in_the_context():
+    rng = np.random.default_rng(3)
+    rates = np.array([5.0])
+    context = {}
+    for alerted in (False, True):
+        fx = FeatureExtractor(FeatureConfig(context_windows=5), WindowConfig())
+        train(fx, rates, 180, np.random.default_rng(3))
+        spike = make_round(180 * MIN, np.array([60]), rng)
+        fx.update(spike, fx.transform(spike), np.array([not alerted]))
+        after = make_round(181 * MIN, np.array([5]), rng)
+        context[alerted] = fx.transform(after).values[0, column(fx, "count_context_z")]
+    # Unreported, the spike still weighs on the next window's context; reported, it restarted it.
+    assert context[False] > 3.0 and abs(context[True]) < 1.0, context
 
 
 def test_price_glitch_and_tiny_tickets_show_in_ticket_features():
