@@ -55,7 +55,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy.special import ndtri
 
-from streamdetect.config import EventSchema, FeatureConfig, WindowConfig
+from streamdetect.config import ConfigError, EventSchema, FeatureConfig, WindowConfig
 from streamdetect.windows import ClosedRound
 
 __all__ = [
@@ -242,8 +242,6 @@ class FeatureExtractor:
         windows: WindowConfig | None = None,
         unavailable: frozenset[str] = frozenset(),
     ) -> None:
-        from streamdetect.config import ConfigError
-
         self.config = config or FeatureConfig()
         self.windows = windows or WindowConfig()
         unknown = [f for f in self.config.features if f not in AVAILABLE_FEATURES]
