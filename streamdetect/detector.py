@@ -319,9 +319,10 @@ class Detector:
         if self.windows.evicted:
             self.features.evict(self.windows.evicted)
             gone = np.asarray(self.windows.evicted, dtype=np.int64)
+            gone = gone[gone < len(self._flag_streak)]  # a key never scored nor rescaled has nothing here
             self._flag_streak[gone] = 0
             self._since_flag[gone] = _NEVER_FLAGGED
-            self._unit[gone[gone < len(self._unit)]] = 0.0
+            self._unit[gone] = 0.0
             self.windows.evicted.clear()
         return DetectorOutput(
             alerts=alerts,
@@ -342,9 +343,7 @@ class Detector:
         if not self._samples_are_levels or len(batch) == 0:
             return batch.amount
         kid = self.windows.keys.ids(batch.keys)
-        need = int(kid.max()) + 1
-        if need > len(self._unit):
-            self._unit = np.concatenate([self._unit, np.zeros(max(need, 2 * len(self._unit)) - len(self._unit))])
+        self._grow_per_key(int(kid.max()) + 1)
         fresh = np.flatnonzero((self._unit[kid] == 0.0) & (batch.amount != 0.0))
         if len(fresh):
             keys, first = np.unique(kid[fresh], return_index=True)
@@ -384,7 +383,7 @@ class Detector:
             flags = self.threshold.classify(score)
             threshold = float(self.threshold.threshold)
             key_ids = rnd.key_id[mature]
-            self._grow_streak(key_ids)
+            self._grow_per_key(int(key_ids.max()) + 1)
             since = np.where(flags, 0, self._since_flag[key_ids] + 1)
             self._since_flag[key_ids] = since
             # An anomaly rarely ends on its last alert: the windows around it score high without
@@ -416,9 +415,10 @@ class Detector:
             # A key flagged for long enough has a new normal: its baselines follow (above), but
             # the mixture does not learn the transitional vectors, only what comes after.
             self._pending.add(X, (~flags).astype(np.float64), score, calm)
-            if self._pending.n >= self.config.model.learn_batch or self._calibration_due(rnd.end_ms):
+            calibration_due = self._calibration_due(rnd.end_ms)
+            if self._pending.n >= self.config.model.learn_batch or calibration_due:
                 drift = self._learn()
-                if self._calibration_due(rnd.end_ms):
+                if calibration_due:
                     self.threshold.calibrate()
         self.features.update(rnd, feats, learn, new_normal)
         return drift
@@ -430,12 +430,14 @@ class Detector:
         span_ms = self.config.threshold.calibration_span * 1000
         return now_ms - self._fitted_at_ms >= span_ms > 0 and self.windows_scored >= _MIN_CALIBRATION
 
-    def _grow_streak(self, key_ids: np.ndarray) -> None:
-        need = int(key_ids.max()) + 1
-        if need > len(self._flag_streak):
-            grow = max(need, 2 * len(self._flag_streak)) - len(self._flag_streak)
+    def _grow_per_key(self, need: int) -> None:
+        """The per-key arrays (flag streaks, windows since a flag, value units) cover ids below ``need``."""
+        have = len(self._flag_streak)
+        if need > have:
+            grow = max(need, 2 * have) - have
             self._flag_streak = np.concatenate([self._flag_streak, np.zeros(grow, dtype=np.int64)])
             self._since_flag = np.concatenate([self._since_flag, np.full(grow, _NEVER_FLAGGED, dtype=np.int64)])
+            self._unit = np.concatenate([self._unit, np.zeros(grow)])
 
     def _fit_warmup(self) -> None:
         X = np.concatenate(self._warmup_rows)
@@ -494,7 +496,7 @@ class Detector:
             pos = int(mature[row])
             kid = int(rnd.key_id[pos])
             key = self._key_dict(kid)
-            unit = float(self._unit[kid]) if kid < len(self._unit) and self._unit[kid] > 0 else 1.0
+            unit = float(self._unit[kid]) or 1.0  # 0: not a rescaled value series
             order = np.argsort(-np.abs(expl.z[j]), kind="stable")[: cfg.max_contributions]
             contributions = []
             for f in order.tolist():
@@ -623,8 +625,12 @@ class Detector:
                 np.array(p["calm"], dtype=bool),
             )
         det._flag_streak = np.array(state["flag_streak"], dtype=np.int64)
-        det._unit = np.array(state.get("unit", []), dtype=np.float64)
         det._since_flag = np.array(state["since_flag"], dtype=np.int64)
+        # One length for the per-key arrays (states from before the units lack them).
+        unit = np.array(state.get("unit", []), dtype=np.float64)
+        det._unit = np.zeros(len(det._flag_streak))
+        det._grow_per_key(len(unit))
+        det._unit[: len(unit)] = unit
         det.windows_scored = int(state["windows_scored"])
         det.regime_changes = int(state["regime_changes"])
         # States written before the warm-up and calibration spans existed lack these: counts only.

@@ -279,3 +279,18 @@ def test_a_series_of_small_values_is_judged_as_the_same_series_in_larger_units()
         spike = [a for a in alerts if a.features["revenue"] > 0.3 * unit]
         assert spike and all(0.3 * unit < a.features["revenue"] < 0.8 * unit for a in spike)
     assert flagged[0] and flagged[0] == flagged[1]
+
+
+def test_a_key_evicted_before_it_was_ever_scored_is_forgotten_quietly():
+    """A store that sells once and never again is evicted after ``key_ttl`` while another is being
+    scored; it had no per-key detector state, and its eviction must not fail (it raised IndexError)."""
+    cfg = from_mapping(DetectorConfig, {"windows": {"idle_timeout": 600, "key_ttl": 3600}, "model": {"warmup": 50}})
+    det = Detector(cfg)
+    t0 = 1_767_225_600_000
+    records = [{"ts": t0 + 60_000 * i + 1000 * j, "store_id": "A", "amount": 10.0}
+               for i in range(600) for j in range(3)]
+    records.insert(10, {"ts": t0 + 10_000, "store_id": "B", "amount": 5.0})
+    scored = sum(len(det.process_records(records[i : i + 500]).scored) for i in range(0, len(records), 500))
+    assert scored > 0 and det.windows.keys.keys[1] is None  # B is gone, A was scored
+    restored = Detector.from_state(orjson.loads(orjson.dumps(det.to_state())), cfg)
+    assert len(restored._unit) == len(restored._flag_streak) == len(restored._since_flag)
