@@ -124,18 +124,16 @@ _EXPLAINED_AS: dict[str, str] = {
     "revenue_trend_ratio": "revenue_recent_hour",
 }
 
-# What describes sales rather than values: in an aggregated series every window holds exactly
-# one sample by construction, so these say nothing there (and their jitter would only add noise).
-PER_SALE_FEATURES: frozenset[str] = frozenset({
-    "count_z", "count_context_z", "count_scan_z", "count_trend_z", "count_ratio_recent",
-    "count_ratio_seasonal", "count", "log_count", "units_per_event_ratio", "units",
-    "distinct_skus_ratio", "distinct_skus", "max_ticket_z", "max_ticket",
-})
-
 # What needs single sales (baskets, assortment, the largest ticket): a count series has totals only.
 PER_EVENT_FEATURES: frozenset[str] = frozenset({
     "units_per_event_ratio", "units", "distinct_skus_ratio", "distinct_skus", "max_ticket_z", "max_ticket",
 })
+# What describes sales rather than values: in a value series every window holds exactly one
+# sample by construction, so the counts say nothing there (and their jitter would only add noise).
+PER_SALE_FEATURES: frozenset[str] = PER_EVENT_FEATURES | {
+    "count_z", "count_context_z", "count_scan_z", "count_trend_z", "count_ratio_recent",
+    "count_ratio_seasonal", "count", "log_count",
+}
 # What needs amounts: a count series without values has none.
 REVENUE_FEATURES: frozenset[str] = frozenset({
     "revenue_ratio", "mean_ticket_z", "max_ticket_z", "revenue_context_ratio", "revenue_trend_ratio",
@@ -176,6 +174,7 @@ _PHI_HALF_LIFE_S = 86_400.0
 _DOW_VAR = 0.1  # variance of log day-of-week factors (about +-30 %), unknown until a week is seen
 _PHI_FLOOR = 0.02  # no expected rate is known better than about +-14 %
 _INT_ARRAYS = ("ctx_pos", "last_start", "how_hour", "scan_n", "scan_pos")
+_CTX_ARRAYS = ("ctx_count", "ctx_exp_count", "ctx_rev", "ctx_exp_rev")
 
 
 @dataclass
@@ -552,10 +551,11 @@ class FeatureExtractor:
         and, like the scan and the trend sums, restarts after a flagged one.
         """
         a, k_all = self._arrays, rnd.key_id
+        flagged = None if learn.all() else ~learn
         # Context ring: every row.
         contiguous = a["last_start"][k_all] == rnd.start_ms - self.windows.hop_ms
         reset = k_all[~contiguous]
-        for name in ("ctx_count", "ctx_exp_count", "ctx_rev", "ctx_exp_rev"):
+        for name in _CTX_ARRAYS:
             a[name][reset] = 0.0
         # Store the k-1 most recent windows: together with the current one that makes k.
         pos = a["ctx_pos"][k_all] % (self._k - 1)
@@ -565,19 +565,17 @@ class FeatureExtractor:
         a["ctx_exp_rev"][k_all, pos] = feats.expected_revenue
         a["ctx_pos"][k_all] += 1
         a["last_start"][k_all] = rnd.start_ms
-        if not learn.all():
+        if flagged is not None:
             # A flagged window restarts the context: a spike already reported must not keep the
             # next windows alerting while it is still in their sum.
-            flagged_keys = k_all[~learn]
-            for name in ("ctx_count", "ctx_exp_count", "ctx_rev", "ctx_exp_rev"):
-                a[name][flagged_keys] = 0.0
+            for name in _CTX_ARRAYS:
+                a[name][k_all[flagged]] = 0.0
         pos = a["scan_pos"][k_all] % self._ring
         a["scan_ring_c"][k_all, pos] = feats.scan["scan_tot_c"]
         a["scan_ring_e"][k_all, pos] = feats.scan["scan_tot_e"]
         a["scan_pos"][k_all] += 1
         # A flagged window restarts the trend sums and the scan (as a CUSUM restarts after its
         # alarm): evidence already reported must not keep the key alerting after a short anomaly.
-        flagged = None if learn.all() else ~learn
         for name, value in (*feats.trend.items(), *feats.scan.items()):
             a[name][k_all] = value if flagged is None else np.where(flagged, 0, value)
 
