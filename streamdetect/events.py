@@ -370,6 +370,14 @@ def _check_range(field: str, v: float, limit: float | None, schema: EventSchema)
         raise _Invalid(RejectReason.OUT_OF_RANGE, f"{field}: {_fmt(v)} is above the limit {limit:g}")
 
 
+def _series_value(d: Mapping[str, Any], field: str, schema: EventSchema) -> float | int:
+    """A series row's value: required, a number, within ``max_value``."""
+    value = _number(d, field, required=True)
+    assert value is not None
+    _check_range(field, value, schema.max_value, schema)
+    return value
+
+
 def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], float, float, int]:
     """The reference rules for one event: (ts_ms, keys, amount, quantity, sku_hash) or _Invalid.
 
@@ -434,19 +442,11 @@ def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], flo
                 RejectReason.OUT_OF_RANGE, f"{schema.count_field}: {_fmt(count)} is not a count (a whole number >= 0)"
             )
         _check_range(schema.count_field, count, schema.max_quantity, schema)
-        total = 0.0
-        if schema.value_field is not None:
-            value = _number(d, schema.value_field, required=True)
-            assert value is not None
-            _check_range(schema.value_field, value, schema.max_value, schema)
-            total = value
+        total = 0.0 if schema.value_field is None else _series_value(d, schema.value_field, schema)
         return ms, tuple(keys), total, count, 0
 
     if schema.value_field is not None:
-        value = _number(d, schema.value_field, required=True)
-        assert value is not None
-        _check_range(schema.value_field, value, schema.max_value, schema)
-        return ms, tuple(keys), value, 1, 0
+        return ms, tuple(keys), _series_value(d, schema.value_field, schema), 1, 0
 
     amount = _number(d, schema.amount_field, required=False)
     if amount is None:

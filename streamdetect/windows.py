@@ -299,16 +299,12 @@ class WindowAggregator:
         floor_start = self.next_start if self.next_start is not None else np.iinfo(np.int64).min
         accepted = np.zeros(n, dtype=bool)
         ticket = np.where(amount > 0, amount, 0.0)
-        if count is None:
-            log_ticket = np.log1p(ticket)
-            per_event = np.stack([np.ones(n), ticket, ticket, quantity, log_ticket, log_ticket * log_ticket])
-        else:
-            sales = np.asarray(count, dtype=np.float64)
-            mean_ticket = ticket / np.maximum(sales, 1.0)
-            log_ticket = np.log1p(mean_ticket)
-            per_event = np.stack(
-                [sales, ticket, mean_ticket, quantity, sales * log_ticket, sales * log_ticket * log_ticket]
-            )
+        # One sale per event, or `count` of them at their mean ticket (the same values for one sale).
+        sales = np.ones(n) if count is None else np.asarray(count, dtype=np.float64)
+        mean_ticket = ticket / np.maximum(sales, 1.0)
+        log_ticket = np.log1p(mean_ticket)
+        log_sum = sales * log_ticket
+        per_event = np.stack([sales, ticket, mean_ticket, quantity, log_sum, log_sum * log_ticket])
         # Fixed-point values: sums of multiples of 2^-k are exact in float64 (below 2^(53-k)), so a
         # window's sums, and everything downstream, do not depend on how the input was batched.
         per_event = np.round(per_event * _FIXED_POINT) / _FIXED_POINT
