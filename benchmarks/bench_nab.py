@@ -38,7 +38,7 @@ from streamdetect.config import DetectorConfig, from_mapping  # noqa: E402
 from streamdetect.detector import Detector  # noqa: E402
 from streamdetect.evaluate import evaluate  # noqa: E402
 from streamdetect.generate import parse_time_ms  # noqa: E402
-from streamdetect.sources import SERIES_KEY, looks_like_counts  # noqa: E402
+from streamdetect.sources import SERIES_KEY, looks_like_counts, median_spacing_s  # noqa: E402
 from streamdetect.threshold import make_threshold  # noqa: E402
 
 
@@ -123,7 +123,10 @@ def main() -> None:
         except (TypeError, ValueError) as exc:
             print(f"{rel}: skipped, not a timestamp,value series ({exc})")
             continue
-        window_s = max(float(np.median(np.diff(np.unique(ts_ms)))) / 1000.0, 1.0)
+        window_s = median_spacing_s(ts_ms)
+        if window_s is None:
+            print(f"{rel}: skipped, fewer than 3 samples")
+            continue
         labels = [{"anomaly_id": f"{rel}#{i}", "type": "nab", "key": {"store_id": SERIES_KEY},
                    "start": _iso(a), "end": _iso(b), "magnitude": 1.0} for i, (a, b) in enumerate(spans)]
         days = (ts_ms[-1] - ts_ms[0]) / 86_400_000

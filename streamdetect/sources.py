@@ -40,10 +40,31 @@ from typing import IO, Any, Literal
 
 from streamdetect.config import ConfigError, EventSchema
 
-__all__ = ["SERIES_KEY", "detect_format", "iter_csv_chunks", "iter_jsonl_chunks", "looks_like_counts"]
+__all__ = [
+    "SERIES_KEY",
+    "detect_format",
+    "iter_csv_chunks",
+    "iter_jsonl_chunks",
+    "looks_like_counts",
+    "median_spacing_s",
+]
 
 SERIES_KEY = "series"
 _MIN_SAMPLES_FOR_KIND = 20
+
+
+def median_spacing_s(ts_ms: Any) -> float | None:
+    """Median spacing in seconds (at least 1) of a series' distinct sample times; None with fewer than 3.
+
+    >>> median_spacing_s([0, 300_000, 600_000, 600_000, 1_500_000])
+    300.0
+    """
+    import numpy as np
+
+    times = np.unique(np.asarray(ts_ms))
+    if len(times) < 3:
+        return None
+    return max(float(np.median(np.diff(times))) / 1000.0, 1.0)
 
 
 def looks_like_counts(values: Any) -> bool:

@@ -124,16 +124,6 @@ def build_config(args: argparse.Namespace, series_spacing: float | None = None, 
     return from_mapping(DetectorConfig, table)
 
 
-def _median_spacing(ts_ms: Any) -> float | None:
-    """Median spacing in seconds of a series' distinct sample times (None with fewer than 3)."""
-    import numpy as np
-
-    times = np.unique(ts_ms)
-    if len(times) < 3:
-        return None
-    return max(float(np.median(np.diff(times))) / 1000.0, 1.0)
-
-
 def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
@@ -144,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from streamdetect.alerts import format_time
     from streamdetect.detector import Detector, DetectorOutput, ScoredWindows
     from streamdetect.events import decode_events, decode_records
-    from streamdetect.sources import iter_csv_chunks, iter_jsonl_chunks, looks_like_counts
+    from streamdetect.sources import iter_csv_chunks, iter_jsonl_chunks, looks_like_counts, median_spacing_s
 
     config = build_config(args)
     fmt = args.format or ("csv" if args.input.endswith((".csv", ".csv.gz")) else "jsonl")
@@ -157,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if config.events.aggregated and first is not None:
         # An aggregated series: one sample per window, so the windows take the series' spacing.
         batch, _ = decode_records(first, config.events) if fmt == "csv" else decode_events(first, config.events)
-        spacing = _median_spacing(batch.ts_ms)
+        spacing = median_spacing_s(batch.ts_ms)
         values_only = config.events.value_field is not None and config.events.count_field is None
         as_counts = values_only and (
             args.series_kind == "counts" or (args.series_kind == "auto" and looks_like_counts(batch.amount))
