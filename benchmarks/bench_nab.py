@@ -15,7 +15,8 @@ value (behind a ``MinMaxScaler``), its scores through the same SPOT threshold co
 
 As replay does by default, whole-number series (request and tweet counts, but also whole-number
 speeds and travel times) are read as counts (marked ``#``); ``--series-kind values`` reads every
-series as values.
+series as values. A series with negative values is shifted as replay shifts it (``--value-offset
+auto``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from streamdetect.config import DetectorConfig, from_mapping  # noqa: E402
 from streamdetect.detector import Detector  # noqa: E402
 from streamdetect.evaluate import evaluate  # noqa: E402
 from streamdetect.generate import parse_time_ms  # noqa: E402
-from streamdetect.sources import SERIES_KEY, looks_like_counts, median_spacing_s  # noqa: E402
+from streamdetect.sources import SERIES_KEY, looks_like_counts, median_spacing_s, signed_offset  # noqa: E402
 from streamdetect.threshold import make_threshold  # noqa: E402
 
 
@@ -47,11 +48,16 @@ def _iso(nab_time: str) -> str:
 
 
 def run_detector(
-    ts_ms: np.ndarray, values: np.ndarray, window_s: float, features: list[str] | None = None, counts: bool = False
+    ts_ms: np.ndarray,
+    values: np.ndarray,
+    window_s: float,
+    features: list[str] | None = None,
+    counts: bool = False,
+    offset: float = 0.0,
 ) -> tuple[list[dict[str, Any]], Detector]:
     field = "count_field" if counts else "value_field"
     table: dict[str, Any] = {
-        "events": {"time_field": "timestamp", field: "value", "allow_negative": True},
+        "events": {"time_field": "timestamp", field: "value", "allow_negative": True, "value_offset": offset},
         "windows": {"size": window_s},
     }
     if features:
@@ -133,7 +139,8 @@ def main() -> None:
         days_total += days
         counts = args.series_kind == "counts" or (args.series_kind == "auto" and looks_like_counts(values))
         features = args.features.split(",") if args.features else None
-        alerts, det = run_detector(ts_ms, values, window_s, features, counts)
+        offset = 0.0 if counts else signed_offset(ts_ms, values, DetectorConfig().model.warmup_span)
+        alerts, det = run_detector(ts_ms, values, window_s, features, counts, offset)
         runs = {"streamdetect": alerts}
         if not args.no_hst:
             runs["hst"] = run_half_space_trees(ts_ms, values, window_s, det)

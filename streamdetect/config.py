@@ -17,6 +17,7 @@ streamdetect.config.ConfigError: detector.windows: unknown setting 'sise' (known
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -58,6 +59,10 @@ class EventSchema:
     against ``max_amount``.
     ``time_format``: ``"auto"`` (RFC 3339 strings, epoch-millisecond numbers), ``"epoch_s"``,
     ``"epoch_ms"``, or a ``strptime`` pattern such as ``"%d/%m/%Y %H:%M"`` (UTC unless it has ``%z``).
+    ``value_offset`` is added to every value of a value series before the features: a signed series
+    (temperatures in degrees Celsius, differences) is on an interval scale, while the value
+    features compare levels by their ratios; a value still below zero after it reads as zero.
+    Alerts report the series' own values.
     """
 
     time_field: str = "ts"
@@ -77,6 +82,7 @@ class EventSchema:
     max_value: float = 1e15
     max_quantity: float = 1e6
     allow_negative: bool = False
+    value_offset: float = 0.0
     min_time_ms: int = 946_684_800_000  # 2000-01-01: anything earlier is a broken clock, not a sale
     max_time_ms: int = 4_102_444_800_000  # 2100-01-01
 
@@ -96,6 +102,12 @@ class EventSchema:
         _require(self.max_amount > 0, "events.max_amount must be > 0")
         _require(self.max_value > 0, "events.max_value must be > 0")
         _require(self.max_quantity > 0, "events.max_quantity must be > 0")
+        _require(math.isfinite(self.value_offset), "events.value_offset must be a finite number")
+        _require(
+            self.value_offset == 0.0 or (self.value_field is not None and self.count_field is None),
+            "events.value_offset shifts a value series: set events.value_field (without events.count_field),"
+            " or leave value_offset at 0",
+        )
         _require(self.min_time_ms < self.max_time_ms, "events.min_time_ms must be below events.max_time_ms")
 
     @property

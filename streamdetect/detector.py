@@ -161,8 +161,15 @@ class _Pending:
 
 _NEVER_FLAGGED = 1 << 40
 _UNIT_VALUE = 100.0  # a value series whose first sample is below 1 is rescaled to put it here
-# What an alert reports in a value series' own units (the detector works in rescaled ones).
-_VALUE_QUANTITIES = frozenset({"revenue", "mean_ticket", "max_ticket", "revenue_recent_windows", "revenue_recent_hour"})
+# What an alert reports in a value series' own units (the detector works in shifted and rescaled
+# ones), each with the count of samples it adds up (that many offsets to take off).
+_VALUE_QUANTITIES = {
+    "revenue": "count",
+    "mean_ticket": "count",
+    "max_ticket": "count",
+    "revenue_recent_windows": "count_recent_windows",
+    "revenue_recent_hour": "count_recent_hour",
+}
 _ROWS_PER_FEATURE = 50  # the least warm-up a mixture with full covariances is fitted on
 _MIN_CALIBRATION = 100  # the fewest scores a threshold is calibrated on (threshold.n_init's floor)
 
@@ -333,7 +340,8 @@ class Detector:
         )
 
     def _in_units(self, batch: EventBatch) -> np.ndarray:
-        """The amounts, with a value series rescaled per key when its first sample is below 1.
+        """The amounts; a value series' samples shifted by ``events.value_offset`` (floored at zero)
+        and rescaled per key when its first sample is below 1.
 
         The value features work on ``log1p`` of values and ratios smoothed by a typical value plus
         one: in a series of fractions, rates or seconds they would be flattened into noise. The
@@ -342,15 +350,19 @@ class Detector:
         """
         if not self._samples_are_levels or len(batch) == 0:
             return batch.amount
+        amount = batch.amount
+        offset = self.config.events.value_offset
+        if offset:
+            amount = np.maximum(amount + offset, 0.0)
         kid = self.windows.keys.ids(batch.keys)
         self._grow_per_key(int(kid.max()) + 1)
-        fresh = np.flatnonzero((self._unit[kid] == 0.0) & (batch.amount != 0.0))
+        fresh = np.flatnonzero((self._unit[kid] == 0.0) & (amount != 0.0))
         if len(fresh):
             keys, first = np.unique(kid[fresh], return_index=True)
-            v = np.abs(batch.amount[fresh[first]])
+            v = np.abs(amount[fresh[first]])
             self._unit[keys] = np.where(v < 1.0, _UNIT_VALUE / v, 1.0)
         unit = self._unit[kid]
-        return np.asarray(batch.amount * np.where(unit > 0.0, unit, 1.0))
+        return np.asarray(amount * np.where(unit > 0.0, unit, 1.0))
 
     def _process_round(
         self, rnd: ClosedRound, now_ms: int | None, alerts: list[Alert], rounds: list[_RoundScores]
@@ -491,24 +503,33 @@ class Detector:
         detected = now_ms if now_ms is not None else int(rnd.end_ms + self.config.windows.lateness_ms)
         names = self.features.names
         version = self._model_version()
+        offset = cfg.events.value_offset if self._samples_are_levels else 0.0
         out = []
         for j, row in enumerate(rows.tolist()):
             pos = int(mature[row])
             kid = int(rnd.key_id[pos])
             key = self._key_dict(kid)
             unit = float(self._unit[kid]) or 1.0  # 0: not a rescaled value series
+
+            def own_units(quantity: str, x: float, pos: int = pos, unit: float = unit) -> float:
+                samples = _VALUE_QUANTITIES.get(quantity)
+                if samples is None:
+                    return x
+                return x / unit - offset * float(feats.observed[samples][pos])
+
             order = np.argsort(-np.abs(expl.z[j]), kind="stable")[: cfg.max_contributions]
             contributions = []
             for f in order.tolist():
                 quantity = self.features.explained_quantity(names[f])
                 observed = feats.observed.get(quantity)
                 expected = feats.expected.get(quantity)
-                per = unit if quantity in _VALUE_QUANTITIES else 1.0
                 contributions.append(
                     Contribution(
                         feature=quantity,
-                        observed=float(observed[pos]) / per if observed is not None else float(feats.values[pos, f]),
-                        expected=float(expected[pos]) / per if expected is not None else float(
+                        observed=own_units(quantity, float(observed[pos]))
+                        if observed is not None
+                        else float(feats.values[pos, f]),
+                        expected=own_units(quantity, float(expected[pos])) if expected is not None else float(
                             expl.expected[j, f] * self.scaler.scale_[f] + self.scaler.center_[f]  # type: ignore[index]
                         ),
                         z=float(expl.z[j, f]),
@@ -516,10 +537,9 @@ class Detector:
                 )
             window_features = {name: float(feats.values[pos, f]) for f, name in enumerate(names)}
             for quantity in ("count", "revenue", "mean_ticket", "max_ticket", "units_per_sale", "distinct_skus"):
-                per = unit if quantity in _VALUE_QUANTITIES else 1.0
-                window_features[quantity] = float(feats.observed[quantity][pos]) / per
+                window_features[quantity] = own_units(quantity, float(feats.observed[quantity][pos]))
             window_features["expected_count"] = float(feats.expected_count[pos])
-            window_features["expected_revenue"] = float(feats.expected_revenue[pos]) / unit
+            window_features["expected_revenue"] = own_units("revenue", float(feats.expected_revenue[pos]))
             out.append(
                 Alert.build(
                     key=key,

@@ -47,9 +47,11 @@ __all__ = [
     "iter_jsonl_chunks",
     "looks_like_counts",
     "median_spacing_s",
+    "signed_offset",
 ]
 
 SERIES_KEY = "series"
+"""Key value given to every row of a CSV without key columns (one aggregated series)."""
 _MIN_SAMPLES_FOR_KIND = 20
 
 
@@ -83,12 +85,38 @@ def looks_like_counts(values: Any) -> bool:
     if len(v) < _MIN_SAMPLES_FOR_KIND:
         return False
     return bool(np.all(np.isfinite(v) & (v >= 0) & (v == np.round(v))))
-"""Key value given to every row of a CSV without key columns (one aggregated series)."""
+
 
 _INT = re.compile(r"[+-]?\d+", re.ASCII)
 _FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
 PathArg = str | os.PathLike[str]
+
+
+def signed_offset(ts_ms: Any, values: Any, span_s: float = 86_400.0) -> float:
+    """The shift that reads a signed series as positive levels: 0 when no value is negative.
+
+    A series with negative values is on an interval scale (degrees Celsius, differences), where
+    only differences mean something. It is shifted so that the lowest value of its first
+    ``span_s`` (zero, if that is lower) sits one spread above zero: the spread of those samples
+    from that lowest value to the highest. Only the first span is looked at, as a streaming
+    detector could.
+
+    >>> signed_offset([0, 1, 2, 3], [-20.0, 80.0, 10.0, -30.0], span_s=0.002)
+    120.0
+    >>> signed_offset([0, 1], [1.0, 2.0])
+    0.0
+    """
+    import numpy as np
+
+    t = np.asarray(ts_ms, dtype=np.int64)
+    v = np.asarray(values, dtype=np.float64)
+    if not len(v) or v.min() >= 0:
+        return 0.0
+    first = v[t < t.min() + span_s * 1000]
+    lo, hi = min(float(first.min()), 0.0), float(first.max())
+    spread = hi - lo if hi > lo else max(-lo, 1.0)
+    return -lo + spread
 
 
 def detect_format(path: PathArg, override: str | None = None) -> Literal["jsonl", "csv"]:

@@ -281,6 +281,38 @@ def test_a_series_of_small_values_is_judged_as_the_same_series_in_larger_units()
     assert flagged[0] and flagged[0] == flagged[1]
 
 
+def test_a_signed_series_with_an_offset_is_judged_as_the_same_series_shifted():
+    """A temperature in degrees Celsius swings across zero; the value features compare positive
+    levels by their ratios, so ``events.value_offset`` shifts it. The signed series with offset C
+    raises the same alerts as the series already shifted by C, reported in its own values; a
+    sample far below the offset reads as zero (the lowest level), not as nothing."""
+    rng = np.random.default_rng(9)
+    t0, step, n = 1_767_225_600_000, 300, 9 * 288
+    i = np.arange(n)
+    celsius = 10 * np.sin(2 * np.pi * i / 288) + rng.normal(0, 0.8, n)
+    celsius[7 * 288 + 100 : 7 * 288 + 106] += 25  # a heater left on for half an hour
+    celsius[8 * 288 + 50] = -1e6  # a broken sensor's reading
+    offset = 40.0
+    runs = []
+    for values, shift in ((celsius, offset), (celsius + offset, 0.0)):
+        events = {"time_field": "timestamp", "value_field": "temp", "allow_negative": True, "value_offset": shift}
+        det = Detector(from_mapping(DetectorConfig, {"events": events, "windows": {"size": step}}))
+        records = [{"timestamp": t0 + j * step * 1000, "temp": float(v), "store_id": "room"}
+                   for j, v in enumerate(values)]
+        runs.append(det.process_records(records).alerts + det.flush().alerts)
+    signed, shifted = runs
+    assert [a.window_start for a in signed] == [a.window_start for a in shifted]
+    assert [a.score for a in signed] == pytest.approx([a.score for a in shifted], rel=1e-6)
+    heater = [a for a in signed if a.features["revenue"] > 20]
+    assert heater and all("2026-01-08T08:20:00Z" <= a.window_start <= "2026-01-08T08:50:00Z" for a in heater)
+    for a, b in zip(signed, shifted, strict=True):
+        assert a.features["revenue"] == pytest.approx(b.features["revenue"] - offset, abs=1e-6)
+        assert a.features["expected_revenue"] == pytest.approx(b.features["expected_revenue"] - offset, abs=1e-6)
+    # The broken reading clamps to zero in shifted units: an alert that reports 0 - 40 = -40.
+    broken = [a for a in signed if a.window_start == "2026-01-09T04:10:00Z"]
+    assert broken and broken[0].features["revenue"] == pytest.approx(-offset)
+
+
 def test_a_key_evicted_before_it_was_ever_scored_is_forgotten_quietly():
     """A store that sells once and never again is evicted after ``key_ttl`` while another is being
     scored; it had no per-key detector state, and its eviction must not fail (it raised IndexError)."""

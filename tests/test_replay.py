@@ -146,6 +146,33 @@ def test_a_whole_number_series_reads_as_counts_unless_told(tmp_path, capsys, kin
     assert features in header and len(header) == 6 + 3
 
 
+def test_a_signed_series_is_shifted_on_defaults(tmp_path, capsys):
+    """Whole degrees Celsius around zero, every 5 minutes: the negative samples are measurements,
+    not bad input, and the series is neither read as counts nor cut at zero. Replay shifts it by
+    its first day's spread and says so; a half-hour +25 degree excursion on day 8 alerts, reported
+    in degrees, and the rest of the series hardly does."""
+    rng = np.random.default_rng(11)
+    t0 = 1_767_225_600  # 2026-01-01
+    n = 9 * 288
+    celsius = np.round(8 * np.sin(2 * np.pi * np.arange(n) / 288) + rng.normal(0, 0.8, n))
+    celsius[7 * 288 + 100 : 7 * 288 + 106] += 25  # 2026-01-08 08:20 to 08:50
+    src = tmp_path / "temperature.csv"
+    src.write_text("timestamp,value\n" + "".join(f"{(t0 + 300 * i) * 1000},{v:g}\n" for i, v in enumerate(celsius)))
+    alerts_path, rejects = tmp_path / "alerts.jsonl", tmp_path / "rejects.jsonl"
+    assert main(["replay", str(src), "--time-field", "timestamp", "--value-field", "value",
+                 "--alerts", str(alerts_path), "--rejects", str(rejects)]) == 0
+    err = capsys.readouterr().err
+    assert "read shifted by +" in err and "read as counts" not in err and "rejected 0" in err
+    alerts = [orjson.loads(a) for a in alerts_path.read_bytes().splitlines()]
+    excursion = [a for a in alerts if "2026-01-08T08:20:00Z" <= a["window_start"] <= "2026-01-08T08:50:00Z"]
+    assert excursion and all(15 < a["features"]["revenue"] < 40 for a in excursion)
+    assert len(alerts) - len(excursion) <= 3, [a["window_start"] for a in alerts]
+
+    bad_offset = ["--value-offset", "hot"]
+    assert main(["replay", str(src), "--time-field", "timestamp", "--value-field", "value", *bad_offset]) == 2
+    assert "--value-offset is 'hot'" in capsys.readouterr().err
+
+
 def test_bad_configuration_fails_with_a_message(tmp_path, events_file, capsys):
     assert main(["replay", str(events_file), "--window", "0.5"]) == 2
     assert "windows.size" in capsys.readouterr().err

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 import time
 import tomllib
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "as values; auto decides from the first rows (default)",
     )
     g.add_argument(
+        "--value-offset",
+        default="auto",
+        help="with --value-field alone: add this to every value (a signed series, e.g. degrees Celsius, read as "
+        "positive levels); auto shifts a series with negative values by its first day's spread (default)",
+    )
+    g.add_argument(
         "--count-field",
         help="aggregated series of sales counts: each row is this many sales (with --value-field: their revenue)",
     )
@@ -79,11 +87,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def build_config(args: argparse.Namespace, series_spacing: float | None = None, as_counts: bool = False) -> Any:
+def build_config(
+    args: argparse.Namespace,
+    series_spacing: float | None = None,
+    as_counts: bool = False,
+    value_offset: float | None = None,
+) -> Any:
     """DetectorConfig from the optional TOML file, overridden by flags.
 
     ``series_spacing`` (seconds) sizes the windows of an aggregated series unless the flags or the
     file do: one sample per window. ``as_counts`` reads the value field as a count field.
+    ``value_offset`` (a signed value series) shifts the values and lets negative ones in.
     """
     from streamdetect.config import ConfigError, DetectorConfig, from_mapping
 
@@ -113,6 +127,8 @@ def build_config(args: argparse.Namespace, series_spacing: float | None = None, 
     if as_counts:
         events = table.setdefault("events", {})
         events["count_field"] = events.pop("value_field")
+    if value_offset is not None:
+        table.setdefault("events", {}).update(value_offset=value_offset, allow_negative=True)
     put("windows", "hop", args.hop)
     put("windows", "allowed_lateness", args.lateness)
     put("windows", "idle_timeout", args.idle_timeout)
@@ -122,6 +138,23 @@ def build_config(args: argparse.Namespace, series_spacing: float | None = None, 
     put("threshold", "risk", args.risk)
     put("features", "features", args.features.split(",") if args.features else None)
     return from_mapping(DetectorConfig, table)
+
+
+def _value_offset(flag: str, values_only: bool) -> float | None:
+    """``--value-offset`` as a number, or None for ``auto``."""
+    from streamdetect.config import ConfigError
+
+    if flag == "auto":
+        return None
+    if not values_only:
+        raise ConfigError("--value-offset shifts a value series: give --value-field without --count-field")
+    try:
+        offset = float(flag)
+    except ValueError:
+        raise ConfigError(f"--value-offset is {flag!r}: give a number, or auto") from None
+    if not math.isfinite(offset):
+        raise ConfigError(f"--value-offset is {flag!r}: give a finite number, or auto")
+    return offset
 
 
 def _fmt(x: float) -> str:
@@ -134,7 +167,13 @@ def run(args: argparse.Namespace) -> int:
     from streamdetect.alerts import format_time
     from streamdetect.detector import Detector, DetectorOutput, ScoredWindows
     from streamdetect.events import decode_events, decode_records
-    from streamdetect.sources import iter_csv_chunks, iter_jsonl_chunks, looks_like_counts, median_spacing_s
+    from streamdetect.sources import (
+        iter_csv_chunks,
+        iter_jsonl_chunks,
+        looks_like_counts,
+        median_spacing_s,
+        signed_offset,
+    )
 
     config = build_config(args)
     fmt = args.format or ("csv" if args.input.endswith((".csv", ".csv.gz")) else "jsonl")
@@ -144,22 +183,32 @@ def run(args: argparse.Namespace) -> int:
         else iter_jsonl_chunks(args.input, args.chunk_size)
     )
     first = next(chunks, None)
+    values_only = config.events.value_field is not None and config.events.count_field is None
+    explicit_offset = _value_offset(args.value_offset, values_only)
     if config.events.aggregated and first is not None:
         # An aggregated series: one sample per window, so the windows take the series' spacing.
-        batch, _ = decode_records(first, config.events) if fmt == "csv" else decode_events(first, config.events)
+        # Its first rows are read with negative values let in, to see whether it is signed.
+        schema = replace(config.events, allow_negative=True)
+        batch, _ = decode_records(first, schema) if fmt == "csv" else decode_events(first, schema)
         spacing = median_spacing_s(batch.ts_ms)
-        values_only = config.events.value_field is not None and config.events.count_field is None
         as_counts = values_only and (
-            args.series_kind == "counts" or (args.series_kind == "auto" and looks_like_counts(batch.amount))
+            args.series_kind == "counts"
+            or (args.series_kind == "auto" and explicit_offset is None and looks_like_counts(batch.amount))
         )
-        if spacing is not None or as_counts:
-            config = build_config(args, spacing, as_counts)
+        offset = explicit_offset
+        if offset is None and values_only and not as_counts:
+            offset = signed_offset(batch.ts_ms, batch.amount, config.model.warmup_span) or None
+        if spacing is not None or as_counts or offset is not None:
+            config = build_config(args, spacing, as_counts, offset)
         if not args.quiet and spacing is not None and config.windows.size == spacing:
             print(f"series sampled every {spacing:g} s: windows of {spacing:g} s (--window overrides)",
                   file=sys.stderr)
         if not args.quiet and as_counts and args.series_kind == "auto":
             print("the values are whole numbers: read as counts (--series-kind values keeps them values)",
                   file=sys.stderr)
+        if not args.quiet and offset is not None and explicit_offset is None:
+            print(f"the series has negative values: read shifted by {offset:+g}, one first-day spread above its"
+                  " lowest (--value-offset overrides)", file=sys.stderr)
     detector = Detector(config)
     alerts_out = args.alerts.open("wb") if args.alerts else None
     rejects_out = args.rejects.open("wb") if args.rejects else None
