@@ -43,6 +43,7 @@ from streamdetect.config import ConfigError, EventSchema
 __all__ = [
     "SERIES_KEY",
     "detect_format",
+    "epoch_unit",
     "iter_csv_chunks",
     "iter_jsonl_chunks",
     "looks_like_counts",
@@ -91,6 +92,26 @@ _INT = re.compile(r"[+-]?\d+", re.ASCII)
 _FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
 PathArg = str | os.PathLike[str]
+
+
+def epoch_unit(times: Any, min_time_ms: int, max_time_ms: int) -> Literal["epoch_s"] | None:
+    """``"epoch_s"`` when every time is a number that is a valid time in epoch seconds and none is
+    one in epoch milliseconds (what ``events.time_format = "auto"`` reads); else None.
+
+    The two readings cannot both be valid within the default time range (2000 to 2100), so the
+    unit of an export's numeric times is told by their size.
+
+    >>> epoch_unit([1416726000, 1416729600.5], 946_684_800_000, 4_102_444_800_000)
+    'epoch_s'
+    >>> epoch_unit([1416726000000], 946_684_800_000, 4_102_444_800_000) is None
+    True
+    """
+    nums = [t for t in times if isinstance(t, int | float) and not isinstance(t, bool)]
+    if not nums or len(nums) != len(times):
+        return None
+    as_s = all(min_time_ms <= t * 1000 < max_time_ms for t in nums)
+    as_ms = any(min_time_ms <= t < max_time_ms for t in nums)
+    return "epoch_s" if as_s and not as_ms else None
 
 
 def signed_offset(ts_ms: Any, values: Any, span_s: float = 86_400.0) -> float:

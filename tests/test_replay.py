@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from streamdetect.cli import main
+from streamdetect.events import parse_timestamp
 from streamdetect.generate import GeneratorConfig, generate
 
 FAST = ["--warmup", "1500"]
@@ -171,6 +172,30 @@ def test_a_signed_series_is_shifted_on_defaults(tmp_path, capsys):
     bad_offset = ["--value-offset", "hot"]
     assert main(["replay", str(src), "--time-field", "timestamp", "--value-field", "value", *bad_offset]) == 2
     assert "--value-offset is 'hot'" in capsys.readouterr().err
+
+
+def test_epoch_seconds_are_read_as_such(tmp_path, capsys):
+    """Exports often write times in epoch seconds, which read as milliseconds would all be in
+    January 1970 and rejected; replay tells the unit by the times' size, and says so."""
+    events, _ = generate(GeneratorConfig(stores=3, days=2, seed=5, malformed_fraction=0.0))
+    seconds, millis = tmp_path / "seconds.jsonl", tmp_path / "millis.jsonl"
+    for path, scale in ((seconds, 1000), (millis, 1)):
+        rows = []
+        for e in events[:5000]:
+            ms = parse_timestamp(e["ts"])
+            rows.append(orjson.dumps({**e, "ts": ms // scale if scale > 1 else ms}))
+        path.write_bytes(b"\n".join(rows) + b"\n")
+    outputs = []
+    for path in (seconds, millis):
+        scores = tmp_path / f"{path.stem}.csv"
+        assert main(["replay", str(path), "--scores", str(scores), "--warmup", "300"]) == 0
+        err = capsys.readouterr().err
+        assert ("read as --time-format epoch_s" in err) == (path is seconds)
+        assert "bad_timestamp" not in err
+        outputs.append(scores.read_text())
+    # The same events to the second: the same windows, scored alike.
+    assert outputs[0].splitlines()[0] == outputs[1].splitlines()[0]
+    assert len(outputs[0].splitlines()) == len(outputs[1].splitlines()) > 100
 
 
 def test_bad_configuration_fails_with_a_message(tmp_path, events_file, capsys):

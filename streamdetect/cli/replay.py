@@ -140,6 +140,15 @@ def build_config(
     return from_mapping(DetectorConfig, table)
 
 
+def _loads_or_none(value: bytes) -> Any:
+    import orjson
+
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def _value_offset(flag: str, values_only: bool) -> float | None:
     """``--value-offset`` as a number, or None for ``auto``."""
     from streamdetect.config import ConfigError
@@ -168,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
     from streamdetect.detector import Detector, DetectorOutput, ScoredWindows
     from streamdetect.events import decode_events, decode_records
     from streamdetect.sources import (
+        epoch_unit,
         iter_csv_chunks,
         iter_jsonl_chunks,
         looks_like_counts,
@@ -183,6 +193,15 @@ def run(args: argparse.Namespace) -> int:
         else iter_jsonl_chunks(args.input, args.chunk_size)
     )
     first = next(chunks, None)
+    if first is not None and args.time_format is None and config.events.time_format == "auto":
+        tf = config.events.time_field
+        sample = first[:1000] if fmt == "csv" else [_loads_or_none(v) for v in first[:1000]]
+        times = [row.get(tf) for row in sample if isinstance(row, dict)]
+        if epoch_unit(times, config.events.min_time_ms, config.events.max_time_ms):
+            args.time_format = "epoch_s"
+            config = build_config(args)
+            if not args.quiet:
+                print("the times are epoch seconds: read as --time-format epoch_s", file=sys.stderr)
     values_only = config.events.value_field is not None and config.events.count_field is None
     explicit_offset = _value_offset(args.value_offset, values_only)
     if config.events.aggregated and first is not None:
