@@ -35,7 +35,7 @@ import io
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import IO, Any, Literal
 
 from streamdetect.config import ConfigError, EventSchema
@@ -43,7 +43,7 @@ from streamdetect.config import ConfigError, EventSchema
 __all__ = [
     "SERIES_KEY",
     "detect_format",
-    "epoch_unit",
+    "guess_time_format",
     "iter_csv_chunks",
     "iter_jsonl_chunks",
     "looks_like_counts",
@@ -94,24 +94,54 @@ _FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 PathArg = str | os.PathLike[str]
 
 
-def epoch_unit(times: Any, min_time_ms: int, max_time_ms: int) -> Literal["epoch_s"] | None:
-    """``"epoch_s"`` when every time is a number that is a valid time in epoch seconds and none is
-    one in epoch milliseconds (what ``events.time_format = "auto"`` reads); else None.
+# What exports write instead of RFC 3339, tried in this order when "auto" does not read a time:
+# ISO dates before day-first and month-first ones; a sample that reads both ways (every day <= 12)
+# takes the first that fits, and replay names it.
+_TIME_FORMATS = (
+    "epoch_s",
+    "%Y-%m-%d",
+    "%Y/%m/%d",
+    "%Y-%m-%d %H:%M",
+    "%m/%d/%Y %H:%M",
+    "%m/%d/%Y %H:%M:%S",
+    "%m/%d/%Y",
+    "%d/%m/%Y %H:%M",
+    "%d/%m/%Y %H:%M:%S",
+    "%d/%m/%Y",
+    "%d.%m.%Y %H:%M",
+    "%d.%m.%Y",
+)
 
-    The two readings cannot both be valid within the default time range (2000 to 2100), so the
-    unit of an export's numeric times is told by their size.
 
-    >>> epoch_unit([1416726000, 1416729600.5], 946_684_800_000, 4_102_444_800_000)
+def guess_time_format(times: Sequence[Any], min_time_ms: int, max_time_ms: int) -> str | None:
+    """The ``events.time_format`` that reads every time of a sample, when ``"auto"`` does not.
+
+    None when ``"auto"`` reads them all (RFC 3339, epoch milliseconds) or nothing else does;
+    missing times (None) are left out.
+    Epoch seconds and milliseconds cannot both be valid between 2000 and 2100, so numeric times
+    are told apart by their size.
+
+    >>> guess_time_format([1416726000, 1416729600.5], 946_684_800_000, 4_102_444_800_000)
     'epoch_s'
-    >>> epoch_unit([1416726000000], 946_684_800_000, 4_102_444_800_000) is None
+    >>> guess_time_format(["2013-01-01", "2013-01-02"], 946_684_800_000, 4_102_444_800_000)
+    '%Y-%m-%d'
+    >>> guess_time_format(["12/1/2010 8:26", "12/13/2010 9:01"], 946_684_800_000, 4_102_444_800_000)
+    '%m/%d/%Y %H:%M'
+    >>> guess_time_format(["2013-01-01T00:00:00Z", 1416726000000], 946_684_800_000, 4_102_444_800_000) is None
     True
     """
-    nums = [t for t in times if isinstance(t, int | float) and not isinstance(t, bool)]
-    if not nums or len(nums) != len(times):
+    from streamdetect.events import parse_timestamp, time_parser
+
+    def reads_all(parse: Any) -> bool:
+        try:
+            return all(min_time_ms <= parse(t) < max_time_ms for t in times)
+        except (ValueError, TypeError, OverflowError):
+            return False
+
+    times = [t for t in times if t is not None]  # a missing time is rejected whatever the format
+    if not times or reads_all(parse_timestamp):
         return None
-    as_s = all(min_time_ms <= t * 1000 < max_time_ms for t in nums)
-    as_ms = any(min_time_ms <= t < max_time_ms for t in nums)
-    return "epoch_s" if as_s and not as_ms else None
+    return next((fmt for fmt in _TIME_FORMATS if reads_all(time_parser(fmt))), None)
 
 
 def signed_offset(ts_ms: Any, values: Any, span_s: float = 86_400.0) -> float:

@@ -190,12 +190,38 @@ def test_epoch_seconds_are_read_as_such(tmp_path, capsys):
         scores = tmp_path / f"{path.stem}.csv"
         assert main(["replay", str(path), "--scores", str(scores), "--warmup", "300"]) == 0
         err = capsys.readouterr().err
-        assert ("read as --time-format epoch_s" in err) == (path is seconds)
+        assert ("read as --time-format 'epoch_s'" in err) == (path is seconds)
         assert "bad_timestamp" not in err
         outputs.append(scores.read_text())
     # The same events to the second: the same windows, scored alike.
     assert outputs[0].splitlines()[0] == outputs[1].splitlines()[0]
     assert len(outputs[0].splitlines()) == len(outputs[1].splitlines()) > 100
+
+    # Row numbers are no time in any unit: nothing is guessed, and replay says what was wrong.
+    numbered = tmp_path / "numbered.csv"
+    numbered.write_text("timestamp,value\n" + "".join(f"{i},{i % 7}.5\n" for i in range(1, 200)))
+    assert main(["replay", str(numbered), "--time-field", "timestamp", "--value-field", "value"]) == 0
+    assert "no event was valid; the first bad_timestamp: timestamp: 1 is outside" in capsys.readouterr().err
+
+
+def test_a_daily_series_of_dates_works_on_defaults(tmp_path, capsys):
+    """Daily sales totals dated ``2015-01-01`` (no time of day, which RFC 3339 requires): replay
+    finds the format, sizes the windows to a day, and the day sales fell to 30 % alerts."""
+    rng = np.random.default_rng(1)
+    days = np.arange(700)
+    weekend = (days + 3) % 7 >= 5  # 2015-01-01 was a Thursday
+    sales = 1000 * np.where(weekend, 1.3, 1.0) * rng.lognormal(0, 0.05, len(days))
+    sales[600] *= 0.3  # 2016-08-23
+    start = np.datetime64("2015-01-01")
+    src = tmp_path / "daily.csv"
+    src.write_text("date,sales\n" + "".join(f"{start + int(d)},{v:.2f}\n" for d, v in zip(days, sales, strict=True)))
+    alerts_path = tmp_path / "alerts.jsonl"
+    fields = ["--time-field", "date", "--value-field", "sales"]
+    assert main(["replay", str(src), *fields, "--alerts", str(alerts_path)]) == 0
+    err = capsys.readouterr().err
+    assert "--time-format '%Y-%m-%d'" in err and "windows of 86400 s" in err and "rejected 0" in err
+    flagged = [orjson.loads(a)["window_start"] for a in alerts_path.read_bytes().splitlines()]
+    assert "2016-08-23T00:00:00Z" in flagged and len(flagged) <= 3, flagged
 
 
 def test_bad_configuration_fails_with_a_message(tmp_path, events_file, capsys):

@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     from streamdetect.detector import Detector, DetectorOutput, ScoredWindows
     from streamdetect.events import decode_events, decode_records
     from streamdetect.sources import (
-        epoch_unit,
+        guess_time_format,
         iter_csv_chunks,
         iter_jsonl_chunks,
         looks_like_counts,
@@ -197,11 +197,12 @@ def run(args: argparse.Namespace) -> int:
         tf = config.events.time_field
         sample = first[:1000] if fmt == "csv" else [_loads_or_none(v) for v in first[:1000]]
         times = [row.get(tf) for row in sample if isinstance(row, dict)]
-        if epoch_unit(times, config.events.min_time_ms, config.events.max_time_ms):
-            args.time_format = "epoch_s"
+        guessed = guess_time_format(times, config.events.min_time_ms, config.events.max_time_ms)
+        if guessed is not None:
+            args.time_format = guessed
             config = build_config(args)
             if not args.quiet:
-                print("the times are epoch seconds: read as --time-format epoch_s", file=sys.stderr)
+                print(f"the times read as --time-format {guessed!r} (give --time-format to decide)", file=sys.stderr)
     values_only = config.events.value_field is not None and config.events.count_field is None
     explicit_offset = _value_offset(args.value_offset, values_only)
     if config.events.aggregated and first is not None:
@@ -237,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
         scores_out.write(",".join(header) + "\n")
 
     reasons: Counter[str] = Counter()
+    first_detail: dict[str, str] = {}  # what was wrong with the first event rejected for each reason
     totals = {"events": 0, "valid": 0, "windows": 0, "alerts": 0, "drift": 0}
     kept: list[ScoredWindows] = []
     kept_alerts: list[Any] = []
@@ -250,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
         totals["drift"] += int(out.drift_detected)
         for r in out.rejected:
             reasons[str(r.reason)] += 1
+            first_detail.setdefault(str(r.reason), r.detail)
             if rejects_out is not None:
                 rejects_out.write(
                     orjson.dumps({"index": offset + r.index, "reason": str(r.reason), "detail": r.detail}) + b"\n"
@@ -303,6 +306,10 @@ def run(args: argparse.Namespace) -> int:
         merged = ScoredWindows.concat(kept, detector.feature_names)
         plot_backtest(args.plot, merged, alerts=[a.to_dict() for a in kept_alerts])
 
+    if not args.quiet and totals["events"] and not totals["valid"]:
+        reason, _ = reasons.most_common(1)[0]
+        print(f"no event was valid; the first {reason}: {first_detail[reason]}"
+              " (--time-field, --time-format, --value-field and --key map the columns)", file=sys.stderr)
     if not args.quiet:
         stats = detector.stats()
         print(
