@@ -3,6 +3,9 @@
 An alert is one scored window whose anomaly score crossed the threshold. Its ``alert_id`` is a
 hash of the key and the window bounds only, so reprocessing the same input (a replay, or the
 at-least-once redelivery after a crash) yields the same id and consumers can deduplicate.
+Consecutive alerts of one key belong to one *episode* (an outage of three hours is one incident,
+not 180): ``episode_id`` hashes the key and the episode's first window, and ``episode_alert``
+counts the episode's alerts, so a pager can page on the first and a ticket collect the rest.
 
 >>> a = Alert.build(key={"store_id": "s1"}, window_start_ms=0, window_end_ms=60_000, score=31.2,
 ...     threshold=20.0, probability=0.99995, severity="major", features={"revenue": 0.0},
@@ -12,6 +15,8 @@ at-least-once redelivery after a crash) yields the same id and consumers can ded
 ('1970-01-01T00:00:00Z', '1970-01-01T00:01:00Z')
 >>> a.alert_id == alert_id({"store_id": "s1"}, 0, 60_000)
 True
+>>> a.episode_id == episode_id({"store_id": "s1"}, 0), a.episode_start, a.episode_alert
+(True, '1970-01-01T00:00:00Z', 1)
 >>> Alert.from_json(a.to_json()) == a
 True
 >>> a.contributions[0].describe()
@@ -27,7 +32,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["SEVERITIES", "Alert", "Contribution", "alert_id", "format_time", "message_key"]
+__all__ = ["SEVERITIES", "Alert", "Contribution", "alert_id", "episode_id", "format_time", "message_key"]
 
 SEVERITIES = ("warning", "major", "critical")
 
@@ -43,6 +48,12 @@ def format_time(ms: int) -> str:
 def alert_id(key: dict[str, str], window_start_ms: int, window_end_ms: int) -> str:
     """Deterministic id: the same key and window always give the same id."""
     material = orjson.dumps([sorted(key.items()), window_start_ms, window_end_ms])
+    return hashlib.blake2b(material, digest_size=16).hexdigest()
+
+
+def episode_id(key: dict[str, str], episode_start_ms: int) -> str:
+    """Deterministic id of a key's episode of consecutive alerts, from the key and its first window."""
+    material = orjson.dumps(["episode", sorted(key.items()), episode_start_ms])
     return hashlib.blake2b(material, digest_size=16).hexdigest()
 
 
@@ -83,6 +94,9 @@ class Alert:
     model_version: str = ""
     detected_at: str = ""
     explanation: str = ""
+    episode_id: str = ""
+    episode_start: str = ""
+    episode_alert: int = 0
 
     @classmethod
     def build(
@@ -99,7 +113,11 @@ class Alert:
         contributions: list[Contribution],
         model_version: str,
         detected_at_ms: int,
+        episode_start_ms: int | None = None,
+        episode_alert: int = 1,
     ) -> Alert:
+        """``episode_start_ms`` is the episode's first window (this window when None)."""
+        first = window_start_ms if episode_start_ms is None else episode_start_ms
         return cls(
             alert_id=alert_id(key, window_start_ms, window_end_ms),
             key=key,
@@ -114,6 +132,9 @@ class Alert:
             model_version=model_version,
             detected_at=format_time(detected_at_ms),
             explanation="; ".join(c.describe() for c in contributions),
+            episode_id=episode_id(key, first),
+            episode_start=format_time(first),
+            episode_alert=episode_alert,
         )
 
     def to_dict(self) -> dict[str, Any]:

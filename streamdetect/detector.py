@@ -233,6 +233,7 @@ class Detector:
         self._pending = _Pending()
         self._flag_streak = np.zeros(0, dtype=np.int64)
         self._since_flag = np.zeros(0, dtype=np.int64)  # windows since the key's last alert
+        self._episode_start = np.zeros(0, dtype=np.int64)  # first window of the key's last episode (-1: unknown)
         self._cooldown = 2 * cfg.features.context_windows
         # A value series' samples are levels (a window of several is their mean); counts add up.
         self._samples_are_levels = cfg.events.value_field is not None and cfg.events.count_field is None
@@ -329,6 +330,7 @@ class Detector:
             gone = gone[gone < len(self._flag_streak)]  # a key never scored nor rescaled has nothing here
             self._flag_streak[gone] = 0
             self._since_flag[gone] = _NEVER_FLAGGED
+            self._episode_start[gone] = -1
             self._unit[gone] = 0.0
             self.windows.evicted.clear()
         return DetectorOutput(
@@ -403,8 +405,10 @@ class Detector:
             calm = since > self._cooldown
             # Flagged windows of one episode: an episode ends only after `_cooldown` calm windows,
             # so a new normal that scores around the threshold still counts as one long episode.
-            streak = np.where(flags, self._flag_streak[key_ids] + 1, np.where(calm, 0, self._flag_streak[key_ids]))
+            before = self._flag_streak[key_ids]
+            streak = np.where(flags, before + 1, np.where(calm, 0, before))
             self._flag_streak[key_ids] = streak
+            self._episode_start[key_ids[flags & (before == 0)]] = rnd.start_ms
             new_normal[mature] = streak > self.config.relearn_after
             learn[mature] = ~flags | new_normal[mature]
             probability = self.threshold.probability(score)
@@ -443,12 +447,14 @@ class Detector:
         return now_ms - self._fitted_at_ms >= span_ms > 0 and self.windows_scored >= _MIN_CALIBRATION
 
     def _grow_per_key(self, need: int) -> None:
-        """The per-key arrays (flag streaks, windows since a flag, value units) cover ids below ``need``."""
+        """The per-key arrays (flag streaks, windows since a flag, episode starts, value units) cover ids
+        below ``need``."""
         have = len(self._flag_streak)
         if need > have:
             grow = max(need, 2 * have) - have
             self._flag_streak = np.concatenate([self._flag_streak, np.zeros(grow, dtype=np.int64)])
             self._since_flag = np.concatenate([self._since_flag, np.full(grow, _NEVER_FLAGGED, dtype=np.int64)])
+            self._episode_start = np.concatenate([self._episode_start, np.full(grow, -1, dtype=np.int64)])
             self._unit = np.concatenate([self._unit, np.zeros(grow)])
 
     def _fit_warmup(self) -> None:
@@ -553,6 +559,8 @@ class Detector:
                     contributions=contributions,
                     model_version=version,
                     detected_at_ms=detected,
+                    episode_start_ms=int(self._episode_start[kid]) if self._episode_start[kid] >= 0 else None,
+                    episode_alert=int(self._flag_streak[kid]),
                 )
             )
         return out
@@ -612,6 +620,7 @@ class Detector:
             "flag_streak": self._flag_streak.tolist(),
             "unit": self._unit.tolist(),
             "since_flag": self._since_flag.tolist(),
+            "episode_start": self._episode_start.tolist(),
             "windows_scored": self.windows_scored,
             "regime_changes": self.regime_changes,
             "warmup_from_ms": self._warmup_from_ms,
@@ -646,11 +655,14 @@ class Detector:
             )
         det._flag_streak = np.array(state["flag_streak"], dtype=np.int64)
         det._since_flag = np.array(state["since_flag"], dtype=np.int64)
-        # One length for the per-key arrays (states from before the units lack them).
+        # One length for the per-key arrays (states from before the units and episodes lack them).
         unit = np.array(state.get("unit", []), dtype=np.float64)
+        episode_start = np.array(state.get("episode_start", []), dtype=np.int64)
         det._unit = np.zeros(len(det._flag_streak))
-        det._grow_per_key(len(unit))
+        det._episode_start = np.full(len(det._flag_streak), -1, dtype=np.int64)
+        det._grow_per_key(max(len(unit), len(episode_start)))
         det._unit[: len(unit)] = unit
+        det._episode_start[: len(episode_start)] = episode_start
         det.windows_scored = int(state["windows_scored"])
         det.regime_changes = int(state["regime_changes"])
         # States written before the warm-up and calibration spans existed lack these: counts only.

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from streamdetect.alerts import Alert
+from streamdetect.alerts import Alert, episode_id
 from streamdetect.config import ConfigError, DetectorConfig, ModelConfig, ThresholdConfig, from_mapping
 from streamdetect.detector import Detector, DetectorOutput
 from streamdetect.events import parse_timestamp
@@ -311,6 +311,33 @@ def test_a_signed_series_with_an_offset_is_judged_as_the_same_series_shifted():
     # The broken reading clamps to zero in shifted units: an alert that reports 0 - 40 = -40.
     broken = [a for a in signed if a.window_start == "2026-01-09T04:10:00Z"]
     assert broken and broken[0].features["revenue"] == pytest.approx(-offset)
+
+
+def test_consecutive_alerts_of_a_key_share_an_episode_that_survives_a_restart():
+    """A heater left on for half an hour raises six alerts: one episode, counted 1..6, whose id
+    is the same after the detector is restored from its state mid-episode; a broken reading the
+    next day is an episode of its own."""
+    rng = np.random.default_rng(9)
+    t0, step, n = 1_767_225_600_000, 300, 9 * 288
+    i = np.arange(n)
+    celsius = 50 + 10 * np.sin(2 * np.pi * i / 288) + rng.normal(0, 0.8, n)
+    celsius[7 * 288 + 100 : 7 * 288 + 106] += 25
+    celsius[8 * 288 + 50] = 0.0
+    cfg = from_mapping(DetectorConfig, {"events": {"time_field": "timestamp", "value_field": "temp"},
+                                        "windows": {"size": step, "allowed_lateness": 0}})
+    records = [{"timestamp": t0 + j * step * 1000, "temp": float(v), "store_id": "room"} for j, v in enumerate(celsius)]
+    cut = 7 * 288 + 103  # three windows into the heater's episode
+    det = Detector(cfg)
+    alerts = det.process_records(records[:cut]).alerts
+    det = Detector.from_state(orjson.loads(orjson.dumps(det.to_state())), cfg)
+    alerts += det.process_records(records[cut:]).alerts + det.flush().alerts
+    heater = [a for a in alerts if "2026-01-08T08:20:00Z" <= a.window_start <= "2026-01-08T08:50:00Z"]
+    assert len(heater) >= 4 and len({a.episode_id for a in heater}) == 1
+    assert [a.episode_alert for a in heater] == list(range(1, len(heater) + 1))
+    assert {a.episode_start for a in heater} == {heater[0].window_start}
+    broken = [a for a in alerts if a.window_start == "2026-01-09T04:10:00Z"]
+    assert broken and broken[0].episode_alert == 1 and broken[0].episode_id != heater[0].episode_id
+    assert broken[0].episode_id == episode_id({"store_id": "room"}, parse_timestamp("2026-01-09T04:10:00Z"))
 
 
 def test_a_key_evicted_before_it_was_ever_scored_is_forgotten_quietly():
