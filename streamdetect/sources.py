@@ -233,16 +233,35 @@ def _number(cell: str) -> Any:
     return cell
 
 
-def iter_csv_chunks(path: PathArg, schema: EventSchema, chunk_size: int = 50_000) -> Iterator[list[dict[str, Any]]]:
+def iter_csv_chunks(
+    path: PathArg,
+    schema: EventSchema,
+    chunk_size: int = 50_000,
+    *,
+    series_columns: Sequence[str] = (),
+    series_field: str = "series",
+) -> Iterator[list[dict[str, Any]]]:
     """Rows of a CSV file (header required) as event records, ``chunk_size`` at a time.
 
     See the module docstring for the conversion rules; a ``timestamp,value`` series needs
     ``EventSchema(time_field="timestamp", value_field="value")``.
 
+    ``series_columns`` reads a *wide* file (a metrics export: one column per series): each row
+    gives one record per non-empty cell of those columns, with the column's name in
+    ``series_field`` (a key field the file lacks) and the cell in ``schema.value_field``.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "wide.csv"
+    >>> _ = p.write_text("time,cpu,mem\n2024-03-01T00:00:00Z,12.5,\n")
+    >>> schema = EventSchema(time_field="time", value_field="value", key_fields=("series",))
+    >>> next(iter_csv_chunks(p, schema, series_columns=["cpu", "mem"]))
+    [{'time': '2024-03-01T00:00:00Z', 'series': 'cpu', 'value': 12.5}]
+
     Raises
     ------
     ConfigError
-        When the header lacks the time column, or has some of the key columns but not all.
+        When the header lacks the time column or a series column, or has some of the key columns
+        but not all.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
@@ -259,13 +278,18 @@ def iter_csv_chunks(path: PathArg, schema: EventSchema, chunk_size: int = 50_000
                 f"{os.fspath(path)}: no column {schema.time_field!r} (events.time_field) in the CSV"
                 f" header {header}; set the time field, e.g. --time-field {header[0]}"
             )
-        present = [k for k in schema.key_fields if k in header]
-        if present and len(present) < len(schema.key_fields):
-            missing = [k for k in schema.key_fields if k not in header]
+        absent = [c for c in series_columns if c not in header]
+        if absent:
+            raise ConfigError(f"{os.fspath(path)}: series columns {absent} are not in the CSV header {header}")
+        key_fields = [k for k in schema.key_fields if not (series_columns and k == series_field)]
+        present = [k for k in key_fields if k in header]
+        if present and len(present) < len(key_fields):
+            missing = [k for k in key_fields if k not in header]
             raise ConfigError(
                 f"{os.fspath(path)}: key columns {missing} (events.key_fields) are not in the CSV header {header}"
             )
-        constant = {} if present else dict.fromkeys(schema.key_fields, SERIES_KEY)
+        constant = {} if present else dict.fromkeys(key_fields, SERIES_KEY)
+        value_name = schema.value_field or "value"
         keep_text = {*schema.key_fields, schema.sku_field, schema.event_id_field}
         keep_text |= {schema.channel_field, schema.currency_field}
         convert = [h not in keep_text for h in header]
@@ -281,7 +305,12 @@ def iter_csv_chunks(path: PathArg, schema: EventSchema, chunk_size: int = 50_000
                 rec[name] = number(cell) if conv else cell
             if constant:
                 rec.update(constant)
-            chunk.append(rec)
+            if series_columns:
+                cells = [(c, rec.pop(c)) for c in series_columns if c in rec]
+                for column, cell in cells:
+                    chunk.append({**rec, series_field: column, value_name: cell})
+            else:
+                chunk.append(rec)
             if len(chunk) >= chunk_size:
                 yield chunk
                 chunk = []

@@ -224,6 +224,38 @@ def test_a_daily_series_of_dates_works_on_defaults(tmp_path, capsys):
     assert "2016-08-23T00:00:00Z" in flagged and len(flagged) <= 3, flagged
 
 
+def test_a_wide_metrics_export_is_one_series_per_column(tmp_path, capsys):
+    """A Grafana-style export (a time column, then one column per metric, cells missing here and
+    there): each column is its own series, and the alerts name the column that broke."""
+    rng = np.random.default_rng(12)
+    t0 = 1_767_225_600  # 2026-01-01
+    n = 8 * 288
+    phase = 2 * np.pi * np.arange(n) / 288
+    cpu = 40 + 20 * np.sin(phase) + rng.normal(0, 2, n)
+    mem = 6000 + 500 * np.cos(phase) + rng.normal(0, 50, n)
+    mem[6 * 288 + 100 : 6 * 288 + 112] *= 1.6  # 2026-01-07 08:20, an hour of memory pressure
+    blank = rng.random((n, 2)) < 0.02
+    cells = [(f"{c:.2f}", f"{m:.0f}") for c, m in zip(cpu, mem, strict=True)]
+    rows = [f"{(t0 + 300 * i) * 1000},{'' if blank[i, 0] else c},{'' if blank[i, 1] else m}\n"
+            for i, (c, m) in enumerate(cells)]
+    src = tmp_path / "export.csv"
+    src.write_text("time,cpu,mem\n" + "".join(rows))
+    alerts_path, scores = tmp_path / "alerts.jsonl", tmp_path / "scores.csv"
+    assert main(["replay", str(src), "--time-field", "time", "--value-field", "cpu,mem",
+                 "--alerts", str(alerts_path), "--scores", str(scores)]) == 0
+    assert "windows of 300 s" in capsys.readouterr().err
+    keys = {r["key"] for r in csv.DictReader(scores.read_text().splitlines())}
+    assert keys == {"cpu", "mem"}
+    alerts = [orjson.loads(a) for a in alerts_path.read_bytes().splitlines()]
+    memory = [a for a in alerts if a["key"] == {"series": "mem"}
+              and "2026-01-07T08:20:00Z" <= a["window_start"] <= "2026-01-07T09:25:00Z"]
+    assert memory and all(8000 < a["features"]["revenue"] < 12_000 for a in memory)
+    assert len(alerts) - len(memory) <= 4, [(a["key"], a["window_start"]) for a in alerts]
+
+    assert main(["replay", str(src), "--time-field", "time", "--value-field", "cpu,disk"]) == 2
+    assert "series columns ['disk'] are not in the CSV header" in capsys.readouterr().err
+
+
 def test_bad_configuration_fails_with_a_message(tmp_path, events_file, capsys):
     assert main(["replay", str(events_file), "--window", "0.5"]) == 2
     assert "windows.size" in capsys.readouterr().err

@@ -43,7 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="how the time field is written: auto (default), epoch_s, epoch_ms, or a strptime pattern"
         " such as '%%d/%%m/%%Y %%H:%%M' (UTC unless the pattern has %%z)",
     )
-    g.add_argument("--value-field", help="aggregated series: each row is one event whose amount is this field")
+    g.add_argument(
+        "--value-field",
+        help="aggregated series: each row is one event whose amount is this field; several, comma-separated,"
+        " read a wide CSV (one column per series: each is a key, named in the alerts' 'series' field)",
+    )
     g.add_argument(
         "--series-kind",
         choices=("auto", "values", "counts"),
@@ -114,9 +118,11 @@ def build_config(
 
     put("events", "time_field", args.time_field)
     put("events", "time_format", args.time_format)
-    put("events", "value_field", args.value_field)
+    wide = _series_columns(args)
+    put("events", "value_field", _WIDE_VALUE if wide else args.value_field)
     put("events", "count_field", args.count_field)
-    put("events", "key_fields", args.key.split(",") if args.key else None)
+    keys = args.key.split(",") if args.key else None
+    put("events", "key_fields", [*(keys or []), _WIDE_SERIES] if wide else keys)
     put("events", "amount_field", args.amount_field)
     put("events", "quantity_field", args.quantity_field)
     put("events", "unit_price_field", args.price_field)
@@ -138,6 +144,23 @@ def build_config(
     put("threshold", "risk", args.risk)
     put("features", "features", args.features.split(",") if args.features else None)
     return from_mapping(DetectorConfig, table)
+
+
+_WIDE_VALUE, _WIDE_SERIES = "value", "series"  # what a wide file's columns become: one series each
+
+
+def _series_columns(args: argparse.Namespace) -> list[str]:
+    """The columns of a wide file (``--value-field cpu,mem``): none for a single value field."""
+    from streamdetect.config import ConfigError
+
+    if not args.value_field or "," not in args.value_field:
+        return []
+    columns = [c.strip() for c in args.value_field.split(",") if c.strip()]
+    if len(set(columns)) != len(columns):
+        raise ConfigError(f"--value-field {args.value_field!r} names a column twice")
+    if args.count_field:
+        raise ConfigError("--value-field with several columns reads one series per column; drop --count-field")
+    return columns
 
 
 def _loads_or_none(value: bytes) -> Any:
@@ -174,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     import orjson
 
     from streamdetect.alerts import format_time
+    from streamdetect.config import ConfigError
     from streamdetect.detector import Detector, DetectorOutput, ScoredWindows
     from streamdetect.events import decode_events, decode_records
     from streamdetect.sources import (
@@ -187,8 +211,11 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     fmt = args.format or ("csv" if args.input.endswith((".csv", ".csv.gz")) else "jsonl")
+    wide = _series_columns(args)
+    if wide and fmt != "csv":
+        raise ConfigError("--value-field with several columns reads a wide CSV (one column per series)")
     chunks: Iterator[Any] = (
-        iter_csv_chunks(args.input, config.events, args.chunk_size)
+        iter_csv_chunks(args.input, config.events, args.chunk_size, series_columns=wide, series_field=_WIDE_SERIES)
         if fmt == "csv"
         else iter_jsonl_chunks(args.input, args.chunk_size)
     )
