@@ -90,6 +90,7 @@ METRIC_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "streamdetect_events_late_total": ("counter", ()),
     "streamdetect_windows_scored_total": ("counter", ()),
     "streamdetect_anomalies_total": ("counter", ("severity",)),
+    "streamdetect_anomaly_episodes_total": ("counter", ()),
     "streamdetect_alerts_produced_total": ("counter", ()),
     "streamdetect_delivery_failures_total": ("counter", ("topic",)),
     "streamdetect_anomaly_score": ("histogram", ()),
@@ -183,6 +184,9 @@ class Metrics:
         self.windows_scored = Counter(f"{p}windows_scored", "Windows closed and scored.", registry=r)
         self.anomalies = Counter(f"{p}anomalies", "Anomalous windows detected, by severity.", ["severity"],
                                  registry=r)
+        self.anomaly_episodes = Counter(f"{p}anomaly_episodes",
+                                        "Episodes of consecutive anomalous windows of one key started.",
+                                        registry=r)
         self.alerts_produced = Counter(f"{p}alerts_produced", "Alerts delivered to the alerts topic.", registry=r)
         self.delivery_failures = Counter(f"{p}delivery_failures", "Messages whose delivery failed, by topic.",
                                          ["topic"], registry=r)
@@ -262,6 +266,8 @@ class Metrics:
                 self.events_late.inc()
         for alert in output.alerts:
             self.anomalies.labels(str(alert.severity)).inc()
+            if getattr(alert, "episode_alert", 1) == 1:
+                self.anomaly_episodes.inc()
         scored = output.scored
         scores = getattr(scored, "score", ())
         n = len(scores)

@@ -94,7 +94,7 @@ def test_registries_are_independent() -> None:
 
 def _output(scores: list[float], severities: list[str], reasons: list[str], drift: bool = False) -> SimpleNamespace:
     return SimpleNamespace(
-        alerts=[SimpleNamespace(severity=s) for s in severities],
+        alerts=[SimpleNamespace(severity=s, episode_alert=1 + i % 2) for i, s in enumerate(severities)],
         rejected=[SimpleNamespace(reason=r) for r in reasons],
         scored=SimpleNamespace(score=np.array(scores), event_time_ms=np.arange(len(scores)) * 1000 + 1_700_000_000_000),
         n_valid=10,
@@ -109,13 +109,14 @@ def _stats(updates: int, weights: list[float]) -> SimpleNamespace:
 
 def test_observe_output_counts_everything() -> None:
     m = Metrics()
-    m.observe_output(2, _output([1.0, 30.0, float("nan")], ["critical"], ["decode", "late", "late"], drift=True),
-                     _stats(10, [0.7, 0.3]))
+    m.observe_output(2, _output([1.0, 30.0, float("nan")], ["critical", "major"], ["decode", "late", "late"],
+                                drift=True), _stats(10, [0.7, 0.3]))
     assert m.value("streamdetect_windows_scored_total") == 3
     assert m.value("streamdetect_anomaly_score_count") == 2  # NaN is not observed
     assert m.value("streamdetect_anomaly_score_bucket", le="2.5") == 1
     assert m.value("streamdetect_anomalies_total", severity="critical") == 1
     assert m.value("streamdetect_anomalies_total", severity="warning") == 0
+    assert m.value("streamdetect_anomaly_episodes_total") == 1  # the major alert continues the episode
     assert m.value("streamdetect_events_rejected_total", reason="late") == 2
     assert m.value("streamdetect_events_rejected_total", reason="decode") == 1
     assert m.value("streamdetect_events_late_total") == 2
