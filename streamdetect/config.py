@@ -59,6 +59,9 @@ class EventSchema:
     against ``max_amount``.
     ``time_format``: ``"auto"`` (RFC 3339 strings, epoch-millisecond numbers), ``"epoch_s"``,
     ``"epoch_ms"``, or a ``strptime`` pattern such as ``"%d/%m/%Y %H:%M"`` (UTC unless it has ``%z``).
+    A field name with dots (``"payload.amount"``, ``"after.store_id"``) is a path into nested
+    objects, as Kafka Connect's JSON envelope and change-data-capture records nest them; a key
+    that holds the dots literally wins.
     ``value_offset`` is added to every value of a value series before the features: a signed series
     (temperatures in degrees Celsius, differences) is on an interval scale, while the value
     features compare levels by their ratios; a value still below zero after it reads as zero.
@@ -102,6 +105,11 @@ class EventSchema:
         _require(self.max_amount > 0, "events.max_amount must be > 0")
         _require(self.max_value > 0, "events.max_value must be > 0")
         _require(self.max_quantity > 0, "events.max_quantity must be > 0")
+        for name in self.field_names:
+            _require(
+                "" not in name.split("."),
+                f"events: field name {name!r} has an empty path segment; write nested fields as 'payload.amount'",
+            )
         _require(math.isfinite(self.value_offset), "events.value_offset must be a finite number")
         _require(
             self.value_offset == 0.0 or (self.value_field is not None and self.count_field is None),
@@ -109,6 +117,29 @@ class EventSchema:
             " or leave value_offset at 0",
         )
         _require(self.min_time_ms < self.max_time_ms, "events.min_time_ms must be below events.max_time_ms")
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        """Every field the events are read from."""
+        names = (
+            self.time_field,
+            *self.key_fields,
+            self.sku_field,
+            self.channel_field,
+            self.quantity_field,
+            self.unit_price_field,
+            self.amount_field,
+            self.event_id_field,
+            self.currency_field,
+            self.value_field,
+            self.count_field,
+        )
+        return tuple(n for n in names if n is not None)
+
+    @property
+    def nested_fields(self) -> tuple[str, ...]:
+        """The fields that are paths into nested objects (names with dots)."""
+        return tuple(n for n in self.field_names if "." in n)
 
     @property
     def aggregated(self) -> bool:

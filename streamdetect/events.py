@@ -71,6 +71,7 @@ __all__ = [
     "Rejected",
     "decode_events",
     "decode_records",
+    "field_value",
     "parse_timestamp",
     "sku_hash",
     "time_parser",
@@ -530,6 +531,42 @@ def _parse_canonical(strs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return ms, ok
 
 
+def field_value(d: Mapping[str, Any], name: str, default: Any = None) -> Any:
+    """The value of field ``name`` of an event: the key itself when present, else, for a name with
+    dots, the path into nested objects; ``default`` when absent.
+
+    >>> field_value({"payload": {"store": {"id": "s1"}}}, "payload.store.id")
+    's1'
+    >>> field_value({"a.b": 1, "a": {"b": 2}}, "a.b"), field_value({"a": 3}, "a.b", "absent")
+    (1, 'absent')
+    """
+    if name in d:
+        return d[name]
+    if "." not in name:
+        return default
+    cur: Any = d
+    for part in name.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return default
+        cur = cur[part]
+    return cur
+
+
+_ABSENT = object()
+
+
+def _with_nested(objs: list[Any], names: tuple[str, ...]) -> list[Any]:
+    """Each event with its nested fields also under their dotted names, for the rules to read."""
+    out = []
+    for d in objs:
+        if isinstance(d, dict):
+            found = {n: v for n in names if n not in d and (v := field_value(d, n, _ABSENT)) is not _ABSENT}
+            if found:
+                d = {**d, **found}
+        out.append(d)
+    return out
+
+
 def _columns(
     objs: Sequence[Any], positions: Sequence[int] | None, schema: EventSchema, rejected: list[Rejected]
 ) -> EventBatch:
@@ -844,6 +881,8 @@ def decode_events(values: Sequence[bytes], schema: EventSchema) -> tuple[EventBa
     objs: list[object] = []
     with _gc_paused():
         _parse_many(vals, objs)
+        if schema.nested_fields:
+            objs = _with_nested(objs, schema.nested_fields)
         batch = _columns(objs, positions, schema, rejected)
         del objs
     if positions is not None:
@@ -867,5 +906,7 @@ def decode_records(records: Sequence[Mapping[str, Any]], schema: EventSchema) ->
     objs = records if isinstance(records, list) else list(records)
     rejected: list[Rejected] = []
     with _gc_paused():
+        if schema.nested_fields:
+            objs = _with_nested(objs, schema.nested_fields)
         batch = _columns(objs, None, schema, rejected)
     return batch, rejected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -550,3 +551,54 @@ def test_fast_path_matches_the_reference_rules(records: list[dict], allow_negati
         assert batch.index[r] == i
         assert batch.ts_ms[r] == ms and batch.keys[r] == key and batch.sku_hash[r] == h
         assert batch.amount[r] == float(amount) and batch.quantity[r] == float(quantity)
+
+
+def _payload(options: dict) -> dict:
+    fields = ("time_field", "sku_field", "quantity_field", "unit_price_field", "amount_field")
+    defaults = EventSchema()
+    nested: dict = {f: "payload." + getattr(defaults, f) for f in fields}
+    nested["key_fields"] = ("payload.store_id",)
+    for f in ("value_field", "count_field"):
+        if f in options:
+            nested[f] = "payload." + options[f]
+    return {**options, **nested}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_event_dicts, max_size=30), st.booleans(), _schemas)
+def test_nested_fields_read_as_the_same_events_flat(records: list[dict], allow_negative: bool, options: dict) -> None:
+    """Kafka Connect's JSON envelope ({"schema": ..., "payload": {...}}): with the fields named
+    'payload.ts', 'payload.store_id', ... every event is taken or rejected exactly as the same
+    event unwrapped is under the plain names (the reasons' details name the dotted fields)."""
+    flat_schema = EventSchema(allow_negative=allow_negative, **options)
+    nested_schema = EventSchema(allow_negative=allow_negative, **_payload(options))
+    wrapped = [{"schema": {"type": "struct"}, "payload": r} for r in records]
+    pairs = [(decode_records(wrapped, nested_schema), decode_records(records, flat_schema))]
+    # As Kafka message values (the standard library writes what orjson cannot: big ints, inf).
+    flat_values = [json.dumps(r).encode() for r in records]
+    values = [json.dumps(w).encode() for w in wrapped]
+    pairs.append((decode_events(values, nested_schema), decode_events(flat_values, flat_schema)))
+    for (batch, rejected), (flat_batch, flat_rejected) in pairs:
+        assert batch.index.tolist() == flat_batch.index.tolist()
+        assert batch.ts_ms.tolist() == flat_batch.ts_ms.tolist() and batch.keys == flat_batch.keys
+        assert batch.amount.tolist() == flat_batch.amount.tolist()
+        assert batch.quantity.tolist() == flat_batch.quantity.tolist()
+        assert [(r.index, r.reason) for r in rejected] == [(r.index, r.reason) for r in flat_rejected]
+        details = [r.detail.replace("payload.", "") for r in rejected if r.reason != RejectReason.DECODE]
+        assert details == [r.detail for r in flat_rejected if r.reason != RejectReason.DECODE]
+
+
+def test_a_change_data_capture_record_reads_its_after_image() -> None:
+    """Debezium's envelope: the row is under 'after'; a delete has none and is dead-lettered with
+    the missing field named, and a field name with an empty segment fails at start-up."""
+    schema = EventSchema(time_field="after.created_at", key_fields=("after.store_id",), amount_field="after.total")
+    insert = {"before": None, "after": {"created_at": "2026-03-01T12:00:00Z", "store_id": "s9", "total": 42.5},
+              "op": "c", "ts_ms": 1772366400123}
+    delete = {"before": insert["after"], "after": None, "op": "d"}
+    batch, rejected = decode_events([orjson.dumps(insert), orjson.dumps(delete)], schema)
+    assert batch.keys == [("s9",)] and batch.amount.tolist() == [42.5]
+    assert [(r.index, r.reason.value, r.detail) for r in rejected] == [
+        (1, "missing_field", "after.created_at: missing")
+    ]
+    with pytest.raises(ConfigError, match="empty path segment"):
+        EventSchema(amount_field="after..total")

@@ -34,8 +34,12 @@ def event_key(line: bytes, key_fields: Sequence[str]) -> bytes | None:
 
     >>> event_key(b'{"store_id": "s1", "x": 1}', ["store_id"]), event_key(b'oops', ["store_id"])
     (b's1', None)
+    >>> event_key(b'{"payload": {"store_id": 7}}', ["payload.store_id"])
+    b'7'
     """
     import orjson
+
+    from streamdetect.events import field_value
 
     try:
         event = orjson.loads(line)
@@ -43,7 +47,8 @@ def event_key(line: bytes, key_fields: Sequence[str]) -> bytes | None:
         return None
     if not isinstance(event, dict):
         return None
-    return "|".join("" if event.get(f) is None else str(event.get(f)) for f in key_fields).encode()
+    values = [field_value(event, f) for f in key_fields]
+    return "|".join("" if v is None else str(v) for v in values).encode()
 
 
 def produce_lines(producer: object, topic: str, lines: Iterable[bytes], key_fields: Sequence[str],
