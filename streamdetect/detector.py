@@ -174,6 +174,17 @@ _ROWS_PER_FEATURE = 50  # the least warm-up a mixture with full covariances is f
 _MIN_CALIBRATION = 100  # the fewest scores a threshold is calibrated on (threshold.n_init's floor)
 
 
+def warmup_needs(config: DetectorConfig) -> str:
+    """What ends the warm-up, in words.
+
+    >>> warmup_needs(DetectorConfig())
+    '5,000 windows, or 24 h of windows with at least 50 per model feature'
+    """
+    m = config.model
+    span = f"{m.warmup_span / 3600:g} h"
+    return f"{m.warmup:,} windows, or {span} of windows with at least {_ROWS_PER_FEATURE} per model feature"
+
+
 def _mean_sample(rnd: ClosedRound) -> ClosedRound:
     """A series' window as one sample: the mean of its samples (a level, not a sum of levels)."""
     c = np.maximum(rnd.count, 1.0)

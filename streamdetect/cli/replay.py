@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
 
     from streamdetect.alerts import format_time
     from streamdetect.config import ConfigError
-    from streamdetect.detector import Detector, DetectorOutput, ScoredWindows
+    from streamdetect.detector import Detector, DetectorOutput, ScoredWindows, warmup_needs
     from streamdetect.events import decode_events, decode_records
     from streamdetect.sources import (
         guess_time_format,
@@ -337,6 +337,9 @@ def run(args: argparse.Namespace) -> int:
         reason, _ = reasons.most_common(1)[0]
         print(f"no event was valid; the first {reason}: {first_detail[reason]}"
               " (--time-field, --time-format, --value-field and --key map the columns)", file=sys.stderr)
+    if not args.quiet and totals["valid"] and not detector.stats().warmed_up:
+        print(f"the model never finished its warm-up: it needs {warmup_needs(config)}; --warmup lowers the count",
+              file=sys.stderr)
     if not args.quiet:
         stats = detector.stats()
         print(
