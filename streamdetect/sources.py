@@ -252,7 +252,7 @@ def iter_csv_chunks(
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "wide.csv"
-    >>> _ = p.write_text("time,cpu,mem\n2024-03-01T00:00:00Z,12.5,\n")
+    >>> _ = p.write_text("time,cpu,mem\\n2024-03-01T00:00:00Z,12.5,\\n")
     >>> schema = EventSchema(time_field="time", value_field="value", key_fields=("series",))
     >>> next(iter_csv_chunks(p, schema, series_columns=["cpu", "mem"]))
     [{'time': '2024-03-01T00:00:00Z', 'series': 'cpu', 'value': 12.5}]

@@ -91,8 +91,9 @@ def _gpd_log_likelihood(y: np.ndarray, gamma: float, sigma: float) -> float:
 def _grimshaw_w(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``u(x) v(x) - 1`` for every x of a grid (the stationarity condition of the GPD likelihood)."""
     s = 1.0 + np.multiply.outer(x, y)
-    u = (1.0 / s).mean(axis=-1)
-    v = 1.0 + np.log(s).mean(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # the interval's end can round s to 0
+        u = (1.0 / s).mean(axis=-1)
+        v = 1.0 + np.log(s).mean(axis=-1)
     return np.asarray(u * v - 1.0)
 
 
@@ -142,7 +143,7 @@ def fit_gpd(excesses: np.ndarray) -> tuple[float, float, float]:
     y_min, y_max = float(y.min()), float(y.max())
     if y_max > y_min:
         roots = _roots(y, -1.0 / y_max + _EPS, -_EPS, logspace=False)
-        upper = 2.0 * (mean - y_min) / (y_min * y_min)
+        upper = 2.0 * (mean - y_min) / max(y_min * y_min, 1e-300)  # the square underflows below 1e-154
         roots += _roots(y, _EPS, min(upper, 1e12), logspace=True)
         for x in roots:
             gamma = float(np.log1p(x * y).mean())
@@ -165,9 +166,11 @@ def _sigma_for_shape(y: np.ndarray, gamma: float) -> float:
     def score(sigma: float) -> float:  # d log-likelihood / d sigma, times sigma: decreasing
         return float((1.0 + gamma) * (y / (sigma + gamma * y)).sum()) - n
 
-    y_max = float(y.max())
-    lo = max(-gamma * y_max, 0.0) * (1.0 + 1e-9) + _EPS * max(y_max, _EPS)
-    hi = (1.0 + abs(gamma)) * float(y.sum()) + lo
+    # The score is positive as sigma falls to its lower bound (0 for gamma > 0, where every term
+    # tends to 1 / gamma; -gamma * max(y) for gamma < 0, where the largest term diverges) and tends
+    # to -n as sigma grows.
+    lo = gamma * float(y.min()) * 1e-6 if gamma > 0 else -gamma * float(y.max()) * (1.0 + 1e-9)
+    hi = (1.0 + abs(gamma)) * float(y.sum()) + lo + _EPS
     return float(brentq(score, lo, hi))
 
 
@@ -196,7 +199,10 @@ def shrunk_gpd(excesses: np.ndarray) -> tuple[float, float]:
         return gamma, sigma
     information = len(y) / (1.0 + gamma) ** 2
     shrunk = gamma * information / (information + 1.0 / _SHAPE_PRIOR_SD**2)
-    return shrunk, _sigma_for_shape(y, shrunk)
+    try:
+        return shrunk, _sigma_for_shape(y, shrunk)
+    except ValueError:  # no bracket found in floating point: keep the maximum-likelihood fit
+        return gamma, sigma
 
 
 def _tail_quantile(t: float, gamma: float, sigma: float, risk: float, n: float, n_peaks: float) -> float:

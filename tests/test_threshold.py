@@ -7,10 +7,20 @@ import math
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamdetect.config import ConfigError, DriftConfig, ModelConfig, ThresholdConfig
 from streamdetect.drift import ScoreDriftMonitor, psi
-from streamdetect.threshold import DSPOT, SPOT, QuantileThreshold, fit_gpd, make_threshold, threshold_from_state
+from streamdetect.threshold import (
+    DSPOT,
+    SPOT,
+    QuantileThreshold,
+    fit_gpd,
+    make_threshold,
+    shrunk_gpd,
+    threshold_from_state,
+)
 
 
 def gpd_sample(rng: np.random.Generator, gamma: float, sigma: float, n: int) -> np.ndarray:
@@ -277,3 +287,16 @@ def test_score_window_keeps_its_sorted_copy_exact_across_pushes():
             w.push(x)
             w.survival(np.array([0.0]))  # the sorted copy exists from here on
             assert np.array_equal(w._sorted, np.sort(w.values[: w.n]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.floats(min_value=1e-300, max_value=1e12, allow_nan=False, allow_infinity=False), min_size=1, max_size=200
+    )
+)
+def test_the_tail_fit_never_raises(excesses: list[float]) -> None:
+    """Whatever the excesses (tiny, huge, repeated), the shrunk fit returns a finite shape and a
+    positive scale: a failed fit would stop the service (a bracketing failure did, on NAB)."""
+    gamma, sigma = shrunk_gpd(np.array(excesses))
+    assert math.isfinite(gamma) and math.isfinite(sigma) and sigma > 0
