@@ -13,6 +13,10 @@ CSV rules:
   (``"007"`` is a store id, not 7); empty cells are absent, cells beyond the header ignored;
 * when *none* of the key fields is a column (e.g. a ``timestamp,value`` series), every row gets
   the constant key :data:`SERIES_KEY` in each key field; when only some are, that is an error;
+* the delimiter is the comma, or a semicolon, tab or bar when the header holds more of those; with
+  one of those, a number with a comma has it as its decimal mark (``12,5`` is 12.5 and
+  ``1.234,5`` is 1234.5, as spreadsheets in many locales write them), while one without keeps
+  the dot as its decimal point;
 * a missing time column is an error (a :class:`~streamdetect.config.ConfigError`) rather than a
   file where every row is rejected.
 
@@ -233,6 +237,33 @@ def _number(cell: str) -> Any:
     return cell
 
 
+# 12,5 and 1.234,5 (dots group thousands where the comma is the decimal mark).
+_DECIMAL_COMMA = re.compile(r"[+-]?(?:\d{1,3}(?:\.\d{3})+|\d+),\d+", re.ASCII)
+
+
+def _number_decimal_comma(cell: str) -> Any:
+    """A cell where the comma may be the decimal mark: a cell with a comma reads it so (dots then
+    group thousands); one without is read as usual (a dot is a decimal point).
+
+    >>> [_number_decimal_comma(c) for c in ("12,5", "-1.234,5", "7", "0.25", "n/a")]
+    [12.5, -1234.5, 7, 0.25, 'n/a']
+    """
+    if "," in cell:
+        return float(cell.replace(".", "").replace(",", ".")) if _DECIMAL_COMMA.fullmatch(cell) else cell
+    return _number(cell)
+
+
+def _delimiter(header_line: str) -> str:
+    """The header's delimiter: the comma, or a semicolon, tab or bar when the header has more of those.
+
+    >>> _delimiter("date;value\\n"), _delimiter("time\\tcpu\\n"), _delimiter("a,b;c,d\\n")
+    (';', '\\t', ',')
+    """
+    counts = {d: header_line.count(d) for d in (",", ";", "\t", "|")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > counts[","] else ","
+
+
 def iter_csv_chunks(
     path: PathArg,
     schema: EventSchema,
@@ -268,11 +299,12 @@ def iter_csv_chunks(
     raw = _open_binary(path)
     text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
     try:
-        reader = csv.reader(text)
-        header = next(reader, None)
-        if header is None:
+        first_line = text.readline()
+        if not first_line.strip():
             return
-        header = [h.strip() for h in header]
+        delimiter = _delimiter(first_line)
+        header = [h.strip() for h in next(csv.reader([first_line], delimiter=delimiter))]
+        reader = csv.reader(text, delimiter=delimiter)
         if schema.time_field not in header:
             raise ConfigError(
                 f"{os.fspath(path)}: no column {schema.time_field!r} (events.time_field) in the CSV"
@@ -293,7 +325,8 @@ def iter_csv_chunks(
         keep_text = {*schema.key_fields, schema.sku_field, schema.event_id_field}
         keep_text |= {schema.channel_field, schema.currency_field}
         convert = [h not in keep_text for h in header]
-        number = _number
+        # With another delimiter than the comma, the comma is the decimal mark (European exports).
+        number = _number if delimiter == "," else _number_decimal_comma
         chunk: list[dict[str, Any]] = []
         for row in reader:
             if not row:

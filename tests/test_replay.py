@@ -211,9 +211,11 @@ def test_epoch_seconds_are_read_as_such(tmp_path, capsys):
     assert "no event was valid; the first bad_timestamp: timestamp: 1 is outside" in capsys.readouterr().err
 
 
-def test_a_daily_series_of_dates_works_on_defaults(tmp_path, capsys):
+@pytest.mark.parametrize("locale", ["en", "de"])
+def test_a_daily_series_of_dates_works_on_defaults(tmp_path, capsys, locale):
     """Daily sales totals dated ``2015-01-01`` (no time of day, which RFC 3339 requires): replay
-    finds the format, sizes the windows to a day, and the day sales fell to 30 % alerts."""
+    finds the format, sizes the windows to a day, and the day sales fell to 30 % alerts. The same
+    from a spreadsheet in a German locale: semicolons, decimal commas, dots grouping thousands."""
     rng = np.random.default_rng(1)
     days = np.arange(700)
     weekend = (days + 3) % 7 >= 5  # 2015-01-01 was a Thursday
@@ -221,7 +223,14 @@ def test_a_daily_series_of_dates_works_on_defaults(tmp_path, capsys):
     sales[600] *= 0.3  # 2016-08-23
     start = np.datetime64("2015-01-01")
     src = tmp_path / "daily.csv"
-    src.write_text("date,sales\n" + "".join(f"{start + int(d)},{v:.2f}\n" for d, v in zip(days, sales, strict=True)))
+    if locale == "en":
+        rows = [f"{start + int(d)},{v:.2f}\n" for d, v in zip(days, sales, strict=True)]
+        src.write_text("date,sales\n" + "".join(rows))
+    else:
+        rows = [f"{start + int(d)};{v:,.2f}\n".replace(",", " ").replace(".", ",").replace(" ", ".")
+                for d, v in zip(days, sales, strict=True)]
+        assert rows[0].count(";") == 1 and "," in rows[0]
+        src.write_text("date;sales\n" + "".join(rows))
     alerts_path = tmp_path / "alerts.jsonl"
     fields = ["--time-field", "date", "--value-field", "sales"]
     assert main(["replay", str(src), *fields, "--alerts", str(alerts_path)]) == 0
