@@ -300,11 +300,13 @@ def iter_csv_chunks(
     text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
     try:
         first_line = text.readline()
-        if not first_line.strip():
+        if not first_line:
             return
         delimiter = _delimiter(first_line)
-        header = [h.strip() for h in next(csv.reader([first_line], delimiter=delimiter))]
+        header = [h.strip() for h in next(csv.reader([first_line], delimiter=delimiter), [])]
         reader = csv.reader(text, delimiter=delimiter)
+        if not any(header):
+            raise ConfigError(f"{os.fspath(path)}: the first line is empty; a CSV starts with its header row")
         if schema.time_field not in header:
             raise ConfigError(
                 f"{os.fspath(path)}: no column {schema.time_field!r} (events.time_field) in the CSV"

@@ -118,6 +118,9 @@ def test_csv_header_errors(tmp_path: Path) -> None:
     p.write_text("ts,store_id,amount\n2024-03-01T12:00:00Z,s,1\n")
     with pytest.raises(ConfigError, match="region"):
         list(iter_csv_chunks(p, EventSchema(key_fields=("store_id", "region"))))
+    p.write_text("\nts,store_id,amount\n2024-03-01T12:00:00Z,s,1\n")
+    with pytest.raises(ConfigError, match="the first line is empty"):
+        list(iter_csv_chunks(p, EventSchema()))
 
 
 def test_csv_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
