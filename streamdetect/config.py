@@ -59,6 +59,8 @@ class EventSchema:
     against ``max_amount``.
     ``time_format``: ``"auto"`` (RFC 3339 strings, epoch-millisecond numbers), ``"epoch_s"``,
     ``"epoch_ms"``, or a ``strptime`` pattern such as ``"%d/%m/%Y %H:%M"`` (UTC unless it has ``%z``).
+    ``numeric_strings`` reads numbers written as JSON strings (``"199.00"``, as some shop
+    platforms send money) instead of rejecting them as ``bad_type``.
     A field name with dots (``"payload.amount"``, ``"after.store_id"``) is a path into nested
     objects, as Kafka Connect's JSON envelope and change-data-capture records nest them; a key
     that holds the dots literally wins.
@@ -85,6 +87,7 @@ class EventSchema:
     max_value: float = 1e15
     max_quantity: float = 1e6
     allow_negative: bool = False
+    numeric_strings: bool = False
     value_offset: float = 0.0
     min_time_ms: int = 946_684_800_000  # 2000-01-01: anything earlier is a broken clock, not a sale
     max_time_ms: int = 4_102_444_800_000  # 2100-01-01

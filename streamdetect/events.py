@@ -341,12 +341,24 @@ class _DecodeFailure:
         self.detail = detail
 
 
-def _number(d: Mapping[str, Any], field: str, required: bool) -> float | int | None:
+_INT_TEXT = re.compile(r"[+-]?\d+", re.ASCII)
+_FLOAT_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
+def _number(d: Mapping[str, Any], field: str, required: bool, strings: bool = False) -> float | int | None:
     v = d.get(field)
     if v is None:
         if required:
             raise _Invalid(RejectReason.MISSING_FIELD, f"{field}: missing")
         return None
+    if isinstance(v, str):
+        text = v.strip()
+        numeric = _FLOAT_TEXT.fullmatch(text) is not None
+        if strings and numeric:
+            v = int(text) if _INT_TEXT.fullmatch(text) else float(text)
+        else:
+            hint = " (events.numeric_strings reads numbers written as strings)" if numeric else ""
+            raise _Invalid(RejectReason.BAD_TYPE, f"{field}: expected a number, got {_show(v)}{hint}")
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise _Invalid(RejectReason.BAD_TYPE, f"{field}: expected a number, got {_show(v)}")
     if isinstance(v, numbers.Integral):
@@ -373,7 +385,7 @@ def _check_range(field: str, v: float, limit: float | None, schema: EventSchema)
 
 def _series_value(d: Mapping[str, Any], field: str, schema: EventSchema) -> float | int:
     """A series row's value: required, a number, within ``max_value``."""
-    value = _number(d, field, required=True)
+    value = _number(d, field, required=True, strings=schema.numeric_strings)
     assert value is not None
     _check_range(field, value, schema.max_value, schema)
     return value
@@ -436,7 +448,7 @@ def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], flo
 
     if schema.count_field is not None:
         # A count series: the row is that many sales, the value (if any) their total amount.
-        count = _number(d, schema.count_field, required=True)
+        count = _number(d, schema.count_field, required=True, strings=schema.numeric_strings)
         assert count is not None
         if count < 0 or count != int(count):
             raise _Invalid(
@@ -449,10 +461,11 @@ def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], flo
     if schema.value_field is not None:
         return ms, tuple(keys), _series_value(d, schema.value_field, schema), 1, 0
 
-    amount = _number(d, schema.amount_field, required=False)
+    strings = schema.numeric_strings
+    amount = _number(d, schema.amount_field, required=False, strings=strings)
     if amount is None:
-        quantity = _number(d, schema.quantity_field, required=True)
-        price = _number(d, schema.unit_price_field, required=True)
+        quantity = _number(d, schema.quantity_field, required=True, strings=strings)
+        price = _number(d, schema.unit_price_field, required=True, strings=strings)
         assert quantity is not None and price is not None
         _check_range(schema.quantity_field, quantity, schema.max_quantity, schema)
         _check_range(schema.unit_price_field, price, None, schema)
@@ -465,7 +478,7 @@ def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], flo
             )
     else:
         _check_range(schema.amount_field, amount, schema.max_amount, schema)
-        quantity = _number(d, schema.quantity_field, required=False)
+        quantity = _number(d, schema.quantity_field, required=False, strings=strings)
         if quantity is None:
             quantity = 1
         else:

@@ -528,6 +528,8 @@ _schemas = st.sampled_from([
     {"value_field": "amount"},
     {"count_field": "quantity"},
     {"count_field": "quantity", "value_field": "amount", "time_format": "epoch_s"},
+    {"numeric_strings": True},
+    {"numeric_strings": True, "count_field": "quantity"},
 ])
 
 
@@ -602,3 +604,20 @@ def test_a_change_data_capture_record_reads_its_after_image() -> None:
     ]
     with pytest.raises(ConfigError, match="empty path segment"):
         EventSchema(amount_field="after..total")
+
+
+def test_numbers_written_as_strings_are_read_when_asked() -> None:
+    """Some shop platforms send money as strings ("199.00"). By default that is a bad_type whose
+    detail names the setting; with events.numeric_strings the event is taken, and a string that is
+    not a number is still refused."""
+    shop = {"ts": "2026-03-01T12:00:00-05:00", "store_id": "s1", "amount": "199.00", "quantity": "2"}
+    values = [orjson.dumps(shop), orjson.dumps({**shop, "amount": "12,5"}), orjson.dumps({**shop, "amount": " 7 "})]
+    batch, rejected = decode_events(values, EventSchema())
+    assert len(batch) == 0 and {r.reason for r in rejected} == {RejectReason.BAD_TYPE}
+    assert "events.numeric_strings" in rejected[0].detail
+    batch, rejected = decode_events(values, EventSchema(numeric_strings=True))
+    assert batch.index.tolist() == [0, 2] and batch.amount.tolist() == [199.0, 7.0]
+    assert batch.quantity.tolist() == [2.0, 2.0]
+    assert [(r.index, r.reason, r.detail) for r in rejected] == [
+        (1, RejectReason.BAD_TYPE, "amount: expected a number, got '12,5'")
+    ]
