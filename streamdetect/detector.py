@@ -177,12 +177,15 @@ _MIN_CALIBRATION = 100  # the fewest scores a threshold is calibrated on (thresh
 def warmup_needs(config: DetectorConfig) -> str:
     """What ends the warm-up, in words.
 
-    >>> warmup_needs(DetectorConfig())
-    '5,000 windows, or 24 h of windows with at least 50 per model feature'
+    >>> warmup_needs(DetectorConfig()).split(" (")[0]
+    '5,000 scorable windows, or 24 h of them with at least 50 per model feature'
     """
     m = config.model
     span = f"{m.warmup_span / 3600:g} h"
-    return f"{m.warmup:,} windows, or {span} of windows with at least {_ROWS_PER_FEATURE} per model feature"
+    return (
+        f"{m.warmup:,} scorable windows, or {span} of them with at least {_ROWS_PER_FEATURE} per model feature"
+        " (a key's windows are scorable once its seasonal baseline is trusted)"
+    )
 
 
 def _mean_sample(rnd: ClosedRound) -> ClosedRound:

@@ -202,7 +202,7 @@ def test_epoch_seconds_are_read_as_such(tmp_path, capsys):
     rows = "".join(f"{(1_767_225_600 + 300 * i) * 1000},{i % 7}.5\n" for i in range(99))
     short.write_text("timestamp,value\n" + rows)
     assert main(["replay", str(short), "--time-field", "timestamp", "--value-field", "value"]) == 0
-    assert "the model never finished its warm-up: it needs 5,000 windows, or 24 h" in capsys.readouterr().err
+    assert "the model never finished its warm-up: it needs 5,000 scorable windows, or 24 h" in capsys.readouterr().err
 
     # Row numbers are no time in any unit: nothing is guessed, and replay says what was wrong.
     numbered = tmp_path / "numbered.csv"

@@ -193,21 +193,61 @@ def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
 
+def _fit_to_input(args: argparse.Namespace, config: Any, first: list[Any], fmt: str) -> Any:
+    """The configuration, adapted to what the file's first chunk shows (each decision said on stderr):
+    its time format when the default does not read it, and for an aggregated series its spacing
+    (the window size), whether its values are counts, and the shift of a signed series."""
+    from streamdetect.events import decode_events, decode_records
+    from streamdetect.sources import guess_time_format, looks_like_counts, median_spacing_s, signed_offset
+
+    def say(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr)
+
+    if args.time_format is None and config.events.time_format == "auto":
+        tf = config.events.time_field
+        sample = first[:1000] if fmt == "csv" else [_loads_or_none(v) for v in first[:1000]]
+        times = [row.get(tf) for row in sample if isinstance(row, dict)]
+        guessed = guess_time_format(times, config.events.min_time_ms, config.events.max_time_ms)
+        if guessed is not None:
+            args.time_format = guessed
+            config = build_config(args)
+            say(f"the times read as --time-format {guessed!r} (give --time-format to decide)")
+    values_only = config.events.value_field is not None and config.events.count_field is None
+    explicit_offset = _value_offset(args.value_offset, values_only)
+    if not config.events.aggregated:
+        return config
+    # One sample per window, so the windows take the series' spacing. The first rows are read with
+    # negative values let in, to see whether the series is signed.
+    schema = replace(config.events, allow_negative=True)
+    batch, _ = decode_records(first, schema) if fmt == "csv" else decode_events(first, schema)
+    spacing = median_spacing_s(batch.ts_ms)
+    as_counts = values_only and (
+        args.series_kind == "counts"
+        or (args.series_kind == "auto" and explicit_offset is None and looks_like_counts(batch.amount))
+    )
+    offset = explicit_offset
+    if offset is None and values_only and not as_counts and not config.events.value_offset:
+        offset = signed_offset(batch.ts_ms, batch.amount, config.model.warmup_span) or None
+    if spacing is not None or as_counts or offset is not None:
+        config = build_config(args, spacing, as_counts, offset)
+    if spacing is not None and config.windows.size == spacing:
+        say(f"series sampled every {spacing:g} s: windows of {spacing:g} s (--window overrides)")
+    if as_counts and args.series_kind == "auto":
+        say("the values are whole numbers: read as counts (--series-kind values keeps them values)")
+    if offset is not None and explicit_offset is None:
+        say(f"the series has negative values: read shifted by {offset:+g}, one first-day spread above its"
+            " lowest (--value-offset overrides)")
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
     import orjson
 
     from streamdetect.alerts import format_time
     from streamdetect.config import ConfigError
     from streamdetect.detector import Detector, DetectorOutput, ScoredWindows, warmup_needs
-    from streamdetect.events import decode_events, decode_records
-    from streamdetect.sources import (
-        guess_time_format,
-        iter_csv_chunks,
-        iter_jsonl_chunks,
-        looks_like_counts,
-        median_spacing_s,
-        signed_offset,
-    )
+    from streamdetect.sources import iter_csv_chunks, iter_jsonl_chunks
 
     config = build_config(args)
     fmt = args.format or ("csv" if args.input.endswith((".csv", ".csv.gz")) else "jsonl")
@@ -220,42 +260,8 @@ def run(args: argparse.Namespace) -> int:
         else iter_jsonl_chunks(args.input, args.chunk_size)
     )
     first = next(chunks, None)
-    if first is not None and args.time_format is None and config.events.time_format == "auto":
-        tf = config.events.time_field
-        sample = first[:1000] if fmt == "csv" else [_loads_or_none(v) for v in first[:1000]]
-        times = [row.get(tf) for row in sample if isinstance(row, dict)]
-        guessed = guess_time_format(times, config.events.min_time_ms, config.events.max_time_ms)
-        if guessed is not None:
-            args.time_format = guessed
-            config = build_config(args)
-            if not args.quiet:
-                print(f"the times read as --time-format {guessed!r} (give --time-format to decide)", file=sys.stderr)
-    values_only = config.events.value_field is not None and config.events.count_field is None
-    explicit_offset = _value_offset(args.value_offset, values_only)
-    if config.events.aggregated and first is not None:
-        # An aggregated series: one sample per window, so the windows take the series' spacing.
-        # Its first rows are read with negative values let in, to see whether it is signed.
-        schema = replace(config.events, allow_negative=True)
-        batch, _ = decode_records(first, schema) if fmt == "csv" else decode_events(first, schema)
-        spacing = median_spacing_s(batch.ts_ms)
-        as_counts = values_only and (
-            args.series_kind == "counts"
-            or (args.series_kind == "auto" and explicit_offset is None and looks_like_counts(batch.amount))
-        )
-        offset = explicit_offset
-        if offset is None and values_only and not as_counts:
-            offset = signed_offset(batch.ts_ms, batch.amount, config.model.warmup_span) or None
-        if spacing is not None or as_counts or offset is not None:
-            config = build_config(args, spacing, as_counts, offset)
-        if not args.quiet and spacing is not None and config.windows.size == spacing:
-            print(f"series sampled every {spacing:g} s: windows of {spacing:g} s (--window overrides)",
-                  file=sys.stderr)
-        if not args.quiet and as_counts and args.series_kind == "auto":
-            print("the values are whole numbers: read as counts (--series-kind values keeps them values)",
-                  file=sys.stderr)
-        if not args.quiet and offset is not None and explicit_offset is None:
-            print(f"the series has negative values: read shifted by {offset:+g}, one first-day spread above its"
-                  " lowest (--value-offset overrides)", file=sys.stderr)
+    if first is not None:
+        config = _fit_to_input(args, config, first, fmt)
     detector = Detector(config)
     alerts_out = args.alerts.open("wb") if args.alerts else None
     rejects_out = args.rejects.open("wb") if args.rejects else None
