@@ -188,6 +188,16 @@ def warmup_needs(config: DetectorConfig) -> str:
     )
 
 
+def calibration_needs(config: DetectorConfig) -> str:
+    """What ends the threshold's calibration, in words.
+
+    >>> calibration_needs(DetectorConfig())
+    '2,000 scores, or 24 h of them and at least 100'
+    """
+    t = config.threshold
+    return f"{t.n_init:,} scores, or {t.calibration_span / 3600:g} h of them and at least {_MIN_CALIBRATION}"
+
+
 def _mean_sample(rnd: ClosedRound) -> ClosedRound:
     """A series' window as one sample: the mean of its samples (a level, not a sum of levels)."""
     c = np.maximum(rnd.count, 1.0)

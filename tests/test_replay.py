@@ -204,6 +204,12 @@ def test_epoch_seconds_are_read_as_such(tmp_path, capsys):
     assert main(["replay", str(short), "--time-field", "timestamp", "--value-field", "value"]) == 0
     assert "the model never finished its warm-up: it needs 5,000 scorable windows, or 24 h" in capsys.readouterr().err
 
+    # Long enough to warm up, too short to calibrate the threshold: replay says so.
+    rows = "".join(f"{(1_767_225_600 + 300 * i) * 1000},{50 + i % 7}.5\n" for i in range(3 * 288))
+    short.write_text("timestamp,value\n" + rows)
+    assert main(["replay", str(short), "--time-field", "timestamp", "--value-field", "value"]) == 0
+    assert "the threshold never finished its calibration, so nothing could alert" in capsys.readouterr().err
+
     # Row numbers are no time in any unit: nothing is guessed, and replay says what was wrong.
     numbered = tmp_path / "numbered.csv"
     numbered.write_text("timestamp,value\n" + "".join(f"{i},{i % 7}.5\n" for i in range(1, 200)))

@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
 
     from streamdetect.alerts import format_time
     from streamdetect.config import ConfigError
-    from streamdetect.detector import Detector, DetectorOutput, ScoredWindows, warmup_needs
+    from streamdetect.detector import Detector, DetectorOutput, ScoredWindows, calibration_needs, warmup_needs
     from streamdetect.sources import iter_csv_chunks, iter_jsonl_chunks
 
     config = build_config(args)
@@ -346,6 +346,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet and totals["valid"] and not detector.stats().warmed_up:
         print(f"the model never finished its warm-up: it needs {warmup_needs(config)}; --warmup lowers the count",
               file=sys.stderr)
+    elif not args.quiet and totals["valid"] and math.isinf(detector.stats().threshold):
+        print(f"the threshold never finished its calibration, so nothing could alert: it needs"
+              f" {calibration_needs(config)}; --calibration lowers the count", file=sys.stderr)
     if not args.quiet:
         stats = detector.stats()
         print(
