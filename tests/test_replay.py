@@ -278,6 +278,18 @@ def test_a_wide_metrics_export_is_one_series_per_column(tmp_path, capsys):
     assert "series columns ['disk'] are not in the CSV header" in capsys.readouterr().err
 
 
+def test_money_written_as_strings_is_read_when_asked(tmp_path, capsys):
+    events, _ = generate(GeneratorConfig(stores=2, days=1, seed=3, malformed_fraction=0.0))
+    src = tmp_path / "shop.jsonl"
+    as_text = [{**e, **{k: f"{e[k]:.2f}" for k in ("amount", "unit_price") if k in e}} for e in events[:500]]
+    src.write_bytes(b"\n".join(orjson.dumps(e) for e in as_text))
+    assert main(["replay", str(src)]) == 0
+    err = capsys.readouterr().err
+    assert "no event was valid" in err and "events.numeric_strings" in err
+    assert main(["replay", str(src), "--numeric-strings"]) == 0
+    assert "rejected 0" in capsys.readouterr().err
+
+
 def test_bad_configuration_fails_with_a_message(tmp_path, events_file, capsys):
     assert main(["replay", str(events_file), "--window", "0.5"]) == 2
     assert "windows.size" in capsys.readouterr().err

@@ -65,6 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--count-field",
         help="aggregated series of sales counts: each row is this many sales (with --value-field: their revenue)",
     )
+    g.add_argument(
+        "--numeric-strings",
+        action="store_true",
+        default=None,
+        help='read numbers written as JSON strings ("199.00") instead of rejecting them as bad_type',
+    )
     g.add_argument("--key", help="comma-separated key fields (default store_id)")
     g.add_argument("--amount-field", help="amount field (default amount)")
     g.add_argument("--quantity-field", help="quantity field (default quantity)")
@@ -127,6 +133,7 @@ def build_config(
     put("events", "quantity_field", args.quantity_field)
     put("events", "unit_price_field", args.price_field)
     put("events", "sku_field", args.sku_field)
+    put("events", "numeric_strings", args.numeric_strings)
     put("windows", "size", args.window)
     if series_spacing is not None:
         table.setdefault("windows", {}).setdefault("size", series_spacing)
