@@ -118,34 +118,44 @@ _TIME_FORMATS = (
 
 
 def guess_time_format(times: Sequence[Any], min_time_ms: int, max_time_ms: int) -> str | None:
-    """The ``events.time_format`` that reads every time of a sample, when ``"auto"`` does not.
+    """The ``events.time_format`` that reads a sample's times, when ``"auto"`` does not.
 
-    None when ``"auto"`` reads them all (RFC 3339, epoch milliseconds) or nothing else does;
-    missing times (None) are left out.
-    Epoch seconds and milliseconds cannot both be valid between 2000 and 2100, so numeric times
-    are told apart by their size.
+    A format reads the sample when it reads all its times but one in a hundred (a few broken rows
+    are the decoder's to reject, with their reason). None when ``"auto"`` reads it (RFC 3339,
+    epoch milliseconds) or nothing else does; missing times (None) are left out. Epoch seconds
+    and milliseconds cannot both be valid between 2000 and 2100, so numeric times are told apart
+    by their size.
 
-    >>> guess_time_format([1416726000, 1416729600.5], 946_684_800_000, 4_102_444_800_000)
+    >>> lo, hi = 946_684_800_000, 4_102_444_800_000
+    >>> guess_time_format([1416726000, 1416729600.5], lo, hi)
     'epoch_s'
-    >>> guess_time_format(["2013-01-01", "2013-01-02"], 946_684_800_000, 4_102_444_800_000)
+    >>> guess_time_format(["2013-01-01", "2013-01-02"], lo, hi)
     '%Y-%m-%d'
-    >>> guess_time_format(["12/1/2010 8:26", "12/13/2010 9:01"], 946_684_800_000, 4_102_444_800_000)
+    >>> guess_time_format(["12/1/2010 8:26"] * 120 + ["oops"], lo, hi)
     '%m/%d/%Y %H:%M'
-    >>> guess_time_format(["2013-01-01T00:00:00Z", 1416726000000], 946_684_800_000, 4_102_444_800_000) is None
+    >>> guess_time_format(["2013-01-01T00:00:00Z", 1416726000000], lo, hi) is None
     True
     """
     from streamdetect.events import parse_timestamp, time_parser
 
-    def reads_all(parse: Any) -> bool:
-        try:
-            return all(min_time_ms <= parse(t) < max_time_ms for t in times)
-        except (ValueError, TypeError, OverflowError):
-            return False
-
     times = [t for t in times if t is not None]  # a missing time is rejected whatever the format
-    if not times or reads_all(parse_timestamp):
+    allowed = len(times) // 100
+
+    def reads(parse: Any) -> bool:
+        failed = 0
+        for t in times:
+            try:
+                ok = min_time_ms <= parse(t) < max_time_ms
+            except (ValueError, TypeError, OverflowError):
+                ok = False
+            failed += not ok
+            if failed > allowed:
+                return False
+        return True
+
+    if not times or reads(parse_timestamp):
         return None
-    return next((fmt for fmt in _TIME_FORMATS if reads_all(time_parser(fmt))), None)
+    return next((fmt for fmt in _TIME_FORMATS if reads(time_parser(fmt))), None)
 
 
 def signed_offset(ts_ms: Any, values: Any, span_s: float = 86_400.0) -> float:
