@@ -72,6 +72,7 @@ __all__ = [
     "decode_events",
     "decode_records",
     "field_value",
+    "parse_number",
     "parse_timestamp",
     "sku_hash",
     "time_parser",
@@ -345,6 +346,19 @@ _INT_TEXT = re.compile(r"[+-]?\d+", re.ASCII)
 _FLOAT_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
 
+def parse_number(text: str) -> int | float | None:
+    """The number a text writes (a CSV cell, a JSON string holding a number), or None.
+
+    >>> parse_number("12"), parse_number("-0.5e3"), parse_number("12,5"), parse_number(" 7")
+    (12, -500.0, None, None)
+    """
+    if _INT_TEXT.fullmatch(text):
+        return int(text)
+    if _FLOAT_TEXT.fullmatch(text):
+        return float(text)
+    return None
+
+
 def _number(d: Mapping[str, Any], field: str, required: bool, strings: bool = False) -> float | int | None:
     v = d.get(field)
     if v is None:
@@ -352,13 +366,11 @@ def _number(d: Mapping[str, Any], field: str, required: bool, strings: bool = Fa
             raise _Invalid(RejectReason.MISSING_FIELD, f"{field}: missing")
         return None
     if isinstance(v, str):
-        text = v.strip()
-        numeric = _FLOAT_TEXT.fullmatch(text) is not None
-        if strings and numeric:
-            v = int(text) if _INT_TEXT.fullmatch(text) else float(text)
-        else:
-            hint = " (events.numeric_strings reads numbers written as strings)" if numeric else ""
+        parsed = parse_number(v.strip())
+        if not strings or parsed is None:
+            hint = " (events.numeric_strings reads numbers written as strings)" if parsed is not None else ""
             raise _Invalid(RejectReason.BAD_TYPE, f"{field}: expected a number, got {_show(v)}{hint}")
+        v = parsed
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise _Invalid(RejectReason.BAD_TYPE, f"{field}: expected a number, got {_show(v)}")
     if isinstance(v, numbers.Integral):

@@ -43,6 +43,7 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any, Literal
 
 from streamdetect.config import ConfigError, EventSchema
+from streamdetect.events import parse_number, parse_timestamp, time_parser
 
 __all__ = [
     "SERIES_KEY",
@@ -92,8 +93,6 @@ def looks_like_counts(values: Any) -> bool:
     return bool(np.all(np.isfinite(v) & (v >= 0) & (v == np.round(v))))
 
 
-_INT = re.compile(r"[+-]?\d+", re.ASCII)
-_FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
 PathArg = str | os.PathLike[str]
 
@@ -136,8 +135,6 @@ def guess_time_format(times: Sequence[Any], min_time_ms: int, max_time_ms: int) 
     >>> guess_time_format(["2013-01-01T00:00:00Z", 1416726000000], lo, hi) is None
     True
     """
-    from streamdetect.events import parse_timestamp, time_parser
-
     times = [t for t in times if t is not None]  # a missing time is rejected whatever the format
     allowed = len(times) // 100
 
@@ -240,11 +237,8 @@ def iter_jsonl_chunks(path: PathArg, chunk_size: int = 50_000) -> Iterator[list[
 
 
 def _number(cell: str) -> Any:
-    if _INT.fullmatch(cell):
-        return int(cell)
-    if _FLOAT.fullmatch(cell):
-        return float(cell)
-    return cell
+    number = parse_number(cell)
+    return cell if number is None else number
 
 
 # 12,5 and 1.234,5 (dots group thousands where the comma is the decimal mark).
