@@ -115,7 +115,7 @@ class EventSchema:
             )
         _require(math.isfinite(self.value_offset), "events.value_offset must be a finite number")
         _require(
-            self.value_offset == 0.0 or (self.value_field is not None and self.count_field is None),
+            self.value_offset == 0.0 or self.value_series,
             "events.value_offset shifts a value series: set events.value_field (without events.count_field),"
             " or leave value_offset at 0",
         )
@@ -143,6 +143,11 @@ class EventSchema:
     def nested_fields(self) -> tuple[str, ...]:
         """The fields that are paths into nested objects (names with dots)."""
         return tuple(n for n in self.field_names if "." in n)
+
+    @property
+    def value_series(self) -> bool:
+        """Rows are samples of a value series (``value_field`` without ``count_field``): levels, not sales."""
+        return self.value_field is not None and self.count_field is None
 
     @property
     def aggregated(self) -> bool:

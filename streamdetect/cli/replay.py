@@ -220,7 +220,7 @@ def _fit_to_input(args: argparse.Namespace, config: Any, first: list[Any], fmt: 
             args.time_format = guessed
             config = build_config(args)
             say(f"the times read as --time-format {guessed!r} (give --time-format to decide)")
-    values_only = config.events.value_field is not None and config.events.count_field is None
+    values_only = config.events.value_series
     explicit_offset = _value_offset(args.value_offset, values_only)
     if not config.events.aggregated:
         return config
