@@ -260,7 +260,7 @@ class Detector:
         self._episode_start = np.zeros(0, dtype=np.int64)  # first window of the key's last episode (-1: unknown)
         self._cooldown = 2 * cfg.features.context_windows
         # A value series' samples are levels (a window of several is their mean); counts add up.
-        self._samples_are_levels = cfg.events.value_field is not None and cfg.events.count_field is None
+        self._samples_are_levels = cfg.events.value_series
         # Per key, the factor a value series' samples are multiplied by (0: no sample yet).
         self._unit = np.zeros(0)
         self.windows_scored = 0
@@ -322,13 +322,16 @@ class Detector:
     def _run(
         self, batch: EventBatch, rejected: list[Rejected], now_ms: int | None, flush: bool = False
     ) -> DetectorOutput:
+        # A value series' amounts are rescaled per key: the key ids serve both.
+        key_ids = self.windows.keys.ids(batch.keys) if self._samples_are_levels and len(batch) else None
         late = self.windows.add(
             batch.ts_ms,
             batch.keys,
-            amount=self._in_units(batch),
+            amount=self._in_units(batch, key_ids),
             quantity=batch.quantity,
             sku_hash=batch.sku_hash,
             count=batch.count,
+            key_ids=key_ids,
         )
         if len(late):
             wm = self.windows.watermark_ms
@@ -365,22 +368,21 @@ class Detector:
             drift_detected=drift,
         )
 
-    def _in_units(self, batch: EventBatch) -> np.ndarray:
-        """The amounts; a value series' samples shifted by ``events.value_offset`` (floored at zero)
-        and rescaled per key when its first sample is below 1.
+    def _in_units(self, batch: EventBatch, kid: np.ndarray | None) -> np.ndarray:
+        """The amounts; a value series' samples (``kid``: their key ids) shifted by
+        ``events.value_offset`` (floored at zero) and rescaled per key when its first sample is below 1.
 
         The value features work on ``log1p`` of values and ratios smoothed by a typical value plus
         one: in a series of fractions, rates or seconds they would be flattened into noise. The
         factor is fixed per key at its first non-zero sample (so the result does not depend on the
         batching); alerts report values in the series' own units.
         """
-        if not self._samples_are_levels or len(batch) == 0:
+        if kid is None:  # not a value series, or no event
             return batch.amount
         amount = batch.amount
         offset = self.config.events.value_offset
         if offset:
             amount = np.maximum(amount + offset, 0.0)
-        kid = self.windows.keys.ids(batch.keys)
         self._grow_per_key(int(kid.max()) + 1)
         fresh = np.flatnonzero((self._unit[kid] == 0.0) & (amount != 0.0))
         if len(fresh):

@@ -266,11 +266,13 @@ class WindowAggregator:
         quantity: np.ndarray,
         sku_hash: np.ndarray,
         count: np.ndarray | None = None,
+        key_ids: np.ndarray | None = None,
     ) -> np.ndarray:
         """Add valid events (in arrival order); return the positions of the late ones.
 
         ``count`` makes each event that many sales with ``amount`` their total (a count series);
-        their tickets count as that many tickets of the mean amount.
+        their tickets count as that many tickets of the mean amount. ``key_ids`` are the keys' ids
+        (``self.keys.ids(keys)``) when the caller has looked them up already.
 
         An event is late when every window it belongs to had already closed at its arrival, by
         the watermark of the events before it (so the verdict does not depend on batching).
@@ -291,7 +293,8 @@ class WindowAggregator:
         watermark = before - lateness
         self.max_event_ms = int(max(before[0], ts.max()))
 
-        key_ids = self.keys.ids(keys)
+        if key_ids is None:
+            key_ids = self.keys.ids(keys)
         self._ensure_key_capacity()
 
         replicas = size // hop
