@@ -13,10 +13,20 @@ One model serves keys of very different size, so every model feature compares a 
   times the key's level today relative to that baseline.
 * ``revenue_ratio`` -- log ratio of revenue to its expectation, smoothed by one typical ticket.
 * ``mean_ticket_z`` / ``max_ticket_z`` -- the window's mean and max log ticket against the key's
-  ticket distribution (a t-like statistic; the max is corrected by the expected maximum of ``c``
-  normal draws), which catches price glitches and floods of tiny tickets.
-* ``units_per_event_ratio``, ``distinct_skus_ratio`` -- basket size and assortment breadth against
-  the key's recent values.
+  ticket distribution (the max is corrected by the expected maximum of ``c`` normal draws), which
+  catches price glitches and floods of tiny tickets.
+* ``units_per_event_z`` -- the window's mean log1p(units per sale) against the key's basket sizes.
+  The mean z-scores allow for sales that come together: the variance of a window's mean of ``n``
+  sales is ``v / n + tau^2 (1 - 1/n)``, where ``tau^2`` is what a window's sales share (an
+  invoice's lines, one customer's pack size), learned per key as the variance of the window means
+  beyond ``v / n`` (one-way random effects). Without it, the lines of one invoice count as ``n``
+  independent witnesses and an ordinary invoice pages.
+* ``distinct_skus_z`` -- of a window's sales after its first, those that brought a SKU not yet
+  sold in it: a binomial count against the key's usual share, on Anscombe's variance-stabilising
+  arcsine scale and allowing for the key's intra-window correlation, so that it means the same for
+  a shop of one best-seller and one of a thousand items: a bot buying one SKU thirty times is far
+  out, one repeat among a handful of sales is mild. (``units_per_event_ratio`` and
+  ``distinct_skus_ratio``, the plain log ratios to recent values, stay available.)
 * ``count_context_z``, ``revenue_context_ratio`` -- the same over the last ``context_windows``
   windows, which makes sustained small deviations (a store selling nothing at a quiet hour, a
   level shift) visible; the sums restart after an alert.
@@ -56,7 +66,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from streamdetect.config import ConfigError, EventSchema, FeatureConfig, WindowConfig
-from streamdetect.windows import ClosedRound
+from streamdetect.windows import SKETCH_BITS, ClosedRound
 
 __all__ = [
     "AVAILABLE_FEATURES",
@@ -73,6 +83,8 @@ AVAILABLE_FEATURES: tuple[str, ...] = (
     "revenue_ratio",
     "mean_ticket_z",
     "max_ticket_z",
+    "units_per_event_z",
+    "distinct_skus_z",
     "units_per_event_ratio",
     "distinct_skus_ratio",
     "count_context_z",
@@ -113,8 +125,10 @@ _EXPLAINED_AS: dict[str, str] = {
     "mean_ticket": "mean_ticket",
     "max_ticket_z": "max_ticket",
     "max_ticket": "max_ticket",
+    "units_per_event_z": "units_per_sale",
     "units_per_event_ratio": "units_per_sale",
     "units": "units_per_sale",
+    "distinct_skus_z": "distinct_skus",
     "distinct_skus_ratio": "distinct_skus",
     "distinct_skus": "distinct_skus",
     "count_context_z": "count_recent_windows",
@@ -126,7 +140,8 @@ _EXPLAINED_AS: dict[str, str] = {
 
 # What needs single sales (baskets, assortment, the largest ticket): a count series has totals only.
 PER_EVENT_FEATURES: frozenset[str] = frozenset({
-    "units_per_event_ratio", "units", "distinct_skus_ratio", "distinct_skus", "max_ticket_z", "max_ticket",
+    "units_per_event_z", "units_per_event_ratio", "units", "distinct_skus_z", "distinct_skus_ratio", "distinct_skus",
+    "max_ticket_z", "max_ticket",
 })
 # What describes sales rather than values: in a value series every window holds exactly one
 # sample by construction, so the counts say nothing there (and their jitter would only add noise).
@@ -145,7 +160,7 @@ def unavailable_features(schema: EventSchema) -> frozenset[str]:
     """The features the events of ``schema`` say nothing about (left out of the model).
 
     >>> sorted(unavailable_features(EventSchema(count_field="orders")))[:3]
-    ['distinct_skus', 'distinct_skus_ratio', 'log_revenue']
+    ['distinct_skus', 'distinct_skus_ratio', 'distinct_skus_z']
     >>> unavailable_features(EventSchema()) == frozenset()
     True
     """
@@ -173,8 +188,41 @@ _PHI_PRIOR_WINDOWS = 120.0
 _PHI_HALF_LIFE_S = 86_400.0
 _DOW_VAR = 0.1  # variance of log day-of-week factors (about +-30 %), unknown until a week is seen
 _PHI_FLOOR = 0.02  # no expected rate is known better than about +-14 %
+# Between-window variance of a per-sale mean (tickets, basket sizes): a prior of no extra
+# variance worth this many windows of evidence.
+_TAU_PRIOR_WINDOWS = 5.0
+# Intra-window correlation of new SKUs (a beta-binomial's rho): a prior of none, worth this many
+# extra sales.
+_SHARE_RHO_PRIOR = 20.0
+_SHARE_CLIP = 1e-3  # no key's share of new SKUs is taken as exactly 0 or 1
 _INT_ARRAYS = ("ctx_pos", "last_start", "how_hour", "scan_n", "scan_pos")
 _CTX_ARRAYS = ("ctx_count", "ctx_exp_count", "ctx_rev", "ctx_exp_rev")
+
+
+@dataclass
+class _SaleMean:
+    """A window's mean of a per-sale quantity (log ticket, log units) against the key's distribution."""
+
+    dev: np.ndarray  # window mean minus the key's mean
+    per_sale_var: np.ndarray  # the key's variance of one sale
+    var: np.ndarray  # variance of the window's mean (what its sales share included)
+    seen: np.ndarray  # bool: the window has sales and the key a distribution
+
+    @property
+    def z(self) -> np.ndarray:
+        return np.where(self.seen, self.dev / np.sqrt(self.var), 0.0)
+
+
+@dataclass
+class _NewSkus:
+    """Of a window's sales after its first, those that brought a SKU not yet sold in the window,
+    against the key's usual share of them."""
+
+    z: np.ndarray  # variance-stabilised and allowing for the key's intra-window correlation
+    raw: np.ndarray  # the same under a plain binomial (what the correlation is learned from)
+    trials: np.ndarray  # sales after the first
+    expected_distinct: np.ndarray
+    seen: np.ndarray  # bool: two sales or more, and the key has a usual share
 
 
 @dataclass
@@ -195,6 +243,11 @@ class WindowFeatures:
     trend_poisson_var: np.ndarray  # its variance if counts were Poisson around the expectation
     scan: dict[str, np.ndarray]  # running totals since the scan restarted, stored by update()
     scan_z: np.ndarray  # count_scan_z
+    # The per-sale means and the new SKUs, from which update() learns what a window's sales share
+    # (None where no configured feature needs them).
+    ticket: _SaleMean
+    units: _SaleMean | None
+    new_skus: _NewSkus | None
 
     @cached_property
     def expected(self) -> dict[str, np.ndarray]:
@@ -216,18 +269,45 @@ def _anscombe_z(count: np.ndarray, expected: np.ndarray, phi: np.ndarray) -> np.
     return raw / np.sqrt(1.0 + phi * np.maximum(expected, 0.0))
 
 
+def _between_variance(excess_sum: np.ndarray, weight_sum: np.ndarray) -> np.ndarray:
+    """The between-window variance of a per-sale mean (the moment estimator of a one-way random
+    effects model), shrunk towards 0 by a prior worth ``_TAU_PRIOR_WINDOWS`` windows."""
+    return np.maximum(excess_sum, 0.0) / (weight_sum + _TAU_PRIOR_WINDOWS)
+
+
+def _mean_variance(per_sale_var: np.ndarray, between_var: np.ndarray | float, n: np.ndarray) -> np.ndarray:
+    """Variance of the mean of ``n`` sales of one window: ``v / n`` if sales were independent,
+    plus what they share within the window (an invoice's lines, a customer's basket, the hour's
+    mood), ``tau^2 (1 - 1/n)``, so that a window of correlated sales is not taken for ``n``
+    independent witnesses.
+
+    >>> _mean_variance(np.array([1.0, 1.0]), np.array([0.0, 0.5]), np.array([4.0, 4.0])).tolist()
+    [0.25, 0.625]
+    """
+    n_safe = np.maximum(n, 1.0)
+    return per_sale_var / n_safe + between_var * (1.0 - 1.0 / n_safe)
+
+
+def _sketch_variance(distinct: np.ndarray) -> np.ndarray:
+    """Variance of the linear-counting estimate of ``distinct`` SKUs in the windows' bitmap (Whang
+    et al., 1990): about 0.1 at 16 SKUs, 1 at 45, tens once the bitmap fills."""
+    t = np.minimum(np.maximum(distinct, 0.0) / SKETCH_BITS, 20.0)
+    return SKETCH_BITS * (np.exp(t) - t - 1.0)
+
+
 class FeatureExtractor:
     """Per-key baselines in flat arrays indexed by key id; see the module docstring.
 
     Examples
     --------
     >>> import numpy as np
-    >>> from streamdetect.windows import ClosedRound
+    >>> from streamdetect.windows import SKETCH_BITS, ClosedRound
     >>> fx = FeatureExtractor(FeatureConfig(), WindowConfig())
     >>> def rnd(start, count):
     ...     c = np.array([count], dtype=float)
     ...     return ClosedRound(start, start + 60_000, np.array([0]), c, 10 * c, np.where(c > 0, 10.0, 0),
-    ...                        c, c, c * np.log1p(10.0), c * np.log1p(10.0) ** 2, np.array([start]))
+    ...                        c, c, c * np.log1p(10.0), c * np.log1p(10.0) ** 2, np.array([start]),
+    ...                        c * np.log(2.0), c * np.log(2.0) ** 2)
     >>> for m in range(30):
     ...     r = rnd(m * 60_000, 5.0); f = fx.transform(r); fx.update(r, f, np.array([True]))
     >>> f = fx.transform(rnd(30 * 60_000, 0.0))
@@ -250,6 +330,13 @@ class FeatureExtractor:
             )
         # An aggregated series lacks what single sales carry: those features are left out.
         self.names: tuple[str, ...] = tuple(f for f in self.config.features if f not in unavailable)
+        # In an aggregated series a row's sales all carry its mean ticket: the spread of tickets
+        # within a window, and so what a window's sales share, cannot be seen there.
+        self._single_sales = not (PER_EVENT_FEATURES & unavailable)
+        # Baselines only the configured features need (each costs a few array passes per round).
+        self._basket_z = "units_per_event_z" in self.names
+        self._new_skus_z = "distinct_skus_z" in self.names
+        self._ratios = bool({"units_per_event_ratio", "distinct_skus_ratio"} & set(self.names))
         if not self.names:
             raise ConfigError(
                 f"features.features: {', '.join(self.config.features)} all need what these events do not carry"
@@ -299,6 +386,17 @@ class FeatureExtractor:
         "tk_w": (),
         "tk_s1": (),
         "tk_s2": (),
+        "tk_tau_a": (),
+        "tk_tau_b": (),
+        "uq_w": (),
+        "uq_s1": (),
+        "uq_s2": (),
+        "uq_tau_a": (),
+        "uq_tau_b": (),
+        "ds_w": (),
+        "ds_s": (),
+        "ds_tau_a": (),
+        "ds_tau_b": (),
         "upe": (),
         "upe_n": (),
         "dsr": (),
@@ -388,6 +486,12 @@ class FeatureExtractor:
         c_safe = np.maximum(c, 1.0)
         mean_log_ticket = rnd.log_ticket_sum / c_safe
         expected_max_z = np.where(c > 1, ndtri((c_safe - 0.375) / (c_safe + 0.25)), 0.0)
+        # In an aggregated series a row's sales all carry its mean ticket: there is nothing to learn
+        # about what a window's tickets share.
+        ticket = self._sale_mean("tk", k, mean_log_ticket - mu, sigma * sigma, c, has_tickets & sold,
+                                 between=self._single_sales)
+        units = self._basket(k, rnd, c) if self._basket_z else None
+        new_skus = self._new_skus(k, rnd, c) if self._new_skus_z else None
 
         # Short-horizon context: this window plus the previous ones, reset after a gap.
         contiguous = a["last_start"][k] == rnd.start_ms - self.windows.hop_ms
@@ -442,10 +546,11 @@ class FeatureExtractor:
 
         mean_ticket = np.where(sold, r / c_safe, 0.0)
         units_per_event = np.where(sold, rnd.units / c_safe, 0.0)
-        log_upe = np.log(np.maximum(units_per_event, 1e-9))
-        log_dsr = np.log((rnd.distinct_skus + 1.0) / (c + 1.0))
-        upe_base = np.where(a["upe_n"][k] > 0, a["upe"][k], log_upe)
-        dsr_base = np.where(a["dsr_n"][k] > 0, a["dsr"][k], log_dsr)
+        if self._ratios:
+            log_upe = np.log(np.maximum(units_per_event, 1e-9))
+            log_dsr = np.log((rnd.distinct_skus + 1.0) / (c + 1.0))
+            upe_base = np.where(a["upe_n"][k] > 0, a["upe"][k], log_upe)
+            dsr_base = np.where(a["dsr_n"][k] > 0, a["dsr"][k], log_dsr)
         angle_h = 2 * np.pi * ((rnd.start_ms / 3_600_000.0) % 24) / 24
         angle_w = 2 * np.pi * (((rnd.start_ms / 86_400_000.0) + 3) % 7) / 7
         n = len(k)
@@ -453,10 +558,12 @@ class FeatureExtractor:
         computed: dict[str, Any] = {
             "count_z": lambda: _anscombe_z(c, expected_count, phi),
             "revenue_ratio": lambda: np.log((r + typical_ticket) / (expected_rev + typical_ticket)),
-            "mean_ticket_z": lambda: np.where(sold, (mean_log_ticket - mu) * np.sqrt(c_safe) / sigma, 0.0),
+            "mean_ticket_z": lambda: ticket.z,
             "max_ticket_z": lambda: np.where(
                 sold, (np.log1p(rnd.max_ticket) - mu) / sigma - expected_max_z, 0.0
             ),
+            "units_per_event_z": lambda: units.z,  # type: ignore[union-attr]  # set when configured
+            "distinct_skus_z": lambda: new_skus.z,  # type: ignore[union-attr]
             "units_per_event_ratio": lambda: np.where(sold, log_upe - upe_base, 0.0),
             "distinct_skus_ratio": lambda: np.where(sold, log_dsr - dsr_base, 0.0),
             "count_context_z": lambda: _anscombe_z(ctx_c, ctx_e, phi),
@@ -503,14 +610,25 @@ class FeatureExtractor:
             "revenue_recent_hour": trend["tr_rev"],
             "count_scan": scan_count,
         }
+        def expected_units() -> np.ndarray:
+            if units is not None:  # E[units] of a sale whose log1p is about normal
+                mu_u = np.log1p(units_per_event) - units.dev
+                return np.where(units.seen, np.exp(mu_u + units.per_sale_var / 2.0) - 1.0, units_per_event)
+            return np.exp(upe_base) if self._ratios else units_per_event
+
+        def expected_distinct() -> np.ndarray:
+            if new_skus is not None:
+                return np.where(new_skus.seen, new_skus.expected_distinct, rnd.distinct_skus)
+            return np.exp(dsr_base) * (c + 1.0) - 1.0 if self._ratios else rnd.distinct_skus
+
         def expected() -> dict[str, np.ndarray]:  # only alerts need these: computed on demand
             return {
                 "count": expected_count,
                 "revenue": expected_rev,
                 "mean_ticket": np.where(has_tickets, np.expm1(mu), mean_ticket),
                 "max_ticket": np.where(has_tickets, np.expm1(mu + sigma * expected_max_z), rnd.max_ticket),
-                "units_per_sale": np.exp(upe_base),
-                "distinct_skus": np.exp(dsr_base) * (c + 1.0) - 1.0,
+                "units_per_sale": expected_units(),
+                "distinct_skus": expected_distinct(),
                 "count_recent_windows": ctx_e,
                 "revenue_recent_windows": ctx_er,
                 "count_recent_hour": trend["tr_exp_count"],
@@ -533,6 +651,56 @@ class FeatureExtractor:
             trend_poisson_var=trend_poisson_var,
             scan=scan,
             scan_z=scan_z,
+            ticket=ticket,
+            units=units,
+            new_skus=new_skus,
+        )
+
+    def _sale_mean(
+        self, prefix: str, k: np.ndarray, dev: np.ndarray, per_sale_var: np.ndarray, n: np.ndarray,
+        seen: np.ndarray, between: bool = True,
+    ) -> _SaleMean:
+        a = self._arrays
+        tau2 = _between_variance(a[prefix + "_tau_a"][k], a[prefix + "_tau_b"][k]) if between else 0.0
+        return _SaleMean(dev, per_sale_var, _mean_variance(per_sale_var, tau2, n), seen)
+
+    def _basket(self, k: np.ndarray, rnd: ClosedRound, c: np.ndarray) -> _SaleMean:
+        """Basket size: the window's mean log1p(units per sale) against the key's, as for the tickets."""
+        a = self._arrays
+        w = a["uq_w"][k]
+        known = w > 1.0
+        mu = np.where(known, a["uq_s1"][k] / np.maximum(w, 1e-12), 0.0)
+        var = np.maximum(np.where(known, a["uq_s2"][k] / np.maximum(w, 1e-12) - mu * mu, 1.0), _SIGMA_FLOOR**2)
+        dev = rnd.log_units_sum / np.maximum(c, 1.0) - mu
+        return self._sale_mean("uq", k, dev, var, c, known & (c > 0))
+
+    def _new_skus(self, k: np.ndarray, rnd: ClosedRound, c: np.ndarray) -> _NewSkus:
+        """Assortment: of the ``n = c - 1`` sales after a window's first, the ``x`` that brought a
+        SKU not yet sold in it, against the key's usual share ``p``: a binomial count, judged on
+        Anscombe's variance-stabilising scale ``2 sqrt(n) (asin sqrt((x + 3/8) / (n + 3/4)) -
+        asin sqrt(p))``, about N(0, 1) whatever ``p`` (a shop of one best-seller or of a thousand
+        items) and with the right tails for small counts: thirty sales of one SKU where each
+        usually brings a new one are far out, one repeat among a handful is mild. It is divided by
+        ``sqrt(1 + (n - 1) rho)``, ``rho`` the key's intra-window correlation (a customer who buys
+        several of one item), plus the sketch's own counting error (which a collision of two SKUs
+        can be, where real repeats are rarer still)."""
+        a = self._arrays
+        n = np.maximum(c - 1.0, 0.0)
+        n_safe = np.maximum(n, 1.0)
+        share = np.clip(a["ds_s"][k] / np.maximum(a["ds_w"][k], 1e-12), _SHARE_CLIP, 1.0 - _SHARE_CLIP)
+        new = np.clip(rnd.distinct_skus - 1.0, 0.0, n)
+        raw = 2.0 * np.sqrt(n) * (np.arcsin(np.sqrt((new + 0.375) / (n + 0.75))) - np.arcsin(np.sqrt(share)))
+        expected_distinct = np.where(c > 0, 1.0 + n * share, 0.0)
+        binomial_var = n_safe * share * (1.0 - share)
+        rho = np.maximum(a["ds_tau_a"][k], 0.0) / (a["ds_tau_b"][k] + _SHARE_RHO_PRIOR)
+        inflation = 1.0 + (n - 1.0).clip(0.0) * rho + _sketch_variance(expected_distinct) / binomial_var
+        seen = (a["ds_w"][k] > 1.0) & (n > 0)
+        return _NewSkus(
+            z=np.where(seen, raw / np.sqrt(inflation), 0.0),
+            raw=raw,
+            trials=n,
+            expected_distinct=expected_distinct,
+            seen=seen,
         )
 
     def explained_quantity(self, feature: str) -> str:
@@ -638,10 +806,27 @@ class FeatureExtractor:
         a["tk_w"][k] = a["tk_w"][k] * d + c
         a["tk_s1"][k] = a["tk_s1"][k] * d + rnd.log_ticket_sum[sel]
         a["tk_s2"][k] = a["tk_s2"][k] * d + rnd.log_ticket_sq_sum[sel]
+        if self._single_sales:
+            self._learn_sale_mean("tk", k, feats.ticket, sel, c)
+        if feats.units is not None:
+            a["uq_w"][k] = a["uq_w"][k] * d + c
+            a["uq_s1"][k] = a["uq_s1"][k] * d + rnd.log_units_sum[sel]
+            a["uq_s2"][k] = a["uq_s2"][k] * d + rnd.log_units_sq_sum[sel]
+            self._learn_sale_mean("uq", k, feats.units, sel, c)
+        if feats.new_skus is not None:
+            more = np.maximum(c - 1.0, 0.0)
+            a["ds_w"][k] = a["ds_w"][k] * d + more
+            a["ds_s"][k] = a["ds_s"][k] * d + np.clip(rnd.distinct_skus[sel] - 1.0, 0.0, more)
+            # Intra-window correlation: a beta-binomial's variance is the binomial's times
+            # 1 + (n - 1) rho, so E[raw^2 - 1] = rho E[n - 1] (moment estimate).
+            ns = feats.new_skus
+            seen = ns.seen[sel] & (more >= 2)
+            a["ds_tau_a"][k] = a["ds_tau_a"][k] * d + np.where(seen, ns.raw[sel] ** 2 - 1.0, 0.0)
+            a["ds_tau_b"][k] = a["ds_tau_b"][k] * d + np.where(seen, more - 1.0, 0.0)
 
-        sold = c > 0
-        ks = k[sold]
-        if len(ks):
+        if self._ratios:
+            sold = c > 0
+            ks = k[sold]
             cs = c[sold]
             for name, target in (
                 ("upe", np.log(np.maximum(rnd.units[sel][sold] / cs, 1e-9))),
@@ -651,6 +836,17 @@ class FeatureExtractor:
                 rate_s = np.maximum(1.0 / nn, self._level_rate)
                 a[f"{name}_n"][ks] = nn
                 a[name][ks] += rate_s * (target - a[name][ks])
+
+    def _learn_sale_mean(self, prefix: str, k: np.ndarray, m: _SaleMean, sel: np.ndarray, c: np.ndarray) -> None:
+        """What a window's sales share: from windows of two sales or more against a known
+        distribution, the squared deviation of their mean beyond what ``v / n`` explains, per unit
+        of ``1 - 1/n`` (exponentially weighted like the tickets)."""
+        a, d = self._arrays, self._ticket_decay
+        seen = m.seen[sel] & (c >= 2)
+        c_safe = np.maximum(c, 1.0)
+        excess = np.where(seen, m.dev[sel] ** 2 - m.per_sale_var[sel] / c_safe, 0.0)
+        a[prefix + "_tau_a"][k] = a[prefix + "_tau_a"][k] * d + excess
+        a[prefix + "_tau_b"][k] = a[prefix + "_tau_b"][k] * d + np.where(seen, 1.0 - 1.0 / c_safe, 0.0)
 
     def _learn_bucket(
         self, prefix: str, bucket: int, k: np.ndarray, c: np.ndarray, r: np.ndarray, weight: np.ndarray
@@ -669,7 +865,8 @@ class FeatureExtractor:
     # ------------------------------------------------------------------ state
     def to_state(self) -> dict[str, Any]:
         return {
-            "version": 1,
+            "version": 2,
+            "names": list(self.names),
             "arrays": {name: arr.tolist() for name, arr in self._arrays.items()},
         }
 
@@ -681,9 +878,19 @@ class FeatureExtractor:
         windows: WindowConfig | None = None,
         unavailable: frozenset[str] = frozenset(),
     ) -> FeatureExtractor:
-        if state.get("version") != 1:
+        if state.get("version") == 1:
+            # Version 1 did not record its features, and its default basket and assortment
+            # features were ratios where version 2's are z-scores: a model fitted on those would
+            # misread the new ones. The caller starts afresh (the service: a new warm-up).
+            raise ValueError("feature state from an older release (version 1): its features cannot be checked")
+        if state.get("version") != 2:
             raise ValueError(f"unsupported feature state version {state.get('version')!r}")
         fx = cls(config, windows, unavailable)
+        if tuple(state["names"]) != fx.names:
+            raise ValueError(
+                f"the state's features ({', '.join(state['names'])}) are not the configured ones"
+                f" ({', '.join(fx.names)}): its model cannot score them"
+            )
         for name, values in state["arrays"].items():
             dtype = np.int64 if name in _INT_ARRAYS else np.float64
             arr = np.array(values, dtype=dtype)

@@ -26,7 +26,7 @@ def make_round(start_ms: int, counts: np.ndarray, rng: np.random.Generator, tick
     counts = counts.astype(float)
     return ClosedRound(
         start_ms, start_ms + MIN, np.arange(n), counts, rev, mx, counts * 1.5,
-        np.minimum(counts, 10.0), s1, s2, np.full(n, start_ms),
+        np.minimum(counts, 10.0), s1, s2, np.full(n, start_ms), counts * np.log1p(1.5), counts * np.log1p(1.5) ** 2,
     )
 
 
@@ -247,3 +247,91 @@ def test_trend_z_restarts_after_a_flagged_window_and_allows_for_overdispersion()
     after = fx.transform(rnd)
     assert after.trend["tr_count"][0] == 20.0  # only the new window
     assert after.values[1, 0] > 1.0  # the unflagged key keeps its evidence
+
+
+def sales_round(start_ms: int, sales: list[list[tuple[float, float, str]]]) -> ClosedRound:
+    """A round from each key's sales (ticket, units, SKU), aggregated as the windows do."""
+    from streamdetect.events import sku_hash
+    from streamdetect.windows import estimate_distinct, sku_bits
+
+    n = len(sales)
+    agg = {f: np.zeros(n) for f in ("count", "rev", "mx", "units", "s1", "s2", "u1", "u2")}
+    bits = np.zeros((n, 16), dtype=np.uint64)
+    for i, key_sales in enumerate(sales):
+        for ticket, units, sku in key_sales:
+            lt, lu = np.log1p(ticket), np.log1p(units)
+            for f, v in (("count", 1), ("rev", ticket), ("units", units), ("s1", lt), ("s2", lt * lt),
+                         ("u1", lu), ("u2", lu * lu)):
+                agg[f][i] += v
+            agg["mx"][i] = max(agg["mx"][i], ticket)
+            word, bit = sku_bits(np.array([sku_hash(sku)], dtype=np.uint64))
+            bits[i, word[0]] |= bit[0]
+    return ClosedRound(
+        start_ms, start_ms + MIN, np.arange(n), agg["count"], agg["rev"], agg["mx"], agg["units"],
+        estimate_distinct(bits), agg["s1"], agg["s2"], np.full(n, start_ms), agg["u1"], agg["u2"],
+    )
+
+
+def test_per_sale_features_allow_for_sales_that_come_together():
+    # Key 0 sells independent items; key 1 sells invoices: a window's lines share the customer's
+    # price level and pack size. Judged as independent sales, key 1's means would be many sigma
+    # off every few windows; with the between-window variance they stay about N(0, 1).
+    rng = np.random.default_rng(5)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+
+    def window(m: int) -> ClosedRound:
+        c = rng.poisson(8.0, 2)
+        level, pack = rng.normal(0, 0.8), rng.choice([1, 6, 12, 24])
+        iid = [(float(np.exp(rng.normal(3, 0.8))), float(rng.choice([1, 6, 12, 24])), f"s{rng.integers(10**6)}")
+               for _ in range(c[0])]
+        invoice = [(float(np.exp(3 + level + rng.normal(0, 0.2))), float(pack), f"s{rng.integers(10**6)}")
+                   for _ in range(c[1])]
+        return sales_round(m * MIN, [iid, invoice])
+
+    zs, naive = [], []
+    for m in range(1500):
+        rnd = window(m)
+        f = fx.transform(rnd)
+        if m >= 600:
+            zs.append(f.values[:, [column(fx, "mean_ticket_z"), column(fx, "units_per_event_z")]])
+            t = f.ticket
+            naive.append(np.where(t.seen, t.dev * np.sqrt(rnd.count) / np.sqrt(t.per_sale_var), np.nan))
+        fx.update(rnd, f, np.ones(2, dtype=bool))
+    sd = np.array(zs).std(axis=0)  # (key, feature)
+    assert np.all((sd > 0.6) & (sd < 1.5)), sd
+    assert np.nanstd(np.array(naive)[:, 1]) > 2.5  # what the invoices would have looked like
+
+
+def test_repeated_skus_are_judged_by_how_unlikely_they_are():
+    rng = np.random.default_rng(6)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    col = column(fx, "distinct_skus_z")
+
+    def sales(c: int, sku=None) -> list[tuple[float, float, str]]:
+        return [(20.0, 1.0, sku or f"s{rng.integers(5000)}") for _ in range(c)]
+
+    zs = []
+    for m in range(900):
+        rnd = sales_round(m * MIN, [sales(int(rng.poisson(8)))])
+        f = fx.transform(rnd)
+        fx.update(rnd, f, np.array([True]))
+        if m >= 300:
+            zs.append(f.values[0, col])
+    # SKUs from 5,000 rarely repeat within a window: nothing in the ordinary ones pages.
+    assert min(zs) > -3.5 and np.std(zs) < 1.2, (min(zs), np.std(zs))
+    one_repeat = fx.transform(sales_round(900 * MIN, [sales(7) + sales(1, "s1") + sales(1, "s1")]))
+    bot = fx.transform(sales_round(900 * MIN, [sales(30, "same")]))
+    # One repeat among nine sales from 5,000 SKUs happens about once in 140 windows, and the sketch
+    # itself merges two of nine SKUs about once in 60: unusual, not alarming.
+    assert -3.0 < one_repeat.values[0, col] < -1.0
+    assert bot.values[0, col] < -6.0
+    assert bot.expected["distinct_skus"][0] > 25 and bot.observed["distinct_skus"][0] < 1.5
+
+
+def test_a_state_of_other_features_is_refused():
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    state = orjson.loads(orjson.dumps(fx.to_state()))
+    with pytest.raises(ValueError, match="not the configured ones"):
+        FeatureExtractor.from_state(state, FeatureConfig(features=("count_z", "revenue_ratio")))
+    with pytest.raises(ValueError, match="older release"):
+        FeatureExtractor.from_state({**state, "version": 1})
