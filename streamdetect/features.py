@@ -10,7 +10,12 @@ One model serves keys of very different size, so every model feature compares a 
   ``_PHI_FLOOR``): a busy key's ordinary ups and downs are not a quiet key's anomaly. The
   expectation is the key's seasonal baseline (hour of week once that hour has been seen in an
   earlier week, else hour of day, with the day-of-week effect counted as unknown in ``phi``)
-  times the key's level today relative to that baseline.
+  times the key's level today relative to that baseline. Sales that come in clumps (an
+  invoice's lines, a basket scanned at once, a producer's batch) are counted in clumps: ``c / D``
+  against ``lambda / D``, ``D`` the key's index of dispersion (variance over mean of its window
+  counts, learned from consecutive windows, at least 1), so that an ordinary invoice of 24 lines
+  is not a spike and an hour without one is still an outage. Every count feature and the key's
+  level do the same.
 * ``revenue_ratio`` -- log ratio of revenue to its expectation, smoothed by one typical ticket.
 * ``mean_ticket_z`` / ``max_ticket_z`` -- the window's mean and max log ticket against the key's
   ticket distribution (the max is corrected by the expected maximum of ``c`` normal draws), which
@@ -195,6 +200,10 @@ _TAU_PRIOR_WINDOWS = 5.0
 # extra sales.
 _SHARE_RHO_PRIOR = 20.0
 _SHARE_CLIP = 1e-3  # no key's share of new SKUs is taken as exactly 0 or 1
+# Sales that come in clumps (an invoice's lines, a basket scanned at once, a batch a producer
+# flushes): a prior of single sales (Poisson) worth this many sales.
+_CLUMP_PRIOR_SALES = 20.0
+_MAX_CLUMP = 1000.0
 _INT_ARRAYS = ("ctx_pos", "last_start", "how_hour", "scan_n", "scan_pos")
 _CTX_ARRAYS = ("ctx_count", "ctx_exp_count", "ctx_rev", "ctx_exp_rev")
 
@@ -245,6 +254,7 @@ class WindowFeatures:
     scan_z: np.ndarray  # count_scan_z
     # The per-sale means and the new SKUs, from which update() learns what a window's sales share
     # (None where no configured feature needs them).
+    clump: np.ndarray  # the key's index of dispersion D (counts are judged in clumps of D)
     ticket: _SaleMean
     units: _SaleMean | None
     new_skus: _NewSkus | None
@@ -412,6 +422,10 @@ class FeatureExtractor:
         "tr_exp_rev": (),
         "tr_exp2_count": (),
         "tr_phi": (),
+        "clump_a": (),
+        "clump_b": (),
+        "clump_n": (),
+        "prev_count": (),
         "tr_phi_n": (),
         "frozen_n": (),
         "scan_ring_c": (-2,),
@@ -516,6 +530,10 @@ class FeatureExtractor:
         tr_e = trend["tr_exp_count"] + 0.5
         trend_log_ratio = np.log((trend["tr_count"] + 0.5) / tr_e)
         trend_poisson_var = (trend["tr_exp2_count"] + 0.25) / (tr_e * tr_e)
+        # Sales that come in clumps of about D vary D times more than single ones (a compound
+        # Poisson): every count is judged in clumps, c / D against lambda / D.
+        clump = self._clump_size(k)
+        trend_poisson_var = trend_poisson_var * clump
         phi = np.where(a["tr_phi_n"][k] > 0, np.maximum(a["tr_phi"][k], _PHI_FLOOR), _PHI_PRIOR)
         # Until the key's hour of week is known, the day-of-week effect is unknown too.
         phi = phi + np.where(how_ok, 0.0, _DOW_VAR)
@@ -536,7 +554,7 @@ class FeatureExtractor:
         sum_c = scan["scan_tot_c"][:, None] - np.where(full, a["scan_ring_c"][rows, slot], 0.0)
         sum_e = scan["scan_tot_e"][:, None] - np.where(full, a["scan_ring_e"][rows, slot], 0.0)
         sum_e = np.maximum(sum_e, 0.0) + 0.5
-        z_all = np.log((np.maximum(sum_c, 0.0) + 0.5) / sum_e) / np.sqrt(1.0 / sum_e + phi[:, None])
+        z_all = np.log((np.maximum(sum_c, 0.0) + 0.5) / sum_e) / np.sqrt(clump[:, None] / sum_e + phi[:, None])
         strongest = np.abs(z_all).argmax(axis=1)
         rows_n = np.arange(len(k))
         scan_z = z_all[rows_n, strongest]
@@ -556,7 +574,7 @@ class FeatureExtractor:
         n = len(k)
 
         computed: dict[str, Any] = {
-            "count_z": lambda: _anscombe_z(c, expected_count, phi),
+            "count_z": lambda: _anscombe_z(c / clump, expected_count / clump, phi),
             "revenue_ratio": lambda: np.log((r + typical_ticket) / (expected_rev + typical_ticket)),
             "mean_ticket_z": lambda: ticket.z,
             "max_ticket_z": lambda: np.where(
@@ -566,7 +584,7 @@ class FeatureExtractor:
             "distinct_skus_z": lambda: new_skus.z,  # type: ignore[union-attr]
             "units_per_event_ratio": lambda: np.where(sold, log_upe - upe_base, 0.0),
             "distinct_skus_ratio": lambda: np.where(sold, log_dsr - dsr_base, 0.0),
-            "count_context_z": lambda: _anscombe_z(ctx_c, ctx_e, phi),
+            "count_context_z": lambda: _anscombe_z(ctx_c / clump, ctx_e / clump, phi),
             "revenue_context_ratio": lambda: np.log((ctx_r + typical_ticket) / (ctx_er + typical_ticket)),
             "count_trend_z": lambda: trend_log_ratio / np.sqrt(trend_poisson_var + phi),
             "count_scan_z": lambda: scan_z,
@@ -651,6 +669,7 @@ class FeatureExtractor:
             trend_poisson_var=trend_poisson_var,
             scan=scan,
             scan_z=scan_z,
+            clump=clump,
             ticket=ticket,
             units=units,
             new_skus=new_skus,
@@ -687,8 +706,8 @@ class FeatureExtractor:
         a = self._arrays
         n = np.maximum(c - 1.0, 0.0)
         n_safe = np.maximum(n, 1.0)
-        share = np.clip(a["ds_s"][k] / np.maximum(a["ds_w"][k], 1e-12), _SHARE_CLIP, 1.0 - _SHARE_CLIP)
-        new = np.clip(rnd.distinct_skus - 1.0, 0.0, n)
+        share = np.minimum(np.maximum(a["ds_s"][k] / np.maximum(a["ds_w"][k], 1e-12), _SHARE_CLIP), 1.0 - _SHARE_CLIP)
+        new = np.minimum(np.maximum(rnd.distinct_skus - 1.0, 0.0), n)
         raw = 2.0 * np.sqrt(n) * (np.arcsin(np.sqrt((new + 0.375) / (n + 0.75))) - np.arcsin(np.sqrt(share)))
         expected_distinct = np.where(c > 0, 1.0 + n * share, 0.0)
         binomial_var = n_safe * share * (1.0 - share)
@@ -722,6 +741,7 @@ class FeatureExtractor:
         flagged = None if learn.all() else ~learn
         # Context ring: every row.
         contiguous = a["last_start"][k_all] == rnd.start_ms - self.windows.hop_ms
+        self._learn_clump_size(k_all, rnd.count, contiguous & learn)
         reset = k_all[~contiguous]
         for name in _CTX_ARRAYS:
             a[name][reset] = 0.0
@@ -784,13 +804,17 @@ class FeatureExtractor:
             a["tr_phi"][km] = prior_weighted + rate_phi * (excess - prior_weighted)
             a["tr_phi_n"][km] = n_phi
 
-        # The key's levels relative to its two seasonal references (log ratios, bounded).
+        # The key's levels relative to its two seasonal references (log ratios, bounded), in clumps:
+        # for sales that come in clumps of about D most windows hold none and a few hold many,
+        # and the mean of log((c + 1/2) / (lambda + 1/2)) would put the level a third as high as
+        # it is; counted in clumps, log((c / D + 1/2) / (lambda / D + 1/2)), it is about right.
         how_ok, fb_c, fb_r, how_c, how_r = (x[sel] for x in feats.seasonal_refs)
+        half = 0.5 * feats.clump[sel]
         for name, target, use in (
-            ("level", np.log((c + 0.5) / (fb_c + 0.5)), mature),
-            ("level_rev", np.log((r + 1.0) / (fb_r + 1.0)), mature),
-            ("level_how", np.log((c + 0.5) / (how_c + 0.5)), how_ok),
-            ("level_rev_how", np.log((r + 1.0) / (how_r + 1.0)), how_ok),
+            ("level", np.log((c + half) / (fb_c + half)), mature),
+            ("level_rev", np.log((r + 2.0 * half) / (fb_r + 2.0 * half)), mature),
+            ("level_how", np.log((c + half) / (how_c + half)), how_ok),
+            ("level_rev_how", np.log((r + 2.0 * half) / (how_r + 2.0 * half)), how_ok),
         ):
             old = a[name][k]
             moved = np.minimum(np.maximum(old + self._level_rate * weight * (target - old), -_MAX_LEVEL), _MAX_LEVEL)
@@ -816,7 +840,7 @@ class FeatureExtractor:
         if feats.new_skus is not None:
             more = np.maximum(c - 1.0, 0.0)
             a["ds_w"][k] = a["ds_w"][k] * d + more
-            a["ds_s"][k] = a["ds_s"][k] * d + np.clip(rnd.distinct_skus[sel] - 1.0, 0.0, more)
+            a["ds_s"][k] = a["ds_s"][k] * d + np.minimum(np.maximum(rnd.distinct_skus[sel] - 1.0, 0.0), more)
             # Intra-window correlation: a beta-binomial's variance is the binomial's times
             # 1 + (n - 1) rho, so E[raw^2 - 1] = rho E[n - 1] (moment estimate).
             ns = feats.new_skus
@@ -836,6 +860,30 @@ class FeatureExtractor:
                 rate_s = np.maximum(1.0 / nn, self._level_rate)
                 a[f"{name}_n"][ks] = nn
                 a[name][ks] += rate_s * (target - a[name][ks])
+
+    def _clump_size(self, k: np.ndarray) -> np.ndarray:
+        """The key's index of dispersion D = Var(c) / E(c) of its window counts: 1 for sales that
+        come one by one (Poisson), about the mean squared over the mean clump size for sales that
+        come in clumps (an invoice's 12 lines on average: about 16)."""
+        a = self._arrays
+        d = (a["clump_a"][k] + _CLUMP_PRIOR_SALES) / (a["clump_b"][k] + _CLUMP_PRIOR_SALES)
+        # Taken at its lower two-sigma bound (the estimate's relative error is about sqrt(2 / n)
+        # over n pairs of windows): sales that come one by one keep D = 1, not the 1.05-1.2 that
+        # the noise of a few hours would give them.
+        lower = d * (1.0 - 2.0 * np.sqrt(2.0 / np.maximum(a["clump_n"][k], 8.0)))
+        return np.minimum(np.maximum(lower, 1.0), _MAX_CLUMP)
+
+    def _learn_clump_size(self, k: np.ndarray, c: np.ndarray, contiguous: np.ndarray) -> None:
+        """Learn D from consecutive windows, E[(c_t - c_{t-1})^2] = 2 Var(c) where the rate
+        hardly moves from one window to the next: no baseline is needed, so a baseline that is
+        still wrong cannot bias it (exponentially weighted over about a day, like the tickets)."""
+        a, d = self._arrays, self._ticket_decay
+        prev = a["prev_count"][k]
+        a["clump_a"][k] = a["clump_a"][k] * np.where(contiguous, d, 1.0) + np.where(contiguous, (c - prev) ** 2, 0.0)
+        a["clump_b"][k] = a["clump_b"][k] * np.where(contiguous, d, 1.0) + np.where(contiguous, c + prev, 0.0)
+        informative = contiguous & (c + prev > 0)
+        a["clump_n"][k] = a["clump_n"][k] * np.where(contiguous, d, 1.0) + informative
+        a["prev_count"][k] = c
 
     def _learn_sale_mean(self, prefix: str, k: np.ndarray, m: _SaleMean, sel: np.ndarray, c: np.ndarray) -> None:
         """What a window's sales share: from windows of two sales or more against a known

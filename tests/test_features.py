@@ -335,3 +335,35 @@ def test_a_state_of_other_features_is_refused():
         FeatureExtractor.from_state(state, FeatureConfig(features=("count_z", "revenue_ratio")))
     with pytest.raises(ValueError, match="older release"):
         FeatureExtractor.from_state({**state, "version": 1})
+
+
+def test_sales_that_come_in_clumps_are_counted_in_clumps():
+    # Key 0 sells one item at a time; key 1 sells invoices of 1 to 24 lines, each line an event:
+    # its counts vary about E[L^2] / E[L] = 16.3 times more than Poisson at the same mean.
+    rng = np.random.default_rng(8)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+
+    def counts() -> np.ndarray:
+        return np.array([rng.poisson(12.5), rng.integers(1, 25, rng.poisson(1.0)).sum()])
+
+    zs, expected = [], []
+    for m in range(2400):
+        rnd = make_round(m * MIN, counts(), rng)
+        f = fx.transform(rnd)
+        fx.update(rnd, f, np.ones(2, dtype=bool))
+        if m >= 1200:
+            zs.append(f.values[:, column(fx, "count_z")])
+            expected.append(f.expected_count)
+    clump = fx._clump_size(np.array([0, 1]))
+    assert clump[0] < 1.3 and 12.0 < clump[1] < 21.0, clump
+    # Judged in clumps, an ordinary invoice is not a spike: count_z is about N(0, 1) for both.
+    sd = np.array(zs).std(axis=0)
+    assert np.all((sd > 0.6) & (sd < 1.5)), sd
+    # The level follows the mean, not the median of a count that is mostly 0.
+    assert np.mean(expected, axis=0)[1] == pytest.approx(12.5, rel=0.3)
+    # An hour without an invoice is an outage all the same.
+    for m in range(2400, 2460):
+        rnd = make_round(m * MIN, np.array([rng.poisson(12.5), 0]), rng)
+        f = fx.transform(rnd)
+        fx.update(rnd, f, np.ones(2, dtype=bool))
+    assert f.values[1, column(fx, "count_scan_z")] < -5.0
