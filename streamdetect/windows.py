@@ -44,8 +44,8 @@ from streamdetect.config import WindowConfig
 
 __all__ = ["SKETCH_BITS", "ClosedRound", "KeyIndex", "WindowAggregator", "estimate_distinct", "sku_bits"]
 
-# A 64-bit bitmap (the first design) lost a SKU to a collision in one window of 60 with two
-# SKUs, and its estimate of 16 SKUs was off by 3 or more in one window of 100: enough for a
+# A 64-bit bitmap (the first design) lost a SKU to a collision in one window of 64 with two
+# SKUs, and its estimate of 16 SKUs was off by 3 or more in one window of 80: enough for a
 # distinct-SKU feature to page on noise. 16 words cost the same per event.
 _WORDS = 16
 SKETCH_BITS = 64 * _WORDS  # the distinct-SKU bitmap's size

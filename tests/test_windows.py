@@ -184,6 +184,6 @@ def test_distinct_skus_of_a_window_are_counted_closely(n_skus):
             sku_hash=np.zeros(1, dtype=np.uint64))
     (first, *_) = list(agg.pop_closed())
     assert first.count[0] == 2 * n_skus
-    # A 64-bit bitmap was off by 3 or more at 16 SKUs in one window of 100; 1024 bits: within a
+    # A 64-bit bitmap was off by 3 or more at 16 SKUs in one window of 80; 1024 bits: within a
     # SKU up to a few dozen, and a few percent in the hundreds.
     assert abs(first.distinct_skus[0] - n_skus) <= max(1.0, 0.05 * n_skus)
