@@ -229,7 +229,6 @@ class _NewSkus:
 
     z: np.ndarray  # variance-stabilised and allowing for the key's intra-window correlation
     raw: np.ndarray  # the same under a plain binomial (what the correlation is learned from)
-    trials: np.ndarray  # sales after the first
     expected_distinct: np.ndarray
     seen: np.ndarray  # bool: two sales or more, and the key has a usual share
 
@@ -252,9 +251,9 @@ class WindowFeatures:
     trend_poisson_var: np.ndarray  # its variance if counts were Poisson around the expectation
     scan: dict[str, np.ndarray]  # running totals since the scan restarted, stored by update()
     scan_z: np.ndarray  # count_scan_z
+    clump: np.ndarray  # the key's index of dispersion D (counts are judged in clumps of D)
     # The per-sale means and the new SKUs, from which update() learns what a window's sales share
     # (None where no configured feature needs them).
-    clump: np.ndarray  # the key's index of dispersion D (counts are judged in clumps of D)
     ticket: _SaleMean
     units: _SaleMean | None
     new_skus: _NewSkus | None
@@ -490,20 +489,16 @@ class FeatureExtractor:
         expected_rev = seasonal_rev * np.exp(np.where(how_ok, a["level_rev_how"][k], a["level_rev"][k]))
 
         # The key's ticket distribution (log1p of amounts), exponentially weighted over a day.
-        w = a["tk_w"][k]
-        has_tickets = w > 1.0
-        mu = np.where(has_tickets, a["tk_s1"][k] / np.maximum(w, 1e-12), 0.0)
-        var = np.where(has_tickets, a["tk_s2"][k] / np.maximum(w, 1e-12) - mu * mu, 1.0)
-        sigma = np.sqrt(np.maximum(var, _SIGMA_FLOOR**2))
+        has_tickets, mu, var = self._key_moments("tk", k)
+        sigma = np.sqrt(var)
         typical_ticket = np.expm1(mu) + 1.0
         sold = c > 0
         c_safe = np.maximum(c, 1.0)
         mean_log_ticket = rnd.log_ticket_sum / c_safe
         expected_max_z = np.where(c > 1, ndtri((c_safe - 0.375) / (c_safe + 0.25)), 0.0)
-        # In an aggregated series a row's sales all carry its mean ticket: there is nothing to learn
-        # about what a window's tickets share.
-        ticket = self._sale_mean("tk", k, mean_log_ticket - mu, sigma * sigma, c, has_tickets & sold,
-                                 between=self._single_sales)
+        ticket = self._sale_mean(
+            "tk", k, mean_log_ticket - mu, sigma * sigma, c, has_tickets & sold, between=self._single_sales
+        )
         units = self._basket(k, rnd, c) if self._basket_z else None
         new_skus = self._new_skus(k, rnd, c) if self._new_skus_z else None
 
@@ -675,6 +670,22 @@ class FeatureExtractor:
             new_skus=new_skus,
         )
 
+    def _key_moments(self, prefix: str, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Whether the key has a distribution of a per-sale log quantity yet, its mean and its
+        variance (floored), from the exponentially weighted sums ``{prefix}_w``, ``_s1``, ``_s2``."""
+        a = self._arrays
+        w = a[prefix + "_w"][k]
+        known = w > 1.0
+        mu = np.where(known, a[prefix + "_s1"][k] / np.maximum(w, 1e-12), 0.0)
+        var = np.where(known, a[prefix + "_s2"][k] / np.maximum(w, 1e-12) - mu * mu, 1.0)
+        return known, mu, np.maximum(var, _SIGMA_FLOOR**2)
+
+    def _learn_moments(self, prefix: str, k: np.ndarray, c: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> None:
+        a, d = self._arrays, self._ticket_decay
+        a[prefix + "_w"][k] = a[prefix + "_w"][k] * d + c
+        a[prefix + "_s1"][k] = a[prefix + "_s1"][k] * d + s1
+        a[prefix + "_s2"][k] = a[prefix + "_s2"][k] * d + s2
+
     def _sale_mean(
         self, prefix: str, k: np.ndarray, dev: np.ndarray, per_sale_var: np.ndarray, n: np.ndarray,
         seen: np.ndarray, between: bool = True,
@@ -685,11 +696,7 @@ class FeatureExtractor:
 
     def _basket(self, k: np.ndarray, rnd: ClosedRound, c: np.ndarray) -> _SaleMean:
         """Basket size: the window's mean log1p(units per sale) against the key's, as for the tickets."""
-        a = self._arrays
-        w = a["uq_w"][k]
-        known = w > 1.0
-        mu = np.where(known, a["uq_s1"][k] / np.maximum(w, 1e-12), 0.0)
-        var = np.maximum(np.where(known, a["uq_s2"][k] / np.maximum(w, 1e-12) - mu * mu, 1.0), _SIGMA_FLOOR**2)
+        known, mu, var = self._key_moments("uq", k)
         dev = rnd.log_units_sum / np.maximum(c, 1.0) - mu
         return self._sale_mean("uq", k, dev, var, c, known & (c > 0))
 
@@ -712,12 +719,11 @@ class FeatureExtractor:
         expected_distinct = np.where(c > 0, 1.0 + n * share, 0.0)
         binomial_var = n_safe * share * (1.0 - share)
         rho = np.maximum(a["ds_tau_a"][k], 0.0) / (a["ds_tau_b"][k] + _SHARE_RHO_PRIOR)
-        inflation = 1.0 + (n - 1.0).clip(0.0) * rho + _sketch_variance(expected_distinct) / binomial_var
+        inflation = 1.0 + np.maximum(n - 1.0, 0.0) * rho + _sketch_variance(expected_distinct) / binomial_var
         seen = (a["ds_w"][k] > 1.0) & (n > 0)
         return _NewSkus(
             z=np.where(seen, raw / np.sqrt(inflation), 0.0),
             raw=raw,
-            trials=n,
             expected_distinct=expected_distinct,
             seen=seen,
         )
@@ -827,15 +833,11 @@ class FeatureExtractor:
         a["recent_rev"][k] += rate * (r - a["recent_rev"][k])
 
         d = self._ticket_decay
-        a["tk_w"][k] = a["tk_w"][k] * d + c
-        a["tk_s1"][k] = a["tk_s1"][k] * d + rnd.log_ticket_sum[sel]
-        a["tk_s2"][k] = a["tk_s2"][k] * d + rnd.log_ticket_sq_sum[sel]
+        self._learn_moments("tk", k, c, rnd.log_ticket_sum[sel], rnd.log_ticket_sq_sum[sel])
         if self._single_sales:
             self._learn_sale_mean("tk", k, feats.ticket, sel, c)
         if feats.units is not None:
-            a["uq_w"][k] = a["uq_w"][k] * d + c
-            a["uq_s1"][k] = a["uq_s1"][k] * d + rnd.log_units_sum[sel]
-            a["uq_s2"][k] = a["uq_s2"][k] * d + rnd.log_units_sq_sum[sel]
+            self._learn_moments("uq", k, c, rnd.log_units_sum[sel], rnd.log_units_sq_sum[sel])
             self._learn_sale_mean("uq", k, feats.units, sel, c)
         if feats.new_skus is not None:
             more = np.maximum(c - 1.0, 0.0)
@@ -877,12 +879,12 @@ class FeatureExtractor:
         """Learn D from consecutive windows, E[(c_t - c_{t-1})^2] = 2 Var(c) where the rate
         hardly moves from one window to the next: no baseline is needed, so a baseline that is
         still wrong cannot bias it (exponentially weighted over about a day, like the tickets)."""
-        a, d = self._arrays, self._ticket_decay
+        a = self._arrays
         prev = a["prev_count"][k]
-        a["clump_a"][k] = a["clump_a"][k] * np.where(contiguous, d, 1.0) + np.where(contiguous, (c - prev) ** 2, 0.0)
-        a["clump_b"][k] = a["clump_b"][k] * np.where(contiguous, d, 1.0) + np.where(contiguous, c + prev, 0.0)
-        informative = contiguous & (c + prev > 0)
-        a["clump_n"][k] = a["clump_n"][k] * np.where(contiguous, d, 1.0) + informative
+        decay = np.where(contiguous, self._ticket_decay, 1.0)
+        a["clump_a"][k] = a["clump_a"][k] * decay + np.where(contiguous, (c - prev) ** 2, 0.0)
+        a["clump_b"][k] = a["clump_b"][k] * decay + np.where(contiguous, c + prev, 0.0)
+        a["clump_n"][k] = a["clump_n"][k] * decay + (contiguous & (c + prev > 0))
         a["prev_count"][k] = c
 
     def _learn_sale_mean(self, prefix: str, k: np.ndarray, m: _SaleMean, sel: np.ndarray, c: np.ndarray) -> None:

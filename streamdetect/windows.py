@@ -162,7 +162,7 @@ _FIELDS = (
 # 1.4e11 of revenue or units at a resolution of 1.5e-5, and 3e7 / 5e8 of log sums (millions of
 # events) at 4e-9 / 6e-8.
 _FIXED_POINT = np.array([1.0, 2.0**16, 2.0**16, 2.0**16, 2.0**28, 2.0**24, 2.0**28, 2.0**24])[:, None]
-_SUMMED = (0, 1, 3, 4, 5, 6, 7)  # every field but the maximum
+_SUMMED = tuple(i for i, name in enumerate(_FIELDS) if name != "max_ticket")  # the maximum is not a sum
 
 
 class _OpenWindows:
