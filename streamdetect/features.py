@@ -625,7 +625,7 @@ class FeatureExtractor:
         }
         def expected_units() -> np.ndarray:
             if units is not None:  # E[units] of a sale whose log1p is about normal
-                mu_u = np.log1p(units_per_event) - units.dev
+                mu_u = rnd.log_units_sum / c_safe - units.dev  # the key's mean log1p(units)
                 return np.where(units.seen, np.exp(mu_u + units.per_sale_var / 2.0) - 1.0, units_per_event)
             return np.exp(upe_base) if self._ratios else units_per_event
 

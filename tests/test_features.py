@@ -367,3 +367,15 @@ def test_sales_that_come_in_clumps_are_counted_in_clumps():
         f = fx.transform(rnd)
         fx.update(rnd, f, np.ones(2, dtype=bool))
     assert f.values[1, column(fx, "count_scan_z")] < -5.0
+
+
+def test_an_alert_expects_the_key_s_usual_units_per_sale():
+    # Half the sales are of 1 unit, half of 11: 6 units per sale on average.
+    rng = np.random.default_rng(9)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    for m in range(600):
+        rnd = sales_round(m * MIN, [[(20.0, u, f"s{rng.integers(5000)}") for u in (1.0, 11.0) * 4]])
+        fx.update(rnd, fx.transform(rnd), np.array([True]))
+    f = fx.transform(sales_round(600 * MIN, [[(20.0, 1.0, "a"), (20.0, 11.0, "b")]]))
+    assert f.observed["units_per_sale"][0] == 6.0
+    assert f.expected["units_per_sale"][0] == pytest.approx(6.0, rel=0.25)
