@@ -57,6 +57,11 @@ class EventSchema:
     (a non-negative integer), whose total amount is ``value_field`` when that is set too. A series'
     value is checked against ``max_value`` (a metric in bytes passes 1e9 easily), a sale's amount
     against ``max_amount``.
+    ``returns``: a sale whose quantity or amount is negative (a cancelled invoice line, a refund)
+    is a *return*: its magnitude is checked as a sale's, and it is counted apart from the sales
+    (the window's ``returns`` and ``refunds``) instead of being dead-lettered. Off, such an event
+    is ``out_of_range``. ``allow_negative`` (for signed series) lets negative values in as they
+    are, and then a negative sale is a sale.
     ``time_format``: ``"auto"`` (RFC 3339 strings, epoch-millisecond numbers), ``"epoch_s"``,
     ``"epoch_ms"``, or a ``strptime`` pattern such as ``"%d/%m/%Y %H:%M"`` (UTC unless it has ``%z``).
     ``numeric_strings`` reads numbers written as JSON strings (``"199.00"``, as some shop
@@ -87,6 +92,7 @@ class EventSchema:
     max_value: float = 1e15
     max_quantity: float = 1e6
     allow_negative: bool = False
+    returns: bool = True
     numeric_strings: bool = False
     value_offset: float = 0.0
     min_time_ms: int = 946_684_800_000  # 2000-01-01: anything earlier is a broken clock, not a sale

@@ -103,6 +103,7 @@ class DetectorOutput:
     scored: ScoredWindows
     n_valid: int
     drift_detected: bool
+    n_returns: int = 0  # valid events that were returns (in n_valid)
 
 
 @dataclass
@@ -261,6 +262,12 @@ class Detector:
         self._cooldown = 2 * cfg.features.context_windows
         # A value series' samples are levels (a window of several is their mean); counts add up.
         self._samples_are_levels = cfg.events.value_series
+        # What an alert reports of its window besides the model's features; a stream of sales
+        # (not an aggregated series) reports its returns too.
+        self._alert_quantities = (
+            "count", "revenue", "mean_ticket", "max_ticket", "units_per_sale", "distinct_skus",
+            *(() if cfg.events.aggregated else ("returns", "refunds")),
+        )
         # Per key, the factor a value series' samples are multiplied by (0: no sample yet).
         self._unit = np.zeros(0)
         self.windows_scored = 0
@@ -332,6 +339,7 @@ class Detector:
             sku_hash=batch.sku_hash,
             count=batch.count,
             key_ids=key_ids,
+            is_return=batch.is_return,
         )
         if len(late):
             wm = self.windows.watermark_ms
@@ -366,6 +374,7 @@ class Detector:
             scored=self._collect(rounds),
             n_valid=len(batch) - len(late),
             drift_detected=drift,
+            n_returns=0 if batch.is_return is None else int(np.count_nonzero(np.delete(batch.is_return, late))),
         )
 
     def _in_units(self, batch: EventBatch, kid: np.ndarray | None) -> np.ndarray:
@@ -568,7 +577,7 @@ class Detector:
                     )
                 )
             window_features = {name: float(feats.values[pos, f]) for f, name in enumerate(names)}
-            for quantity in ("count", "revenue", "mean_ticket", "max_ticket", "units_per_sale", "distinct_skus"):
+            for quantity in self._alert_quantities:
                 window_features[quantity] = own_units(quantity, float(feats.observed[quantity][pos]))
             window_features["expected_count"] = float(feats.expected_count[pos])
             window_features["expected_revenue"] = own_units("revenue", float(feats.expected_revenue[pos]))

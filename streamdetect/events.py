@@ -15,9 +15,13 @@ others. Rules (field names come from :class:`~streamdetect.config.EventSchema`):
   ``quantity`` or ``unit_price`` is too.
 * ``bad_timestamp``: not an RFC 3339 string nor epoch milliseconds (or not in
   ``events.time_format`` when that is set), or outside ``[min_time_ms, max_time_ms)``.
-* ``out_of_range``: NaN/inf, a negative quantity, unit price or amount (unless
-  ``allow_negative``, in which case the magnitude is checked), ``|amount| > max_amount``,
-  ``|quantity| > max_quantity``.
+* ``out_of_range``: NaN/inf, a negative unit price, a negative quantity or amount of a series row
+  (unless ``allow_negative``, in which case the magnitude is checked), a negative quantity or
+  amount of a sale when ``returns`` is off, ``|amount| > max_amount``, ``|quantity| > max_quantity``.
+
+Returns: with ``returns`` on (the default) a sale whose quantity or amount is negative (an
+invoice line cancelled, a refund) is valid: the batch holds its magnitudes and marks it in
+``is_return``, and the windows count it apart from the sales.
 * ``late`` is never produced here: the window stage decides it.
 
 Amount and quantity: ``amount`` wins when present, and ``quantity`` then defaults to 1 when absent
@@ -117,6 +121,8 @@ class EventBatch:
     keys: list[tuple[str, ...]]
     # Sales per row of a count series (events.count_field); None: each row is one sale.
     count: np.ndarray | None = None
+    # Rows that are returns (a negative quantity or amount, stored as magnitudes); None: no return.
+    is_return: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -388,8 +394,9 @@ def _fmt(v: float) -> str:
         return _show(v)
 
 
-def _check_range(field: str, v: float, limit: float | None, schema: EventSchema) -> None:
-    if v < 0 and not schema.allow_negative:
+def _check_range(field: str, v: float, limit: float | None, schema: EventSchema, signed: bool = False) -> None:
+    """``signed``: a negative value is valid (a return's quantity or amount); its magnitude is checked."""
+    if v < 0 and not (schema.allow_negative or signed):
         raise _Invalid(RejectReason.OUT_OF_RANGE, f"{field}: {_fmt(v)} is negative (events.allow_negative is off)")
     if limit is not None and abs(v) > limit:
         raise _Invalid(RejectReason.OUT_OF_RANGE, f"{field}: {_fmt(v)} is above the limit {limit:g}")
@@ -474,12 +481,13 @@ def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], flo
         return ms, tuple(keys), _series_value(d, schema.value_field, schema), 1, 0
 
     strings = schema.numeric_strings
+    returns = schema.returns
     amount = _number(d, schema.amount_field, required=False, strings=strings)
     if amount is None:
         quantity = _number(d, schema.quantity_field, required=True, strings=strings)
         price = _number(d, schema.unit_price_field, required=True, strings=strings)
         assert quantity is not None and price is not None
-        _check_range(schema.quantity_field, quantity, schema.max_quantity, schema)
+        _check_range(schema.quantity_field, quantity, schema.max_quantity, schema, returns)
         _check_range(schema.unit_price_field, price, None, schema)
         amount = quantity * price
         if abs(amount) > schema.max_amount or (isinstance(amount, float) and not math.isfinite(amount)):
@@ -489,12 +497,12 @@ def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], flo
                 f" {schema.max_amount:g}",
             )
     else:
-        _check_range(schema.amount_field, amount, schema.max_amount, schema)
+        _check_range(schema.amount_field, amount, schema.max_amount, schema, returns)
         quantity = _number(d, schema.quantity_field, required=False, strings=strings)
         if quantity is None:
             quantity = 1
         else:
-            _check_range(schema.quantity_field, quantity, schema.max_quantity, schema)
+            _check_range(schema.quantity_field, quantity, schema.max_quantity, schema, returns)
 
     sku = d.get(schema.sku_field)
     if sku is None:
@@ -622,9 +630,12 @@ def _columns(
     # Placeholder time of a canonical string left for the vectorised pass; never a valid time.
     canon_mark = lo_t - 1
     max_a, max_q, max_v = schema.max_amount, schema.max_quantity, schema.max_value
-    lo_a = -max_a if schema.allow_negative else 0
+    # A sale with a negative quantity or amount is a return (when `returns`): only its magnitude
+    # is checked here; the rows are marked after the loop.
+    returns = vf is None and not counted and schema.returns and not schema.allow_negative
+    lo_a = -max_a if schema.allow_negative or returns else 0
     lo_v = -max_v if schema.allow_negative else 0
-    lo_q = -max_q if schema.allow_negative else 0
+    lo_q = -max_q if schema.allow_negative or returns else 0
     lo_p = -math.inf if schema.allow_negative else 0
     sku_cache = _SKU_CACHE
     parse_iso = _parse_iso
@@ -765,6 +776,13 @@ def _columns(
                 keys = [k for k, m in zip(keys, keep.tolist(), strict=True) if m]
                 rejected.sort(key=lambda r: r.index)
 
+    is_return = None
+    if returns and len(amount_arr):
+        negative = (amount_arr < 0) | (quantity_arr < 0)
+        if negative.any():
+            is_return = negative
+            amount_arr, quantity_arr = np.abs(amount_arr), np.abs(quantity_arr)
+
     return EventBatch(
         index=index,
         ts_ms=ts_arr,
@@ -773,6 +791,7 @@ def _columns(
         sku_hash=sku_arr,
         keys=keys,
         count=quantity_arr if counted else None,
+        is_return=is_return,
     )
 
 

@@ -129,7 +129,9 @@ class GeneratorConfig:
 
     ``anomalies_per_store_week`` is the mean number of anomalies per store and week after
     ``clean_days``; ``allowed_lateness`` (seconds) is the detector's, used only to make the
-    ``late_fraction`` of events really late.
+    ``late_fraction`` of events really late. ``return_fraction`` of the sales are returned 5
+    minutes to 3 hours later: a return event (negative quantity, the same store, SKU, channel and
+    unit price) that the detector counts apart from the sales.
     """
 
     stores: int = 20
@@ -141,6 +143,7 @@ class GeneratorConfig:
     out_of_order_seconds: float = 20.0
     late_fraction: float = 0.0
     malformed_fraction: float = 0.0
+    return_fraction: float = 0.0
     allowed_lateness: float = 120.0
     skus_per_store: int = 300
     currency: str = "EUR"
@@ -156,6 +159,7 @@ class GeneratorConfig:
             (self.out_of_order_seconds >= 0, "out_of_order_seconds must be >= 0"),
             (0 <= self.late_fraction <= 1, "late_fraction must be in [0, 1]"),
             (0 <= self.malformed_fraction <= 1, "malformed_fraction must be in [0, 1]"),
+            (0 <= self.return_fraction <= 1, "return_fraction must be in [0, 1]"),
             (self.allowed_lateness >= 0, "allowed_lateness must be >= 0"),
             (self.skus_per_store >= 1, "skus_per_store must be >= 1"),
             (0 <= self.online_share <= 1, "online_share must be in [0, 1]"),
@@ -529,6 +533,28 @@ class EventStream:
         self.counts["valid"] += n
         self.counts["late"] += n_late
 
+        n_ret = int(rng.binomial(n, cfg.return_fraction)) if n and cfg.return_fraction > 0 else 0
+        if n_ret:
+            src = rng.choice(n, n_ret, replace=False)
+            delay = rng.integers(5 * _MINUTE_MS, 180 * _MINUTE_MS, n_ret)
+            events.extend(
+                {
+                    "event_id": f"{prefix}r{j:05d}",
+                    "ts": int(ts[s]) + d,
+                    "store_id": sid,
+                    "sku": events[s]["sku"],
+                    "channel": events[s]["channel"],
+                    "quantity": -events[s]["quantity"],
+                    "unit_price": events[s]["unit_price"],
+                    "currency": cur,
+                }
+                for j, (s, d) in enumerate(zip(src.tolist(), delay.tolist(), strict=True))
+            )
+            arrival = np.concatenate([arrival, arrival[src] + delay])
+            seq = np.concatenate([seq, n + np.arange(n_ret, dtype=np.int64)])
+            self.counts["valid"] += n_ret
+            self.counts["returns"] = self.counts.get("returns", 0) + n_ret
+
         n_bad = int(rng.binomial(n, cfg.malformed_fraction)) if n and cfg.malformed_fraction > 0 else 0
         if n_bad:
             src = rng.integers(0, n, n_bad)
@@ -542,7 +568,7 @@ class EventStream:
                 self.counts[MALFORMED_KINDS[k]] = self.counts.get(MALFORMED_KINDS[k], 0) + 1
             self.counts["malformed"] += n_bad
             arrival = np.concatenate([arrival, arrival[src]])
-            seq = np.concatenate([seq, n + np.arange(n_bad, dtype=np.int64)])
+            seq = np.concatenate([seq, n + n_ret + np.arange(n_bad, dtype=np.int64)])
             events.extend(bad)
         return arrival, seq, events
 

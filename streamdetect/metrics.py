@@ -88,6 +88,7 @@ METRIC_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "streamdetect_events_consumed_total": ("counter", ("topic",)),
     "streamdetect_events_rejected_total": ("counter", ("reason",)),
     "streamdetect_events_late_total": ("counter", ()),
+    "streamdetect_returns_total": ("counter", ()),
     "streamdetect_windows_scored_total": ("counter", ()),
     "streamdetect_anomalies_total": ("counter", ("severity",)),
     "streamdetect_anomaly_episodes_total": ("counter", ()),
@@ -181,6 +182,8 @@ class Metrics:
             ["reason"], registry=r)
         self.events_late = Counter(f"{p}events_late", "Events behind the watermark by more than the allowed lateness.",
                                    registry=r)
+        self.returns = Counter(f"{p}returns", "Sales events read as returns (a negative quantity or amount).",
+                               registry=r)
         self.windows_scored = Counter(f"{p}windows_scored", "Windows closed and scored.", registry=r)
         self.anomalies = Counter(f"{p}anomalies", "Anomalous windows detected, by severity.", ["severity"],
                                  registry=r)
@@ -264,6 +267,9 @@ class Metrics:
             self.events_rejected.labels(reason).inc()
             if reason == "late":
                 self.events_late.inc()
+        returns = getattr(output, "n_returns", 0)
+        if returns:
+            self.returns.inc(returns)
         for alert in output.alerts:
             self.anomalies.labels(str(alert.severity)).inc()
             if getattr(alert, "episode_alert", 1) == 1:

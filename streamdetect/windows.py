@@ -16,7 +16,9 @@ Aggregates per window: event count, revenue, max ticket, units, approximate dist
 counting on a 1024-bit bitmap: exact but for a collision or two up to a few dozen SKUs, within
 a few percent up to thousands), and the sums and sums of squares of log ticket amounts and log
 units per sale (so features can compare the window's tickets and baskets with the key's usual
-distributions).
+distributions). Returns (cancelled lines, refunds: see :mod:`streamdetect.events`) are counted
+apart: a window's ``returns`` and ``refunds`` (their summed amount); they are not sales, so they
+add nothing to the other aggregates.
 
 Examples
 --------
@@ -149,6 +151,9 @@ class ClosedRound:
     # Sums of log1p(units per sale) and of its square (a basket-size distribution, as the tickets').
     log_units_sum: np.ndarray
     log_units_sq_sum: np.ndarray
+    # Returns in the window and their summed amount (None: the round's source counts none).
+    returns: np.ndarray | None = None
+    refunds: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.key_id)
@@ -156,12 +161,12 @@ class ClosedRound:
 
 _FIELDS = (
     "count", "revenue", "max_ticket", "units",
-    "log_ticket_sum", "log_ticket_sq_sum", "log_units_sum", "log_units_sq_sum",
+    "log_ticket_sum", "log_ticket_sq_sum", "log_units_sum", "log_units_sq_sum", "returns", "refunds",
 )
 # Per-field grid 2^-k of the fixed-point values: sums stay exact up to 2^(53-k) per window, i.e.
 # 1.4e11 of revenue or units at a resolution of 1.5e-5, and 3e7 / 5e8 of log sums (millions of
 # events) at 4e-9 / 6e-8.
-_FIXED_POINT = np.array([1.0, 2.0**16, 2.0**16, 2.0**16, 2.0**28, 2.0**24, 2.0**28, 2.0**24])[:, None]
+_FIXED_POINT = np.array([1.0, 2.0**16, 2.0**16, 2.0**16, 2.0**28, 2.0**24, 2.0**28, 2.0**24, 1.0, 2.0**16])[:, None]
 _SUMMED = tuple(i for i, name in enumerate(_FIELDS) if name != "max_ticket")  # the maximum is not a sum
 
 
@@ -240,8 +245,9 @@ class _OpenWindows:
             starts = np.array([r[1] for r in rows], dtype=np.int64)
             slots = ow.slots(kids, starts)
             # Rows hold the fields and bitmap words of their release. The first release had six
-            # fields and one word (its bits land in word 0, where they count the same SKUs).
-            n, words = (6, 1) if len(rows[0]) == 10 else (len(_FIELDS), _WORDS)
+            # fields and one word (its bits land in word 0, where they count the same SKUs); later
+            # ones add fields at the end (a window saved before returns were counted has none).
+            n, words = (6, 1) if len(rows[0]) == 10 else (len(rows[0]) - 3 - _WORDS, _WORDS)
             ow.values[:n, slots] = np.array([r[2 : 2 + n] for r in rows], dtype=np.float64).T
             ow.bits[slots, :words] = np.array([r[2 + n : 2 + n + words] for r in rows], dtype=np.uint64)
             ow.last_ms[slots] = np.array([r[2 + n + words] for r in rows], dtype=np.int64)
@@ -289,12 +295,14 @@ class WindowAggregator:
         sku_hash: np.ndarray,
         count: np.ndarray | None = None,
         key_ids: np.ndarray | None = None,
+        is_return: np.ndarray | None = None,
     ) -> np.ndarray:
         """Add valid events (in arrival order); return the positions of the late ones.
 
         ``count`` makes each event that many sales with ``amount`` their total (a count series);
         their tickets count as that many tickets of the mean amount. ``key_ids`` are the keys' ids
-        (``self.keys.ids(keys)``) when the caller has looked them up already.
+        (``self.keys.ids(keys)``) when the caller has looked them up already. Rows marked in
+        ``is_return`` are returns of ``amount`` (magnitudes): counted apart, not as sales.
 
         An event is late when every window it belongs to had already closed at its arrival, by
         the watermark of the events before it (so the verdict does not depend on batching).
@@ -331,14 +339,20 @@ class WindowAggregator:
         log_sum = sales * log_ticket
         log_units = np.log1p(np.maximum(quantity, 0.0) / np.maximum(sales, 1.0))
         log_units_sum = sales * log_units
+        returned = np.zeros(n) if is_return is None else np.asarray(is_return, dtype=np.float64)
         per_event = np.stack([
             sales, ticket, mean_ticket, quantity,
             log_sum, log_sum * log_ticket, log_units_sum, log_units_sum * log_units,
+            returned, returned * np.abs(amount),
         ])
+        word, bit = sku_bits(sku_hash)
+        if is_return is not None:
+            # A return is not a sale: it leaves the sales' sums, maximum and SKUs alone.
+            per_event[: len(_FIELDS) - 2] *= 1.0 - returned
+            bit = np.where(is_return, np.uint64(0), bit)
         # Fixed-point values: sums of multiples of 2^-k are exact in float64 (below 2^(53-k)), so a
         # window's sums, and everything downstream, do not depend on how the input was batched.
         per_event = np.round(per_event * _FIXED_POINT) / _FIXED_POINT
-        word, bit = sku_bits(sku_hash)
         for j in range(replicas):
             start = last_start - j * hop
             ok = (start + size > watermark) & (start >= floor_start)
@@ -478,6 +492,8 @@ class WindowAggregator:
             last_event_ms=last,
             log_units_sum=vals[6],
             log_units_sq_sum=vals[7],
+            returns=vals[8],
+            refunds=vals[9],
         )
 
     def _evict_stale(self, now_ms: int) -> None:

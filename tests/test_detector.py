@@ -353,3 +353,39 @@ def test_a_key_evicted_before_it_was_ever_scored_is_forgotten_quietly():
     assert scored > 0 and det.windows.keys.keys[1] is None  # B is gone, A was scored
     restored = Detector.from_state(orjson.loads(orjson.dumps(det.to_state())), cfg)
     assert len(restored._unit) == len(restored._flag_streak) == len(restored._since_flag)
+
+
+def test_returns_are_kept_out_of_the_sales_and_a_wave_of_them_alerts():
+    """Cancelled lines and refunds (negative quantities) are neither dead-lettered nor sales; with
+    ``returns_z`` in the features, a store's burst of them is an alert that reports them."""
+    values, _ = stream()
+    decoded = [orjson.loads(v) for v in values]
+    rng = np.random.default_rng(2)
+    with_returns: list[bytes] = []
+    for e in decoded:
+        with_returns.append(orjson.dumps(e))
+        if rng.random() < 0.03:  # an ordinary return now and then
+            with_returns.append(orjson.dumps({**e, "event_id": f"r-{e['event_id']}", "quantity": -e["quantity"]}))
+    times = np.array([parse_timestamp(e["ts"]) for e in decoded])
+    t0 = int(np.quantile(times, 0.9))
+    t0 -= t0 % 60_000
+    victim = decoded[-1]["store_id"]
+    wave = [
+        orjson.dumps({"ts": t0 + 1000 * i, "store_id": victim, "sku": "X", "quantity": -1, "unit_price": 25.0})
+        for i in range(30)
+    ]
+    at = int(np.searchsorted([parse_timestamp(orjson.loads(v)["ts"]) for v in with_returns], t0))
+    config = from_mapping(
+        DetectorConfig,
+        {
+            "model": {"warmup": 1500, "n_init": 2},
+            "threshold": {"n_init": 1000, "window": 5000},
+            "features": {"features": [*DetectorConfig().features.features, "returns_z"]},
+        },
+    )
+    outs = run(with_returns[:at] + wave + with_returns[at:], config)
+    assert all(str(r.reason) != "out_of_range" for o in outs for r in o.rejected)
+    hits = [a for a in alerts_of(outs) if a.key["store_id"] == victim and parse_timestamp(a.window_start) == t0]
+    assert hits, "30 returns in a minute where one in thirty sales is returned must alert"
+    assert hits[0].contributions[0].feature == "returns" and hits[0].features["returns"] == 30.0
+    assert hits[0].features["refunds"] == 750.0

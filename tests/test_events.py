@@ -294,10 +294,11 @@ def test_epoch_seconds_get_a_hint() -> None:
 @pytest.mark.parametrize(
     "fields",
     [
-        {"quantity": -1},
         {"unit_price": -0.01},
-        {"amount": -3},
+        {"quantity": -1, "unit_price": -0.01},
         {"amount": 2e9},
+        {"amount": -2e9},  # a return's magnitude is checked as a sale's
+        {"quantity": -2e6, "amount": -1},
         {"quantity": 2e6, "amount": 1},
         {"quantity": 1e6, "unit_price": 1e4},  # product above max_amount
         {"unit_price": 1e308, "quantity": 10},  # product overflows to inf
@@ -307,6 +308,38 @@ def test_epoch_seconds_get_a_hint() -> None:
 def test_out_of_range(fields: dict[str, object]) -> None:
     reason, detail = reason_of(ev(**fields))
     assert reason == R.OUT_OF_RANGE and detail
+
+
+def test_returns_are_valid_and_marked_with_their_magnitudes() -> None:
+    """A cancelled line (negative quantity) or a refund (negative amount) is not a broken event:
+    the batch keeps it, as magnitudes, marked as a return; sales around it are unmarked."""
+    batch, rejected = decode_events(
+        [ev(quantity=2), ev(quantity=-2), ev(amount=-7.5), ev(amount=-7.5, quantity=3), ev(amount=4.0, quantity=-1)],
+        SCHEMA,
+    )
+    assert rejected == []
+    assert batch.amount.tolist() == [10.0, 10.0, 7.5, 7.5, 4.0]
+    assert batch.quantity.tolist() == [2.0, 2.0, 2.0, 3.0, 1.0]
+    assert batch.is_return is not None and batch.is_return.tolist() == [False, True, True, True, True]
+    sales_only, _ = decode_events([ev(quantity=2), ev(amount=3.0)], SCHEMA)
+    assert sales_only.is_return is None  # nothing to mark: the common case costs nothing
+
+
+def test_returns_off_rejects_negative_sales() -> None:
+    schema = EventSchema(returns=False)
+    for fields in ({"quantity": -1}, {"amount": -3}):
+        reason, detail = reason_of(ev(**fields), schema)
+        assert reason == R.OUT_OF_RANGE and "is negative" in detail
+
+
+def test_a_series_has_no_returns() -> None:
+    """In a value or count series a negative value is out of range (or, with allow_negative, a
+    value): returns are sales' business."""
+    records = [{"ts": T0, "store_id": "s", "amount": -3.0}, {"ts": T0, "store_id": "s", "amount": 2.0}]
+    batch, rejected = decode_records(records, EventSchema(value_field="amount"))
+    assert [(r.index, r.reason) for r in rejected] == [(0, R.OUT_OF_RANGE)] and batch.is_return is None
+    batch, rejected = decode_records(records, EventSchema(value_field="amount", allow_negative=True))
+    assert rejected == [] and batch.amount.tolist() == [-3.0, 2.0] and batch.is_return is None
 
 
 def test_allow_negative_checks_magnitude() -> None:
@@ -530,6 +563,7 @@ _schemas = st.sampled_from([
     {"count_field": "quantity", "value_field": "amount", "time_format": "epoch_s"},
     {"numeric_strings": True},
     {"numeric_strings": True, "count_field": "quantity"},
+    {"returns": False},
 ])
 
 
@@ -552,7 +586,12 @@ def test_fast_path_matches_the_reference_rules(records: list[dict], allow_negati
         r = next(rows)
         assert batch.index[r] == i
         assert batch.ts_ms[r] == ms and batch.keys[r] == key and batch.sku_hash[r] == h
-        assert batch.amount[r] == float(amount) and batch.quantity[r] == float(quantity)
+        # A sale with a negative quantity or amount is a return, held as magnitudes.
+        returns = schema.returns and not schema.allow_negative and not schema.aggregated
+        is_return = returns and (amount < 0 or quantity < 0)
+        assert bool(batch.is_return is not None and batch.is_return[r]) == is_return
+        held = abs if is_return else float
+        assert batch.amount[r] == held(float(amount)) and batch.quantity[r] == held(float(quantity))
 
 
 def _payload(options: dict) -> dict:

@@ -304,3 +304,23 @@ def test_cli_generate(tmp_path, capsys):
     bad = parser.parse_args(["generate", "--stores", "0", "--out", str(out)])
     with pytest.raises(ConfigError):
         bad.handler(bad)
+
+
+def test_returns_follow_sales_and_reach_the_detector_as_returns():
+    cfg = GeneratorConfig(stores=3, days=2, seed=1, return_fraction=0.02)
+    events, _ = generate(cfg)
+    plain, _ = generate(GeneratorConfig(stores=3, days=2, seed=1))
+    returns = [e for e in events if isinstance(e, dict) and e["quantity"] < 0]
+    sales: dict[tuple, list[int]] = defaultdict(list)
+    for e in plain:
+        sales[(e["store_id"], e["sku"], e["unit_price"])].append(parse_time_ms(e["ts"]))
+    assert 0.01 < len(returns) / len(plain) < 0.03
+    assert len(events) == len(plain) + len(returns)  # the sales themselves are unchanged
+    for r in returns:  # a return follows a sale of the same store, SKU and price
+        key = (r["store_id"], r["sku"], r["unit_price"])
+        assert any(5 * 60_000 <= r["ts"] - t < 180 * 60_000 for t in sales[key]), r
+
+    from streamdetect.detector import Detector
+
+    out = Detector().process([encode_event(e) for e in events])
+    assert out.rejected == [] and out.n_returns == len(returns)

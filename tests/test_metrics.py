@@ -148,9 +148,11 @@ def test_observe_output_with_real_detector() -> None:
     det = Detector()
     records = [{"store_id": "s1", "sku": "a", "quantity": 1, "unit_price": 2.0, "timestamp": 1_700_000_000_000 + i}
                for i in range(5)]
-    out = det.process_records([*records, {"bad": 1}])
+    returned = {"store_id": "s1", "ts": 1_700_000_000_000, "quantity": -1, "unit_price": 2.0}  # a cancelled line
+    out = det.process_records([*records, {"bad": 1}, returned])
     m = Metrics()
     m.observe_output(0, out, det.stats())
+    assert out.n_returns == 1 and m.value("streamdetect_returns_total") == 1
     assert sum(m.value("streamdetect_events_rejected_total", reason=r) or 0 for r in
                ("decode", "missing_field", "bad_type", "bad_timestamp", "out_of_range", "too_large", "late")) == len(
         out.rejected) >= 1

@@ -238,7 +238,7 @@ def write_prometheus_config(path: Path, metrics_port: int) -> None:
 
 
 def generate_events(path: Path) -> int:
-    """Three days of sales for 4 stores, with anomalies, malformed and late records.
+    """Three days of sales for 4 stores, with anomalies, returns, malformed and late records.
 
     A fixed scenario (the generator's default start date and a fixed seed), so that what the
     detector finds, including its drift events, is the same in every run.
@@ -246,7 +246,7 @@ def generate_events(path: Path) -> int:
     from streamdetect.generate import EventStream, GeneratorConfig, write_jsonl
 
     cfg = GeneratorConfig(stores=4, days=3, clean_days=1, anomalies_per_store_week=14, malformed_fraction=0.002,
-                          late_fraction=0.002, seed=3)
+                          late_fraction=0.002, return_fraction=0.01, seed=3)
     return int(write_jsonl(str(path), EventStream(cfg)))
 
 

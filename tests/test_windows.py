@@ -128,6 +128,36 @@ def test_aggregates_of_a_window():
     assert rnd.last_event_ms.tolist() == [3]
 
 
+def test_returns_are_counted_apart_from_the_sales():
+    """A return (a cancelled line, a refund) is counted with its amount, and leaves the sales'
+    count, revenue, largest ticket, units and SKUs as they were without it."""
+    agg = WindowAggregator(WindowConfig(size=60, allowed_lateness=0, idle_timeout=0))
+    ts = np.array([1, 2, 3, 4], dtype=np.int64)
+    agg.add(ts, [("a",)] * 4, amount=np.array([10.0, 30.0, 99.0, 5.5]), quantity=np.array([1.0, 2.0, 9.0, 1.0]),
+            sku_hash=np.array([7, 7, 9, 11], dtype=np.uint64), is_return=np.array([False, False, True, True]))
+    add(agg, [10 * MIN], ["z"])
+    rnd = next(iter(agg.pop_closed()))
+    assert rnd.count.tolist() == [2.0] and rnd.revenue.tolist() == [40.0] and rnd.max_ticket.tolist() == [30.0]
+    assert rnd.units.tolist() == [3.0] and rnd.distinct_skus[0] == pytest.approx(1.0, abs=0.01)
+    assert rnd.returns is not None and rnd.returns.tolist() == [2.0]
+    assert rnd.refunds is not None and rnd.refunds.tolist() == [104.5]
+
+
+def test_a_window_saved_before_returns_were_counted_is_restored_with_none():
+    """Open windows in a checkpoint of the release before returns (8 fields) restore their sums,
+    with no returns."""
+    cfg = WindowConfig(size=60, allowed_lateness=600)
+    a = WindowAggregator(cfg)
+    add(a, [1, 2], ["a", "a"], amount=[4.0, 6.0])
+    state = orjson.loads(orjson.dumps(a.to_state()))
+    row = state["open"]["windows"][0]
+    del row[2 + 8 : 2 + 10]  # the two return fields, after the eight older ones
+    b = WindowAggregator.from_state(state, cfg)
+    rnd = next(iter(b.pop_closed(flush=True)))
+    assert rnd.count.tolist() == [2.0] and rnd.revenue.tolist() == [10.0]
+    assert rnd.returns is not None and rnd.returns.tolist() == [0.0]
+
+
 def test_flush_closes_every_open_window():
     agg = WindowAggregator(WindowConfig(size=60, allowed_lateness=600))
     add(agg, [0, 70_000, 130_000], ["a", "a", "b"])

@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--late-fraction", type=float, default=0.0, help="share of events arriving after the lateness")
     p.add_argument("--allowed-lateness", type=float, default=120.0, help="detector lateness the late events exceed")
     p.add_argument("--malformed-fraction", type=float, default=0.0, help="share of broken records to add")
+    p.add_argument("--return-fraction", type=float, default=0.0,
+                   help="share of sales returned later (return events with a negative quantity)")
     p.add_argument("--skus", type=int, default=300, help="SKUs per store catalogue (default 300)")
     p.add_argument("--currency", default="EUR", help="currency code (default EUR)")
     p.add_argument("--quiet", action="store_true", help="no summary on stderr")
@@ -52,6 +54,7 @@ def config_from_args(args: argparse.Namespace) -> object:
             late_fraction=args.late_fraction,
             allowed_lateness=args.allowed_lateness,
             malformed_fraction=args.malformed_fraction,
+            return_fraction=args.return_fraction,
             skus_per_store=args.skus,
             currency=args.currency,
         )
@@ -72,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         c = stream.counts
         extra = ""
-        if c["malformed"] or c["late"]:
-            extra = f" ({c['malformed']:,} malformed, {c['late']:,} late)"
+        if c["malformed"] or c["late"] or c.get("returns"):
+            extra = f" ({c['malformed']:,} malformed, {c['late']:,} late, {c.get('returns', 0):,} returns)"
         print(
             f"{n:,} events{extra}, {len(stream.labels)} labelled anomalies, {cfg.stores} stores x {cfg.days} days"
             f" -> {args.out}{' + ' + args.labels if args.labels else ''} in {time.perf_counter() - started:.1f} s",

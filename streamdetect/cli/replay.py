@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
 
     reasons: Counter[str] = Counter()
     first_detail: dict[str, str] = {}  # what was wrong with the first event rejected for each reason
-    totals = {"events": 0, "valid": 0, "windows": 0, "alerts": 0, "drift": 0}
+    totals = {"events": 0, "valid": 0, "returns": 0, "windows": 0, "alerts": 0, "drift": 0}
     kept: list[ScoredWindows] = []
     kept_alerts: list[Any] = []
     offset = 0
@@ -287,6 +287,7 @@ def run(args: argparse.Namespace) -> int:
 
     def emit(out: DetectorOutput) -> None:
         totals["valid"] += out.n_valid
+        totals["returns"] += out.n_returns
         totals["windows"] += len(out.scored)
         totals["alerts"] += len(out.alerts)
         totals["drift"] += int(out.drift_detected)
@@ -359,7 +360,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         stats = detector.stats()
         print(
-            f"events {totals['events']:,} (valid {totals['valid']:,}, rejected {sum(reasons.values()):,}"
+            f"events {totals['events']:,} (valid {totals['valid']:,}"
+            + (f" of which returns {totals['returns']:,}" if totals["returns"] else "")
+            + f", rejected {sum(reasons.values()):,}"
             + (f": {', '.join(f'{k} {v:,}' for k, v in sorted(reasons.items()))}" if reasons else "")
             + f") | windows scored {totals['windows']:,} | alerts {totals['alerts']:,}"
             f" | drift events {totals['drift']} | threshold {stats.threshold:.4g}"
