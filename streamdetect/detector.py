@@ -171,6 +171,19 @@ _VALUE_QUANTITIES = {
     "revenue_recent_windows": "count_recent_windows",
     "revenue_recent_hour": "count_recent_hour",
 }
+# What an alert reports of its window besides the model's features, by the kind of input: sales
+# have tickets, baskets, SKUs and returns; a count series has counts (and their revenue when it has
+# a value column); a value series has its value.
+_SALES_QUANTITIES = ("count", "revenue", "mean_ticket", "max_ticket", "units_per_sale", "distinct_skus", "returns",
+                     "refunds")
+# A value series' quantities by their own name: its "revenue" is its value, its "mean ticket" the
+# value against the series' usual level (over about a day).
+_VALUE_SERIES_NAMES = {
+    "revenue": "value",
+    "mean_ticket": "value_level",
+    "revenue_recent_windows": "value_recent_windows",
+    "revenue_recent_hour": "value_recent_hour",
+}
 _ROWS_PER_FEATURE = 50  # the least warm-up a mixture with full covariances is fitted on
 _MIN_CALIBRATION = 100  # the fewest scores a threshold is calibrated on (threshold.n_init's floor)
 
@@ -262,11 +275,13 @@ class Detector:
         self._cooldown = 2 * cfg.features.context_windows
         # A value series' samples are levels (a window of several is their mean); counts add up.
         self._samples_are_levels = cfg.events.value_series
-        # What an alert reports of its window besides the model's features; a stream of sales
-        # (not an aggregated series) reports its returns too.
-        self._alert_quantities = (
-            "count", "revenue", "mean_ticket", "max_ticket", "units_per_sale", "distinct_skus",
-            *(() if cfg.events.aggregated else ("returns", "refunds")),
+        ev = cfg.events
+        self._alert_names = _VALUE_SERIES_NAMES if ev.value_series else {}
+        self._alert_quantities: tuple[str, ...] = (
+            ("revenue",) if ev.value_series
+            else ("count",) if ev.count_field is not None and ev.value_field is None
+            else ("count", "revenue", "mean_ticket") if ev.count_field is not None
+            else _SALES_QUANTITIES
         )
         # Per key, the factor a value series' samples are multiplied by (0: no sample yet).
         self._unit = np.zeros(0)
@@ -566,7 +581,7 @@ class Detector:
                 expected = feats.expected.get(quantity)
                 contributions.append(
                     Contribution(
-                        feature=quantity,
+                        feature=self._alert_names.get(quantity, quantity),
                         observed=own_units(quantity, float(observed[pos]))
                         if observed is not None
                         else float(feats.values[pos, f]),
@@ -578,9 +593,13 @@ class Detector:
                 )
             window_features = {name: float(feats.values[pos, f]) for f, name in enumerate(names)}
             for quantity in self._alert_quantities:
-                window_features[quantity] = own_units(quantity, float(feats.observed[quantity][pos]))
-            window_features["expected_count"] = float(feats.expected_count[pos])
-            window_features["expected_revenue"] = own_units("revenue", float(feats.expected_revenue[pos]))
+                name = self._alert_names.get(quantity, quantity)
+                window_features[name] = own_units(quantity, float(feats.observed[quantity][pos]))
+            if "count" in self._alert_quantities:
+                window_features["expected_count"] = float(feats.expected_count[pos])
+            if "revenue" in self._alert_quantities:
+                name = "expected_" + self._alert_names.get("revenue", "revenue")
+                window_features[name] = own_units("revenue", float(feats.expected_revenue[pos]))
             out.append(
                 Alert.build(
                     key=key,

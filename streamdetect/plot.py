@@ -151,6 +151,8 @@ def _alert_dict(alert: Any) -> dict[str, Any]:
 
 def _match_feature(name: str, feature_names: Sequence[str]) -> str | None:
     """The model feature that an alert contribution's (human-facing) feature name refers to."""
+    # A value series' alerts call its revenue features by the series' own name.
+    name = {"value": "revenue", "value_level": "mean_ticket"}.get(name, name.replace("value_", "revenue_", 1))
     if name in feature_names:
         return name
     for candidate in feature_names:

@@ -276,8 +276,8 @@ def test_a_series_of_small_values_is_judged_as_the_same_series_in_larger_units()
                    for j, v in enumerate(seconds)]
         alerts = det.process_records(records).alerts + det.flush().alerts
         flagged.append({a.window_start for a in alerts})
-        spike = [a for a in alerts if a.features["revenue"] > 0.3 * unit]
-        assert spike and all(0.3 * unit < a.features["revenue"] < 0.8 * unit for a in spike)
+        spike = [a for a in alerts if a.features["value"] > 0.3 * unit]
+        assert spike and all(0.3 * unit < a.features["value"] < 0.8 * unit for a in spike)
     assert flagged[0] and flagged[0] == flagged[1]
 
 
@@ -303,14 +303,14 @@ def test_a_signed_series_with_an_offset_is_judged_as_the_same_series_shifted():
     signed, shifted = runs
     assert [a.window_start for a in signed] == [a.window_start for a in shifted]
     assert [a.score for a in signed] == pytest.approx([a.score for a in shifted], rel=1e-6)
-    heater = [a for a in signed if a.features["revenue"] > 20]
+    heater = [a for a in signed if a.features["value"] > 20]
     assert heater and all("2026-01-08T08:20:00Z" <= a.window_start <= "2026-01-08T08:50:00Z" for a in heater)
     for a, b in zip(signed, shifted, strict=True):
-        assert a.features["revenue"] == pytest.approx(b.features["revenue"] - offset, abs=1e-6)
-        assert a.features["expected_revenue"] == pytest.approx(b.features["expected_revenue"] - offset, abs=1e-6)
+        assert a.features["value"] == pytest.approx(b.features["value"] - offset, abs=1e-6)
+        assert a.features["expected_value"] == pytest.approx(b.features["expected_value"] - offset, abs=1e-6)
     # The broken reading clamps to zero in shifted units: an alert that reports 0 - 40 = -40.
     broken = [a for a in signed if a.window_start == "2026-01-09T04:10:00Z"]
-    assert broken and broken[0].features["revenue"] == pytest.approx(-offset)
+    assert broken and broken[0].features["value"] == pytest.approx(-offset)
 
 
 def test_consecutive_alerts_of_a_key_share_an_episode_that_survives_a_restart():
@@ -389,3 +389,25 @@ def test_returns_are_kept_out_of_the_sales_and_a_wave_of_them_alerts():
     assert hits, "30 returns in a minute where one in thirty sales is returned must alert"
     assert hits[0].contributions[0].feature == "returns" and hits[0].features["returns"] == 30.0
     assert hits[0].features["refunds"] == 750.0
+
+
+def test_an_alert_reports_what_its_input_has_under_its_own_names():
+    """A metric series' alert speaks of its value, not of revenue, tickets or SKUs; a count
+    series' of its counts; sales of everything, returns included."""
+    t0, step = 1_767_225_600_000, 300
+    rng = np.random.default_rng(4)
+    level = 50 + 10 * np.sin(2 * np.pi * np.arange(3000) / 288) + rng.normal(0, 1, 3000)
+    level[2500:2504] += 60
+    for events, field in (({"time_field": "t", "value_field": "v"}, "value"), ({"time_field": "t", "count_field": "v"},
+                                                                                   "count")):
+        det = Detector(from_mapping(DetectorConfig, {"events": events, "windows": {"size": step}}))
+        records = [{"t": t0 + j * step * 1000, "v": round(float(x)), "store_id": "api"} for j, x in enumerate(level)]
+        alerts = det.process_records(records).alerts + det.flush().alerts
+        assert alerts, field
+        quantities = {k for k in alerts[0].features if k not in det.feature_names}
+        assert quantities == {field, f"expected_{field}"}, quantities
+        assert all(not c.feature.startswith(("revenue", "mean_ticket", "distinct")) for a in alerts
+                   for c in a.contributions)
+    outs = run(stream()[0])
+    sales = alerts_of(outs)[0].features
+    assert {"count", "revenue", "max_ticket", "distinct_skus", "returns", "refunds", "expected_revenue"} <= set(sales)

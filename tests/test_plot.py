@@ -77,6 +77,9 @@ def test_choose_feature() -> None:
     assert choose_feature(("count_z", "log_revenue", "revenue")) == "revenue"
     assert choose_feature(("count_z", "hour_sin")) == "count_z"
     assert choose_feature(()) is None
+    # A value series' alerts name its quantities after the value; they still point at the feature.
+    level = [{"contributions": [{"feature": "value_level", "z": -5.0}, {"feature": "value", "z": 1.0}]}]
+    assert choose_feature(("revenue_ratio", "mean_ticket_z", "revenue_context_ratio"), level) == "mean_ticket_z"
 
 
 def test_plot_backtest_from_arrays(tmp_path: Path) -> None:

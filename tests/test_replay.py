@@ -166,7 +166,7 @@ def test_a_signed_series_is_shifted_on_defaults(tmp_path, capsys):
     assert "read shifted by +" in err and "read as counts" not in err and "rejected 0" in err
     alerts = [orjson.loads(a) for a in alerts_path.read_bytes().splitlines()]
     excursion = [a for a in alerts if "2026-01-08T08:20:00Z" <= a["window_start"] <= "2026-01-08T08:50:00Z"]
-    assert excursion and all(15 < a["features"]["revenue"] < 40 for a in excursion)
+    assert excursion and all(15 < a["features"]["value"] < 40 for a in excursion)
     assert len(alerts) - len(excursion) <= 3, [a["window_start"] for a in alerts]
 
     bad_offset = ["--value-offset", "hot"]
@@ -271,7 +271,7 @@ def test_a_wide_metrics_export_is_one_series_per_column(tmp_path, capsys):
     alerts = [orjson.loads(a) for a in alerts_path.read_bytes().splitlines()]
     memory = [a for a in alerts if a["key"] == {"series": "mem"}
               and "2026-01-07T08:20:00Z" <= a["window_start"] <= "2026-01-07T09:25:00Z"]
-    assert memory and all(8000 < a["features"]["revenue"] < 12_000 for a in memory)
+    assert memory and all(8000 < a["features"]["value"] < 12_000 for a in memory)
     assert len(alerts) - len(memory) <= 4, [(a["key"], a["window_start"]) for a in alerts]
 
     assert main(["replay", str(src), "--time-field", "time", "--value-field", "cpu,disk"]) == 2
