@@ -32,9 +32,6 @@ One model serves keys of very different size, so every model feature compares a 
   a shop of one best-seller and one of a thousand items: a bot buying one SKU thirty times is far
   out, one repeat among a handful of sales is mild. (``units_per_event_ratio`` and
   ``distinct_skus_ratio``, the plain log ratios to recent values, stay available.)
-* ``returns_z`` (optional) -- the window's returns (cancelled lines, refunds) against the key's
-  usual share of returns per sale times the window's expected count, as ``count_z`` judges counts
-  (Anscombe, in clumps, with the key's overdispersion): a wave of cancellations or refunds.
 * ``count_context_z``, ``revenue_context_ratio`` -- the same over the last ``context_windows``
   windows, which makes sustained small deviations (a store selling nothing at a quiet hour, a
   level shift) visible; the sums restart after an alert.
@@ -49,11 +46,16 @@ One model serves keys of very different size, so every model feature compares a 
 
 Raw aggregates (``count``, ``revenue``, ``log_count``, ...), ratios to the recent baseline
 (``count_ratio_recent``, ``revenue_ratio_recent``), ratios to the seasonal one
-(``count_ratio_seasonal``), the window's returns (``returns``, ``refunds``: their count and amount)
-and cyclic encodings (``hour_sin``, ``hour_cos``, ``dow_sin``, ``dow_cos``) are available for
+(``count_ratio_seasonal``) and cyclic encodings (``hour_sin``, ``hour_cos``, ``dow_sin``, ``dow_cos``) are available for
 :attr:`FeatureConfig.features` too. The defaults leave the raw and cyclic ones out: raw values
 are not comparable across keys, and the seasonal baselines already take out the time of day and
 week, so cyclic inputs would only make the mixture model the joint of time and value.
+
+A window's returns (cancelled lines, refunds) are reported with it (``observed["returns"]``,
+``["refunds"]``), not modelled: almost every window has none, and a Gaussian mixture reads a
+feature that sits on one value for 99 % of the windows as near-certain, so an ordinary cancelled
+invoice scored as a 40-sigma event (an Anscombe ``returns_z`` raised 586 false alerts in 60 days
+of an invoice export).
 
 Everything is computed vectorised over a :class:`~streamdetect.windows.ClosedRound` (all keys'
 windows that close together); baselines are updated afterwards, and only from windows the caller
@@ -95,7 +97,6 @@ AVAILABLE_FEATURES: tuple[str, ...] = (
     "distinct_skus_z",
     "units_per_event_ratio",
     "distinct_skus_ratio",
-    "returns_z",
     "count_context_z",
     "revenue_context_ratio",
     "count_trend_z",
@@ -112,8 +113,6 @@ AVAILABLE_FEATURES: tuple[str, ...] = (
     "max_ticket",
     "units",
     "distinct_skus",
-    "returns",
-    "refunds",
     "hour_sin",
     "hour_cos",
     "dow_sin",
@@ -142,9 +141,6 @@ _EXPLAINED_AS: dict[str, str] = {
     "distinct_skus_z": "distinct_skus",
     "distinct_skus_ratio": "distinct_skus",
     "distinct_skus": "distinct_skus",
-    "returns_z": "returns",
-    "returns": "returns",
-    "refunds": "refunds",
     "count_context_z": "count_recent_windows",
     "revenue_context_ratio": "revenue_recent_windows",
     "count_trend_z": "count_recent_hour",
@@ -155,7 +151,7 @@ _EXPLAINED_AS: dict[str, str] = {
 # What needs single sales (baskets, assortment, the largest ticket): a count series has totals only.
 PER_EVENT_FEATURES: frozenset[str] = frozenset({
     "units_per_event_z", "units_per_event_ratio", "units", "distinct_skus_z", "distinct_skus_ratio", "distinct_skus",
-    "max_ticket_z", "max_ticket", "returns_z", "returns", "refunds",
+    "max_ticket_z", "max_ticket",
 })
 # What describes sales rather than values: in a value series every window holds exactly one
 # sample by construction, so the counts say nothing there (and their jitter would only add noise).
@@ -213,9 +209,6 @@ _SHARE_CLIP = 1e-3  # no key's share of new SKUs is taken as exactly 0 or 1
 # flushes): a prior of single sales (Poisson) worth this many sales.
 _CLUMP_PRIOR_SALES = 20.0
 _MAX_CLUMP = 1000.0
-# A key's share of returns per sale: a prior of none, worth this many sales (Anscombe's residual
-# keeps the first return of a key that never had one a mild +1.1).
-_RETURNS_PRIOR_SALES = 20.0
 _INT_ARRAYS = ("ctx_pos", "last_start", "how_hour", "scan_n", "scan_pos")
 _CTX_ARRAYS = ("ctx_count", "ctx_exp_count", "ctx_rev", "ctx_exp_rev")
 
@@ -422,9 +415,6 @@ class FeatureExtractor:
         "upe_n": (),
         "dsr": (),
         "dsr_n": (),
-        "ret_n": (),
-        "ret_amount": (),
-        "ret_sales": (),
         "ctx_count": (-1,),
         "ctx_exp_count": (-1,),
         "ctx_rev": (-1,),
@@ -515,6 +505,7 @@ class FeatureExtractor:
             "tk", k, mean_log_ticket - mu, sigma * sigma, c, has_tickets & sold, between=self._single_sales
         )
         units = self._basket(k, rnd, c) if self._basket_z else None
+        # Returns are reported with a window, not modelled (see the module docstring).
         no_returns = np.zeros(len(k))
         returns = rnd.returns if rnd.returns is not None else no_returns
         refunds = rnd.refunds if rnd.refunds is not None else no_returns
@@ -586,13 +577,8 @@ class FeatureExtractor:
         angle_w = 2 * np.pi * (((rnd.start_ms / 86_400_000.0) + 3) % 7) / 7
         n = len(k)
 
-        # Returns scale with sales: the key's returns per sale times the sales expected now.
-        return_share = a["ret_n"][k] / (a["ret_sales"][k] + _RETURNS_PRIOR_SALES)
-        expected_returns = return_share * expected_count
-
         computed: dict[str, Any] = {
             "count_z": lambda: _anscombe_z(c / clump, expected_count / clump, phi),
-            "returns_z": lambda: _anscombe_z(returns / clump, expected_returns / clump, phi),
             "revenue_ratio": lambda: np.log((r + typical_ticket) / (expected_rev + typical_ticket)),
             "mean_ticket_z": lambda: ticket.z,
             "max_ticket_z": lambda: np.where(
@@ -622,8 +608,6 @@ class FeatureExtractor:
             "max_ticket": lambda: rnd.max_ticket,
             "units": lambda: rnd.units,
             "distinct_skus": lambda: rnd.distinct_skus,
-            "returns": lambda: returns,
-            "refunds": lambda: refunds,
             "hour_sin": lambda: np.full(n, np.sin(angle_h)),
             "hour_cos": lambda: np.full(n, np.cos(angle_h)),
             "dow_sin": lambda: np.full(n, np.sin(angle_w)),
@@ -674,8 +658,6 @@ class FeatureExtractor:
                 "count_recent_hour": trend["tr_exp_count"],
                 "revenue_recent_hour": trend["tr_exp_rev"],
                 "count_scan": scan_expected,
-                "returns": expected_returns,
-                "refunds": expected_returns * a["ret_amount"][k] / np.maximum(a["ret_n"][k], 1e-9),
             }
 
         return WindowFeatures(
@@ -862,10 +844,6 @@ class FeatureExtractor:
         a["recent_rev"][k] += rate * (r - a["recent_rev"][k])
 
         d = self._ticket_decay
-        if rnd.returns is not None:
-            a["ret_n"][k] = a["ret_n"][k] * d + rnd.returns[sel]
-            a["ret_amount"][k] = a["ret_amount"][k] * d + rnd.refunds[sel]  # type: ignore[index]
-            a["ret_sales"][k] = a["ret_sales"][k] * d + c
         self._learn_moments("tk", k, c, rnd.log_ticket_sum[sel], rnd.log_ticket_sq_sum[sel])
         if self._single_sales:
             self._learn_sale_mean("tk", k, feats.ticket, sel, c)
