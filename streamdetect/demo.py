@@ -203,6 +203,12 @@ class Demo:
                                 "lag": totals.lag.get((ps.topic, p), 0) if totals is not None else 0}
                 except Exception:  # the service thread may be swapping the detector right now
                     continue
+        # After shutdown (and for a moment in a rebalance) the service holds no partition: the
+        # view keeps showing the last ones it saw, so the final frame still has them.
+        if parts:
+            self._last_parts = parts
+        else:
+            parts = getattr(self, "_last_parts", parts)
         return {
             "elapsed": now - self.started,
             "sim_time": c.sim_ms,

@@ -625,7 +625,7 @@ class FeatureExtractor:
             "mean_ticket": mean_ticket,
             "max_ticket": rnd.max_ticket,
             "units_per_sale": units_per_event,
-            "distinct_skus": rnd.distinct_skus,
+            "distinct_skus": np.round(rnd.distinct_skus),  # a count: the sketch's estimate, rounded
             "count_recent_windows": ctx_c,
             "revenue_recent_windows": ctx_r,
             "count_recent_hour": trend["tr_count"],
