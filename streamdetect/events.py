@@ -18,11 +18,11 @@ others. Rules (field names come from :class:`~streamdetect.config.EventSchema`):
 * ``out_of_range``: NaN/inf, a negative unit price, a negative quantity or amount of a series row
   (unless ``allow_negative``, in which case the magnitude is checked), a negative quantity or
   amount of a sale when ``returns`` is off, ``|amount| > max_amount``, ``|quantity| > max_quantity``.
+* ``late`` is never produced here: the window stage decides it.
 
 Returns: with ``returns`` on (the default) a sale whose quantity or amount is negative (an
 invoice line cancelled, a refund) is valid: the batch holds its magnitudes and marks it in
 ``is_return``, and the windows count it apart from the sales.
-* ``late`` is never produced here: the window stage decides it.
 
 Amount and quantity: ``amount`` wins when present, and ``quantity`` then defaults to 1 when absent
 (``unit_price`` is ignored); without ``amount``, both ``quantity`` and ``unit_price`` are required
@@ -394,10 +394,12 @@ def _fmt(v: float) -> str:
         return _show(v)
 
 
-def _check_range(field: str, v: float, limit: float | None, schema: EventSchema, signed: bool = False) -> None:
-    """``signed``: a negative value is valid (a return's quantity or amount); its magnitude is checked."""
-    if v < 0 and not (schema.allow_negative or signed):
-        raise _Invalid(RejectReason.OUT_OF_RANGE, f"{field}: {_fmt(v)} is negative (events.allow_negative is off)")
+def _check_range(field: str, v: float, limit: float | None, schema: EventSchema, returns: bool | None = None) -> None:
+    """``returns``: None for a field that is never negative (a price, a series value); else whether
+    a negative value is a return (a sale's quantity or amount), whose magnitude is then checked."""
+    if v < 0 and not (schema.allow_negative or returns):
+        setting = "events.allow_negative" if returns is None else "events.returns"
+        raise _Invalid(RejectReason.OUT_OF_RANGE, f"{field}: {_fmt(v)} is negative ({setting} is off)")
     if limit is not None and abs(v) > limit:
         raise _Invalid(RejectReason.OUT_OF_RANGE, f"{field}: {_fmt(v)} is above the limit {limit:g}")
 

@@ -46,10 +46,11 @@ One model serves keys of very different size, so every model feature compares a 
 
 Raw aggregates (``count``, ``revenue``, ``log_count``, ...), ratios to the recent baseline
 (``count_ratio_recent``, ``revenue_ratio_recent``), ratios to the seasonal one
-(``count_ratio_seasonal``) and cyclic encodings (``hour_sin``, ``hour_cos``, ``dow_sin``, ``dow_cos``) are available for
-:attr:`FeatureConfig.features` too. The defaults leave the raw and cyclic ones out: raw values
-are not comparable across keys, and the seasonal baselines already take out the time of day and
-week, so cyclic inputs would only make the mixture model the joint of time and value.
+(``count_ratio_seasonal``) and cyclic encodings (``hour_sin``, ``hour_cos``, ``dow_sin``,
+``dow_cos``) are available for :attr:`FeatureConfig.features` too. The defaults leave the raw and
+cyclic ones out: raw values are not comparable across keys, and the seasonal baselines already
+take out the time of day and week, so cyclic inputs would only make the mixture model the joint
+of time and value.
 
 A window's returns (cancelled lines, refunds) are reported with it (``observed["returns"]``,
 ``["refunds"]``), not modelled: almost every window has none, and a Gaussian mixture reads a

@@ -152,7 +152,10 @@ def _alert_dict(alert: Any) -> dict[str, Any]:
 def _match_feature(name: str, feature_names: Sequence[str]) -> str | None:
     """The model feature that an alert contribution's (human-facing) feature name refers to."""
     # A value series' alerts call its revenue features by the series' own name.
-    name = {"value": "revenue", "value_level": "mean_ticket"}.get(name, name.replace("value_", "revenue_", 1))
+    if name in ("value", "value_level"):
+        name = "revenue" if name == "value" else "mean_ticket"
+    elif name.startswith("value_"):
+        name = "revenue_" + name.removeprefix("value_")
     if name in feature_names:
         return name
     for candidate in feature_names:

@@ -329,7 +329,7 @@ def test_returns_off_rejects_negative_sales() -> None:
     schema = EventSchema(returns=False)
     for fields in ({"quantity": -1}, {"amount": -3}):
         reason, detail = reason_of(ev(**fields), schema)
-        assert reason == R.OUT_OF_RANGE and "is negative" in detail
+        assert reason == R.OUT_OF_RANGE and "is negative (events.returns is off)" in detail
 
 
 def test_a_series_has_no_returns() -> None:
