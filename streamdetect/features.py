@@ -30,7 +30,11 @@ One model serves keys of very different size, so every model feature compares a 
   sold in it: a binomial count against the key's usual share, on Anscombe's variance-stabilising
   arcsine scale and allowing for the key's intra-window correlation, so that it means the same for
   a shop of one best-seller and one of a thousand items: a bot buying one SKU thirty times is far
-  out, one repeat among a handful of sales is mild. (``units_per_event_ratio`` and
+  out, one repeat among a handful of sales is mild. The count is spread over its step by a
+  deterministic uniform per key and window (a randomised quantile residual, Dunn and Smyth 1996):
+  where almost every window brings only new SKUs, the plain residual sat on one value per window
+  size, and the mixture read one repeat as many sigma (39 of 134 alerts on a plain invoice export
+  with no anomaly; 7 of 87 with the spread). (``units_per_event_ratio`` and
   ``distinct_skus_ratio``, the plain log ratios to recent values, stay available.)
 * ``count_context_z``, ``revenue_context_ratio`` -- the same over the last ``context_windows``
   windows, which makes sustained small deviations (a store selling nothing at a quiet hour, a
@@ -268,6 +272,17 @@ class WindowFeatures:
     def expected(self) -> dict[str, np.ndarray]:
         """What each human-facing quantity was expected to be (built when an alert asks)."""
         return self.expected_of()
+
+
+def _uniform(key_id: np.ndarray, start_ms: int) -> np.ndarray:
+    """Deterministic uniforms in [0, 1) per key and window (splitmix64 of both): the same input
+    gives the same features, whatever the batching."""
+    with np.errstate(over="ignore"):
+        z = key_id.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(start_ms & ((1 << 63) - 1))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def _anscombe_z(count: np.ndarray, expected: np.ndarray, phi: np.ndarray) -> np.ndarray:
@@ -727,7 +742,12 @@ class FeatureExtractor:
         n_safe = np.maximum(n, 1.0)
         share = np.minimum(np.maximum(a["ds_s"][k] / np.maximum(a["ds_w"][k], 1e-12), _SHARE_CLIP), 1.0 - _SHARE_CLIP)
         new = np.minimum(np.maximum(rnd.distinct_skus - 1.0, 0.0), n)
-        raw = 2.0 * np.sqrt(n) * (np.arcsin(np.sqrt((new + 0.375) / (n + 0.75))) - np.arcsin(np.sqrt(share)))
+        # A randomised residual (Dunn and Smyth): the count's step is spread over the interval
+        # between its neighbours, so the feature is continuous and the mixture does not read the
+        # one value most windows share as near-certain.
+        jitter = _uniform(k, rnd.start_ms) - 0.5
+        spread = np.minimum(np.maximum(new + jitter, 0.0), n)
+        raw = 2.0 * np.sqrt(n) * (np.arcsin(np.sqrt((spread + 0.375) / (n + 0.75))) - np.arcsin(np.sqrt(share)))
         expected_distinct = np.where(c > 0, 1.0 + n * share, 0.0)
         binomial_var = n_safe * share * (1.0 - share)
         rho = np.maximum(a["ds_tau_a"][k], 0.0) / (a["ds_tau_b"][k] + _SHARE_RHO_PRIOR)

@@ -319,6 +319,10 @@ def test_repeated_skus_are_judged_by_how_unlikely_they_are():
             zs.append(f.values[0, col])
     # SKUs from 5,000 rarely repeat within a window: nothing in the ordinary ones pages.
     assert min(zs) > -3.5 and np.std(zs) < 1.2, (min(zs), np.std(zs))
+    # Nor do they sit on a few values (one per window size, when nothing repeats): the count is
+    # spread over its step (a randomised residual), so the mixture sees a continuous feature.
+    values, counts = np.unique(np.round(zs, 3), return_counts=True)
+    assert len(values) > 250 and counts.max() < 0.03 * len(zs), (len(values), counts.max())
     one_repeat = fx.transform(sales_round(900 * MIN, [sales(7) + sales(1, "s1") + sales(1, "s1")]))
     bot = fx.transform(sales_round(900 * MIN, [sales(30, "same")]))
     # One repeat among nine sales from 5,000 SKUs happens about once in 140 windows, and the sketch
