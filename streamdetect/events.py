@@ -527,16 +527,55 @@ _CANON_DIGIT_POS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20,
 _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
 
 
+_OFFSET_LEN = 29  # "YYYY-MM-DDTHH:MM:SS.fff+hh:mm": the canonical form with an offset
+
+
 def _parse_canonical(strs: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Epoch ms of 24-character ``YYYY-MM-DDTHH:MM:SS.fffZ`` strings, and which ones were valid.
+    """Epoch ms of ``YYYY-MM-DDTHH:MM:SS.fffZ`` strings, or of the same with an offset
+    (``.fff+01:00``), and which ones were valid.
 
-    Invalid rows (wrong shape, impossible dates, leap seconds) are flagged, not guessed: the
-    caller sends them through :func:`_parse_iso`, which decides.
+    Invalid rows (wrong shape, impossible dates or offsets, leap seconds) are flagged, not
+    guessed: the caller sends them through the reference rules, which decide.
 
-    >>> ms, ok = _parse_canonical(["2024-02-29T23:59:59.999Z", "2023-02-29T00:00:00.000Z"])
-    >>> ms[0].item() == parse_timestamp("2024-02-29T23:59:59.999Z"), ok.tolist()
-    (True, [True, False])
+    >>> ms, ok = _parse_canonical(["2024-02-29T23:59:59.999Z", "2023-02-29T00:00:00.000Z",
+    ...                            "2024-03-01T00:59:59.999+01:00"])
+    >>> ms[0].item() == parse_timestamp("2024-02-29T23:59:59.999Z") == ms[2].item(), ok.tolist()
+    (True, [True, False, True])
     """
+    n = len(strs)
+    if len("".join(strs)) == n * _CANON_LEN:
+        return _parse_zulu(strs)
+    ms, ok = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    lengths = np.fromiter(map(len, strs), dtype=np.int64, count=n)
+    zulu = np.flatnonzero(lengths == _CANON_LEN)
+    if len(zulu):
+        ms[zulu], ok[zulu] = _parse_zulu([strs[i] for i in zulu.tolist()])
+    shifted = np.flatnonzero(lengths == _OFFSET_LEN)
+    if len(shifted):
+        sub = [strs[i] for i in shifted.tolist()]
+        local, ok_local = _parse_zulu([x[:23] + "Z" for x in sub])
+        east_ms, ok_offset = _parse_offsets([x[23:] for x in sub])
+        ms[shifted], ok[shifted] = local - east_ms, ok_local & ok_offset
+    return ms, ok
+
+
+def _parse_offsets(strs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Milliseconds east of UTC of ``+hh:mm`` / ``-hh:mm`` strings (hh < 24, mm < 60), and which were valid."""
+    n = len(strs)
+    blob = "".join(strs)
+    if len(blob) != n * 6 or not blob.isascii():
+        return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    a = np.frombuffer(blob.encode("ascii"), dtype=np.uint8).reshape(n, 6).astype(np.int64)
+    dg = a[:, [1, 2, 4, 5]] - 48
+    hours, minutes = dg[:, 0] * 10 + dg[:, 1], dg[:, 2] * 10 + dg[:, 3]
+    ok = ((a[:, 0] == ord("+")) | (a[:, 0] == ord("-"))) & (a[:, 3] == ord(":"))
+    ok &= ((dg >= 0) & (dg <= 9)).all(axis=1) & (hours <= 23) & (minutes <= 59)
+    sign = np.where(a[:, 0] == ord("-"), -1, 1)
+    return sign * (hours * 3_600_000 + minutes * 60_000), ok
+
+
+def _parse_zulu(strs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch ms of 24-character ``YYYY-MM-DDTHH:MM:SS.fffZ`` strings, and which ones were valid."""
     n = len(strs)
     blob = "".join(strs)
     if len(blob) != n * _CANON_LEN or not blob.isascii():
@@ -665,7 +704,7 @@ def _columns(
                 ms = parse_time(t)
                 if not lo_t <= ms < hi_t:
                     raise slow
-            elif type(t) is str_ and len(t) == 24:
+            elif type(t) is str_ and (len(t) == 24 or len(t) == 29):
                 ms = canon_mark
             else:
                 if type(t) is str_:

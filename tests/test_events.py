@@ -544,6 +544,8 @@ _field_values = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=8),
     st.sampled_from(["2024-03-01T12:00:00.123Z", "2024-03-01T12:00:00Z", "2024-02-30T00:00:00.000Z", "s1", "A"]),
+    st.sampled_from(["2024-03-01T12:00:00.123+05:30", "2024-03-01T00:30:00.000-00:00", "2024-03-01T12:00:00.123+24:00",
+                     "2024-02-30T00:00:00.000+01:00", "2024-03-01T12:00:00.123456789", "2024-03-01 12:00:00.123+01:00"]),
     st.sampled_from(["2024-03-01 12:00", "1709294400", 1709294400, 1709294400.5, 3, 2.0]),
     st.just(T0),
     st.lists(st.integers(), max_size=2),
@@ -660,3 +662,24 @@ def test_numbers_written_as_strings_are_read_when_asked() -> None:
     assert [(r.index, r.reason, r.detail) for r in rejected] == [
         (1, RejectReason.BAD_TYPE, "amount: expected a number, got '12,5'")
     ]
+
+
+def test_timestamps_with_offsets_in_a_batch_read_as_one_by_one():
+    """The batch reads millisecond timestamps with an offset at once; each must be the instant the
+    reference parser gives, and the odd ones (an impossible offset or date, a space, nanoseconds)
+    must be judged by the reference rules."""
+    stamps = ["2024-03-01T12:00:00.123+05:30", "2024-03-01T00:30:00.000-00:00", "2024-12-31T23:59:59.999-05:00",
+              "2024-03-01T12:00:00.123+24:00", "2024-02-30T00:00:00.000+01:00", "2024-03-01 12:00:00.123+01:00",
+              "2024-03-01T12:00:00.123456789", "2024-03-01T12:00:00.000Z"]
+    records = [{"ts": t, "store_id": "s", "amount": 1.0} for t in stamps]
+    batch, rejected = decode_records(records, SCHEMA)
+    for r, i in enumerate(batch.index.tolist()):
+        assert batch.ts_ms[r] == parse_timestamp(stamps[i]), stamps[i]
+    expected_bad = []
+    for i, t in enumerate(stamps):
+        try:
+            parse_timestamp(t)
+        except ValueError:
+            expected_bad.append(i)
+    assert [(r.index, r.reason) for r in rejected] == [(i, R.BAD_TIMESTAMP) for i in expected_bad]
+    assert len(expected_bad) == 2  # +24:00 and 30 February
