@@ -543,29 +543,36 @@ def _parse_canonical(strs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     (True, [True, False, True])
     """
     n = len(strs)
-    if len("".join(strs)) == n * _CANON_LEN:
-        return _parse_zulu(strs)
+    rows = _byte_rows(strs, _CANON_LEN)
+    if rows is not None:  # the usual batch: every one in the Z form
+        return _parse_zulu(rows)
     ms, ok = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     lengths = np.fromiter(map(len, strs), dtype=np.int64, count=n)
     zulu = np.flatnonzero(lengths == _CANON_LEN)
-    if len(zulu):
-        ms[zulu], ok[zulu] = _parse_zulu([strs[i] for i in zulu.tolist()])
+    if len(zulu) and (rows := _byte_rows([strs[i] for i in zulu.tolist()], _CANON_LEN)) is not None:
+        ms[zulu], ok[zulu] = _parse_zulu(rows)
     shifted = np.flatnonzero(lengths == _OFFSET_LEN)
     if len(shifted):
         sub = [strs[i] for i in shifted.tolist()]
-        local, ok_local = _parse_zulu([x[:23] + "Z" for x in sub])
-        east_ms, ok_offset = _parse_offsets([x[23:] for x in sub])
-        ms[shifted], ok[shifted] = local - east_ms, ok_local & ok_offset
+        local = _byte_rows([x[:23] + "Z" for x in sub], _CANON_LEN)
+        offsets = _byte_rows([x[23:] for x in sub], 6)
+        if local is not None and offsets is not None:
+            (local_ms, ok_local), (east_ms, ok_offset) = _parse_zulu(local), _parse_offsets(offsets)
+            ms[shifted], ok[shifted] = local_ms - east_ms, ok_local & ok_offset
     return ms, ok
 
 
-def _parse_offsets(strs: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Milliseconds east of UTC of ``+hh:mm`` / ``-hh:mm`` strings (hh < 24, mm < 60), and which were valid."""
-    n = len(strs)
+def _byte_rows(strs: list[str], width: int) -> np.ndarray | None:
+    """The bytes of ASCII strings of ``width`` characters, one row each; None if they are not."""
     blob = "".join(strs)
-    if len(blob) != n * 6 or not blob.isascii():
-        return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
-    a = np.frombuffer(blob.encode("ascii"), dtype=np.uint8).reshape(n, 6).astype(np.int64)
+    if len(blob) != len(strs) * width or not blob.isascii():
+        return None
+    return np.frombuffer(blob.encode("ascii"), dtype=np.uint8).reshape(len(strs), width)
+
+
+def _parse_offsets(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Milliseconds east of UTC of ``+hh:mm`` / ``-hh:mm`` rows (hh < 24, mm < 60), and which were valid."""
+    a = rows.astype(np.int64)
     dg = a[:, [1, 2, 4, 5]] - 48
     hours, minutes = dg[:, 0] * 10 + dg[:, 1], dg[:, 2] * 10 + dg[:, 3]
     ok = ((a[:, 0] == ord("+")) | (a[:, 0] == ord("-"))) & (a[:, 3] == ord(":"))
@@ -574,13 +581,8 @@ def _parse_offsets(strs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return sign * (hours * 3_600_000 + minutes * 60_000), ok
 
 
-def _parse_zulu(strs: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Epoch ms of 24-character ``YYYY-MM-DDTHH:MM:SS.fffZ`` strings, and which ones were valid."""
-    n = len(strs)
-    blob = "".join(strs)
-    if len(blob) != n * _CANON_LEN or not blob.isascii():
-        return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
-    a = np.frombuffer(blob.encode("ascii"), dtype=np.uint8).reshape(n, _CANON_LEN)
+def _parse_zulu(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch ms of ``YYYY-MM-DDTHH:MM:SS.fffZ`` rows of bytes, and which ones were valid."""
     ok = (a[:, _CANON_SEP_POS] == _CANON_SEP).all(axis=1)
     dg = a[:, _CANON_DIGIT_POS].astype(np.int64) - 48
     ok &= ((dg >= 0) & (dg <= 9)).all(axis=1)

@@ -168,6 +168,8 @@ _FIELDS = (
 # events) at 4e-9 / 6e-8.
 _FIXED_POINT = np.array([1.0, 2.0**16, 2.0**16, 2.0**16, 2.0**28, 2.0**24, 2.0**28, 2.0**24, 1.0, 2.0**16])[:, None]
 _SUMMED = tuple(i for i, name in enumerate(_FIELDS) if name != "max_ticket")  # the maximum is not a sum
+_FIRST_RETURN = _FIELDS.index("returns")  # the returns' fields come last: the sales' are before them
+_SALES_SUMMED = tuple(i for i in _SUMMED if i < _FIRST_RETURN)  # all a batch without returns adds to
 
 
 class _OpenWindows:
@@ -346,9 +348,10 @@ class WindowAggregator:
             returned, returned * np.abs(amount),
         ])
         word, bit = sku_bits(sku_hash)
+        summed = _SALES_SUMMED if is_return is None else _SUMMED  # the returns' sums stay 0 without any
         if is_return is not None:
             # A return is not a sale: it leaves the sales' sums, maximum and SKUs alone.
-            per_event[: len(_FIELDS) - 2] *= 1.0 - returned
+            per_event[:_FIRST_RETURN] *= 1.0 - returned
             bit = np.where(is_return, np.uint64(0), bit)
         # Fixed-point values: sums of multiples of 2^-k are exact in float64 (below 2^(53-k)), so a
         # window's sums, and everything downstream, do not depend on how the input was batched.
@@ -359,7 +362,7 @@ class WindowAggregator:
             if not ok.any():
                 continue
             accepted |= ok
-            self._accumulate(key_ids[ok], start[ok], per_event[:, ok], word[ok], bit[ok], ts[ok])
+            self._accumulate(key_ids[ok], start[ok], per_event[:, ok], word[ok], bit[ok], ts[ok], summed)
 
         late = np.flatnonzero(~accepted)
         self.late_events += len(late)
@@ -376,13 +379,14 @@ class WindowAggregator:
         word: np.ndarray,
         bit: np.ndarray,
         ts: np.ndarray,
+        summed: tuple[int, ...] = _SUMMED,
     ) -> None:
         # Reduce the batch per window first, then touch each open window once.
         code = key_ids * (1 << 31) + (starts // self.config.hop_ms - (starts.min() // self.config.hop_ms))
         uniq, first, inverse = np.unique(code, return_index=True, return_inverse=True)
         m = len(uniq)
         sums = np.empty((len(_FIELDS), m))
-        for f in _SUMMED:
+        for f in summed:
             sums[f] = np.bincount(inverse, weights=per_event[f], minlength=m)
         maxima = np.full(m, -np.inf)
         np.maximum.at(maxima, inverse, per_event[2])
@@ -393,7 +397,7 @@ class WindowAggregator:
 
         slots = self._open.slots(key_ids[first], starts[first])
         vals = self._open.values
-        for f in _SUMMED:
+        for f in summed:
             vals[f, slots] += sums[f]
         vals[2, slots] = np.maximum(vals[2, slots], maxima)
         self._open.bits[slots] |= orbits
