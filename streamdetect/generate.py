@@ -83,6 +83,8 @@ MALFORMED_KINDS = ("not_json", "missing_field", "wrong_type", "bad_timestamp", "
 CHANNELS = ("store", "web", "app")
 MIN_EXPECTED_EVENTS = 30.0  # an anomaly is placed only where this many sales are expected over it
 MIN_GAP_MINUTES = 30  # quiet minutes between two anomalies of the same store
+# What EventStream.counts counts from the start (plus the malformed kinds, once they occur).
+_COUNTED = ("events", "valid", "late", "malformed", "returns")
 AMOUNT_ABSENT_FRACTION = 0.1  # share of events without ``amount`` (consumers use quantity x unit_price)
 
 _DURATIONS = {  # minutes, inclusive
@@ -291,7 +293,7 @@ class EventStream:
 
     def __init__(self, config: GeneratorConfig | None = None) -> None:
         self.config = config or GeneratorConfig()
-        self.counts: dict[str, int] = {"events": 0, "valid": 0, "late": 0, "malformed": 0}
+        self.counts: dict[str, int] = dict.fromkeys(_COUNTED, 0)
 
     # -- per-store parameters ---------------------------------------------------------------
     @cached_property
@@ -553,7 +555,7 @@ class EventStream:
             arrival = np.concatenate([arrival, arrival[src] + delay])
             seq = np.concatenate([seq, n + np.arange(n_ret, dtype=np.int64)])
             self.counts["valid"] += n_ret
-            self.counts["returns"] = self.counts.get("returns", 0) + n_ret
+            self.counts["returns"] += n_ret
 
         n_bad = int(rng.binomial(n, cfg.malformed_fraction)) if n and cfg.malformed_fraction > 0 else 0
         if n_bad:
@@ -575,7 +577,7 @@ class EventStream:
     # -- arrival order, day by day -------------------------------------------------------------
     def iter_with_arrival(self) -> Iterator[tuple[int, dict[str, Any] | bytes]]:
         """Yield ``(arrival_ms, event)`` in arrival order (a live demo can pace itself on it)."""
-        self.counts = {"events": 0, "valid": 0, "late": 0, "malformed": 0}
+        self.counts = dict.fromkeys(_COUNTED, 0)
         carry_arrival = np.zeros(0, dtype=np.int64)
         carry_store = np.zeros(0, dtype=np.int64)
         carry_seq = np.zeros(0, dtype=np.int64)

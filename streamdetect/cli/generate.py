@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         c = stream.counts
         extra = ""
-        if c["malformed"] or c["late"] or c.get("returns"):
-            extra = f" ({c['malformed']:,} malformed, {c['late']:,} late, {c.get('returns', 0):,} returns)"
+        if c["malformed"] or c["late"] or c["returns"]:
+            extra = f" ({c['malformed']:,} malformed, {c['late']:,} late, {c['returns']:,} returns)"
         print(
             f"{n:,} events{extra}, {len(stream.labels)} labelled anomalies, {cfg.stores} stores x {cfg.days} days"
             f" -> {args.out}{' + ' + args.labels if args.labels else ''} in {time.perf_counter() - started:.1f} s",
