@@ -72,6 +72,7 @@ class Demo:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.service: Any = None
+        self._last_parts: dict[int, dict[str, Any]] = {}  # the partitions the view last saw
         self.started = time.monotonic()
 
     # -- threads ----------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ class Demo:
         if parts:
             self._last_parts = parts
         else:
-            parts = getattr(self, "_last_parts", parts)
+            parts = self._last_parts
         return {
             "elapsed": now - self.started,
             "sim_time": c.sim_ms,
