@@ -32,9 +32,19 @@ from typing import Any
 
 import orjson
 
-__all__ = ["SEVERITIES", "Alert", "Contribution", "alert_id", "episode_id", "format_time", "message_key"]
+__all__ = [
+    "SEVERITIES", "VALUE_SERIES_NAMES", "Alert", "Contribution", "alert_id", "episode_id", "format_time", "message_key",
+]
 
 SEVERITIES = ("warning", "major", "critical")
+# What a metric series' alert calls the quantities a sales alert names: its "revenue" is its value,
+# its "mean ticket" the value against the series' usual level (over about a day).
+VALUE_SERIES_NAMES = {
+    "revenue": "value",
+    "mean_ticket": "value_level",
+    "revenue_recent_windows": "value_recent_windows",
+    "revenue_recent_hour": "value_recent_hour",
+}
 
 
 def format_time(ms: int) -> str:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from streamdetect.alerts import Alert, Contribution, format_time
+from streamdetect.alerts import VALUE_SERIES_NAMES, Alert, Contribution, format_time
 from streamdetect.config import DetectorConfig, WindowConfig
 from streamdetect.drift import ScoreDriftMonitor
 from streamdetect.events import EventBatch, Rejected, RejectReason, decode_events, decode_records
@@ -176,14 +176,6 @@ _VALUE_QUANTITIES = {
 # a value column); a value series has its value.
 _SALES_QUANTITIES = ("count", "revenue", "mean_ticket", "max_ticket", "units_per_sale", "distinct_skus", "returns",
                      "refunds")
-# A value series' quantities by their own name: its "revenue" is its value, its "mean ticket" the
-# value against the series' usual level (over about a day).
-_VALUE_SERIES_NAMES = {
-    "revenue": "value",
-    "mean_ticket": "value_level",
-    "revenue_recent_windows": "value_recent_windows",
-    "revenue_recent_hour": "value_recent_hour",
-}
 _ROWS_PER_FEATURE = 50  # the least warm-up a mixture with full covariances is fitted on
 _MIN_CALIBRATION = 100  # the fewest scores a threshold is calibrated on (threshold.n_init's floor)
 
@@ -276,7 +268,7 @@ class Detector:
         # A value series' samples are levels (a window of several is their mean); counts add up.
         self._samples_are_levels = cfg.events.value_series
         ev = cfg.events
-        self._alert_names = _VALUE_SERIES_NAMES if ev.value_series else {}
+        self._alert_names = VALUE_SERIES_NAMES if ev.value_series else {}
         self._alert_quantities: tuple[str, ...] = (
             ("revenue",) if ev.value_series
             else ("count",) if ev.count_field is not None and ev.value_field is None

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from streamdetect.alerts import VALUE_SERIES_NAMES
+
 __all__ = ["SCORE_COLUMNS", "choose_feature", "plot_backtest", "read_alerts_jsonl", "read_scores_csv"]
 
 #: The fixed leading columns of ``streamdetect replay --scores``; any further columns are features.
@@ -36,6 +38,7 @@ SCORE_COLUMNS = ("window_start", "key", "score", "threshold", "probability", "is
 
 SEVERITY_COLORS = {"warning": "#f2a900", "major": "#e8590c", "critical": "#c92a2a"}
 _REVENUE_LIKE = ("revenue", "log_revenue", "revenue_ratio", "amount", "sales", "value")
+_SALES_NAME_OF = {v: k for k, v in VALUE_SERIES_NAMES.items()}
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -151,11 +154,7 @@ def _alert_dict(alert: Any) -> dict[str, Any]:
 
 def _match_feature(name: str, feature_names: Sequence[str]) -> str | None:
     """The model feature that an alert contribution's (human-facing) feature name refers to."""
-    # A value series' alerts call its revenue features by the series' own name.
-    if name in ("value", "value_level"):
-        name = "revenue" if name == "value" else "mean_ticket"
-    elif name.startswith("value_"):
-        name = "revenue_" + name.removeprefix("value_")
+    name = _SALES_NAME_OF.get(name, name)  # a value series' alerts name its quantities after the value
     if name in feature_names:
         return name
     for candidate in feature_names:
