@@ -7,6 +7,10 @@ others. Rules (field names come from :class:`~streamdetect.config.EventSchema`):
 * ``too_large``: the raw value is longer than ``max_event_bytes`` (checked before parsing).
 * ``decode``: no value (``None``), not UTF-8, not JSON (including numbers that overflow a double,
   such as ``1e400``, and nesting deeper than 1024).
+
+Values in the Confluent Schema Registry wire format (a zero byte, a 4-byte schema id, then the
+payload), as the JSON Schema serializer writes them, are read as their JSON payload; the schema
+id is not looked up. An Avro or Protobuf payload in that frame is a ``decode`` reject that says so.
 * ``bad_type``: JSON but not an object, or a field of the wrong type. Numbers must be JSON numbers
   (``"12.5"`` is refused); key fields must be strings or integers (integers become ``str(n)``);
   the SKU must be a string or an integer. ``null`` in a required field (time, keys) is a
@@ -866,10 +870,34 @@ _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 
 
+_FRAME = 5  # the Confluent wire format's header: magic byte 0, then a 4-byte big-endian schema id
+
+
+def _unframed(v: Any) -> Any:
+    """The JSON object of a value in the Confluent wire format; any other value as it is (one
+    framed with another payload is left for :func:`_parse_one` to explain).
+
+    JSON text never starts with a zero byte, so the frame is recognised without configuration.
+
+    >>> _unframed(b'\\x00\\x00\\x00\\x00\\x07{"a": 1}'), _unframed(b'{"a": 1}')
+    (b'{"a": 1}', b'{"a": 1}')
+    """
+    if v[:1] == b"\x00" and v[_FRAME : _FRAME + 1] == b"{":
+        return v[_FRAME:]
+    return v
+
+
 def _parse_one(v: Any) -> object:
     try:
         return _loads(v)
     except _JSONDecodeError as exc:
+        if isinstance(v, bytes | bytearray | memoryview) and v[:1] == b"\x00" and len(v) > _FRAME:
+            framed = _parse_one(v[_FRAME:])
+            if isinstance(framed, _DecodeFailure):
+                schema_id = int.from_bytes(bytes(v[1:_FRAME]), "big")
+                return _DecodeFailure(f"Confluent wire format (schema id {schema_id}) without a JSON payload"
+                                      " (Avro or Protobuf?): only JSON is read")
+            return framed
         msg = str(exc)
         return _DecodeFailure("invalid JSON: " + (msg if len(msg) <= 100 else msg[:97] + "..."))
     except TypeError:
@@ -965,6 +993,10 @@ def decode_events(values: Sequence[bytes], schema: EventSchema) -> tuple[EventBa
             positions.append(i)
             kept.append(v)
         vals = kept
+    if vals and isinstance(vals[0], bytes) and vals[0][:1] == b"\x00":
+        # A topic written by a Schema Registry serializer frames every value; one that is not
+        # (a mixed batch) is unframed one by one when its parse fails.
+        vals = [_unframed(v) for v in vals]
     objs: list[object] = []
     with _gc_paused():
         _parse_many(vals, objs)

@@ -212,6 +212,32 @@ def test_decode(value: bytes | None) -> None:
     assert reason == R.DECODE and detail
 
 
+def _framed(value: bytes, schema_id: int = 42) -> bytes:
+    """A value as Confluent's Schema Registry serializers frame it: magic byte 0, schema id, payload."""
+    return b"\x00" + schema_id.to_bytes(4, "big") + value
+
+
+@pytest.mark.parametrize("layout", ["all framed", "framed after plain", "one framed"])
+def test_schema_registry_framed_json_is_read_as_its_payload(layout: str) -> None:
+    """A topic written by the JSON Schema serializer (a 5-byte frame before each JSON object) decodes
+    to the same batch as the bare JSON, whether the batch starts framed (one pass) or a framed
+    value sits among plain ones (found when the joined parse fails); an Avro payload in the same
+    frame is a decode reject that says what it is."""
+    plain = good(60)
+    framed = {
+        "all framed": [_framed(v) for v in plain],
+        "framed after plain": plain[:30] + [_framed(v) for v in plain[30:]],
+        "one framed": [*plain[:59], _framed(plain[59])],
+    }[layout]
+    avro = _framed(b"\x02\x0estore-7\xa0\x1f", schema_id=7)
+    expected, _ = decode_events(plain, SCHEMA)
+    batch, rejected = decode_events([*framed, avro], SCHEMA)
+    assert batch.index.tolist() == expected.index.tolist() and batch.keys == expected.keys
+    assert batch.ts_ms.tolist() == expected.ts_ms.tolist() and batch.amount.tolist() == expected.amount.tolist()
+    assert [(r.index, r.reason) for r in rejected] == [(60, R.DECODE)]
+    assert "Confluent wire format (schema id 7)" in rejected[0].detail and "Avro" in rejected[0].detail
+
+
 @pytest.mark.parametrize(
     ("value", "field"),
     [
