@@ -6,6 +6,9 @@ at-least-once redelivery after a crash) yields the same id and consumers can ded
 Consecutive alerts of one key belong to one *episode* (an outage of three hours is one incident,
 not 180): ``episode_id`` hashes the key and the episode's first window, and ``episode_alert``
 counts the episode's alerts, so a pager can page on the first and a ticket collect the rest.
+When the key has been calm for a while the episode ends, and an :class:`EpisodeResolved` record
+follows its alerts on the same stream (``status`` tells them apart: ``firing`` or ``resolved``),
+so that an incident opened by the first alert can be closed without a person.
 
 >>> a = Alert.build(key={"store_id": "s1"}, window_start_ms=0, window_end_ms=60_000, score=31.2,
 ...     threshold=20.0, probability=0.99995, severity="major", features={"revenue": 0.0},
@@ -21,6 +24,13 @@ True
 True
 >>> a.contributions[0].describe()
 'revenue 4.1 sigma below expected (observed 0, expected 812.5)'
+>>> r = EpisodeResolved.build(key={"store_id": "s1"}, episode_start_ms=0, episode_end_ms=180_000, alerts=3,
+...     peak_score=31.2, peak_severity="major", resolved_at_ms=780_000, calm_windows=10, reason="calm",
+...     model_version="gmm-k3", detected_at_ms=781_000)
+>>> r.status, r.episode_id == a.episode_id, r.explanation
+('resolved', True, '3 alerts from 1970-01-01T00:00:00Z to 1970-01-01T00:03:00Z; no alert in the 10 windows since')
+>>> read_message(r.to_json()) == r, read_message(a.to_json()) == a
+(True, True)
 """
 
 from __future__ import annotations
@@ -33,10 +43,14 @@ from typing import Any
 import orjson
 
 __all__ = [
-    "SEVERITIES", "VALUE_SERIES_NAMES", "Alert", "Contribution", "alert_id", "episode_id", "format_time", "message_key",
+    "RESOLUTION_REASONS", "SEVERITIES", "VALUE_SERIES_NAMES", "Alert", "Contribution", "EpisodeResolved", "alert_id",
+    "episode_id", "format_time", "message_key", "read_message", "resolution_id",
 ]
 
 SEVERITIES = ("warning", "major", "critical")
+# Why an episode ended: its key was calm for long enough, or the key fell silent for `key_ttl` and
+# its state was dropped (nothing more will be said of it).
+RESOLUTION_REASONS = ("calm", "expired")
 # What a metric series' alert calls the quantities a sales alert names: its "revenue" is its value,
 # its "mean ticket" the value against the series' usual level (over about a day).
 VALUE_SERIES_NAMES = {
@@ -65,6 +79,11 @@ def episode_id(key: dict[str, str], episode_start_ms: int) -> str:
     """Deterministic id of a key's episode of consecutive alerts, from the key and its first window."""
     material = orjson.dumps(["episode", sorted(key.items()), episode_start_ms])
     return hashlib.blake2b(material, digest_size=16).hexdigest()
+
+
+def resolution_id(episode: str) -> str:
+    """Deterministic id of an episode's resolution, from the episode's id."""
+    return hashlib.blake2b(orjson.dumps(["resolved", episode]), digest_size=16).hexdigest()
 
 
 def message_key(key: dict[str, str]) -> bytes:
@@ -107,6 +126,7 @@ class Alert:
     episode_id: str = ""
     episode_start: str = ""
     episode_alert: int = 0
+    status: str = "firing"
 
     @classmethod
     def build(
@@ -159,5 +179,92 @@ class Alert:
     @classmethod
     def from_json(cls, raw: bytes | str) -> Alert:
         data = orjson.loads(raw)
+        return cls._from_dict(data)
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> Alert:
         data["contributions"] = [Contribution(**c) for c in data.get("contributions", [])]
         return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeResolved:
+    """The end of an episode: its key has had no alert for ``calm_windows`` scored windows
+    (``reason`` ``calm``), or was silent for ``key_ttl`` and forgotten (``expired``).
+
+    Published on the alerts stream after the episode's last alert, with the same message key.
+    ``episode_end`` is the end of the episode's last alerting window; ``resolved_at`` the end of
+    the window that completed the calm (or the watermark at which the key expired).
+    """
+
+    resolution_id: str
+    key: dict[str, str]
+    episode_id: str
+    episode_start: str
+    episode_end: str
+    alerts: int
+    peak_score: float
+    peak_severity: str
+    resolved_at: str
+    calm_windows: int
+    reason: str
+    model_version: str = ""
+    detected_at: str = ""
+    explanation: str = ""
+    status: str = "resolved"
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        key: dict[str, str],
+        episode_start_ms: int,
+        episode_end_ms: int,
+        alerts: int,
+        peak_score: float,
+        peak_severity: str,
+        resolved_at_ms: int,
+        calm_windows: int,
+        reason: str,
+        model_version: str,
+        detected_at_ms: int,
+    ) -> EpisodeResolved:
+        episode = episode_id(key, episode_start_ms)
+        start, end = format_time(episode_start_ms), format_time(episode_end_ms)
+        what = f"{alerts} alert{'s' if alerts != 1 else ''} from {start} to {end}"
+        why = (f"no alert in the {calm_windows} windows since" if reason == "calm"
+               else "the key has had no event since and is no longer tracked")
+        return cls(
+            resolution_id=resolution_id(episode),
+            key=key,
+            episode_id=episode,
+            episode_start=start,
+            episode_end=end,
+            alerts=int(alerts),
+            peak_score=float(peak_score),
+            peak_severity=peak_severity,
+            resolved_at=format_time(resolved_at_ms),
+            calm_windows=int(calm_windows),
+            reason=reason,
+            model_version=model_version,
+            detected_at=format_time(detected_at_ms),
+            explanation=f"{what}; {why}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    def message_key(self) -> bytes:
+        return message_key(self.key)
+
+
+def read_message(raw: bytes | str) -> Alert | EpisodeResolved:
+    """A record of the alerts stream: an :class:`Alert` or an :class:`EpisodeResolved`, by ``status``
+    (records written before resolutions existed have none and are alerts)."""
+    data = orjson.loads(raw)
+    if data.get("status") == "resolved":
+        return EpisodeResolved(**data)
+    return Alert._from_dict(data)

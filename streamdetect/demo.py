@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import orjson
 
-from streamdetect.alerts import Alert
+from streamdetect.alerts import Alert, EpisodeResolved, read_message
 from streamdetect.settings import AppConfig
 
 __all__ = ["Demo", "DemoOptions", "render"]
@@ -52,7 +52,7 @@ class _Counters:
     produced: int = 0
     sim_ms: int | None = None
     done: bool = False
-    alerts: deque[Alert] = field(default_factory=lambda: deque(maxlen=12))
+    alerts: deque[Alert | EpisodeResolved] = field(default_factory=lambda: deque(maxlen=12))
     alerts_seen: int = 0
     rates: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=6))
 
@@ -137,8 +137,9 @@ class Demo:
                     value = msg.value() if msg.error() is None else None
                     if value:
                         try:
-                            self.counters.alerts.append(Alert.from_json(value))
-                            self.counters.alerts_seen += 1
+                            message = read_message(value)
+                            self.counters.alerts.append(message)
+                            self.counters.alerts_seen += isinstance(message, Alert)
                         except (orjson.JSONDecodeError, TypeError, KeyError):
                             continue
         finally:
@@ -240,7 +241,7 @@ def render(s: dict[str, Any], width: int = 100) -> str:
     """The view as text (ANSI bold/colours only; no cursor tricks here)."""
     from streamdetect.alerts import format_time
 
-    bold, dim, red, yellow, reset = "\x1b[1m", "\x1b[2m", "\x1b[31m", "\x1b[33m", "\x1b[0m"
+    bold, dim, red, yellow, green, reset = "\x1b[1m", "\x1b[2m", "\x1b[31m", "\x1b[33m", "\x1b[32m", "\x1b[0m"
     sim = format_time(int(s["sim_time"])) if s["sim_time"] is not None else "-"
     lines = [
         f"{bold}streamdetect demo{reset}  {dim}{s['elapsed']:6.0f} s elapsed, simulated time {sim}"
@@ -261,8 +262,11 @@ def render(s: dict[str, Any], width: int = 100) -> str:
     if not s["recent_alerts"]:
         lines.append(f"{dim}(none yet: the detector warms up first){reset}")
     for a in reversed(s["recent_alerts"]):
-        colour = red if a.severity == "critical" else yellow
         key = "|".join(a.key.values())
-        text = f"{a.window_start}  {key:<10} {colour}{a.severity:<8}{reset} {a.explanation}"
+        if isinstance(a, EpisodeResolved):  # the end of an episode: when and what it was
+            colour, when, label = green, a.resolved_at, "resolved"
+        else:
+            colour, when, label = red if a.severity == "critical" else yellow, a.window_start, a.severity
+        text = f"{when}  {key:<10} {colour}{label:<8}{reset} {a.explanation}"
         lines.append(text[: width + len(colour) + len(reset)])
     return "\n".join(lines) + "\n"

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from streamdetect.alerts import VALUE_SERIES_NAMES, Alert, Contribution, format_time
+from streamdetect.alerts import SEVERITIES, VALUE_SERIES_NAMES, Alert, Contribution, EpisodeResolved, format_time
 from streamdetect.config import DetectorConfig, WindowConfig
 from streamdetect.drift import ScoreDriftMonitor
 from streamdetect.events import EventBatch, Rejected, RejectReason, decode_events, decode_records
@@ -104,6 +104,9 @@ class DetectorOutput:
     n_valid: int
     drift_detected: bool
     n_returns: int = 0  # valid events that were returns (in n_valid)
+    resolved: list[EpisodeResolved] = field(default_factory=list)  # episodes that ended
+    # The alerts and the resolutions in the order they happened: what the alerts stream carries.
+    messages: list[Alert | EpisodeResolved] = field(default_factory=list)
 
 
 @dataclass
@@ -117,8 +120,10 @@ class DetectorStats:
     model_updates: int
     active_keys: int
     open_windows: int
+    open_episodes: int  # keys with an episode of alerts not yet resolved
     watermark_ms: int | None
     late_events: int
+    newest_event_ms: int | None = None  # the newest event time seen (the watermark may run ahead: advance)
 
 
 @dataclass
@@ -161,6 +166,17 @@ class _Pending:
 
 
 _NEVER_FLAGGED = 1 << 40
+# The detector's per-key arrays (indexed by key id), with their dtype and the value of a key they
+# know nothing of; saved in the state under these names (an older release's state may lack some).
+_PER_KEY: dict[str, tuple[type, float]] = {
+    "flag_streak": (np.int64, 0),  # alerts of the key's open episode (0: none open)
+    "since_flag": (np.int64, _NEVER_FLAGGED),  # windows since the key's last alert
+    "episode_start": (np.int64, -1),  # first window of the key's last episode (-1: unknown)
+    "episode_end": (np.int64, -1),  # end of the open episode's last alerting window
+    "episode_peak": (np.float64, 0.0),  # the open episode's highest score
+    "episode_severity": (np.int64, 0),  # and its highest severity (an index of SEVERITIES)
+    "unit": (np.float64, 0.0),  # the factor a value series' samples are multiplied by (0: none yet)
+}
 _UNIT_VALUE = 100.0  # a value series whose first sample is below 1 is rescaled to put it here
 # What an alert reports in a value series' own units (the detector works in shifted and rescaled
 # ones), each with the count of samples it adds up (that many offsets to take off).
@@ -228,9 +244,10 @@ def _window_config(config: DetectorConfig) -> WindowConfig:
     return replace(config.windows, idle_timeout=0.0)
 
 
-def _severity(tail: np.ndarray, risk: float) -> list[str]:
-    """Severity from the tail probability relative to the alert budget."""
-    return np.where(tail < risk / 100, "critical", np.where(tail < risk / 10, "major", "warning")).tolist()
+def _severity(tail: np.ndarray, risk: float) -> np.ndarray:
+    """Severity (an index of ``SEVERITIES``) from the tail probability relative to the alert budget:
+    ``warning`` past the threshold, ``major`` ten times below ``risk``, ``critical`` a hundred."""
+    return (tail < risk / 10).astype(np.int64) + (tail < risk / 100)
 
 
 class Detector:
@@ -248,6 +265,15 @@ class Detector:
     False
     """
 
+    # the per-key arrays of ``_PER_KEY``
+    _flag_streak: np.ndarray
+    _since_flag: np.ndarray
+    _episode_start: np.ndarray
+    _episode_end: np.ndarray
+    _episode_peak: np.ndarray
+    _episode_severity: np.ndarray
+    _unit: np.ndarray
+
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = cfg = config or DetectorConfig()
         self.windows = WindowAggregator(_window_config(cfg))
@@ -261,9 +287,8 @@ class Detector:
         self._warmup_from_ms: int | None = None  # event time of the first warm-up window
         self._fitted_at_ms: int | None = None  # event time at which the mixture was first fitted
         self._pending = _Pending()
-        self._flag_streak = np.zeros(0, dtype=np.int64)
-        self._since_flag = np.zeros(0, dtype=np.int64)  # windows since the key's last alert
-        self._episode_start = np.zeros(0, dtype=np.int64)  # first window of the key's last episode (-1: unknown)
+        for name, (dtype, _) in _PER_KEY.items():
+            setattr(self, "_" + name, np.zeros(0, dtype=dtype))
         self._cooldown = 2 * cfg.features.context_windows
         # A value series' samples are levels (a window of several is their mean); counts add up.
         self._samples_are_levels = cfg.events.value_series
@@ -275,8 +300,6 @@ class Detector:
             else ("count", "revenue", "mean_ticket") if ev.count_field is not None
             else _SALES_QUANTITIES
         )
-        # Per key, the factor a value series' samples are multiplied by (0: no sample yet).
-        self._unit = np.zeros(0)
         self.windows_scored = 0
         self.regime_changes = 0
 
@@ -316,6 +339,14 @@ class Detector:
         """End of input: close and score every open window."""
         return self._run(EventBatch.empty(), [], now_ms, flush=True)
 
+    def advance(self, clock_ms: int, now_ms: int | None = None) -> DetectorOutput:
+        """The stream's event time has reached ``clock_ms`` though no event came (the service's
+        clock for a partition gone quiet): the windows the watermark now passes close and are
+        scored, so keys that stopped selling get their zero windows. Events older than the new
+        watermark are late from then on, as after any event that recent."""
+        self.windows.advance(clock_ms)
+        return self._run(EventBatch.empty(), [], now_ms)
+
     def stats(self) -> DetectorStats:
         fitted = self.model.is_fitted
         return DetectorStats(
@@ -328,8 +359,10 @@ class Detector:
             model_updates=int(self.model.n_updates_) if fitted else 0,
             active_keys=self.windows.active_keys,
             open_windows=self.windows.open_windows,
+            open_episodes=int(np.count_nonzero(self._flag_streak)),
             watermark_ms=self.windows.watermark_ms,
             late_events=self.windows.late_events,
+            newest_event_ms=self.windows.newest_event_ms,
         )
 
     # ------------------------------------------------------------------ pipeline
@@ -361,27 +394,61 @@ class Detector:
                 )
             rejected.sort(key=lambda r: r.index)
 
-        alerts: list[Alert] = []
+        messages: list[Alert | EpisodeResolved] = []
         rounds: list[_RoundScores] = []
         drift = False
         for rnd in self.windows.pop_closed(flush=flush):
-            drift |= self._process_round(rnd, now_ms, alerts, rounds)
+            drift |= self._process_round(rnd, now_ms, messages, rounds)
         if self.windows.evicted:
-            self.features.evict(self.windows.evicted)
-            gone = np.asarray(self.windows.evicted, dtype=np.int64)
-            gone = gone[gone < len(self._flag_streak)]  # a key never scored nor rescaled has nothing here
-            self._flag_streak[gone] = 0
-            self._since_flag[gone] = _NEVER_FLAGGED
-            self._episode_start[gone] = -1
-            self._unit[gone] = 0.0
+            self._forget(self.windows.evicted, self.windows.evicted_keys, now_ms, messages)
             self.windows.evicted.clear()
+            self.windows.evicted_keys.clear()
         return DetectorOutput(
-            alerts=alerts,
+            alerts=[m for m in messages if isinstance(m, Alert)],
             rejected=rejected,
             scored=self._collect(rounds),
             n_valid=len(batch) - len(late),
             drift_detected=drift,
             n_returns=0 if batch.is_return is None else int(np.count_nonzero(np.delete(batch.is_return, late))),
+            resolved=[m for m in messages if isinstance(m, EpisodeResolved)],
+            messages=messages,
+        )
+
+    def _forget(
+        self,
+        evicted: list[int],
+        evicted_keys: list[tuple[tuple[str, ...], int]],
+        now_ms: int | None,
+        messages: list[Alert | EpisodeResolved],
+    ) -> None:
+        """Drop what is known of evicted keys; an episode still open ends as ``expired`` (a pager
+        would otherwise keep an incident open for a key that no longer exists)."""
+        self.features.evict(evicted)
+        for kid, (key, at_ms) in zip(evicted, evicted_keys, strict=True):
+            if kid < len(self._flag_streak) and self._flag_streak[kid] > 0:
+                messages.append(self._resolution(kid, self._key_dict(kid, key), at_ms, 0, "expired", now_ms))
+        gone = np.asarray(evicted, dtype=np.int64)
+        gone = gone[gone < len(self._flag_streak)]  # a key never scored nor rescaled has nothing here
+        for name, (_, fill) in _PER_KEY.items():
+            getattr(self, "_" + name)[gone] = fill
+
+    def _resolution(
+        self, kid: int, key: dict[str, str], at_ms: int, calm_windows: int, reason: str, now_ms: int | None
+    ) -> EpisodeResolved:
+        start = int(self._episode_start[kid])
+        end = int(self._episode_end[kid])
+        return EpisodeResolved.build(
+            key=key,
+            episode_start_ms=start,
+            episode_end_ms=end if end >= 0 else start,  # a state from before episodes had ends
+            alerts=int(self._flag_streak[kid]),
+            peak_score=float(self._episode_peak[kid]),
+            peak_severity=SEVERITIES[int(self._episode_severity[kid])],
+            resolved_at_ms=at_ms,
+            calm_windows=calm_windows,
+            reason=reason,
+            model_version=self._model_version() if self.model.is_fitted else "",
+            detected_at_ms=now_ms if now_ms is not None else at_ms,
         )
 
     def _in_units(self, batch: EventBatch, kid: np.ndarray | None) -> np.ndarray:
@@ -409,7 +476,11 @@ class Detector:
         return np.asarray(amount * np.where(unit > 0.0, unit, 1.0))
 
     def _process_round(
-        self, rnd: ClosedRound, now_ms: int | None, alerts: list[Alert], rounds: list[_RoundScores]
+        self,
+        rnd: ClosedRound,
+        now_ms: int | None,
+        messages: list[Alert | EpisodeResolved],
+        rounds: list[_RoundScores],
     ) -> bool:
         if self._samples_are_levels:
             rnd = _mean_sample(rnd)
@@ -449,13 +520,21 @@ class Detector:
             # so a new normal that scores around the threshold still counts as one long episode.
             before = self._flag_streak[key_ids]
             streak = np.where(flags, before + 1, np.where(calm, 0, before))
-            self._flag_streak[key_ids] = streak
-            self._episode_start[key_ids[flags & (before == 0)]] = rnd.start_ms
             new_normal[mature] = streak > self.config.relearn_after
             learn[mature] = ~flags | new_normal[mature]
             probability = self.threshold.probability(score)
+            ended = np.flatnonzero(calm & (before > 0))
+            if len(ended):
+                # The resolution reads the episode as it was, so before the streak is reset.
+                detected = now_ms if now_ms is not None else int(rnd.end_ms + self.config.windows.lateness_ms)
+                messages.extend(
+                    self._resolution(kid, self._key_dict(kid), rnd.end_ms, int(n), "calm", detected)
+                    for kid, n in zip(key_ids[ended].tolist(), since[ended].tolist(), strict=True)
+                )
+            self._flag_streak[key_ids] = streak
             if flags.any():
-                alerts.extend(self._alerts(rnd, feats, mature, X, score, threshold, probability, flags, now_ms))
+                self._open_episodes(key_ids[flags], before[flags] == 0, rnd, score[flags], probability[flags])
+                messages.extend(self._alerts(rnd, feats, mature, X, score, threshold, probability, flags, now_ms))
             rounds.append(
                 _RoundScores(
                     key_ids=key_ids,
@@ -481,6 +560,16 @@ class Detector:
         self.features.update(rnd, feats, learn, new_normal)
         return drift
 
+    def _open_episodes(
+        self, kids: np.ndarray, first: np.ndarray, rnd: ClosedRound, score: np.ndarray, probability: np.ndarray
+    ) -> None:
+        """Flagged keys' episodes (``first``: it starts with this window) take in this window."""
+        severity = _severity(1.0 - probability, self.config.threshold.risk)
+        self._episode_start[kids[first]] = rnd.start_ms
+        self._episode_end[kids] = rnd.end_ms
+        self._episode_peak[kids] = np.where(first, score, np.maximum(self._episode_peak[kids], score))
+        self._episode_severity[kids] = np.where(first, severity, np.maximum(self._episode_severity[kids], severity))
+
     def _calibration_due(self, now_ms: int) -> bool:
         """A sparse stream has scored for ``calibration_span`` without reaching ``n_init``."""
         if self.threshold.is_calibrated or self._fitted_at_ms is None:
@@ -489,15 +578,13 @@ class Detector:
         return now_ms - self._fitted_at_ms >= span_ms > 0 and self.windows_scored >= _MIN_CALIBRATION
 
     def _grow_per_key(self, need: int) -> None:
-        """The per-key arrays (flag streaks, windows since a flag, episode starts, value units) cover ids
-        below ``need``."""
+        """The per-key arrays (``_PER_KEY``) cover ids below ``need``."""
         have = len(self._flag_streak)
         if need > have:
             grow = max(need, 2 * have) - have
-            self._flag_streak = np.concatenate([self._flag_streak, np.zeros(grow, dtype=np.int64)])
-            self._since_flag = np.concatenate([self._since_flag, np.full(grow, _NEVER_FLAGGED, dtype=np.int64)])
-            self._episode_start = np.concatenate([self._episode_start, np.full(grow, -1, dtype=np.int64)])
-            self._unit = np.concatenate([self._unit, np.zeros(grow)])
+            for name, (dtype, fill) in _PER_KEY.items():
+                old = getattr(self, "_" + name)
+                setattr(self, "_" + name, np.concatenate([old, np.full(grow, fill, dtype=dtype)]))
 
     def _fit_warmup(self) -> None:
         X = np.concatenate(self._warmup_rows)
@@ -544,8 +631,7 @@ class Detector:
         cfg = self.config
         rows = np.flatnonzero(flags)
         expl = self.model.explain(X[rows])
-        tail = 1.0 - probability[rows]
-        severities = _severity(tail, cfg.threshold.risk)
+        severities = [SEVERITIES[i] for i in _severity(1.0 - probability[rows], cfg.threshold.risk).tolist()]
         # Without a wall clock (replays), the event time at which the window closed: the same
         # whatever the batching.
         detected = now_ms if now_ms is not None else int(rnd.end_ms + self.config.windows.lateness_ms)
@@ -615,8 +701,9 @@ class Detector:
         m = self.model
         return f"gmm-k{len(m.weights_)}-d{m.n_features_in_}-u{m.n_updates_}"
 
-    def _key_dict(self, key_id: int) -> dict[str, str]:
-        key = self.windows.keys.keys[key_id]
+    def _key_dict(self, key_id: int, key: tuple[str, ...] | None = None) -> dict[str, str]:
+        """The key fields of a key id (or of ``key``, an evicted id's former key)."""
+        key = key or self.windows.keys.keys[key_id]
         return dict(zip(self.config.events.key_fields, key or (), strict=False))
 
     def _collect(self, rounds: list[_RoundScores]) -> ScoredWindows:
@@ -663,10 +750,7 @@ class Detector:
                 "score": np.concatenate(pending.score).tolist() if pending.score else [],
                 "calm": np.concatenate(pending.calm).tolist() if pending.calm else [],
             },
-            "flag_streak": self._flag_streak.tolist(),
-            "unit": self._unit.tolist(),
-            "since_flag": self._since_flag.tolist(),
-            "episode_start": self._episode_start.tolist(),
+            **{name: getattr(self, "_" + name).tolist() for name in _PER_KEY},
             "windows_scored": self.windows_scored,
             "regime_changes": self.regime_changes,
             "warmup_from_ms": self._warmup_from_ms,
@@ -699,16 +783,13 @@ class Detector:
                 np.array(p["score"], dtype=np.float64),
                 np.array(p["calm"], dtype=bool),
             )
-        det._flag_streak = np.array(state["flag_streak"], dtype=np.int64)
-        det._since_flag = np.array(state["since_flag"], dtype=np.int64)
-        # One length for the per-key arrays (states from before the units and episodes lack them).
-        unit = np.array(state.get("unit", []), dtype=np.float64)
-        episode_start = np.array(state.get("episode_start", []), dtype=np.int64)
-        det._unit = np.zeros(len(det._flag_streak))
-        det._episode_start = np.full(len(det._flag_streak), -1, dtype=np.int64)
-        det._grow_per_key(max(len(unit), len(episode_start)))
-        det._unit[: len(unit)] = unit
-        det._episode_start[: len(episode_start)] = episode_start
+        # One length for the per-key arrays (states from before the units and episodes lack some).
+        saved: dict[str, np.ndarray] = {
+            name: np.array(state.get(name, []), dtype=dtype) for name, (dtype, _) in _PER_KEY.items()
+        }
+        det._grow_per_key(max(len(a) for a in saved.values()))
+        for name, arr in saved.items():
+            getattr(det, "_" + name)[: len(arr)] = arr
         det.windows_scored = int(state["windows_scored"])
         det.regime_changes = int(state["regime_changes"])
         # States written before the warm-up and calibration spans existed lack these: counts only.

@@ -182,6 +182,8 @@ def evaluate(
 ) -> EvaluationReport:
     """Match ``alerts`` (dicts or :class:`~streamdetect.alerts.Alert`) to ``labels``.
 
+    Records of the alerts stream that end an episode (``status`` ``resolved``) are skipped.
+
     ``window_seconds`` is the detector's window length (the unit of delay and tolerance).
     ``n_keys`` and ``span_days`` override what the false-alert rate is divided by.
 
@@ -207,6 +209,8 @@ def evaluate(
     n_dup = 0
     for raw in alerts:
         a = _as_alert(raw)
+        if a.get("status") == "resolved":  # the end of an episode on the alerts stream: not an alert
+            continue
         ws, we = parse_time_ms(a["window_start"]), parse_time_ms(a["window_end"])
         key = {str(k): str(v) for k, v in a["key"].items()}
         aid = str(a.get("alert_id") or make_alert_id(key, ws, we))

@@ -42,6 +42,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 from streamdetect import __version__
+from streamdetect.alerts import RESOLUTION_REASONS, SEVERITIES
 
 __all__ = [
     "ALERT_LATENCY_BUCKETS",
@@ -92,6 +93,8 @@ METRIC_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "streamdetect_windows_scored_total": ("counter", ()),
     "streamdetect_anomalies_total": ("counter", ("severity",)),
     "streamdetect_anomaly_episodes_total": ("counter", ()),
+    "streamdetect_anomaly_episodes_resolved_total": ("counter", ("reason",)),
+    "streamdetect_open_anomaly_episodes": ("gauge", ("partition",)),
     "streamdetect_alerts_produced_total": ("counter", ()),
     "streamdetect_delivery_failures_total": ("counter", ("topic",)),
     "streamdetect_anomaly_score": ("histogram", ()),
@@ -113,7 +116,6 @@ METRIC_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "streamdetect_build_info": ("gauge", ("version", "librdkafka")),
 }
 
-SEVERITIES = ("warning", "major", "critical")
 REJECT_REASONS = ("decode", "missing_field", "bad_type", "bad_timestamp", "out_of_range", "too_large", "late")
 REBALANCE_EVENTS = ("assign", "revoke", "lost")
 RESULTS = ("ok", "error")
@@ -190,6 +192,13 @@ class Metrics:
         self.anomaly_episodes = Counter(f"{p}anomaly_episodes",
                                         "Episodes of consecutive anomalous windows of one key started.",
                                         registry=r)
+        self.episodes_resolved = Counter(f"{p}anomaly_episodes_resolved",
+                                         "Episodes of alerts that ended, by reason (calm: the key had no alert for"
+                                         " a while; expired: the key fell silent and was forgotten).",
+                                         ["reason"], registry=r)
+        self.open_episodes = Gauge(f"{p}open_anomaly_episodes",
+                                   "Keys of the partition with an episode of alerts not yet resolved.",
+                                   ["partition"], registry=r)
         self.alerts_produced = Counter(f"{p}alerts_produced", "Alerts delivered to the alerts topic.", registry=r)
         self.delivery_failures = Counter(f"{p}delivery_failures", "Messages whose delivery failed, by topic.",
                                          ["topic"], registry=r)
@@ -235,6 +244,8 @@ class Metrics:
             self.events_rejected.labels(reason)
         for severity in SEVERITIES:
             self.anomalies.labels(severity)
+        for reason in RESOLUTION_REASONS:
+            self.episodes_resolved.labels(reason)
         for event in REBALANCE_EVENTS:
             self.rebalances.labels(event)
         for result in RESULTS:
@@ -258,7 +269,8 @@ class Metrics:
             The input partition whose detector produced ``output``.
         output
             A ``DetectorOutput`` (duck-typed: ``alerts`` with ``severity``, ``rejected`` with
-            ``reason``, ``scored`` with ``score`` and ``event_time_ms``, ``drift_detected``).
+            ``reason``, ``scored`` with ``score`` and ``event_time_ms``, ``drift_detected``; optionally
+            ``resolved`` with ``reason``).
         stats
             The detector's ``DetectorStats`` after the call, for the partition gauges; optional.
         """
@@ -274,6 +286,8 @@ class Metrics:
             self.anomalies.labels(str(alert.severity)).inc()
             if getattr(alert, "episode_alert", 1) == 1:
                 self.anomaly_episodes.inc()
+        for resolution in getattr(output, "resolved", ()):
+            self.episodes_resolved.labels(str(resolution.reason)).inc()
         scored = output.scored
         scores = getattr(scored, "score", ())
         n = len(scores)
@@ -308,6 +322,9 @@ class Metrics:
         self.threshold.labels(label).set(float(stats.threshold))
         self.score_drift.labels(label).set(float(stats.drift_statistic))
         self.model_log_likelihood.labels(label).set(float(stats.mean_log_likelihood))
+        open_episodes = getattr(stats, "open_episodes", None)
+        if open_episodes is not None:
+            self.open_episodes.labels(label).set(int(open_episodes))
         weights = list(stats.component_weights)
         with self._lock:
             previous = self._components.get(partition, 0)
@@ -323,9 +340,13 @@ class Metrics:
             delta = updates if seen is None or updates < seen else updates - seen
             if delta > 0:
                 self.model_updates.inc(delta)
-        watermark = getattr(stats, "watermark_ms", None)
-        if watermark is not None:
-            self.observe_event_time(watermark / 1000.0)
+        # the newest event, not the watermark: an idle partition's clock runs on without events,
+        # and the event-time delay must still show that none came
+        newest = getattr(stats, "newest_event_ms", None)
+        if newest is None:
+            newest = getattr(stats, "watermark_ms", None)
+        if newest is not None:
+            self.observe_event_time(newest / 1000.0)
 
     def observe_event_time(self, ts_seconds: float) -> None:
         """Advance ``streamdetect_last_event_timestamp_seconds`` (it never goes backwards)."""
@@ -418,7 +439,7 @@ class Metrics:
             Only drop the lag of these topics; of every topic when ``None``.
         """
         label = str(partition)
-        for gauge in (self.threshold, self.score_drift, self.model_log_likelihood):
+        for gauge in (self.threshold, self.score_drift, self.model_log_likelihood, self.open_episodes):
             self._remove(gauge, label)
         with self._lock:
             n_components = self._components.pop(partition, 0)

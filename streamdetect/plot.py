@@ -308,7 +308,8 @@ def plot_backtest(
     if feature is not None and feature not in feature_names:
         raise ValueError(f"feature {feature!r} is not among the scored features {', '.join(feature_names) or '(none)'}")
 
-    alert_list = [_alert_dict(a) for a in alerts or ()]
+    # the alerts stream also carries the ends of episodes (status "resolved"): not windows to mark
+    alert_list = [d for d in (_alert_dict(a) for a in alerts or ()) if d.get("status") != "resolved"]
     alerts_by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for a in alert_list:
         alerts_by_key[_key_label(a.get("key", ""))].append(a)

@@ -116,6 +116,7 @@ class KafkaConfig:
     poll_timeout: float = 0.5
     checkpoint_interval: float = 5.0
     max_pending: int = 20_000
+    idle_clock: bool = True
     shutdown_timeout: float = 30.0
     restore_timeout: float = 60.0
     delivery_retries: int = 3

@@ -262,7 +262,8 @@ class WindowAggregator:
     def __init__(self, config: WindowConfig | None = None) -> None:
         self.config = config or WindowConfig()
         self.keys = KeyIndex()
-        self.max_event_ms: int | None = None
+        self.max_event_ms: int | None = None  # the stream's clock: its newest event time, or later (advance)
+        self.newest_event_ms: int | None = None  # the newest event time seen
         self.next_start: int | None = None  # start of the next round to close
         self.late_events = 0
         self._open = _OpenWindows()
@@ -270,6 +271,8 @@ class WindowAggregator:
         self._last_data_end = np.zeros(0, dtype=np.int64)
         self._last_event = np.zeros(0, dtype=np.int64)
         self.evicted: list[int] = []  # key ids evicted since the caller last cleared this list
+        # ... and, in the same order, the keys they had and the watermark at which they went
+        self.evicted_keys: list[tuple[tuple[str, ...], int]] = []
 
     # ------------------------------------------------------------------ properties
     @property
@@ -324,6 +327,7 @@ class WindowAggregator:
             np.maximum(before[1:], before[0], out=before[1:])
         watermark = before - lateness
         self.max_event_ms = int(max(before[0], ts.max()))
+        self.newest_event_ms = int(max(self.newest_event_ms or ts.max(), ts.max()))
 
         if key_ids is None:
             key_ids = self.keys.ids(keys)
@@ -413,6 +417,23 @@ class WindowAggregator:
             )
 
     # ------------------------------------------------------------------ output
+    def advance(self, clock_ms: int) -> None:
+        """The stream's clock reads ``clock_ms`` though no event says so (an idle partition whose
+        time goes on): the watermark follows, and :meth:`pop_closed` closes what it passes.
+        Nothing happens before the first event or to a clock that would go back.
+
+        >>> agg = WindowAggregator()
+        >>> late = agg.add(np.array([30_000]), [("s",)], amount=np.ones(1), quantity=np.ones(1),
+        ...                sku_hash=np.zeros(1, dtype=np.uint64))
+        >>> [r.start_ms for r in agg.pop_closed()]
+        []
+        >>> agg.advance(60_000 + 120_000)  # the window's end plus the allowed lateness
+        >>> [r.start_ms for r in agg.pop_closed()], agg.newest_event_ms
+        ([0], 30000)
+        """
+        if self.max_event_ms is not None and clock_ms > self.max_event_ms:
+            self.max_event_ms = int(clock_ms)
+
     def pop_closed(self, *, flush: bool = False) -> Iterator[ClosedRound]:
         """Yield the rounds whose windows the watermark has closed, oldest first.
 
@@ -513,6 +534,7 @@ class WindowAggregator:
         open_keys = set(self._open.key_of_slot[list(self._open.slot_of.values())].tolist())
         stale = np.array([k for k in stale.tolist() if k not in open_keys], dtype=np.int64)
         if len(stale):
+            self.evicted_keys.extend((self.keys.keys[k], now_ms) for k in stale.tolist())  # type: ignore[misc]
             self.keys.evict(stale)
             self._last_data_end[stale] = 0
             self._last_event[stale] = np.iinfo(np.int64).min // 2
@@ -524,6 +546,7 @@ class WindowAggregator:
             "version": 1,
             "keys": self.keys.to_state(),
             "max_event_ms": self.max_event_ms,
+            "newest_event_ms": self.newest_event_ms,
             "next_start": self.next_start,
             "late_events": self.late_events,
             "last_data_end": self._last_data_end.tolist(),
@@ -538,6 +561,7 @@ class WindowAggregator:
         agg = cls(config)
         agg.keys = KeyIndex.from_state(state["keys"])
         agg.max_event_ms = state["max_event_ms"]
+        agg.newest_event_ms = state.get("newest_event_ms", agg.max_event_ms)  # older states: no advance
         agg.next_start = state["next_start"]
         agg.late_events = int(state["late_events"])
         agg._last_data_end = np.array(state["last_data_end"], dtype=np.int64)

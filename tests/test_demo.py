@@ -93,3 +93,28 @@ def test_default_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
     # logs went to the log file, as JSON lines
     lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
     assert lines and all(orjson.loads(line)["level"] for line in lines)
+
+
+def test_the_view_shows_the_end_of_an_episode_apart_from_its_alerts() -> None:
+    """The alerts pane lists what the alerts topic carries: an alert by its window and severity, the
+    end of its episode as `resolved` with its explanation."""
+    from streamdetect.alerts import Alert, EpisodeResolved
+    from streamdetect.demo import render
+
+    key = {"store_id": "store-003"}
+    alert = Alert.build(key=key, window_start_ms=60_000, window_end_ms=120_000, score=40.0, threshold=20.0,
+                        probability=0.9999999, severity="critical", features={}, contributions=[],
+                        model_version="m", detected_at_ms=120_000)
+    end = EpisodeResolved.build(key=key, episode_start_ms=60_000, episode_end_ms=120_000, alerts=1, peak_score=40.0,
+                                peak_severity="critical", resolved_at_ms=780_000, calm_windows=11, reason="calm",
+                                model_version="m", detected_at_ms=780_000)
+    snapshot = {"elapsed": 5.0, "sim_time": 780_000, "generator_done": False, "metrics_url": None, "produced": 10,
+                "produce_rate": 1.0, "consumed": 10, "consume_rate": 1.0, "lag": 0, "windows": 3, "rejected": 0,
+                "alerts": 1, "partitions": {}, "recent_alerts": [alert, end]}
+    text = re.sub(r"\x1b\[[0-9;]*m", "", render(snapshot, width=200))
+    lines = text.splitlines()
+    resolved = next(i for i, line in enumerate(lines) if "resolved" in line)
+    critical = next(i for i, line in enumerate(lines) if "critical" in line)
+    assert resolved < critical  # newest first
+    assert lines[resolved].startswith("1970-01-01T00:13:00Z  store-003") and end.explanation in lines[resolved]
+    assert lines[critical].startswith("1970-01-01T00:01:00Z  store-003")

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from streamdetect.alerts import Alert, episode_id
+from streamdetect.alerts import SEVERITIES, Alert, EpisodeResolved, episode_id
 from streamdetect.config import ConfigError, DetectorConfig, ModelConfig, ThresholdConfig, from_mapping
 from streamdetect.detector import Detector, DetectorOutput
 from streamdetect.events import parse_timestamp
@@ -328,9 +328,10 @@ def test_consecutive_alerts_of_a_key_share_an_episode_that_survives_a_restart():
     records = [{"timestamp": t0 + j * step * 1000, "temp": float(v), "store_id": "room"} for j, v in enumerate(celsius)]
     cut = 7 * 288 + 103  # three windows into the heater's episode
     det = Detector(cfg)
-    alerts = det.process_records(records[:cut]).alerts
+    messages = det.process_records(records[:cut]).messages
     det = Detector.from_state(orjson.loads(orjson.dumps(det.to_state())), cfg)
-    alerts += det.process_records(records[cut:]).alerts + det.flush().alerts
+    messages += det.process_records(records[cut:]).messages + det.flush().messages
+    alerts = [m for m in messages if isinstance(m, Alert)]
     heater = [a for a in alerts if "2026-01-08T08:20:00Z" <= a.window_start <= "2026-01-08T08:50:00Z"]
     assert len(heater) >= 4 and len({a.episode_id for a in heater}) == 1
     assert [a.episode_alert for a in heater] == list(range(1, len(heater) + 1))
@@ -338,6 +339,23 @@ def test_consecutive_alerts_of_a_key_share_an_episode_that_survives_a_restart():
     broken = [a for a in alerts if a.window_start == "2026-01-09T04:10:00Z"]
     assert broken and broken[0].episode_alert == 1 and broken[0].episode_id != heater[0].episode_id
     assert broken[0].episode_id == episode_id({"store_id": "room"}, parse_timestamp("2026-01-09T04:10:00Z"))
+
+    # Each episode is resolved once, after its last alert and `2 * context_windows` calm windows
+    # more, with what the pager needs to close the incident it opened on the first alert.
+    resolved = [m for m in messages if isinstance(m, EpisodeResolved)]
+    assert sorted(r.episode_id for r in resolved) == sorted({a.episode_id for a in alerts})
+    ends = {r.episode_id: r for r in resolved}
+    calm = 2 * cfg.features.context_windows + 1
+    for episode in (heater, broken):
+        r = ends[episode[0].episode_id]
+        assert (r.status, r.reason, r.key, r.alerts) == ("resolved", "calm", {"store_id": "room"}, len(episode))
+        assert (r.episode_start, r.episode_end) == (episode[0].window_start, episode[-1].window_end)
+        assert r.calm_windows == calm
+        assert parse_timestamp(r.resolved_at) == parse_timestamp(episode[-1].window_end) + calm * step * 1000
+        assert r.peak_score == max(a.score for a in episode)
+        assert r.peak_severity == max((a.severity for a in episode), key=SEVERITIES.index)
+        assert messages.index(r) > messages.index(episode[-1])  # the stream's order: alerts, then the end
+    assert det.stats().open_episodes == 0
 
 
 def test_a_key_evicted_before_it_was_ever_scored_is_forgotten_quietly():
@@ -407,3 +425,35 @@ def test_an_alert_reports_what_its_input_has_under_its_own_names():
     assert {"count", "revenue", "max_ticket", "distinct_skus", "returns", "refunds", "expected_revenue"} <= set(sales)
     # distinct SKUs are a count: reported as one, not as the sketch's estimate (2.00196)
     assert all(float(a.features["distinct_skus"]).is_integer() for a in alerts_of(outs))
+
+
+def test_an_episode_still_open_when_its_key_expires_is_resolved_as_expired():
+    """A store that stops selling for good alerts until its zero windows end (`idle_timeout`); its
+    episode never calms, so when the key is forgotten after `key_ttl` the episode ends as
+    `expired`, or a pager would keep the incident open for a store that no longer exists."""
+    cfg = from_mapping(DetectorConfig, {
+        "windows": {"idle_timeout": 1800, "key_ttl": 7200},
+        "model": {"warmup": 300, "warmup_span": 0},
+        "threshold": {"n_init": 300, "calibration_span": 0},
+    })
+    rng = np.random.default_rng(3)
+    t0 = 1_767_225_600_000
+    records = [
+        {"ts": t0 + 60_000 * m + int(rng.uniform(0, 60_000)), "store_id": store, "amount": float(rng.lognormal(3, 0.5))}
+        for store in ("A", "B")
+        for m in range(int(1.5 * 1440) if store == "A" else 2 * 1440)
+        for _ in range(rng.poisson(6.0))
+    ]
+    records.sort(key=lambda r: r["ts"])
+    det = Detector(cfg)
+    messages = [m for i in range(0, len(records), 2000) for m in det.process_records(records[i : i + 2000]).messages
+                if m.key == {"store_id": "A"}]
+    alerts = [m for m in messages if isinstance(m, Alert)]
+    assert len(alerts) >= 5 and len({a.episode_id for a in alerts}) == 1  # the outage, one episode
+    assert isinstance(messages[-1], EpisodeResolved) and len(messages) == len(alerts) + 1
+    r = messages[-1]
+    assert (r.reason, r.alerts, r.episode_id, r.episode_end) == ("expired", len(alerts), alerts[0].episode_id,
+                                                               alerts[-1].window_end)
+    last_sale = max(rec["ts"] for rec in records if rec["store_id"] == "A")
+    assert parse_timestamp(r.resolved_at) >= last_sale + 7_200_000
+    assert det.stats().open_episodes == 0

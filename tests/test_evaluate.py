@@ -8,7 +8,7 @@ import math
 import orjson
 import pytest
 
-from streamdetect.alerts import Alert, alert_id, format_time
+from streamdetect.alerts import Alert, EpisodeResolved, alert_id, format_time
 from streamdetect.evaluate import evaluate
 from streamdetect.generate import Label, parse_time_ms, write_jsonl
 
@@ -102,6 +102,20 @@ def test_duplicates_without_ids_and_alert_objects():
     assert (r.n_alerts, r.n_duplicates, r.precision, r.recall) == (1, 3, 1.0, 1.0)
     # labels as dicts give the same report
     assert evaluate([x.to_dict() for x in labs], [a]).to_dict() == evaluate(labs, [a]).to_dict()
+
+
+def test_the_end_of_an_episode_on_the_alerts_stream_is_not_an_alert():
+    """A dump of the alerts topic (or replay --alerts) holds resolutions too: they are skipped,
+    as objects or as dicts, and count neither as alerts nor as false ones."""
+    a = Alert.build(key={"store_id": "s1"}, window_start_ms=T0 + 2 * MIN, window_end_ms=T0 + 3 * MIN, score=9.0,
+                    threshold=1.0, probability=0.999, severity="major", features={}, contributions=[],
+                    model_version="t", detected_at_ms=T0 + 3 * MIN)  # fmt: skip
+    end = EpisodeResolved.build(key={"store_id": "s1"}, episode_start_ms=T0 + 2 * MIN, episode_end_ms=T0 + 3 * MIN,
+                                alerts=1, peak_score=9.0, peak_severity="major", resolved_at_ms=T0 + 14 * MIN,
+                                calm_windows=11, reason="calm", model_version="t", detected_at_ms=T0 + 14 * MIN)
+    labs = [label("a", "spike", "s1", 0, 10)]
+    r = evaluate(labs, [a, end, end.to_dict()])
+    assert (r.n_alerts, r.n_false_alerts, r.precision) == (1, 0, 1.0)
 
 
 def test_alert_matching_two_labels_counts_for_the_earliest():

@@ -66,7 +66,8 @@ def test_exposition_contains_every_contract_metric() -> None:
     m.declare_topics(["sales"], ["sales-anomalies", "sales-dlq", "streamdetect-state"])
     m.set_lag("sales", 0, 5)
     m.observe_stats(0, SimpleNamespace(threshold=20.0, drift_statistic=0.01, mean_log_likelihood=-3.0,
-                                       component_weights=[0.5, 0.5], model_updates=3, watermark_ms=None))
+                                       component_weights=[0.5, 0.5], model_updates=3, watermark_ms=None,
+                                       open_episodes=0))
     text = m.exposition().decode()
     fams = families(m)
     for name, (kind, labels) in METRIC_NAMES.items():
@@ -99,12 +100,14 @@ def _output(scores: list[float], severities: list[str], reasons: list[str], drif
         scored=SimpleNamespace(score=np.array(scores), event_time_ms=np.arange(len(scores)) * 1000 + 1_700_000_000_000),
         n_valid=10,
         drift_detected=drift,
+        resolved=[SimpleNamespace(reason="calm"), SimpleNamespace(reason="calm"), SimpleNamespace(reason="expired")],
     )
 
 
 def _stats(updates: int, weights: list[float]) -> SimpleNamespace:
     return SimpleNamespace(threshold=25.0, drift_statistic=0.3, mean_log_likelihood=-4.5,
-                           component_weights=weights, model_updates=updates, watermark_ms=1_700_000_100_000)
+                           component_weights=weights, model_updates=updates, watermark_ms=1_700_000_100_000,
+                           open_episodes=4)
 
 
 def test_observe_output_counts_everything() -> None:
@@ -117,6 +120,9 @@ def test_observe_output_counts_everything() -> None:
     assert m.value("streamdetect_anomalies_total", severity="critical") == 1
     assert m.value("streamdetect_anomalies_total", severity="warning") == 0
     assert m.value("streamdetect_anomaly_episodes_total") == 1  # the major alert continues the episode
+    assert m.value("streamdetect_anomaly_episodes_resolved_total", reason="calm") == 2
+    assert m.value("streamdetect_anomaly_episodes_resolved_total", reason="expired") == 1
+    assert m.value("streamdetect_open_anomaly_episodes", partition="2") == 4
     assert m.value("streamdetect_events_rejected_total", reason="late") == 2
     assert m.value("streamdetect_events_rejected_total", reason="decode") == 1
     assert m.value("streamdetect_events_late_total") == 2
@@ -134,6 +140,7 @@ def test_observe_output_counts_everything() -> None:
     assert m.value("streamdetect_model_component_weight", partition="2", component="1") is None
     # a restored detector only sets the baseline
     m.remove_partition(2)
+    assert m.value("streamdetect_open_anomaly_episodes", partition="2") is None
     m.observe_stats(2, _stats(500, [1.0]), baseline=True)
     m.observe_stats(2, _stats(501, [1.0]))
     assert m.value("streamdetect_model_updates_total") == 15

@@ -57,6 +57,13 @@ ZERO_IN_A_SHORT_RUN: dict[tuple[str, str], str] = {
     ("Delivery failures", "A"): "no delivery fails against a healthy broker and no fault is injected here "
                                 "(the failure paths are tested against the broker in tests/test_kafka_*)",
 }
+# Panels that may show zero or not, by the timing of the scrapes.
+MAY_STAY_ZERO: dict[tuple[str, str], str] = {
+    ("Open anomaly episodes", "A"): "three days replayed in seconds: most episodes open and end within a few "
+                                    "milliseconds, between two scrapes, so whether a scrape sees one open is "
+                                    "luck (the gauge is tested in tests/test_metrics.py, the episodes in "
+                                    "tests/test_detector.py)",
+}
 
 # Panels whose current value must be finite (not NaN/Inf) at the end of the run. The others may be
 # NaN for a legitimate reason: a quantile or ratio over the last minute with no observation in it.
@@ -371,6 +378,7 @@ def test_every_dashboard_panel_returns_data(stack: Stack) -> None:
     assert len(targets) >= 30
     known = {(title, ref) for title, ref, _ in targets}
     assert set(ZERO_IN_A_SHORT_RUN) <= known, "ZERO_IN_A_SHORT_RUN names a query the dashboard no longer has"
+    assert set(MAY_STAY_ZERO) <= known, "MAY_STAY_ZERO names a query the dashboard no longer has"
     run_seconds = math.ceil(time.time() - stack.started) + 5
     failures = []
     for title, ref, raw in targets:
@@ -391,6 +399,8 @@ def test_every_dashboard_panel_returns_data(stack: Stack) -> None:
         shown = stack.query(f"count_over_time((({expr}) != 0 < +Inf > -Inf)[{run_seconds}s:1s])")
         assert shown.get("status") == "success", (where, shown)
         active = bool(shown["data"]["result"])
+        if (title, ref) in MAY_STAY_ZERO:
+            continue
         if (title, ref) in ZERO_IN_A_SHORT_RUN:
             if active:
                 failures.append(f"{where}: listed in ZERO_IN_A_SHORT_RUN but showed a non-zero value; update the list")

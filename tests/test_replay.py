@@ -169,6 +169,30 @@ def test_a_signed_series_is_shifted_on_defaults(tmp_path, capsys):
     assert excursion and all(15 < a["features"]["value"] < 40 for a in excursion)
     assert len(alerts) - len(excursion) <= 3, [a["window_start"] for a in alerts]
 
+    # With --episode-ends the file is the alerts topic's stream: each episode's end after its alerts,
+    # and the summary counts the episodes; evaluate skips the ends.
+    assert "alerts " in err and " episodes (" in err
+    both = tmp_path / "both.jsonl"
+    assert main(["replay", str(src), "--time-field", "timestamp", "--value-field", "value",
+                 "--alerts", str(both), "--episode-ends", "--quiet"]) == 0
+    stream = [orjson.loads(a) for a in both.read_bytes().splitlines()]
+    assert [a for a in stream if a["status"] == "firing"] == alerts
+    ends = [i for i, a in enumerate(stream) if a["status"] == "resolved"]
+    assert ends and len(ends) == len({a["episode_id"] for a in alerts})
+    for i in ends:
+        assert stream[i - 1]["episode_id"] == stream[i]["episode_id"]  # a series: nothing else in between
+    first_end, last_alert = stream[ends[0]], stream[ends[0] - 1]
+    assert last_alert["status"] == "firing" and first_end["alerts"] == last_alert["episode_alert"]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_bytes(orjson.dumps({"anomaly_id": "heat", "type": "spike", "key": {"store_id": "series"},
+                                     "start": "2026-01-08T08:20:00Z", "end": "2026-01-08T08:50:00Z",
+                                     "magnitude": 25.0}) + b"\n")
+    report = tmp_path / "report.json"
+    for path in (alerts_path, both):
+        assert main(["evaluate", "--labels", str(labels), "--alerts", str(path), "--window", "300",
+                     "--json", str(report)]) == 0
+        assert orjson.loads(report.read_bytes())["n_alerts"] == len(alerts)
+
     bad_offset = ["--value-offset", "hot"]
     assert main(["replay", str(src), "--time-field", "timestamp", "--value-field", "value", *bad_offset]) == 2
     assert "--value-offset is 'hot'" in capsys.readouterr().err

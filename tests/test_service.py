@@ -34,11 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streamdetect.alerts import Alert
+from streamdetect.alerts import Alert, EpisodeResolved, format_time, read_message
 from streamdetect.config import DetectorConfig, from_mapping
 from streamdetect.detector import Detector
 from streamdetect.events import RejectReason, decode_events
@@ -57,8 +58,10 @@ DETECTOR = {"model": {"warmup": 1500, "n_init": 2}, "threshold": {"n_init": 1000
 SMALL = from_mapping(DetectorConfig, DETECTOR)
 SCENARIO = GeneratorConfig(stores=4, days=6, seed=11, clean_days=2, malformed_fraction=0.01,
                            anomalies_per_store_week=14)
+# The reference replays the input without a wall clock: the idle clock (tested on its own below)
+# would close the windows after the input's last event once the test has run past the lateness.
 FAST = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 7000,
-        "checkpoint_interval": 1.0}
+        "checkpoint_interval": 1.0, "idle_clock": False}
 TIMEOUT = 120.0
 
 
@@ -93,7 +96,7 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]
 @dataclass(frozen=True)
 class Expected:
     ends: dict[int, int]
-    alerts: dict[str, tuple[Any, ...]]  # alert_id -> (key, window_start, window_end)
+    alerts: dict[str, tuple[Any, ...]]  # alert_id or resolution_id -> _identity of the record
     windows: dict[int, int]  # partition -> windows scored
     rejects: dict[tuple[int, int], str]  # (partition, offset) -> reason
     values: dict[tuple[int, int], tuple[bytes | None, bytes]]  # (partition, offset) -> (key, value)
@@ -150,11 +153,13 @@ def reference(bootstrap: str, topic: str, total: int) -> Expected:
         for i in range(0, len(clean), 5000):
             out = det.process(clean[i:i + 5000])
             assert not out.rejected
-            for a in out.alerts:
-                alerts[a.alert_id] = (tuple(a.key.items()), a.window_start, a.window_end)
+            for a in out.messages:
+                alerts[_message_id(a)] = _identity(a)
         windows[p] = det.windows_scored
     expected = Expected({p: len(m) for p, m in parts.items()}, alerts, windows, rejects, values)
-    assert expected.alerts and all(expected.windows.values()) and expected.rejects  # a scenario worth testing
+    # a scenario worth testing: alerts and the ends of their episodes, windows and rejects on every partition
+    assert {i[0] for i in expected.alerts.values()} == {"firing", "resolved"}
+    assert all(expected.windows.values()) and expected.rejects
     _REFERENCE[digest.hexdigest()] = expected
     return expected
 
@@ -180,31 +185,53 @@ def read_topic(bootstrap: str, topic: str, idle: float = 2.0) -> list[Any]:
     return out
 
 
-def read_alerts(bootstrap: str, topic: str) -> list[Alert]:
+def _message_id(m: Alert | EpisodeResolved) -> str:
+    return m.alert_id if isinstance(m, Alert) else m.resolution_id
+
+
+def _identity(m: Alert | EpisodeResolved) -> tuple[Any, ...]:
+    """What a record of the alerts stream is about: an alert's key and window, an end's episode."""
+    if isinstance(m, Alert):
+        return (m.status, tuple(m.key.items()), m.window_start, m.window_end, m.episode_id)
+    return (m.status, tuple(m.key.items()), m.episode_start, m.resolved_at, m.episode_id)
+
+
+def read_alerts(bootstrap: str, topic: str) -> list[Alert | EpisodeResolved]:
+    """The alerts stream in the order of each partition (an episode's records share a key, so a partition)."""
     alerts = []
     for m in read_topic(bootstrap, topic):
         orjson.loads(m.value())  # valid JSON
-        alert = Alert.from_json(m.value())
+        alert = read_message(m.value())
         assert m.key() == alert.message_key()
         alerts.append(alert)
     return alerts
 
 
-def check_alerts(alerts: list[Alert], expected: Expected, *, duplicates: bool) -> int:
-    """The alerts are the reference's (every one, nothing else); returns the number of duplicates."""
-    seen = {a.alert_id: (tuple(a.key.items()), a.window_start, a.window_end) for a in alerts}
+def check_alerts(alerts: list[Alert | EpisodeResolved], expected: Expected, *, duplicates: bool) -> int:
+    """The alerts and episode ends are the reference's (every one, nothing else), each end after its
+    episode's alerts; returns the number of duplicates."""
+    seen = {_message_id(a): _identity(a) for a in alerts}
     missing = set(expected.alerts) - set(seen)
     extra = set(seen) - set(expected.alerts)
     assert not missing, (f"{len(missing)} of {len(expected.alerts)} alerts lost ({len(extra)} unexpected): "
                          f"{sorted(expected.alerts[i] for i in missing)}")
     assert not extra, f"{len(extra)} unexpected alerts"
     assert seen == expected.alerts  # same key and window for every id
-    counts = Counter(a.alert_id for a in alerts)
+    counts = Counter(_message_id(a) for a in alerts)
     dups = sum(n - 1 for n in counts.values())
     if not duplicates:
         assert dups == 0, f"{dups} duplicate alerts"
     for a in alerts:  # a duplicate is the same alert again
-        assert (tuple(a.key.items()), a.window_start, a.window_end) == expected.alerts[a.alert_id]
+        assert _identity(a) == expected.alerts[_message_id(a)]
+    first_seen: dict[str, int] = {}
+    for i, a in enumerate(alerts):
+        first_seen.setdefault(_message_id(a), i)
+    last_alert: dict[str, int] = {}
+    for a in alerts:
+        if isinstance(a, Alert):
+            last_alert[a.episode_id] = max(last_alert.get(a.episode_id, -1), first_seen[a.alert_id])
+    ends = [a for a in alerts if isinstance(a, EpisodeResolved)]
+    assert ends and all(first_seen[e.resolution_id] > last_alert[e.episode_id] for e in ends)
     return dups
 
 
@@ -363,6 +390,7 @@ session_timeout_ms = 6000
 heartbeat_interval_ms = 1000
 max_poll_interval_ms = 7000
 checkpoint_interval = 1.0
+idle_clock = false
 
 [detector.model]
 warmup = 1500
@@ -531,3 +559,50 @@ def test_a_delivery_failure_never_commits(bootstrap: str, input_topic: Names) ->
         if svc.thread.is_alive():
             svc.service.request_stop()
             svc.thread.join(60)
+
+
+def test_an_idle_partition_keeps_time_and_sees_its_only_store_stop(bootstrap: str, unique: str) -> None:
+    """A store alone on its partition stops selling. No event comes to move event time on, yet
+    once the partition has been quiet for longer than the allowed lateness its clock runs at
+    wall-clock pace: the store's zero windows close and alert, while the event-time delay metric
+    still shows the newest real event. With ``kafka.idle_clock`` off, nothing after the last
+    event is ever scored."""
+    n = names(unique)
+    ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(n.input, 1)])
+    rng = np.random.default_rng(1)
+    t0 = 1_767_571_200_000  # 2026-01-05
+    ts = np.sort(rng.uniform(0, 900_000, 9000)).astype(np.int64) + t0  # 15 minutes, 10 sales a second
+    produce(bootstrap, n.input, [(b"s1", orjson.dumps({"ts": int(t), "store_id": "s1", "amount": 20.0}))
+                                 for t in ts])
+    last = int(ts[-1])
+    detector = {"windows": {"size": 1, "allowed_lateness": 1}, "model": {"warmup": 300},
+                "threshold": {"n_init": 200}}
+
+    def run(idle_clock: bool, group: str) -> tuple[list[Alert], Service]:
+        cfg = load_config(env={}, overrides={
+            "kafka": {"bootstrap_servers": bootstrap, "input_topics": [n.input], "alerts_topic": n.alerts,
+                      "dlq_topic": n.dlq, "state_topic": n.state, "group_id": group,
+                      **{**FAST, "idle_clock": idle_clock}},
+            "detector": detector, "metrics": {"enabled": False}})
+        svc = Running(cfg)
+        try:
+            wait_for(lambda: svc.committed() == {0: len(ts)}, "all offsets committed", alive=svc.alive)
+            deadline = time.monotonic() + 8.0
+            while time.monotonic() < deadline:  # several times the lateness and the window, of quiet
+                svc.alive()
+                time.sleep(0.2)
+            stats = next(iter(svc.service.parts.values())).detector.stats()
+            assert stats.newest_event_ms == last
+            newest = svc.service.metrics.value("streamdetect_last_event_timestamp_seconds")
+            assert newest == pytest.approx(last / 1000.0)  # the newest event, not the running clock
+        finally:
+            svc.stop()
+        after_last = format_time(last + 1000)
+        alerts = [a for a in read_alerts(bootstrap, n.alerts) if isinstance(a, Alert) and a.window_start >= after_last]
+        return alerts, svc.service
+
+    quiet, _ = run(False, n.group + "-off")
+    assert quiet == []
+    stopped, _ = run(True, n.group + "-on")
+    assert len(stopped) >= 3, "the store that stopped selling was not seen"
+    assert all(a.features["count"] == 0.0 for a in stopped)

@@ -30,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input", help="events file: .jsonl, .jsonl.gz, .csv or .csv.gz ('-' for JSONL on stdin)")
     p.add_argument("--alerts", type=Path, help="write alerts as JSONL here")
+    p.add_argument(
+        "--episode-ends",
+        action="store_true",
+        help="also write the end of each episode of alerts (status 'resolved') to --alerts, in order, as the"
+        " alerts topic carries them",
+    )
     p.add_argument("--scores", type=Path, help=f"write one CSV row per scored window ({','.join(SCORE_COLUMNS)})")
     p.add_argument("--score-features", action="store_true", help="append the model's feature values to --scores")
     p.add_argument("--rejects", type=Path, help="write rejected events as JSONL (index, reason, detail)")
@@ -279,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
 
     reasons: Counter[str] = Counter()
     first_detail: dict[str, str] = {}  # what was wrong with the first event rejected for each reason
-    totals = {"events": 0, "valid": 0, "returns": 0, "windows": 0, "alerts": 0, "drift": 0}
+    totals = {"events": 0, "valid": 0, "returns": 0, "windows": 0, "alerts": 0, "resolved": 0, "drift": 0}
     kept: list[ScoredWindows] = []
     kept_alerts: list[Any] = []
     offset = 0
@@ -290,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
         totals["returns"] += out.n_returns
         totals["windows"] += len(out.scored)
         totals["alerts"] += len(out.alerts)
+        totals["resolved"] += len(out.resolved)
         totals["drift"] += int(out.drift_detected)
         for r in out.rejected:
             reasons[str(r.reason)] += 1
@@ -299,8 +306,8 @@ def run(args: argparse.Namespace) -> int:
                     orjson.dumps({"index": offset + r.index, "reason": str(r.reason), "detail": r.detail}) + b"\n"
                 )
         if alerts_out is not None:
-            for a in out.alerts:
-                alerts_out.write(a.to_json() + b"\n")
+            for m in out.messages if args.episode_ends else out.alerts:
+                alerts_out.write(m.to_json() + b"\n")
         s = out.scored
         if scores_out is not None and len(s):
             lines = []
@@ -365,7 +372,9 @@ def run(args: argparse.Namespace) -> int:
             + f", rejected {sum(reasons.values()):,}"
             + (f": {', '.join(f'{k} {v:,}' for k, v in sorted(reasons.items()))}" if reasons else "")
             + f") | windows scored {totals['windows']:,} | alerts {totals['alerts']:,}"
-            f" | drift events {totals['drift']} | threshold {stats.threshold:.4g}"
+            + (f" in {totals['resolved'] + stats.open_episodes:,} episodes ({stats.open_episodes:,} still open)"
+               if totals["alerts"] else "")
+            + f" | drift events {totals['drift']} | threshold {stats.threshold:.4g}"
             f" | {elapsed:.1f} s, {totals['events'] / max(elapsed, 1e-9):,.0f} events/s",
             file=sys.stderr,
         )

@@ -76,6 +76,10 @@ class PartitionState:
     committed: int | None = None
     dirty: bool = False
     restored: bool = False
+    # The partition's clock when it is idle (kafka.idle_clock): its newest event time and the
+    # monotonic time at which it was seen; event time is taken to go on at wall-clock pace from there.
+    newest_event_ms: int | None = None
+    newest_seen_at: float = 0.0
 
     @property
     def key(self) -> TP:
@@ -250,6 +254,8 @@ class Service:
         self.health.heartbeat()
         if msgs:
             self._process(msgs)
+        if self.kcfg.idle_clock:
+            self._advance_idle()
         self.producer.poll(0)
         now = time.monotonic()
         due = now - self._last_checkpoint >= self.kcfg.checkpoint_interval
@@ -275,8 +281,7 @@ class Service:
             return
         self.health.set_connected(True)
         now_ms = int(time.time() * 1000)
-        alerts_topic, dlq_topic = self.kcfg.alerts_topic, self.kcfg.dlq_topic
-        produce = self.producer.produce
+        dlq_topic, produce = self.kcfg.dlq_topic, self.producer.produce
         for key, group in groups.items():
             ps = self.parts.get(key)
             if ps is None:
@@ -287,8 +292,7 @@ class Service:
                 if not group:
                     continue
             out = ps.detector.process([m.value() for m in group], now_ms=now_ms)
-            for alert in out.alerts:
-                produce(alerts_topic, alert.to_json(), alert.message_key())
+            self._publish(ps, out, now_ms)
             for rej in out.rejected:
                 m = group[rej.index]
                 ts_type, ts = m.timestamp()
@@ -296,20 +300,57 @@ class Service:
                         dlq_headers(rej.reason, rej.detail, key[0], key[1], int(m.offset() or 0),
                                     ts if ts_type else None))
             ps.next_offset = int(group[-1].offset() or 0) + 1
-            ps.dirty = True
             t = self.totals
             t.events += len(group)
-            t.alerts += len(out.alerts)
             t.rejected += len(out.rejected)
-            t.windows += len(out.scored)
             self.metrics.record_consumed(key[0], len(group))
-            self.metrics.observe_output(key[1], out, ps.detector.stats())
-            if out.alerts:
-                scored = out.scored
-                flagged = np.asarray(scored.event_time_ms)[np.asarray(scored.is_anomaly, dtype=bool)]
-                if len(flagged):
-                    self.metrics.observe_alert_latency(((now_ms - flagged) / 1000.0).tolist())
         self.metrics.observe_batch_seconds(time.perf_counter() - started)
+
+    def _publish(self, ps: PartitionState, out: Any, now_ms: int) -> None:
+        """Produce a detector output's alerts and episode ends; count it."""
+        alerts_topic, produce = self.kcfg.alerts_topic, self.producer.produce
+        for message in out.messages:  # alerts and the ends of their episodes, in order
+            produce(alerts_topic, message.to_json(), message.message_key())
+        ps.dirty = True
+        t = self.totals
+        t.alerts += len(out.alerts)
+        t.windows += len(out.scored)
+        stats = ps.detector.stats()
+        if stats.newest_event_ms is not None and stats.newest_event_ms != ps.newest_event_ms:
+            ps.newest_event_ms, ps.newest_seen_at = stats.newest_event_ms, time.monotonic()
+        self.metrics.observe_output(ps.partition, out, stats)
+        if out.alerts:
+            scored = out.scored
+            flagged = np.asarray(scored.event_time_ms)[np.asarray(scored.is_anomaly, dtype=bool)]
+            if len(flagged):
+                self.metrics.observe_alert_latency(((now_ms - flagged) / 1000.0).tolist())
+
+    def _advance_idle(self) -> None:
+        """Let the clock of partitions without new events run on at wall-clock pace.
+
+        Event time only moves with events: on a partition whose keys have all stopped (one store
+        alone on its partition, or every store behind it) no window would close and no outage
+        would be seen. Once a partition has had no newer event for longer than the allowed
+        lateness, its clock is its newest event time plus the wall-clock time since that event
+        came, so its windows close as they would had the stream gone on, and its silent keys get
+        their zero windows until ``idle_timeout``. Events that arrive later than the lateness
+        after that clock are late, as they would be behind any other key's events.
+        """
+        windows = self.config.detector.windows
+        now = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        for ps in list(self.parts.values()):
+            if ps.newest_event_ms is None:
+                continue
+            quiet_ms = int((now - ps.newest_seen_at) * 1000)
+            clock = ps.newest_event_ms + quiet_ms
+            next_start = ps.detector.windows.next_start
+            # only when a window is due to close: an idle partition is advanced once a hop, not once a poll
+            if quiet_ms <= windows.lateness_ms or next_start is None:
+                continue
+            if clock - windows.lateness_ms < next_start + windows.size_ms:
+                continue
+            self._publish(ps, ps.detector.advance(clock, now_ms=now_ms), now_ms)
 
     def _on_message_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
@@ -533,6 +574,9 @@ class Service:
                 start = committed.get(key)
                 ps = PartitionState(topic, partition, det, start, checkpointed=start, committed=start)
             stats = det.stats()
+            # a restored partition's clock starts at its newest event, from now (how long it had
+            # been quiet before is not known)
+            ps.newest_event_ms, ps.newest_seen_at = stats.newest_event_ms, time.monotonic()
             log.info("partition assigned", extra={
                 "topic": topic, "partition": partition, "offset": start, "restored": ps.restored,
                 "snapshot_bytes": snap.size_bytes if snap is not None else 0,
