@@ -36,6 +36,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import os
 import re
 import sys
@@ -53,6 +54,8 @@ __all__ = [
     "iter_jsonl_chunks",
     "looks_like_counts",
     "median_spacing_s",
+    "reads_as_times",
+    "sample_records",
     "signed_offset",
 ]
 
@@ -136,23 +139,40 @@ def guess_time_format(times: Sequence[Any], min_time_ms: int, max_time_ms: int) 
     True
     """
     times = [t for t in times if t is not None]  # a missing time is rejected whatever the format
-    allowed = len(times) // 100
-
-    def reads(parse: Any) -> bool:
-        failed = 0
-        for t in times:
-            try:
-                ok = min_time_ms <= parse(t) < max_time_ms
-            except (ValueError, TypeError, OverflowError):
-                ok = False
-            failed += not ok
-            if failed > allowed:
-                return False
-        return True
-
-    if not times or reads(parse_timestamp):
+    if not times or _reads(times, parse_timestamp, min_time_ms, max_time_ms):
         return None
-    return next((fmt for fmt in _TIME_FORMATS if reads(time_parser(fmt))), None)
+    return next((fmt for fmt in _TIME_FORMATS if _reads(times, time_parser(fmt), min_time_ms, max_time_ms)), None)
+
+
+def _reads(times: Sequence[Any], parse: Any, min_time_ms: int, max_time_ms: int) -> bool:
+    """Whether ``parse`` reads all the times but one in a hundred, inside the allowed range."""
+    allowed = len(times) // 100
+    failed = 0
+    for t in times:
+        try:
+            ok = min_time_ms <= parse(t) < max_time_ms
+        except (ValueError, TypeError, OverflowError):
+            ok = False
+        failed += not ok
+        if failed > allowed:
+            return False
+    return True
+
+
+def reads_as_times(times: Sequence[Any], min_time_ms: int, max_time_ms: int) -> bool:
+    """Whether a sample of cells are times: RFC 3339 or epoch milliseconds, or all in one of the
+    formats :func:`guess_time_format` knows (all but one in a hundred, between the two bounds).
+
+    >>> lo, hi = 946_684_800_000, 4_102_444_800_000
+    >>> reads_as_times(["12/1/2010 8:26", "12/1/2010 9:01"], lo, hi), reads_as_times([536374, 536375], lo, hi)
+    (True, False)
+    """
+    times = [t for t in times if t is not None]
+    if not times:
+        return False
+    return _reads(times, parse_timestamp, min_time_ms, max_time_ms) or guess_time_format(
+        times, min_time_ms, max_time_ms
+    ) is not None
 
 
 def signed_offset(ts_ms: Any, values: Any, span_s: float = 86_400.0) -> float:
@@ -255,6 +275,44 @@ def _number_decimal_comma(cell: str) -> Any:
     if "," in cell:
         return float(cell.replace(".", "").replace(",", ".")) if _DECIMAL_COMMA.fullmatch(cell) else cell
     return _number(cell)
+
+
+def sample_records(path: PathArg, fmt: str, n: int = 2000) -> tuple[list[str], list[dict[str, Any]]]:
+    """The columns and the first ``n`` rows of a file, as records with numbers as numbers (for
+    :func:`streamdetect.columns.guess_columns`); nothing for standard input, which cannot be read twice.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "s.csv"
+    >>> _ = p.write_text("date;sales\\n2024-03-01;12,5\\n")
+    >>> sample_records(p, "csv")
+    (['date', 'sales'], [{'date': '2024-03-01', 'sales': 12.5}])
+    """
+    import orjson
+
+    if os.fspath(path) == "-":
+        return [], []
+    columns: list[str] = []
+    rows: list[dict[str, Any]] = []
+    if fmt == "csv":
+        with io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", newline="") as text:
+            first_line = text.readline()
+            delimiter = _delimiter(first_line)
+            columns = [h.strip() for h in next(csv.reader([first_line], delimiter=delimiter), [])]
+            number = _number if delimiter == "," else _number_decimal_comma
+            for row in itertools.islice(csv.reader(text, delimiter=delimiter), n):
+                rows.append({c: number(cell) for c, cell in zip(columns, row, strict=False) if cell != ""})
+        return columns, rows
+    for chunk in iter_jsonl_chunks(path, n):
+        for line in chunk:
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                rows.append(obj)
+                columns += [k for k in obj if k not in columns]
+        break
+    return columns, rows
 
 
 def _delimiter(header_line: str) -> str:

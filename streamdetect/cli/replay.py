@@ -9,7 +9,7 @@ import sys
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -206,6 +206,71 @@ def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
 
+def _explicit_fields(args: argparse.Namespace) -> set[str]:
+    """The event fields the flags or the ``--config`` file set (``columns.EXPLICIT_FIELDS``)."""
+    flags = {"time_field": args.time_field, "key_fields": args.key, "value_field": args.value_field,
+             "count_field": args.count_field, "amount_field": args.amount_field,
+             "quantity_field": args.quantity_field, "unit_price_field": args.price_field, "sku_field": args.sku_field}
+    given = {name for name, value in flags.items() if value is not None}
+    if args.config is not None:
+        given |= set(tomllib.loads(args.config.read_text()).get("detector", {}).get("events", {}))
+    return given
+
+
+def _guess_columns(args: argparse.Namespace, config: Any, fmt: str) -> tuple[bool, bool]:
+    """Fill in the columns a file names otherwise than the configuration (``streamdetect.columns``),
+    saying what was chosen. Returns whether something was, and whether a JSONL file has none of
+    the key fields (one stream: a CSV reader gives such rows a constant key itself)."""
+    from streamdetect.columns import guess_columns
+    from streamdetect.sources import sample_records
+
+    columns, rows = sample_records(args.input, fmt)
+    if not rows:
+        return False, False
+    guess = guess_columns(columns, rows, config.events, _explicit_fields(args))
+    if fmt == "jsonl" and len(guess.value_fields) > 1:  # one series per field is a wide CSV's reading
+        if not args.quiet:
+            print(f"fields {', '.join(guess.value_fields)} are all numeric: give --value-field to choose the series",
+                  file=sys.stderr)
+        guess = replace(guess, value_fields=())
+    keys = guess.key_fields or (args.key.split(",") if args.key else config.events.key_fields)
+    keyless = fmt == "jsonl" and not any(k in columns for k in keys)
+    flags = guess.flags()
+    if not flags:
+        return False, keyless
+    for attr, value in (("time_field", guess.time_field), ("quantity_field", guess.quantity_field),
+                        ("price_field", guess.unit_price_field), ("amount_field", guess.amount_field),
+                        ("sku_field", guess.sku_field), ("key", ",".join(guess.key_fields)),
+                        ("value_field", ",".join(guess.value_fields))):
+        if value:
+            setattr(args, attr, value)
+    if not args.quiet:
+        print(f"columns read as {' '.join(flags)} (the file does not name them as configured; give these"
+              " flags to decide)", file=sys.stderr)
+    return True, keyless
+
+
+def _with_key(lines: list[bytes], fields: Sequence[str]) -> list[bytes]:
+    """JSONL lines of a file without key fields, each object given the constant key of one stream
+    (as a CSV reader gives its rows); a line that is not an object is left for the decoder to reject.
+
+    >>> _with_key([b'{"t": 1}', b'oops', b' { }'], ["store_id"])
+    [b'{"store_id":"series","t": 1}', b'oops', b'{"store_id":"series"}']
+    """
+    from streamdetect.sources import SERIES_KEY
+
+    head = b"{" + b",".join(b'"%s":"%s"' % (f.encode(), SERIES_KEY.encode()) for f in fields)
+    out = []
+    for line in lines:
+        body = line.lstrip()
+        if body[:1] != b"{":
+            out.append(line)
+            continue
+        rest = body[1:].lstrip()
+        out.append(head + (rest if rest[:1] == b"}" else b"," + body[1:]))
+    return out
+
+
 def _fit_to_input(args: argparse.Namespace, config: Any, first: list[Any], fmt: str) -> Any:
     """The configuration, adapted to what the file's first chunk shows (each decision said on stderr):
     its time format when the default does not read it, and for an aggregated series its spacing
@@ -264,6 +329,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     fmt = args.format or ("csv" if args.input.endswith((".csv", ".csv.gz")) else "jsonl")
+    guessed, keyless = _guess_columns(args, config, fmt)
+    if guessed:
+        config = build_config(args)
     wide = _series_columns(args)
     if wide and fmt != "csv":
         raise ConfigError("--value-field with several columns reads a wide CSV (one column per series)")
@@ -272,6 +340,9 @@ def run(args: argparse.Namespace) -> int:
         if fmt == "csv"
         else iter_jsonl_chunks(args.input, args.chunk_size)
     )
+    if keyless:
+        fields = config.events.key_fields
+        chunks = (_with_key(chunk, fields) for chunk in chunks)
     first = next(chunks, None)
     if first is not None:
         config = _fit_to_input(args, config, first, fmt)

@@ -1,0 +1,120 @@
+"""Guessing the columns of files nobody configured for (``streamdetect.columns``), and replay using it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from streamdetect.cli import main
+from streamdetect.columns import ColumnGuess, guess_columns
+from streamdetect.config import EventSchema
+from streamdetect.generate import GeneratorConfig, generate
+from streamdetect.sources import sample_records
+
+SCHEMA = EventSchema()
+
+
+def _guess(rows: list[dict], explicit: tuple[str, ...] = (), schema: EventSchema = SCHEMA) -> ColumnGuess:
+    columns: list[str] = []
+    for r in rows:
+        columns += [c for c in r if c not in columns]
+    return guess_columns(columns, rows, schema, explicit)
+
+
+def _invoice_lines(n: int = 300) -> list[dict]:
+    return [{"InvoiceNo": 536365 + i // 4, "StockCode": f"85{i % 37:03d}", "Description": f"ITEM NUMBER {i}",
+             "Quantity": 1 + i % 6, "InvoiceDate": f"12/{1 + i // 100}/2010 8:{i % 60:02d}", "UnitPrice": 2.55,
+             "CustomerID": 17850 + i % 13, "Country": ("United Kingdom", "France", "Spain")[i % 3]}
+            for i in range(n)]
+
+
+def test_an_invoice_export_reads_as_sales_per_country() -> None:
+    """The UCI Online Retail layout: its names differ from the defaults only in case and
+    underscores (Quantity, UnitPrice), the SKU is a stock code, and the key is the one text column
+    with few values (not the descriptions, not the invoice or customer numbers)."""
+    g = _guess(_invoice_lines())
+    assert g == ColumnGuess(time_field="InvoiceDate", quantity_field="Quantity", unit_price_field="UnitPrice",
+                            sku_field="StockCode", key_fields=("Country",))
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        # a metric series (NAB's layout)
+        ([{"timestamp": f"2014-02-14 14:{i:02d}:00", "value": 0.1 * i} for i in range(50)],
+         ColumnGuess(time_field="timestamp", value_fields=("value",))),
+        # a long file of daily unit sales per store and item (a Kaggle layout): two keys, one series each
+        ([{"date": f"2013-01-{1 + i // 10:02d}", "store": i % 2, "item": i % 5, "sales": 30 + i % 7}
+          for i in range(100)],
+         ColumnGuess(time_field="date", key_fields=("store", "item"), value_fields=("sales",))),
+        # a wide metrics export in epoch seconds: one series per column, the row number left out
+        ([{"row_id": i, "time": 1_700_000_000 + 60 * i, "cpu": 0.5, "mem": 71.2 + i} for i in range(50)],
+         ColumnGuess(time_field="time", value_fields=("cpu", "mem"))),
+        # a series per host
+        ([{"ts": f"2024-03-01T00:{i // 3:02d}:00Z", "host": f"web-{i % 3}", "latency_ms": 12.5} for i in range(90)],
+         ColumnGuess(key_fields=("host",), value_fields=("latency_ms",))),
+        # sales events with an amount and a shop
+        ([{"created_at": 1_709_294_400_000 + i, "shop": "s1", "order_total": 19.9, "product_id": "A"}
+          for i in range(50)],
+         ColumnGuess(time_field="created_at", amount_field="order_total", sku_field="product_id",
+                     key_fields=("shop",))),
+    ],
+)
+def test_layouts(rows: list[dict], expected: ColumnGuess) -> None:
+    assert _guess(rows) == expected
+
+
+def test_what_the_defaults_find_or_the_user_gave_is_not_guessed() -> None:
+    events, _ = generate(GeneratorConfig(stores=2, days=1, seed=1))
+    assert _guess(events[:200]) == ColumnGuess()  # the generator's events: the defaults
+    rows = _invoice_lines()
+    given = _guess(rows, explicit=("time_field", "amount_field", "key_fields"))
+    assert given == ColumnGuess(sku_field="StockCode")  # a measure given: the measures are the user's
+    # nothing reads as a time (invoice numbers are not epoch seconds): no time column is made up
+    assert _guess([{k: v for k, v in r.items() if k != "InvoiceDate"} for r in rows]).time_field is None
+
+
+def test_replay_of_an_unconfigured_series_equals_the_configured_replay(tmp_path: Path, capsys) -> None:
+    """A `time,temperature` file replayed with no flag reads as the flags would have it, says so,
+    and gives the same alerts byte for byte."""
+    rng = np.random.default_rng(3)
+    n = 9 * 288
+    temp = 50 + 10 * np.sin(2 * np.pi * np.arange(n) / 288) + rng.normal(0, 0.8, n)
+    temp[7 * 288 + 100 : 7 * 288 + 106] += 25
+    src = tmp_path / "sensor.csv"
+    src.write_text("time,temperature\n" + "".join(
+        f"{(1_767_225_600 + 300 * i) * 1000},{v:.3f}\n" for i, v in enumerate(temp)))
+    guessed, configured = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert main(["replay", str(src), "--alerts", str(guessed)]) == 0
+    assert "columns read as --time-field time --value-field temperature" in capsys.readouterr().err
+    assert main(["replay", str(src), "--alerts", str(configured), "--time-field", "time",
+                 "--value-field", "temperature"]) == 0
+    assert "columns read as" not in capsys.readouterr().err
+    alerts = guessed.read_bytes()
+    assert alerts == configured.read_bytes()
+    starts = [orjson.loads(a)["window_start"] for a in alerts.splitlines()]
+    assert "2026-01-08T08:20:00Z" in starts
+
+
+def test_sample_records_of_a_jsonl_file(tmp_path: Path) -> None:
+    p = tmp_path / "e.jsonl"
+    p.write_bytes(b'{"t": 1, "a": 2}\nnot json\n[1]\n{"b": 3}\n')
+    assert sample_records(p, "jsonl") == (["t", "a", "b"], [{"t": 1, "a": 2}, {"b": 3}])
+    assert sample_records("-", "jsonl") == ([], [])
+
+
+def test_a_jsonl_series_without_keys_is_one_stream(tmp_path: Path, capsys) -> None:
+    """JSONL objects with a time and a value only: the value is the series, every object the one
+    stream (as a CSV's rows are), and a line that is not an object is still rejected as such."""
+    src = tmp_path / "s.jsonl"
+    lines = [orjson.dumps({"timestamp": 1_767_225_600_000 + 60_000 * i, "value": 10.5 + i % 7}) for i in range(500)]
+    src.write_bytes(b"\n".join([*lines[:100], b"oops", b"{}", *lines[100:]]) + b"\n")
+    rejects = tmp_path / "r.jsonl"
+    assert main(["replay", str(src), "--rejects", str(rejects), "--warmup", "200"]) == 0
+    err = capsys.readouterr().err
+    assert "columns read as --time-field timestamp --value-field value" in err
+    assert "valid 500, rejected 2" in err, err
+    assert [orjson.loads(r)["reason"] for r in rejects.read_bytes().splitlines()] == ["decode", "missing_field"]
