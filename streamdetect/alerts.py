@@ -108,8 +108,24 @@ class Contribution:
         )
 
 
+class _Record:
+    """What every record of the alerts stream does: plain dict, JSON, Kafka message key."""
+
+    __slots__ = ()
+    key: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    def message_key(self) -> bytes:
+        return message_key(self.key)
+
+
 @dataclass(frozen=True, slots=True)
-class Alert:
+class Alert(_Record):
     alert_id: str
     key: dict[str, str]
     window_start: str
@@ -167,15 +183,6 @@ class Alert:
             episode_alert=episode_alert,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
-
-    def message_key(self) -> bytes:
-        return message_key(self.key)
-
     @classmethod
     def from_json(cls, raw: bytes | str) -> Alert:
         data = orjson.loads(raw)
@@ -188,7 +195,7 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
-class EpisodeResolved:
+class EpisodeResolved(_Record):
     """The end of an episode: its key has had no alert for ``calm_windows`` scored windows
     (``reason`` ``calm``), or was silent for ``key_ttl`` and forgotten (``expired``).
 
@@ -250,15 +257,6 @@ class EpisodeResolved:
             detected_at=format_time(detected_at_ms),
             explanation=f"{what}; {why}",
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
-
-    def message_key(self) -> bytes:
-        return message_key(self.key)
 
 
 def read_message(raw: bytes | str) -> Alert | EpisodeResolved:
