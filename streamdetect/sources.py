@@ -48,6 +48,7 @@ from streamdetect.events import parse_number, parse_timestamp, time_parser
 
 __all__ = [
     "SERIES_KEY",
+    "csv_encoding",
     "detect_format",
     "guess_time_format",
     "iter_csv_chunks",
@@ -277,6 +278,40 @@ def _number_decimal_comma(cell: str) -> Any:
     return _number(cell)
 
 
+_SNIFF_BYTES = 1 << 16
+
+
+def csv_encoding(path: PathArg) -> str:
+    """``"utf-8-sig"``, unless the file's first 64 KiB are not UTF-8: then ``"cp1252"``, what
+    spreadsheets on Windows write (``café`` as one byte ``e9``). Standard input is taken as UTF-8.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "w.csv"
+    >>> _ = p.write_bytes(b"date,caf\\xe9\\n")
+    >>> csv_encoding(p)
+    'cp1252'
+    """
+    if os.fspath(path) == "-":
+        return "utf-8-sig"
+    with _open_binary(path) as f:
+        head = f.read(_SNIFF_BYTES)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # a character cut at the end of the sample is not a reason to doubt the file
+        if len(head) < _SNIFF_BYTES or exc.start < len(head) - 3:
+            return "cp1252"
+    return "utf-8-sig"
+
+
+def _open_text(path: PathArg, raw: IO[bytes] | None = None) -> io.TextIOWrapper:
+    """The file as text in :func:`csv_encoding`'s encoding; a byte that does not decode becomes
+    U+FFFD in its cell, rather than ending the run (a bad byte in one text field of one row)."""
+    encoding = csv_encoding(path)
+    return io.TextIOWrapper(raw if raw is not None else _open_binary(path), encoding=encoding, errors="replace",
+                            newline="")
+
+
 def sample_records(path: PathArg, fmt: str, n: int = 2000) -> tuple[list[str], list[dict[str, Any]]]:
     """The columns and the first ``n`` rows of a file, as records with numbers as numbers (for
     :func:`streamdetect.columns.guess_columns`); nothing for standard input, which cannot be read twice.
@@ -294,7 +329,7 @@ def sample_records(path: PathArg, fmt: str, n: int = 2000) -> tuple[list[str], l
     columns: list[str] = []
     rows: list[dict[str, Any]] = []
     if fmt == "csv":
-        with io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", newline="") as text:
+        with _open_text(path) as text:
             first_line = text.readline()
             delimiter = _delimiter(first_line)
             columns = [h.strip() for h in next(csv.reader([first_line], delimiter=delimiter), [])]
@@ -359,7 +394,7 @@ def iter_csv_chunks(
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
     raw = _open_binary(path)
-    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+    text = _open_text(path, raw)
     try:
         first_line = text.readline()
         if not first_line:
@@ -372,7 +407,8 @@ def iter_csv_chunks(
         if schema.time_field not in header:
             raise ConfigError(
                 f"{os.fspath(path)}: no column {schema.time_field!r} (events.time_field) in the CSV"
-                f" header {header}; set the time field, e.g. --time-field {header[0]}"
+                f" header {header}, and none of its first rows' columns reads as times; name the time"
+                " column with --time-field"
             )
         absent = [c for c in series_columns if c not in header]
         if absent:

@@ -126,3 +126,27 @@ def test_csv_header_errors(tmp_path: Path) -> None:
 def test_csv_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ts,store_id,amount\n1709294400000,s,2.5\n")))
     assert list(iter_csv_chunks("-", EventSchema())) == [[{"ts": T0, "store_id": "s", "amount": 2.5}]]
+
+
+def test_a_windows_spreadsheet_export_and_a_stray_byte_do_not_stop_a_replay(tmp_path: Path) -> None:
+    """A CSV saved by a spreadsheet on Windows (cp1252: ``München`` with one byte for ``ü``) reads
+    with its names intact; a UTF-8 file with one undecodable byte far into it reads too, the byte
+    becoming U+FFFD in its cell, instead of ending the run with a UnicodeDecodeError."""
+    from streamdetect.sources import csv_encoding
+
+    rows = ["time;store;revenue", *(f"2024-01-01T00:{i // 60:02d}:{i % 60:02d}Z;München;{i},5" for i in range(600))]
+    windows = tmp_path / "windows.csv"
+    windows.write_bytes(("\n".join(rows) + "\n").encode("cp1252"))
+    schema = EventSchema(time_field="time", key_fields=("store",), value_field="revenue")
+    assert csv_encoding(windows) == "cp1252"
+    records = [r for chunk in iter_csv_chunks(windows, schema) for r in chunk]
+    assert len(records) == 600 and records[0]["store"] == "München" and records[1]["revenue"] == 1.5
+
+    stray = tmp_path / "stray.csv"
+    lines = [b"time,store,revenue", *(b"2024-01-01T00:00:%02dZ,s1,%d" % (i % 60, i) for i in range(5000))]
+    lines[4000] = b"2024-01-01T00:00:00Z,s\xff1,7"
+    stray.write_bytes(b"\n".join(lines) + b"\n")
+    assert csv_encoding(stray) == "utf-8-sig"  # the bad byte is past the first 64 KiB
+    schema = EventSchema(time_field="time", key_fields=("store",), value_field="revenue")
+    records = [r for chunk in iter_csv_chunks(stray, schema) for r in chunk]
+    assert len(records) == 5000 and records[3999]["store"] == "s\ufffd1"
