@@ -117,6 +117,16 @@ _TIME_FORMATS = (
     "%d/%m/%Y",
     "%d.%m.%Y %H:%M",
     "%d.%m.%Y",
+    "%Y-%m-%d %H:%M:%S %Z",  # 2024-03-01 12:00:00 UTC (database dumps)
+    "%m/%d/%Y %I:%M %p",  # 3/1/2024 1:05 PM (spreadsheets in the US)
+    "%m/%d/%Y %I:%M:%S %p",
+    "%d-%b-%Y %H:%M",  # 01-Mar-2024 13:05
+    "%d-%b-%Y %H:%M:%S",
+    "%d-%b-%Y",
+    "%d %b %Y %H:%M",  # 1 Mar 2024 13:05
+    "%d %b %Y",
+    "%b %d, %Y %H:%M",  # Mar 1, 2024 13:05
+    "%b %d, %Y",
 )
 
 

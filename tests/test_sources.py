@@ -150,3 +150,32 @@ def test_a_windows_spreadsheet_export_and_a_stray_byte_do_not_stop_a_replay(tmp_
     schema = EventSchema(time_field="time", key_fields=("store",), value_field="revenue")
     records = [r for chunk in iter_csv_chunks(stray, schema) for r in chunk]
     assert len(records) == 5000 and records[3999]["store"] == "s\ufffd1"
+
+
+@pytest.mark.parametrize(
+    ("written", "iso"),
+    [
+        ("12/1/2010 8:26", "2010-12-01T08:26:00Z"),  # UCI Online Retail
+        ("2024-03-01 13:05:00 UTC", "2024-03-01T13:05:00Z"),
+        ("3/1/2024 1:05 PM", "2024-03-01T13:05:00Z"),
+        ("3/1/2024 1:05:30 AM", "2024-03-01T01:05:30Z"),
+        ("01-Mar-2024 13:05", "2024-03-01T13:05:00Z"),
+        ("1 Mar 2024", "2024-03-01T00:00:00Z"),
+        ("Mar 1, 2024 13:05", "2024-03-01T13:05:00Z"),
+        ("01.03.2024 13:05", "2024-03-01T13:05:00Z"),
+    ],
+)
+def test_what_exports_write_for_a_time_is_recognised(written: str, iso: str) -> None:
+    """The format guessed from a sample reads each of its times as the moment meant (the sample's
+    other times put the day after the twelfth, so month-first and day-first are not ambiguous)."""
+    from streamdetect.events import parse_timestamp, time_parser
+    from streamdetect.sources import guess_time_format
+
+    sample = [written] * 50
+    later = {"12/1/2010 8:26": "12/13/2010 8:26", "3/1/2024 1:05 PM": "3/13/2024 1:05 PM",
+             "3/1/2024 1:05:30 AM": "3/13/2024 1:05:30 AM", "01.03.2024 13:05": "13.03.2024 13:05"}
+    sample += [later.get(written, written)] * 50
+    fmt = guess_time_format(sample, EventSchema().min_time_ms, EventSchema().max_time_ms)
+    assert fmt is not None
+    parse = time_parser(fmt)
+    assert parse is not None and parse(written) == parse_timestamp(iso)
