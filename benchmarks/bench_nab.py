@@ -74,6 +74,18 @@ def run_detector(
     return alerts, det
 
 
+def episodes(alerts: list[dict[str, Any]], spans: list[tuple[int, int]]) -> tuple[int, int]:
+    """Episodes of alerts (``episode_id``; each alert its own where there is none) and how many of
+    them have no alert inside a labelled window: what a pager that pages once per episode sees."""
+    true: dict[str, bool] = {}
+    for a in alerts:
+        start, end = parse_time_ms(a["window_start"]), parse_time_ms(a["window_end"])
+        hit = any(start < b and end > s for s, b in spans)
+        eid = a.get("episode_id") or a["alert_id"]
+        true[eid] = true.get(eid, False) or hit
+    return len(true), sum(not t for t in true.values())
+
+
 def run_half_space_trees(ts_ms: np.ndarray, values: np.ndarray, window_s: float, det: Detector) -> list[dict[str, Any]]:
     from river import anomaly, compose, preprocessing
 
@@ -114,9 +126,11 @@ def main() -> None:
     args = p.parse_args()
 
     windows = json.loads((args.nab / "labels" / "combined_windows.json").read_text())
-    totals = {name: {"labels": 0, "detected": 0, "alerts": 0, "true": 0} for name in ("streamdetect", "hst")}
+    totals = {name: {"labels": 0, "detected": 0, "alerts": 0, "true": 0, "episodes": 0, "false_episodes": 0}
+              for name in ("streamdetect", "hst")}
     days_total = 0.0
-    print(f"{'series':44s} {'days':>5s} {'windows':>7s}  streamdetect det/alerts/false  |  HST det/alerts/false")
+    print(f"{'series':44s} {'days':>5s} {'windows':>7s}  streamdetect det/alerts/false episodes/false"
+          "  |  HST det/alerts/false")
     for rel, spans in sorted(windows.items()):
         path = args.nab / "data" / rel
         if not path.exists() or (args.only and not any(o in rel for o in args.only.split(","))):
@@ -154,6 +168,12 @@ def main() -> None:
             t["alerts"] += r.n_alerts
             t["true"] += r.n_true_alerts
             line += f"  {detected:>5d} {r.n_alerts:>6d} {r.n_alerts - r.n_true_alerts:>5d}"
+            if name == "streamdetect":
+                n_ep, false_ep = episodes(found, [(parse_time_ms(lab["start"]), parse_time_ms(lab["end"]))
+                                                  for lab in labels])
+                t["episodes"] += n_ep
+                t["false_episodes"] += false_ep
+                line += f" {n_ep:>8d} {false_ep:>5d}"
         print(line, flush=True)
     for name, t in totals.items():
         if not t["labels"]:
@@ -164,6 +184,10 @@ def main() -> None:
         false_per_day = (t["alerts"] - t["true"]) / max(days_total, 1e-9)
         print(f"{name:13s} windows detected {t['detected']}/{t['labels']} (recall {recall:.2f}), alerts {t['alerts']}"
               f" (precision {precision:.2f}), F1 {f1:.3f}, false alerts per series-day {false_per_day:.2f}")
+        if t["episodes"]:
+            print(f"{'':13s} episodes {t['episodes']}, {t['false_episodes']} with no alert in a window"
+                  f" (precision per episode {1 - t['false_episodes'] / t['episodes']:.2f}),"
+                  f" false episodes per series-day {t['false_episodes'] / max(days_total, 1e-9):.2f}")
 
 
 if __name__ == "__main__":
