@@ -21,6 +21,9 @@ after it ends.
   (its own true alerts against *all* false alerts).
 * False alerts per key per day = false alerts / (keys x days); keys are the distinct keys of
   labels and alerts and days the span from the first to the last label or alert, unless given.
+* Episodes: alerts of one ``episode_id`` (consecutive alerts of a key; an alert without one is
+  an episode of its own) are what a pager that pages once per episode sends. An episode is false
+  when none of its alerts is true; ``episode_precision = 1 - false episodes / episodes``.
 * Undefined ratios (no alerts, no labels) are ``nan`` (``null`` in JSON).
 
 >>> labels = [{"anomaly_id": "a1", "type": "spike", "key": {"store_id": "s1"},
@@ -106,6 +109,10 @@ class EvaluationReport:
     tolerance_windows: float
     per_type: dict[str, TypeReport] = field(default_factory=dict)
     label_results: list[LabelResult] = field(default_factory=list)
+    n_episodes: int = 0
+    n_false_episodes: int = 0
+    episode_precision: float = _NAN
+    false_episodes_per_key_day: float = _NAN
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (orjson writes ``nan`` as ``null``)."""
@@ -130,6 +137,8 @@ class EvaluationReport:
             f"false alerts per key per day {f(self.false_alerts_per_key_day)}"
             f" ({self.n_keys} keys, {self.span_days:.2f} days; window {self.window_seconds:g} s,"
             f" tolerance {self.tolerance_windows:g} windows)",
+            f"episodes {self.n_episodes} | false {self.n_false_episodes} | precision {f(self.episode_precision)}"
+            f" | false episodes per key per day {f(self.false_episodes_per_key_day)}",
         ]
         if self.per_type:
             header = f"{'type':<14}{'labels':>7}{'detected':>9}{'recall':>8}{'prec.':>8}{'F1':>7}{'delay':>7}"
@@ -204,6 +213,7 @@ def evaluate(
     # deduplicate alerts by id, keeping the first
     seen: set[str] = set()
     akeys: list[tuple[tuple[str, str], ...]] = []
+    aepisode: list[str] = []
     astart: list[int] = []
     aend: list[int] = []
     n_dup = 0
@@ -218,6 +228,7 @@ def evaluate(
             n_dup += 1
             continue
         seen.add(aid)
+        aepisode.append(str(a.get("episode_id") or aid))
         akeys.append(_key(key))
         astart.append(ws)
         aend.append(we)
@@ -277,6 +288,10 @@ def evaluate(
 
     n_true = sum(t is not None for t in alert_type)
     n_false = n_alerts - n_true
+    episode_true: dict[str, bool] = {}
+    for ep, t in zip(aepisode, alert_type, strict=True):
+        episode_true[ep] = episode_true.get(ep, False) or t is not None
+    n_false_episodes = sum(not t for t in episode_true.values())
     n_detected = int((first_match >= 0).sum())
     precision = _ratio(n_true, n_alerts)
     recall = _ratio(n_detected, len(labs))
@@ -328,5 +343,9 @@ def evaluate(
         window_seconds=float(window_seconds),
         tolerance_windows=float(tolerance_windows),
         per_type=per_type,
+        n_episodes=len(episode_true),
+        n_false_episodes=n_false_episodes,
+        episode_precision=_ratio(len(episode_true) - n_false_episodes, len(episode_true)),
+        false_episodes_per_key_day=_ratio(n_false_episodes, n_keys * span_days),
         label_results=results,
     )

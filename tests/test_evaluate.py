@@ -165,3 +165,16 @@ def test_format_table_and_cli(tmp_path, capsys):
     report = orjson.loads((tmp_path / "report.json").read_bytes())
     assert report["n_detected"] == 2 and report["per_type"]["spike"]["labels"] == 2
     assert len(report["label_results"]) == 4
+
+
+def test_episodes_are_counted_as_a_pager_sees_them():
+    """Three alerts of one outage are one true episode; two false alerts of one episode elsewhere
+    one false episode; an alert without an episode id is an episode of its own."""
+    labs = [label("a", "outage", "s1", 0, 10)]
+    outage = [{**alert("s1", m), "episode_id": "e1"} for m in (2, 3, 4)]
+    noise = [{**alert("s2", m), "episode_id": "e2"} for m in (50, 51)]
+    r = evaluate(labs, [*outage, *noise, alert("s3", 70)])
+    assert (r.n_alerts, r.n_false_alerts) == (6, 3)
+    assert (r.n_episodes, r.n_false_episodes, r.episode_precision) == (3, 2, pytest.approx(1 / 3))
+    assert r.false_episodes_per_key_day == pytest.approx(2 / (r.n_keys * r.span_days))
+    assert "episodes 3 | false 2" in r.format_table()

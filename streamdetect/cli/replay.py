@@ -24,8 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Runs the detector core over a file of events in file order, without Kafka. JSONL holds one "
             "event per line; a CSV holds one event per row, or an already aggregated series "
-            "(timestamp,value) with --value-field. Output is deterministic: the same input gives the "
-            "same files byte for byte."
+            "(timestamp,value) with --value-field. Columns the flags and --config leave to the defaults, "
+            "and that the file names otherwise, are guessed from its first rows (said on stderr, with the "
+            "flags that decide otherwise). Output is deterministic: the same input gives the same files "
+            "byte for byte."
         ),
     )
     p.add_argument("input", help="events file: .jsonl, .jsonl.gz, .csv or .csv.gz ('-' for JSONL on stdin)")
