@@ -116,7 +116,7 @@ class KafkaConfig:
     poll_timeout: float = 0.5
     checkpoint_interval: float = 5.0
     max_pending: int = 20_000
-    idle_clock: bool = True
+    idle_after: float = 300.0
     shutdown_timeout: float = 30.0
     restore_timeout: float = 60.0
     delivery_retries: int = 3
@@ -160,6 +160,7 @@ class KafkaConfig:
         _require(1 <= self.batch_size <= 100_000, "kafka.batch_size must be in [1, 100000] messages (default 500)")
         _require(0 < self.poll_timeout <= 10, "kafka.poll_timeout must be in (0, 10] seconds (default 0.5)")
         _require(self.checkpoint_interval > 0, "kafka.checkpoint_interval must be > 0 seconds (default 5)")
+        _require(self.idle_after >= 0, "kafka.idle_after must be >= 0 seconds (0: event time only moves with events)")
         _require(self.max_pending >= self.batch_size,
                  "kafka.max_pending must be >= kafka.batch_size (outputs in flight before a forced checkpoint)")
         _require(self.shutdown_timeout > 0, "kafka.shutdown_timeout must be > 0 seconds")

@@ -61,7 +61,7 @@ SCENARIO = GeneratorConfig(stores=4, days=6, seed=11, clean_days=2, malformed_fr
 # The reference replays the input without a wall clock: the idle clock (tested on its own below)
 # would close the windows after the input's last event once the test has run past the lateness.
 FAST = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 7000,
-        "checkpoint_interval": 1.0, "idle_clock": False}
+        "checkpoint_interval": 1.0, "idle_after": 0}
 TIMEOUT = 120.0
 
 
@@ -390,7 +390,7 @@ session_timeout_ms = 6000
 heartbeat_interval_ms = 1000
 max_poll_interval_ms = 7000
 checkpoint_interval = 1.0
-idle_clock = false
+idle_after = 0
 
 [detector.model]
 warmup = 1500
@@ -563,9 +563,9 @@ def test_a_delivery_failure_never_commits(bootstrap: str, input_topic: Names) ->
 
 def test_an_idle_partition_keeps_time_and_sees_its_only_store_stop(bootstrap: str, unique: str) -> None:
     """A store alone on its partition stops selling. No event comes to move event time on, yet
-    once the partition has been quiet for longer than the allowed lateness its clock runs at
+    once the partition has been quiet for `kafka.idle_after` (1 s here) its clock runs at
     wall-clock pace: the store's zero windows close and alert, while the event-time delay metric
-    still shows the newest real event. With ``kafka.idle_clock`` off, nothing after the last
+    still shows the newest real event. With ``kafka.idle_after = 0``, nothing after the last
     event is ever scored."""
     n = names(unique)
     ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(n.input, 1)])
@@ -578,11 +578,11 @@ def test_an_idle_partition_keeps_time_and_sees_its_only_store_stop(bootstrap: st
     detector = {"windows": {"size": 1, "allowed_lateness": 1}, "model": {"warmup": 300},
                 "threshold": {"n_init": 200}}
 
-    def run(idle_clock: bool, group: str) -> tuple[list[Alert], Service]:
+    def run(idle_after: float, group: str) -> tuple[list[Alert], Service]:
         cfg = load_config(env={}, overrides={
             "kafka": {"bootstrap_servers": bootstrap, "input_topics": [n.input], "alerts_topic": n.alerts,
                       "dlq_topic": n.dlq, "state_topic": n.state, "group_id": group,
-                      **{**FAST, "idle_clock": idle_clock}},
+                      **{**FAST, "idle_after": idle_after}},
             "detector": detector, "metrics": {"enabled": False}})
         svc = Running(cfg)
         try:
@@ -601,8 +601,8 @@ def test_an_idle_partition_keeps_time_and_sees_its_only_store_stop(bootstrap: st
         alerts = [a for a in read_alerts(bootstrap, n.alerts) if isinstance(a, Alert) and a.window_start >= after_last]
         return alerts, svc.service
 
-    quiet, _ = run(False, n.group + "-off")
+    quiet, _ = run(0, n.group + "-off")
     assert quiet == []
-    stopped, _ = run(True, n.group + "-on")
+    stopped, _ = run(1.0, n.group + "-on")
     assert len(stopped) >= 3, "the store that stopped selling was not seen"
     assert all(a.features["count"] == 0.0 for a in stopped)

@@ -76,8 +76,8 @@ class PartitionState:
     committed: int | None = None
     dirty: bool = False
     restored: bool = False
-    # The partition's clock when it is idle (kafka.idle_clock): its newest event time and the
-    # monotonic time at which it was seen; event time is taken to go on at wall-clock pace from there.
+    # The partition's clock when it is idle (kafka.idle_after): its newest event time and the
+    # monotonic time at which it was seen.
     newest_event_ms: int | None = None
     newest_seen_at: float = 0.0
 
@@ -254,7 +254,7 @@ class Service:
         self.health.heartbeat()
         if msgs:
             self._process(msgs)
-        if self.kcfg.idle_clock:
+        if self.kcfg.idle_after > 0:
             self._advance_idle()
         self.producer.poll(0)
         now = time.monotonic()
@@ -330,23 +330,24 @@ class Service:
 
         Event time only moves with events: on a partition whose keys have all stopped (one store
         alone on its partition, or every store behind it) no window would close and no outage
-        would be seen. Once a partition has had no newer event for longer than the allowed
-        lateness, its clock is its newest event time plus the wall-clock time since that event
-        came, so its windows close as they would had the stream gone on, and its silent keys get
-        their zero windows until ``idle_timeout``. Events that arrive later than the lateness
-        after that clock are late, as they would be behind any other key's events.
+        would be seen. Once a partition has had no newer event for ``kafka.idle_after`` seconds,
+        its clock runs from its newest event time at wall-clock pace (newest + quiet time -
+        idle_after), so its windows close as they would had the stream gone on, and its silent
+        keys get their zero windows until ``idle_timeout``. A producer that delivers in bursts at
+        most ``idle_after`` apart never sees its events made late by it.
         """
         windows = self.config.detector.windows
+        idle_ms = round(self.kcfg.idle_after * 1000)
         now = time.monotonic()
         now_ms = int(time.time() * 1000)
         for ps in list(self.parts.values()):
             if ps.newest_event_ms is None:
                 continue
             quiet_ms = int((now - ps.newest_seen_at) * 1000)
-            clock = ps.newest_event_ms + quiet_ms
+            clock = ps.newest_event_ms + quiet_ms - idle_ms
             next_start = ps.detector.windows.next_start
             # only when a window is due to close: an idle partition is advanced once a hop, not once a poll
-            if quiet_ms <= windows.lateness_ms or next_start is None:
+            if quiet_ms <= idle_ms or next_start is None:
                 continue
             if clock - windows.lateness_ms < next_start + windows.size_ms:
                 continue
