@@ -11,7 +11,8 @@ to the defaults, and the defaults do not find, is guessed:
   of the export formats :func:`~streamdetect.sources.guess_time_format` knows), a column with a
   time-like name first; a numeric column only with such a name;
 * **measures**: sales when it has a quantity and a unit price, or an amount, under a usual name
-  (matched without case, spaces or underscores: ``UnitPrice`` is ``unit_price``); otherwise a
+  (matched without case, spaces or underscores: ``UnitPrice`` is ``unit_price``), a ``Sales`` or
+  ``Value`` column being an amount only beside an order, invoice or receipt id; otherwise a
   series of every numeric column (one: a value series; several: a wide file, one series each);
 * **keys**: columns with a store-, site- or host-like name (for a series also item- or
   product-like ones), else the one text column with few distinct values (``Country`` of an
@@ -50,6 +51,12 @@ _QUANTITY_NAMES = frozenset({"quantity", "qty", "units", "unitssold", "quantitys
 _PRICE_NAMES = frozenset({"unitprice", "price", "priceeach", "unitcost", "priceperunit", "saleprice", "itemprice"})
 _AMOUNT_NAMES = frozenset({"amount", "totalamount", "lineamount", "linetotal", "saleamount", "salesamount",
                            "revenue", "totalprice", "netamount", "grossamount", "total", "ordertotal"})
+# Ids of orders, invoices or receipts: a file with one is a file of sales lines, whose "sales" or
+# "value" column is a line's amount (without one, "sales" is as likely a count per day and store).
+_ORDER_NAMES = frozenset({"orderid", "orderno", "ordernumber", "invoice", "invoiceno", "invoiceid", "invoicenumber",
+                          "transactionid", "transaction", "transactionno", "receipt", "receiptid", "receiptno",
+                          "ticketid", "basketid", "saleid", "salesid"})
+_LINE_AMOUNT_NAMES = frozenset({"sales", "salesvalue", "netsales", "grosssales", "value", "linevalue"})
 _SKU_NAMES = frozenset({"sku", "stockcode", "productid", "itemid", "product", "item", "itemcode", "productcode",
                         "article", "articleid", "ean", "upc", "barcode", "itemnumber", "productnumber", "itemnbr"})
 _KEY_NAMES = frozenset({"store", "storeid", "storenbr", "storeno", "storenumber", "storecode", "shop", "shopid",
@@ -159,7 +166,8 @@ def guess_columns(
     if not sales:
         numeric = [c for c in columns if c not in taken and _numeric(_cells(rows, c))]
         quantity, price = _named(numeric, _QUANTITY_NAMES), _named(numeric, _PRICE_NAMES)
-        amount = _named(numeric, _AMOUNT_NAMES)
+        lines = _named(columns, _ORDER_NAMES) is not None
+        amount = _named(numeric, _AMOUNT_NAMES | (_LINE_AMOUNT_NAMES if lines else frozenset()))
         if quantity and price:
             measures = {"quantity_field": quantity, "unit_price_field": price}
         elif amount:

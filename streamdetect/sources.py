@@ -58,6 +58,7 @@ __all__ = [
     "reads_as_times",
     "sample_records",
     "signed_offset",
+    "time_resolution_s",
 ]
 
 SERIES_KEY = "series"
@@ -77,6 +78,28 @@ def median_spacing_s(ts_ms: Any) -> float | None:
     if len(times) < 3:
         return None
     return max(float(np.median(np.diff(times))) / 1000.0, 1.0)
+
+
+def time_resolution_s(ts_ms: Any) -> float | None:
+    """The coarsest of a day and an hour that every time of a sample is a whole multiple of (at
+    least 20 times): the resolution of an export that writes dates alone, or whole hours; None
+    for finer times.
+
+    >>> day = 86_400_000
+    >>> time_resolution_s([day * i for i in range(30)]), time_resolution_s([3_600_000 * i for i in range(30)])
+    (86400.0, 3600.0)
+    >>> time_resolution_s([60_000 * i for i in range(30)]) is None
+    True
+    """
+    import numpy as np
+
+    t = np.asarray(ts_ms, dtype=np.int64)
+    if len(t) < _MIN_SAMPLES_FOR_KIND:
+        return None
+    for seconds in (86_400, 3_600):
+        if not np.any(t % (seconds * 1000)):
+            return float(seconds)
+    return None
 
 
 def looks_like_counts(values: Any) -> bool:

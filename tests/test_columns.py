@@ -118,3 +118,45 @@ def test_a_jsonl_series_without_keys_is_one_stream(tmp_path: Path, capsys) -> No
     assert "columns read as --time-field timestamp --value-field value" in err
     assert "valid 500, rejected 2" in err, err
     assert [orjson.loads(r)["reason"] for r in rejects.read_bytes().splitlines()] == ["decode", "missing_field"]
+
+
+def test_an_order_export_with_dates_alone_reads_as_daily_sales(tmp_path: Path, capsys) -> None:
+    """A Superstore-like export: order lines with an Order ID, an Order Date without a time, Sales
+    (the line's amount, since there is an order id) and Quantity, per Region. Replay with no flag
+    reads the lines as sales per region in windows of a day (minute windows put a day's sales in
+    its first minute: thousands of alerts), and finds the five days a region sold nothing and the
+    day another had ten times its orders, with few false alarms."""
+    import datetime
+
+    rng = np.random.default_rng(4)
+    rows = ["Row ID,Order ID,Order Date,Region,Product ID,Sales,Quantity,Profit"]
+    day0 = datetime.date(2014, 1, 3)
+    for day in range(3 * 365):
+        d = day0 + datetime.timedelta(days=day)
+        for region in ("West", "East", "Central", "South"):
+            orders = int(rng.integers(1, 6))
+            if region == "West" and datetime.date(2016, 3, 10) <= d <= datetime.date(2016, 3, 14):
+                orders = 0
+            if region == "East" and d == datetime.date(2015, 9, 22):
+                orders = 40
+            for _ in range(orders):
+                oid = f"CA-{d.year}-{rng.integers(100000, 999999)}"
+                for _ in range(int(rng.integers(1, 5))):
+                    q = int(rng.integers(1, 10))
+                    rows.append(f"{len(rows)},{oid},{d.month}/{d.day}/{d.year},{region},OFF-{rng.integers(1000, 9999)},"
+                                f"{q * rng.lognormal(3, 1):.2f},{q},{rng.uniform(-10, 50):.2f}")
+    src = tmp_path / "orders.csv"
+    src.write_text("\n".join(rows) + "\n")
+    alerts_path = tmp_path / "alerts.jsonl"
+    assert main(["replay", str(src), "--alerts", str(alerts_path)]) == 0
+    err = capsys.readouterr().err
+    assert "--time-field Order Date --quantity-field Quantity --amount-field Sales --sku-field Product ID" in err
+    assert "--key Region" in err and "windows of 86400 s" in err
+    alerts = [orjson.loads(a) for a in alerts_path.read_bytes().splitlines()]
+    found = {(a["key"]["Region"], a["window_start"][:10]) for a in alerts}
+    assert ("East", "2015-09-22") in found
+    assert any(region == "West" and "2016-03-10" <= day <= "2016-03-15" for region, day in found), found
+    # elsewhere (the anomalies and the few days after them aside) about what the risk allows:
+    # 4,380 region-days at 1e-4, which SPOT realises at a few times that
+    around = {("East", f"2015-09-{d}") for d in range(22, 27)} | {("West", f"2016-03-{d}") for d in range(10, 20)}
+    assert len(found - around) <= 3, found

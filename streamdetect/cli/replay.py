@@ -273,6 +273,29 @@ def _with_key(lines: list[bytes], fields: Sequence[str]) -> list[bytes]:
     return out
 
 
+def _fit_resolution(args: argparse.Namespace, config: Any, first: list[Any], fmt: str, say: Any) -> Any:
+    """Sales events whose times are dates alone (or whole hours) get windows of that resolution:
+    minute windows would put a day's sales in its first minute and 1,439 empty ones after it. A
+    key keeps its zero windows for a week of them (a shop that sells nothing for a day is news)."""
+    from streamdetect.config import WindowConfig
+    from streamdetect.events import decode_events, decode_records
+    from streamdetect.sources import time_resolution_s
+
+    if args.window is not None or config.windows.size != WindowConfig().size:
+        return config  # the windows are the user's
+    batch, _ = decode_records(first, config.events) if fmt == "csv" else decode_events(first, config.events)
+    resolution = time_resolution_s(batch.ts_ms)
+    if resolution is None:
+        return config
+    args.window = resolution
+    if args.idle_timeout is None:
+        args.idle_timeout = max(config.windows.idle_timeout, 7 * resolution)
+    what = "dates alone" if resolution == 86_400 else "whole hours"
+    say(f"the times are {what}: windows of {resolution:g} s, a silent key's zero windows for"
+        f" {args.idle_timeout:g} s (--window, --idle-timeout override)")
+    return build_config(args)
+
+
 def _fit_to_input(args: argparse.Namespace, config: Any, first: list[Any], fmt: str) -> Any:
     """The configuration, adapted to what the file's first chunk shows (each decision said on stderr):
     its time format when the default does not read it, and for an aggregated series its spacing
@@ -296,7 +319,7 @@ def _fit_to_input(args: argparse.Namespace, config: Any, first: list[Any], fmt: 
     values_only = config.events.value_series
     explicit_offset = _value_offset(args.value_offset, values_only)
     if not config.events.aggregated:
-        return config
+        return _fit_resolution(args, config, first, fmt, say)
     # One sample per window, so the windows take the series' spacing. The first rows are read with
     # negative values let in, to see whether the series is signed.
     schema = replace(config.events, allow_negative=True)
