@@ -351,7 +351,9 @@ class Service:
                 continue
             if clock - windows.lateness_ms < next_start + windows.size_ms:
                 continue
-            self._publish(ps, ps.detector.advance(clock, now_ms=now_ms), now_ms)
+            out = ps.detector.advance(clock, now_ms=now_ms)
+            if len(out.scored) or out.messages:  # a clock that closed nothing is not worth a checkpoint
+                self._publish(ps, out, now_ms)
 
     def _on_message_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
