@@ -37,13 +37,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamdetect.config import EventSchema
+from streamdetect.events import parse_number
 from streamdetect.sources import reads_as_times
 
 __all__ = ["EXPLICIT_FIELDS", "ColumnGuess", "guess_columns"]
 
 #: The event fields a user can set (flags, the TOML file): what is set is never guessed.
 EXPLICIT_FIELDS = ("time_field", "key_fields", "value_field", "count_field", "amount_field", "quantity_field",
-                   "unit_price_field", "sku_field")
+                   "unit_price_field", "sku_field", "numeric_strings")
 
 # Usual names, compared after _norm (lower case, letters and digits only).
 _TIME_WORDS = ("time", "date", "timestamp", "datetime", "day", "period", "created", "when")
@@ -84,6 +85,7 @@ class ColumnGuess:
     sku_field: str | None = None
     key_fields: tuple[str, ...] = ()
     value_fields: tuple[str, ...] = ()  # a series: one column, or several (a wide file)
+    numeric_strings: bool = False  # a chosen measure writes its numbers as strings ("19.99")
 
     def flags(self) -> list[str]:
         """The guess as ``replay`` flags (what to give to decide otherwise)."""
@@ -99,6 +101,8 @@ class ColumnGuess:
         ):
             if value:
                 out += [flag, value]
+        if self.numeric_strings:
+            out.append("--numeric-strings")
         return out
 
 
@@ -106,11 +110,19 @@ def _cells(rows: Sequence[Mapping[str, Any]], column: str) -> list[Any]:
     return [r[column] for r in rows if r.get(column) not in (None, "")]
 
 
-def _numeric(values: Sequence[Any]) -> bool:
+def _numeric(values: Sequence[Any], strings: bool = False) -> bool:
+    """Whether the cells are numbers (with ``strings``, also numbers written as strings, as JSON
+    payloads write money: ``"19.99"``)."""
     if not values:
         return False
     numbers = sum(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    if strings:
+        numbers += sum(isinstance(v, str) and parse_number(v.strip()) is not None for v in values)
     return numbers >= _SAMPLE_SHARE * len(values)
+
+
+def _as_strings(rows: Sequence[Mapping[str, Any]], column: str | None) -> bool:
+    return column is not None and any(isinstance(v, str) for v in _cells(rows, column))
 
 
 def _named(columns: Iterable[str], names: frozenset[str]) -> str | None:
@@ -164,7 +176,7 @@ def guess_columns(
     default_sales = schema.amount_field in present or {schema.quantity_field, schema.unit_price_field} <= present
     sales = default_sales or bool(given & measure_fields) or schema.aggregated
     if not sales:
-        numeric = [c for c in columns if c not in taken and _numeric(_cells(rows, c))]
+        numeric = [c for c in columns if c not in taken and _numeric(_cells(rows, c), strings=True)]
         quantity, price = _named(numeric, _QUANTITY_NAMES), _named(numeric, _PRICE_NAMES)
         lines = _named(columns, _ORDER_NAMES) is not None
         amount = _named(numeric, _AMOUNT_NAMES | (_LINE_AMOUNT_NAMES if lines else frozenset()))
@@ -201,8 +213,9 @@ def guess_columns(
         values = tuple(
             c for c in columns
             if c not in taken and _norm(c) not in _SKU_NAMES and not _norm(c).endswith(_ID_ENDINGS)
-            and _numeric(_cells(rows, c))
+            and _numeric(_cells(rows, c), strings=True)
         )
+    chosen = [*measures.values(), *values]
     return ColumnGuess(
         time_field=time_field,
         quantity_field=measures.get("quantity_field"),
@@ -211,4 +224,5 @@ def guess_columns(
         sku_field=sku,
         key_fields=keys,
         value_fields=values,
+        numeric_strings="numeric_strings" not in given and any(_as_strings(rows, c) for c in chosen),
     )

@@ -61,6 +61,11 @@ def test_an_invoice_export_reads_as_sales_per_country() -> None:
           for i in range(50)],
          ColumnGuess(time_field="created_at", amount_field="order_total", sku_field="product_id",
                      key_fields=("shop",))),
+        # a web shop's order payloads: money as strings, the key an integer id
+        ([{"id": 4000 + i, "created_at": f"2024-03-01T10:{i % 60:02d}:00-05:00", "location_id": 11 + i % 3,
+           "total_price": f"{19.5 + i:.2f}", "currency": "USD"} for i in range(60)],
+         ColumnGuess(time_field="created_at", amount_field="total_price", key_fields=("location_id",),
+                     numeric_strings=True)),
     ],
 )
 def test_layouts(rows: list[dict], expected: ColumnGuess) -> None:

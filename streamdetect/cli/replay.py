@@ -212,7 +212,8 @@ def _explicit_fields(args: argparse.Namespace) -> set[str]:
     """The event fields the flags or the ``--config`` file set (``columns.EXPLICIT_FIELDS``)."""
     flags = {"time_field": args.time_field, "key_fields": args.key, "value_field": args.value_field,
              "count_field": args.count_field, "amount_field": args.amount_field,
-             "quantity_field": args.quantity_field, "unit_price_field": args.price_field, "sku_field": args.sku_field}
+             "quantity_field": args.quantity_field, "unit_price_field": args.price_field, "sku_field": args.sku_field,
+             "numeric_strings": args.numeric_strings}
     given = {name for name, value in flags.items() if value is not None}
     if args.config is not None:
         given |= set(tomllib.loads(args.config.read_text()).get("detector", {}).get("events", {}))
@@ -246,6 +247,8 @@ def _guess_columns(args: argparse.Namespace, config: Any, fmt: str) -> tuple[boo
                         ("value_field", ",".join(guess.value_fields))):
         if value:
             setattr(args, attr, value)
+    if guess.numeric_strings:
+        args.numeric_strings = True
     if not args.quiet:
         print(f"columns read as {' '.join(flags)} (the file does not name them as configured; give these"
               " flags to decide)", file=sys.stderr)
