@@ -169,8 +169,10 @@ _NEVER_FLAGGED = 1 << 40
 # The detector's per-key arrays (indexed by key id), with their dtype and the value of a key they
 # know nothing of; saved in the state under these names (an older release's state may lack some).
 _PER_KEY: dict[str, tuple[type, float]] = {
-    "flag_streak": (np.int64, 0),  # alerts of the key's open episode (0: none open)
+    "flag_streak": (np.int64, 0),  # flagged windows since the key was last calm (its new normal)
     "since_flag": (np.int64, _NEVER_FLAGGED),  # windows since the key's last alert
+    "episode_alerts": (np.int64, 0),  # alerts of the key's open episode (0: none open)
+    "episode_quiet": (np.int64, 0),  # windows since then without an alert or a sustained deviation
     "episode_start": (np.int64, -1),  # first window of the key's last episode (-1: unknown)
     "episode_end": (np.int64, -1),  # end of the open episode's last alerting window
     "episode_peak": (np.float64, 0.0),  # the open episode's highest score
@@ -268,6 +270,8 @@ class Detector:
     # the per-key arrays of ``_PER_KEY``
     _flag_streak: np.ndarray
     _since_flag: np.ndarray
+    _episode_alerts: np.ndarray
+    _episode_quiet: np.ndarray
     _episode_start: np.ndarray
     _episode_end: np.ndarray
     _episode_peak: np.ndarray
@@ -359,7 +363,7 @@ class Detector:
             model_updates=int(self.model.n_updates_) if fitted else 0,
             active_keys=self.windows.active_keys,
             open_windows=self.windows.open_windows,
-            open_episodes=int(np.count_nonzero(self._flag_streak)),
+            open_episodes=int(np.count_nonzero(self._episode_alerts)),
             watermark_ms=self.windows.watermark_ms,
             late_events=self.windows.late_events,
             newest_event_ms=self.windows.newest_event_ms,
@@ -425,7 +429,7 @@ class Detector:
         would otherwise keep an incident open for a key that no longer exists)."""
         self.features.evict(evicted)
         for kid, (key, at_ms) in zip(evicted, evicted_keys, strict=True):
-            if kid < len(self._flag_streak) and self._flag_streak[kid] > 0:
+            if kid < len(self._episode_alerts) and self._episode_alerts[kid] > 0:
                 messages.append(self._resolution(kid, self._key_dict(kid, key), at_ms, 0, "expired", now_ms))
         gone = np.asarray(evicted, dtype=np.int64)
         gone = gone[gone < len(self._flag_streak)]  # a key never scored nor rescaled has nothing here
@@ -441,7 +445,7 @@ class Detector:
             key=key,
             episode_start_ms=start,
             episode_end_ms=end if end >= 0 else start,  # a state from before episodes had ends
-            alerts=int(self._flag_streak[kid]),
+            alerts=int(self._episode_alerts[kid]),
             peak_score=float(self._episode_peak[kid]),
             peak_severity=SEVERITIES[int(self._episode_severity[kid])],
             resolved_at_ms=at_ms,
@@ -516,24 +520,17 @@ class Detector:
             # An anomaly rarely ends on its last alert: the windows around it score high without
             # crossing the threshold, and learning them would fatten the very tail that sets it.
             calm = since > self._cooldown
-            # Flagged windows of one episode: an episode ends only after `_cooldown` calm windows,
-            # so a new normal that scores around the threshold still counts as one long episode.
+            # Flagged windows since the key was last calm: past `relearn_after` of them the key has
+            # a new normal (a new normal that scores around the threshold stays one streak).
             before = self._flag_streak[key_ids]
             streak = np.where(flags, before + 1, np.where(calm, 0, before))
+            self._flag_streak[key_ids] = streak
             new_normal[mature] = streak > self.config.relearn_after
             learn[mature] = ~flags | new_normal[mature]
             probability = self.threshold.probability(score)
-            ended = np.flatnonzero(calm & (before > 0))
-            if len(ended):
-                # The resolution reads the episode as it was, so before the streak is reset.
-                detected = now_ms if now_ms is not None else int(rnd.end_ms + self.config.windows.lateness_ms)
-                messages.extend(
-                    self._resolution(kid, self._key_dict(kid), rnd.end_ms, int(n), "calm", detected)
-                    for kid, n in zip(key_ids[ended].tolist(), since[ended].tolist(), strict=True)
-                )
-            self._flag_streak[key_ids] = streak
+            deviating = np.abs(feats.scan_z[mature]) >= self.config.features.freeze_z
+            self._track_episodes(rnd, key_ids, flags, deviating, score, probability, messages, now_ms)
             if flags.any():
-                self._open_episodes(key_ids[flags], before[flags] == 0, rnd, score[flags], probability[flags])
                 messages.extend(self._alerts(rnd, feats, mature, X, score, threshold, probability, flags, now_ms))
             rounds.append(
                 _RoundScores(
@@ -560,14 +557,45 @@ class Detector:
         self.features.update(rnd, feats, learn, new_normal)
         return drift
 
-    def _open_episodes(
-        self, kids: np.ndarray, first: np.ndarray, rnd: ClosedRound, score: np.ndarray, probability: np.ndarray
+    def _track_episodes(
+        self,
+        rnd: ClosedRound,
+        key_ids: np.ndarray,
+        flags: np.ndarray,
+        deviating: np.ndarray,
+        score: np.ndarray,
+        probability: np.ndarray,
+        messages: list[Alert | EpisodeResolved],
+        now_ms: int | None,
     ) -> None:
-        """Flagged keys' episodes (``first``: it starts with this window) take in this window."""
-        severity = _severity(1.0 - probability, self.config.threshold.risk)
+        """Open, extend and end the keys' episodes with a round's scored windows.
+
+        An episode ends once its key has gone more than ``_cooldown`` windows without an alert or
+        a sustained deviation of its counts (``|count_scan_z| >= features.freeze_z``): an outage
+        that keeps its key at zero while it alerts in bursts (the scan restarts after each alert)
+        stays one episode instead of ending and opening again between the bursts.
+        """
+        open_before = self._episode_alerts[key_ids] > 0
+        quiet = np.where(flags | deviating, 0, self._episode_quiet[key_ids] + 1)
+        self._episode_quiet[key_ids] = quiet
+        ended = np.flatnonzero(open_before & (quiet > self._cooldown))
+        if len(ended):
+            detected = now_ms if now_ms is not None else int(rnd.end_ms + self.config.windows.lateness_ms)
+            gone = key_ids[ended]
+            messages.extend(
+                self._resolution(kid, self._key_dict(kid), rnd.end_ms, int(n), "calm", detected)
+                for kid, n in zip(gone.tolist(), quiet[ended].tolist(), strict=True)
+            )
+            self._episode_alerts[gone] = 0
+        if not flags.any():
+            return
+        kids, first = key_ids[flags], ~open_before[flags]
+        severity = _severity(1.0 - probability[flags], self.config.threshold.risk)
+        self._episode_alerts[kids] += 1
         self._episode_start[kids[first]] = rnd.start_ms
         self._episode_end[kids] = rnd.end_ms
-        self._episode_peak[kids] = np.where(first, score, np.maximum(self._episode_peak[kids], score))
+        peak = self._episode_peak[kids]
+        self._episode_peak[kids] = np.where(first, score[flags], np.maximum(peak, score[flags]))
         self._episode_severity[kids] = np.where(first, severity, np.maximum(self._episode_severity[kids], severity))
 
     def _calibration_due(self, now_ms: int) -> bool:
@@ -692,7 +720,7 @@ class Detector:
                     model_version=version,
                     detected_at_ms=detected,
                     episode_start_ms=int(self._episode_start[kid]) if self._episode_start[kid] >= 0 else None,
-                    episode_alert=int(self._flag_streak[kid]),
+                    episode_alert=int(self._episode_alerts[kid]),
                 )
             )
         return out
@@ -787,6 +815,8 @@ class Detector:
         saved: dict[str, np.ndarray] = {
             name: np.array(state.get(name, []), dtype=dtype) for name, (dtype, _) in _PER_KEY.items()
         }
+        if "episode_alerts" not in state:  # a state from before: its flag streaks counted the episodes
+            saved["episode_alerts"] = saved["flag_streak"].copy()
         det._grow_per_key(max(len(a) for a in saved.values()))
         for name, arr in saved.items():
             getattr(det, "_" + name)[: len(arr)] = arr

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from streamdetect.alerts import SEVERITIES, Alert, EpisodeResolved, episode_id
+from streamdetect.alerts import SEVERITIES, Alert, EpisodeResolved, episode_id, format_time
 from streamdetect.config import ConfigError, DetectorConfig, ModelConfig, ThresholdConfig, from_mapping
 from streamdetect.detector import Detector, DetectorOutput
 from streamdetect.events import parse_timestamp
@@ -457,3 +457,30 @@ def test_an_episode_still_open_when_its_key_expires_is_resolved_as_expired():
     last_sale = max(rec["ts"] for rec in records if rec["store_id"] == "A")
     assert parse_timestamp(r.resolved_at) >= last_sale + 7_200_000
     assert det.stats().open_episodes == 0
+
+
+def test_an_outage_that_alerts_in_bursts_stays_one_episode():
+    """A store selling about once a minute stops for three hours: the scan restarts after each
+    alert, so the outage alerts every quarter of an hour, with windows between that score calm
+    but whose counts still deviate, and then the key goes idle. Its alerts are one episode,
+    ended (once) only after sales are back; counting calm windows alone ended it after each
+    alert (four episodes, three of them "resolved" in the dark)."""
+    cfg = from_mapping(DetectorConfig, {"model": {"warmup": 2000}, "threshold": {"n_init": 1000}})
+    rng = np.random.default_rng(5)
+    t0 = 1_767_571_200_000  # a Monday
+    minutes = 4 * 1440
+    outage = (3 * 1440 + 600, 3 * 1440 + 780)  # day 4, 10:00 to 13:00
+    records = [
+        {"ts": t0 + 60_000 * m + int(rng.uniform(0, 60_000)), "store_id": "s1", "amount": float(rng.lognormal(3, 0.4))}
+        for m in range(minutes) if not outage[0] <= m < outage[1]
+        for _ in range(rng.poisson(1.0))
+    ]
+    records.sort(key=lambda r: r["ts"])
+    det = Detector(cfg)
+    messages = [m for i in range(0, len(records), 5000) for m in det.process_records(records[i : i + 5000]).messages]
+    start, end = format_time(t0 + 60_000 * outage[0]), format_time(t0 + 60_000 * outage[1])
+    alerts = [m for m in messages if isinstance(m, Alert) and start <= m.window_start < end]
+    assert len(alerts) >= 3
+    assert len({a.episode_id for a in alerts}) == 1, [(a.window_start, a.episode_alert) for a in alerts]
+    ends = [m for m in messages if isinstance(m, EpisodeResolved) and m.episode_id == alerts[0].episode_id]
+    assert len(ends) == 1 and ends[0].resolved_at > end
