@@ -44,7 +44,7 @@ __all__ = ["EXPLICIT_FIELDS", "ColumnGuess", "guess_columns"]
 
 #: The event fields a user can set (flags, the TOML file): what is set is never guessed.
 EXPLICIT_FIELDS = ("time_field", "key_fields", "value_field", "count_field", "amount_field", "quantity_field",
-                   "unit_price_field", "sku_field", "numeric_strings")
+                   "unit_price_field", "sku_field", "numeric_strings", "unpriced")
 
 # Usual names, compared after _norm (lower case, letters and digits only).
 _TIME_WORDS = ("time", "date", "timestamp", "datetime", "day", "period", "created", "when")
@@ -86,6 +86,7 @@ class ColumnGuess:
     key_fields: tuple[str, ...] = ()
     value_fields: tuple[str, ...] = ()  # a series: one column, or several (a wide file)
     numeric_strings: bool = False  # a chosen measure writes its numbers as strings ("19.99")
+    unpriced: bool = False  # sales lines without amounts (an order or item column, no measure)
 
     def flags(self) -> list[str]:
         """The guess as ``replay`` flags (what to give to decide otherwise)."""
@@ -103,6 +104,8 @@ class ColumnGuess:
                 out += [flag, value]
         if self.numeric_strings:
             out.append("--numeric-strings")
+        if self.unpriced:
+            out.append("--unpriced")
         return out
 
 
@@ -172,7 +175,8 @@ def guess_columns(
 
     measures: dict[str, str | None] = {}
     values: tuple[str, ...] = ()
-    measure_fields = {"value_field", "count_field", "amount_field", "quantity_field", "unit_price_field"}
+    unpriced = False
+    measure_fields = {"value_field", "count_field", "amount_field", "quantity_field", "unit_price_field", "unpriced"}
     default_sales = schema.amount_field in present or {schema.quantity_field, schema.unit_price_field} <= present
     sales = default_sales or bool(given & measure_fields) or schema.aggregated
     if not sales:
@@ -185,6 +189,13 @@ def guess_columns(
         elif amount:
             measures = {"amount_field": amount, "quantity_field": quantity}
         sales = bool(measures)
+        # Lines of orders or of items sold, with no amount at all: a till's log, counted.
+        unpriced = not sales and (lines or _named(columns, _SKU_NAMES) is not None) and not (
+            [c for c in numeric if not _norm(c).endswith(_ID_ENDINGS) and _norm(c) not in _ORDER_NAMES | _SKU_NAMES
+             and c != quantity])
+        if unpriced:
+            measures = {"quantity_field": quantity}
+            sales = True
     taken |= {c for c in measures.values() if c}
 
     sku = None
@@ -225,4 +236,5 @@ def guess_columns(
         key_fields=keys,
         value_fields=values,
         numeric_strings="numeric_strings" not in given and any(_as_strings(rows, c) for c in chosen),
+        unpriced=unpriced,
     )

@@ -64,6 +64,9 @@ class EventSchema:
     are, and then a negative sale is a sale.
     ``time_format``: ``"auto"`` (RFC 3339 strings, epoch-millisecond numbers), ``"epoch_s"``,
     ``"epoch_ms"``, or a ``strptime`` pattern such as ``"%d/%m/%Y %H:%M"`` (UTC unless it has ``%z``).
+    ``unpriced``: sales events without amounts (a till's log of items sold, a transaction list):
+    each event is one sale of ``quantity`` (1 when absent), with no amount; the revenue and
+    ticket features are left out and alerts report counts, units and SKUs.
     ``numeric_strings`` reads numbers written as JSON strings (``"199.00"``, as some shop
     platforms send money) instead of rejecting them as ``bad_type``.
     A field name with dots (``"payload.amount"``, ``"after.store_id"``) is a path into nested
@@ -94,6 +97,7 @@ class EventSchema:
     allow_negative: bool = False
     returns: bool = True
     numeric_strings: bool = False
+    unpriced: bool = False
     value_offset: float = 0.0
     min_time_ms: int = 946_684_800_000  # 2000-01-01: anything earlier is a broken clock, not a sale
     max_time_ms: int = 4_102_444_800_000  # 2100-01-01
@@ -126,6 +130,11 @@ class EventSchema:
             " or leave value_offset at 0",
         )
         _require(self.min_time_ms < self.max_time_ms, "events.min_time_ms must be below events.max_time_ms")
+        _require(
+            not (self.unpriced and self.aggregated),
+            "events.unpriced reads sales events without amounts; an aggregated series (events.value_field or"
+            " events.count_field) is not one: set one or the other",
+        )
 
     @property
     def field_names(self) -> tuple[str, ...]:

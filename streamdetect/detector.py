@@ -194,6 +194,7 @@ _VALUE_QUANTITIES = {
 # a value column); a value series has its value.
 _SALES_QUANTITIES = ("count", "revenue", "mean_ticket", "max_ticket", "units_per_sale", "distinct_skus", "returns",
                      "refunds")
+_UNPRICED_QUANTITIES = ("count", "units_per_sale", "distinct_skus", "returns")  # sales without amounts
 _ROWS_PER_FEATURE = 50  # the least warm-up a mixture with full covariances is fitted on
 _MIN_CALIBRATION = 100  # the fewest scores a threshold is calibrated on (threshold.n_init's floor)
 
@@ -302,6 +303,7 @@ class Detector:
             ("revenue",) if ev.value_series
             else ("count",) if ev.count_field is not None and ev.value_field is None
             else ("count", "revenue", "mean_ticket") if ev.count_field is not None
+            else _UNPRICED_QUANTITIES if ev.unpriced
             else _SALES_QUANTITIES
         )
         self.windows_scored = 0

@@ -488,6 +488,14 @@ def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], flo
 
     strings = schema.numeric_strings
     returns = schema.returns
+    if schema.unpriced:
+        # One sale of `quantity` items, without an amount (a till's log of items sold).
+        quantity = _number(d, schema.quantity_field, required=False, strings=strings)
+        if quantity is None:
+            quantity = 1
+        else:
+            _check_range(schema.quantity_field, quantity, schema.max_quantity, schema, returns)
+        return ms, tuple(keys), 0.0, quantity, _sku(d, schema)
     amount = _number(d, schema.amount_field, required=False, strings=strings)
     if amount is None:
         quantity = _number(d, schema.quantity_field, required=True, strings=strings)
@@ -510,16 +518,19 @@ def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], flo
         else:
             _check_range(schema.quantity_field, quantity, schema.max_quantity, schema, returns)
 
+    return ms, tuple(keys), amount, quantity, _sku(d, schema)
+
+
+def _sku(d: Mapping[str, Any], schema: EventSchema) -> int:
+    """The hash of an event's SKU (0 when absent)."""
     sku = d.get(schema.sku_field)
     if sku is None:
-        h = 0
-    elif isinstance(sku, str):
-        h = sku_hash(sku)
-    elif isinstance(sku, numbers.Integral) and not isinstance(sku, bool):
-        h = sku_hash(str(int(sku)))
-    else:
-        raise _Invalid(RejectReason.BAD_TYPE, f"{schema.sku_field}: expected a string, got {_show(sku)}")
-    return ms, tuple(keys), amount, quantity, h
+        return 0
+    if isinstance(sku, str):
+        return sku_hash(sku)
+    if isinstance(sku, numbers.Integral) and not isinstance(sku, bool):
+        return sku_hash(str(int(sku)))
+    raise _Invalid(RejectReason.BAD_TYPE, f"{schema.sku_field}: expected a string, got {_show(sku)}")
 
 
 # Byte layout of the canonical "YYYY-MM-DDTHH:MM:SS.fffZ" (JavaScript's toISOString, and
@@ -674,6 +685,8 @@ def _columns(
     lo_t, hi_t = schema.min_time_ms, schema.max_time_ms
     parse_time = time_parser(schema.time_format)
     counted = schema.count_field is not None
+    # count series and sales without amounts: rows are few, the reference rules take them all
+    by_rules = counted or schema.unpriced
     # Placeholder time of a canonical string left for the vectorised pass; never a valid time.
     canon_mark = lo_t - 1
     max_a, max_q, max_v = schema.max_amount, schema.max_quantity, schema.max_value
@@ -703,8 +716,8 @@ def _columns(
         # event, raises and falls through to _validate, which alone defines the rules: a wrong
         # shortcut here can cost speed, never correctness.
         try:
-            if counted:
-                raise slow  # count series: rows are few, the reference rules take them all
+            if by_rules:
+                raise slow
             t = d[tf]
             if parse_time is not None:
                 ms = parse_time(t)

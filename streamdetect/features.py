@@ -183,6 +183,8 @@ def unavailable_features(schema: EventSchema) -> frozenset[str]:
         return PER_EVENT_FEATURES | (frozenset() if schema.value_field is not None else REVENUE_FEATURES)
     if schema.value_field is not None:
         return PER_SALE_FEATURES
+    if schema.unpriced:
+        return REVENUE_FEATURES
     return frozenset()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,10 @@ def test_an_invoice_export_reads_as_sales_per_country() -> None:
           for i in range(50)],
          ColumnGuess(time_field="created_at", amount_field="order_total", sku_field="product_id",
                      key_fields=("shop",))),
+        # a till's log of items sold (no amount at all): each line one sale, counted
+        ([{"DateTime": f"2016-10-30 09:{i % 60:02d}:11", "Transaction": 1 + i // 3, "Item": ("Bread", "Coffee")[i % 2]}
+          for i in range(60)],
+         ColumnGuess(time_field="DateTime", sku_field="Item", unpriced=True)),
         # a web shop's order payloads: money as strings, the key an integer id
         ([{"id": 4000 + i, "created_at": f"2024-03-01T10:{i % 60:02d}:00-05:00", "location_id": 11 + i % 3,
            "total_price": f"{19.5 + i:.2f}", "currency": "USD"} for i in range(60)],
@@ -165,3 +170,33 @@ def test_an_order_export_with_dates_alone_reads_as_daily_sales(tmp_path: Path, c
     # 4,380 region-days at 1e-4, which SPOT realises at a few times that
     around = {("East", f"2015-09-{d}") for d in range(22, 27)} | {("West", f"2016-03-{d}") for d in range(10, 20)}
     assert len(found - around) <= 3, found
+
+
+def test_a_till_log_without_amounts_is_counted(tmp_path: Path, capsys) -> None:
+    """Lines of receipts with an item and no price (a bakery's till log): replay with no flag reads
+    each line as one sale without an amount (``--unpriced``), models counts, baskets and items
+    only, and finds the afternoon the shop sold nothing."""
+    rng = np.random.default_rng(8)
+    t0 = 1_767_571_200  # 2026-01-05, seconds
+    lines = ["DateTime,Transaction,Item"]
+    receipt = 0
+    for day in range(14):
+        for minute in range(8 * 60, 18 * 60):
+            if day == 11 and 13 * 60 <= minute < 16 * 60:
+                continue  # the till is down
+            for _ in range(rng.poisson(1.5)):
+                receipt += 1
+                for _ in range(int(rng.integers(1, 4))):
+                    t = t0 + day * 86_400 + minute * 60 + int(rng.integers(0, 60))
+                    when = datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+                    lines.append(f"{when},{receipt},{rng.choice(['Bread', 'Coffee', 'Tea', 'Cake', 'Scone'])}")
+    src = tmp_path / "till.csv"
+    src.write_text("\n".join(lines) + "\n")
+    alerts_path = tmp_path / "alerts.jsonl"
+    assert main(["replay", str(src), "--alerts", str(alerts_path)]) == 0
+    err = capsys.readouterr().err
+    assert "--time-field DateTime --sku-field Item --unpriced" in err, err
+    alerts = [orjson.loads(a) for a in alerts_path.read_bytes().splitlines()]
+    down = [a for a in alerts if "2026-01-16T13:00:00Z" <= a["window_start"] < "2026-01-16T16:00:00Z"]
+    assert down, [a["window_start"] for a in alerts]
+    assert all("revenue" not in a["features"] and "count" in a["features"] for a in alerts)

@@ -711,3 +711,21 @@ def test_timestamps_with_offsets_in_a_batch_read_as_one_by_one():
             expected_bad.append(i)
     assert [(r.index, r.reason) for r in rejected] == [(i, R.BAD_TIMESTAMP) for i in expected_bad]
     assert len(expected_bad) == 2  # +24:00 and 30 February
+
+
+def test_unpriced_sales_are_one_sale_each_without_an_amount() -> None:
+    """events.unpriced: a line with no amount is one sale of its quantity (1 when absent), a
+    negative quantity a return, a bad quantity still bad_type; an amount is ignored."""
+    schema = EventSchema(unpriced=True)
+    batch, rejected = decode_events([
+        ev(quantity=..., unit_price=...),
+        ev(quantity=-2, unit_price=...),
+        ev(quantity="x", unit_price=...),
+        ev(amount=5.0),
+    ], schema)
+    assert batch.index.tolist() == [0, 1, 3] and batch.amount.tolist() == [0.0, 0.0, 0.0]
+    assert batch.quantity.tolist() == [1.0, 2.0, 2.0] and batch.is_return is not None
+    assert batch.is_return.tolist() == [False, True, False]
+    assert [(r.index, r.reason) for r in rejected] == [(2, R.BAD_TYPE)]
+    with pytest.raises(ConfigError, match="unpriced"):
+        EventSchema(unpriced=True, value_field="v")

@@ -79,6 +79,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help='read numbers written as JSON strings ("199.00") instead of rejecting them as bad_type',
     )
+    g.add_argument(
+        "--unpriced",
+        action="store_true",
+        default=None,
+        help="sales events without amounts (a till's log of items sold): each row is one sale of --quantity-field"
+        " (1 when absent); the revenue and ticket features are left out",
+    )
     g.add_argument("--key", help="comma-separated key fields (default store_id)")
     g.add_argument("--amount-field", help="amount field (default amount)")
     g.add_argument("--quantity-field", help="quantity field (default quantity)")
@@ -142,6 +149,7 @@ def build_config(
     put("events", "unit_price_field", args.price_field)
     put("events", "sku_field", args.sku_field)
     put("events", "numeric_strings", args.numeric_strings)
+    put("events", "unpriced", args.unpriced)
     put("windows", "size", args.window)
     if series_spacing is not None:
         table.setdefault("windows", {}).setdefault("size", series_spacing)
@@ -213,7 +221,7 @@ def _explicit_fields(args: argparse.Namespace) -> set[str]:
     flags = {"time_field": args.time_field, "key_fields": args.key, "value_field": args.value_field,
              "count_field": args.count_field, "amount_field": args.amount_field,
              "quantity_field": args.quantity_field, "unit_price_field": args.price_field, "sku_field": args.sku_field,
-             "numeric_strings": args.numeric_strings}
+             "numeric_strings": args.numeric_strings, "unpriced": args.unpriced}
     given = {name for name, value in flags.items() if value is not None}
     if args.config is not None:
         given |= set(tomllib.loads(args.config.read_text()).get("detector", {}).get("events", {}))
@@ -249,6 +257,8 @@ def _guess_columns(args: argparse.Namespace, config: Any, fmt: str) -> tuple[boo
             setattr(args, attr, value)
     if guess.numeric_strings:
         args.numeric_strings = True
+    if guess.unpriced:
+        args.unpriced = True
     if not args.quiet:
         print(f"columns read as {' '.join(flags)} (the file does not name them as configured; give these"
               " flags to decide)", file=sys.stderr)
