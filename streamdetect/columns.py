@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamdetect.config import EventSchema
-from streamdetect.events import parse_number
-from streamdetect.sources import reads_as_times
+from streamdetect.events import parse_number, parse_timestamp, time_parser
+from streamdetect.sources import guess_time_format, reads_as_times
 
 __all__ = ["EXPLICIT_FIELDS", "ColumnGuess", "guess_columns"]
 
@@ -79,6 +79,7 @@ class ColumnGuess:
     """What :func:`guess_columns` found; ``None`` (or empty) where it guessed nothing."""
 
     time_field: str | None = None
+    time_of_day: str | None = None  # a column with the time of day of a time column of dates alone
     quantity_field: str | None = None
     unit_price_field: str | None = None
     amount_field: str | None = None
@@ -93,6 +94,7 @@ class ColumnGuess:
         out: list[str] = []
         for flag, value in (
             ("--time-field", self.time_field),
+            ("--time-of-day-field", self.time_of_day),
             ("--quantity-field", self.quantity_field),
             ("--price-field", self.unit_price_field),
             ("--amount-field", self.amount_field),
@@ -146,6 +148,30 @@ def _time_column(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], sche
     return None
 
 
+_CLOCK = re.compile(r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?")  # 9:58, 09:58:11, 09:58:11.5
+
+
+def _dates_alone(cells: Sequence[Any], schema: EventSchema) -> bool:
+    """Whether a time column's cells are all midnights (dates without a time)."""
+    sample = [c for c in cells[:500] if c is not None]
+    fmt = guess_time_format(sample, schema.min_time_ms, schema.max_time_ms)
+    parse = time_parser(fmt) if fmt is not None else parse_timestamp
+    try:
+        return bool(sample) and all(parse(c) % 86_400_000 == 0 for c in sample)  # type: ignore[misc]
+    except (ValueError, TypeError, OverflowError):
+        return False
+
+
+def _time_of_day(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], time_field: str) -> str | None:
+    """The column whose cells are times of day (``09:58:11``), to join to a column of dates."""
+    for c in columns:
+        cells = _cells(rows, c)
+        if c != time_field and cells and sum(isinstance(v, str) and _CLOCK.fullmatch(v.strip()) is not None
+                                             for v in cells) >= _SAMPLE_SHARE * len(cells):
+            return c
+    return None
+
+
 def guess_columns(
     columns: Sequence[str],
     rows: Sequence[Mapping[str, Any]],
@@ -172,6 +198,11 @@ def guess_columns(
     if "time_field" not in given and schema.time_field not in present:
         time_field = _time_column(columns, rows, schema)
     taken = {time_field or schema.time_field}
+    time_of_day = None
+    date_column = time_field or (schema.time_field if schema.time_field in present else None)
+    if date_column is not None and _dates_alone(_cells(rows, date_column), schema):
+        time_of_day = _time_of_day(columns, rows, date_column)
+        taken.add(time_of_day or "")
 
     measures: dict[str, str | None] = {}
     values: tuple[str, ...] = ()
@@ -229,6 +260,7 @@ def guess_columns(
     chosen = [*measures.values(), *values]
     return ColumnGuess(
         time_field=time_field,
+        time_of_day=time_of_day,
         quantity_field=measures.get("quantity_field"),
         unit_price_field=measures.get("unit_price_field"),
         amount_field=measures.get("amount_field"),

@@ -401,6 +401,7 @@ def iter_csv_chunks(
     *,
     series_columns: Sequence[str] = (),
     series_field: str = "series",
+    time_of_day: str | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Rows of a CSV file (header required) as event records, ``chunk_size`` at a time.
 
@@ -410,6 +411,9 @@ def iter_csv_chunks(
     ``series_columns`` reads a *wide* file (a metrics export: one column per series): each row
     gives one record per non-empty cell of those columns, with the column's name in
     ``series_field`` (a key field the file lacks) and the cell in ``schema.value_field``.
+
+    ``time_of_day`` names a column holding the time of day of a time column that holds dates
+    alone (``Date,Time``): its cell is appended to the date, ``2016-10-30 09:58:11``.
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "wide.csv"
@@ -443,6 +447,10 @@ def iter_csv_chunks(
                 f" header {header}, and none of its first rows' columns reads as times; name the time"
                 " column with --time-field"
             )
+        if time_of_day is not None and time_of_day not in header:
+            raise ConfigError(
+                f"{os.fspath(path)}: no column {time_of_day!r} (the time of day) in the CSV header {header}"
+            )
         absent = [c for c in series_columns if c not in header]
         if absent:
             raise ConfigError(f"{os.fspath(path)}: series columns {absent} are not in the CSV header {header}")
@@ -457,7 +465,8 @@ def iter_csv_chunks(
         value_name = schema.value_field or "value"
         keep_text = {*schema.key_fields, schema.sku_field, schema.event_id_field}
         keep_text |= {schema.channel_field, schema.currency_field}
-        convert = [h not in keep_text for h in header]
+        convert = [h not in keep_text and h != time_of_day for h in header]
+        tf = schema.time_field
         # With another delimiter than the comma, the comma is the decimal mark (European exports).
         number = _number if delimiter == "," else _number_decimal_comma
         chunk: list[dict[str, Any]] = []
@@ -469,6 +478,8 @@ def iter_csv_chunks(
                 if cell == "":
                     continue
                 rec[name] = number(cell) if conv else cell
+            if time_of_day is not None and tf in rec and time_of_day in rec:
+                rec[tf] = f"{rec[tf]} {rec.pop(time_of_day)}"
             if constant:
                 rec.update(constant)
             if series_columns:

@@ -66,6 +66,10 @@ def test_an_invoice_export_reads_as_sales_per_country() -> None:
         ([{"DateTime": f"2016-10-30 09:{i % 60:02d}:11", "Transaction": 1 + i // 3, "Item": ("Bread", "Coffee")[i % 2]}
           for i in range(60)],
          ColumnGuess(time_field="DateTime", sku_field="Item", unpriced=True)),
+        # the same with the date and the time of day in two columns (a bakery's export)
+        ([{"Date": f"2016-10-{30 + i // 40}", "Time": f"09:{i % 60:02d}:11", "Transaction": 1 + i // 3,
+           "Item": "Bread"} for i in range(60)],
+         ColumnGuess(time_field="Date", time_of_day="Time", sku_field="Item", unpriced=True)),
         # a web shop's order payloads: money as strings, the key an integer id
         ([{"id": 4000 + i, "created_at": f"2024-03-01T10:{i % 60:02d}:00-05:00", "location_id": 11 + i % 3,
            "total_price": f"{19.5 + i:.2f}", "currency": "USD"} for i in range(60)],

@@ -179,3 +179,16 @@ def test_what_exports_write_for_a_time_is_recognised(written: str, iso: str) -> 
     assert fmt is not None
     parse = time_parser(fmt)
     assert parse is not None and parse(written) == parse_timestamp(iso)
+
+
+def test_a_date_column_and_a_time_of_day_column_are_joined(tmp_path: Path) -> None:
+    p = tmp_path / "bakery.csv"
+    p.write_text("Date,Time,Transaction,Item\n2016-10-30,09:58:11,1,Bread\n2016-10-30,10:05:00,2,\n")
+    schema = EventSchema(time_field="Date", key_fields=("store_id",), unpriced=True)
+    rows = next(iter_csv_chunks(p, schema, time_of_day="Time"))
+    assert [r["Date"] for r in rows] == ["2016-10-30 09:58:11", "2016-10-30 10:05:00"]
+    assert "Time" not in rows[0] and rows[0]["Transaction"] == 1
+    batch, rejected = decode_records(rows, schema)
+    assert not rejected and batch.ts_ms.tolist()[0] % 86_400_000 == (9 * 3600 + 58 * 60 + 11) * 1000
+    with pytest.raises(ConfigError, match="time of day"):
+        next(iter_csv_chunks(p, schema, time_of_day="Clock"))

@@ -47,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("field mapping")
     g.add_argument("--time-field", help="event time field (RFC 3339 or epoch ms; default ts)")
     g.add_argument(
+        "--time-of-day-field",
+        help="CSV: a column with the time of day (09:58:11) of a time field that holds dates alone;"
+        " the two are joined",
+    )
+    g.add_argument(
         "--time-format",
         help="how the time field is written: auto (default), epoch_s, epoch_ms, or a strptime pattern"
         " such as '%%d/%%m/%%Y %%H:%%M' (UTC unless the pattern has %%z)",
@@ -239,6 +244,8 @@ def _guess_columns(args: argparse.Namespace, config: Any, fmt: str) -> tuple[boo
     if not rows:
         return False, False
     guess = guess_columns(columns, rows, config.events, _explicit_fields(args))
+    if fmt != "csv" or args.time_of_day_field is not None:
+        guess = replace(guess, time_of_day=None)  # a JSONL file's times are its own
     if fmt == "jsonl" and len(guess.value_fields) > 1:  # one series per field is a wide CSV's reading
         if not args.quiet:
             print(f"fields {', '.join(guess.value_fields)} are all numeric: give --value-field to choose the series",
@@ -249,7 +256,8 @@ def _guess_columns(args: argparse.Namespace, config: Any, fmt: str) -> tuple[boo
     flags = guess.flags()
     if not flags:
         return False, keyless
-    for attr, value in (("time_field", guess.time_field), ("quantity_field", guess.quantity_field),
+    for attr, value in (("time_field", guess.time_field), ("time_of_day_field", guess.time_of_day),
+                        ("quantity_field", guess.quantity_field),
                         ("price_field", guess.unit_price_field), ("amount_field", guess.amount_field),
                         ("sku_field", guess.sku_field), ("key", ",".join(guess.key_fields)),
                         ("value_field", ",".join(guess.value_fields))):
@@ -373,8 +381,11 @@ def run(args: argparse.Namespace) -> int:
     wide = _series_columns(args)
     if wide and fmt != "csv":
         raise ConfigError("--value-field with several columns reads a wide CSV (one column per series)")
+    if args.time_of_day_field is not None and fmt != "csv":
+        raise ConfigError("--time-of-day-field joins two columns of a CSV; a JSONL event carries its own time")
     chunks: Iterator[Any] = (
-        iter_csv_chunks(args.input, config.events, args.chunk_size, series_columns=wide, series_field=_WIDE_SERIES)
+        iter_csv_chunks(args.input, config.events, args.chunk_size, series_columns=wide, series_field=_WIDE_SERIES,
+                        time_of_day=args.time_of_day_field)
         if fmt == "csv"
         else iter_jsonl_chunks(args.input, args.chunk_size)
     )
