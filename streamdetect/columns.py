@@ -130,6 +130,12 @@ def _as_strings(rows: Sequence[Mapping[str, Any]], column: str | None) -> bool:
     return column is not None and any(isinstance(v, str) for v in _cells(rows, column))
 
 
+def _identifier(column: str) -> bool:
+    """Whether a column's numbers name things (a customer, a row, an item) rather than measure them."""
+    name = _norm(column)
+    return name.endswith(_ID_ENDINGS) or name in _SKU_NAMES
+
+
 def _named(columns: Iterable[str], names: frozenset[str]) -> str | None:
     return next((c for c in columns if _norm(c) in names), None)
 
@@ -155,9 +161,9 @@ def _dates_alone(cells: Sequence[Any], schema: EventSchema) -> bool:
     """Whether a time column's cells are all midnights (dates without a time)."""
     sample = [c for c in cells[:500] if c is not None]
     fmt = guess_time_format(sample, schema.min_time_ms, schema.max_time_ms)
-    parse = time_parser(fmt) if fmt is not None else parse_timestamp
+    parse = (time_parser(fmt) if fmt is not None else None) or parse_timestamp
     try:
-        return bool(sample) and all(parse(c) % 86_400_000 == 0 for c in sample)  # type: ignore[misc]
+        return bool(sample) and all(parse(c) % 86_400_000 == 0 for c in sample)
     except (ValueError, TypeError, OverflowError):
         return False
 
@@ -221,9 +227,9 @@ def guess_columns(
             measures = {"amount_field": amount, "quantity_field": quantity}
         sales = bool(measures)
         # Lines of orders or of items sold, with no amount at all: a till's log, counted.
-        unpriced = not sales and (lines or _named(columns, _SKU_NAMES) is not None) and not (
-            [c for c in numeric if not _norm(c).endswith(_ID_ENDINGS) and _norm(c) not in _ORDER_NAMES | _SKU_NAMES
-             and c != quantity])
+        unpriced = not sales and (lines or _named(columns, _SKU_NAMES) is not None) and not any(
+            c != quantity and not _identifier(c) and _norm(c) not in _ORDER_NAMES for c in numeric
+        )
         if unpriced:
             measures = {"quantity_field": quantity}
             sales = True
@@ -253,9 +259,7 @@ def guess_columns(
 
     if not sales and not schema.aggregated and not given & measure_fields:
         values = tuple(
-            c for c in columns
-            if c not in taken and _norm(c) not in _SKU_NAMES and not _norm(c).endswith(_ID_ENDINGS)
-            and _numeric(_cells(rows, c), strings=True)
+            c for c in columns if c not in taken and not _identifier(c) and _numeric(_cells(rows, c), strings=True)
         )
     chosen = [*measures.values(), *values]
     return ColumnGuess(
