@@ -13,10 +13,13 @@ FROM python:3.11-slim
 LABEL org.opencontainers.image.title="streamdetect" \
       org.opencontainers.image.description="Streaming anomaly detection for real-time sales events" \
       org.opencontainers.image.licenses="Apache-2.0"
+# The compiled feature kernels are cached under /tmp (writable where the root filesystem is not:
+# the Kubernetes Deployment mounts an emptyDir there), compiled once per container start.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PROMETHEUS_DISABLE_CREATED_SERIES=True
+    PROMETHEUS_DISABLE_CREATED_SERIES=True \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
 COPY --from=build /opt/venv /opt/venv
 RUN groupadd --system --gid 10001 streamdetect \
     && useradd --system --uid 10001 --gid streamdetect --home-dir /app --create-home streamdetect

@@ -159,6 +159,7 @@ class ClosedRound:
         return len(self.key_id)
 
 
+_NO_TIME = int(np.iinfo(np.int64).min)  # before any event time
 _FIELDS = (
     "count", "revenue", "max_ticket", "units",
     "log_ticket_sum", "log_ticket_sq_sum", "log_units_sum", "log_units_sq_sum", "returns", "refunds",
@@ -202,19 +203,23 @@ class _OpenWindows:
         """Slot of each (key, start) pair, opening windows that do not exist yet."""
         self._grow(len(key_ids))
         out = np.empty(len(key_ids), dtype=np.int64)
-        slot_of, free = self.slot_of, self.free
+        slot_of, free, by_start = self.slot_of, self.free, self.by_start
+        opened: list[int] = []
         for i, pair in enumerate(zip(key_ids.tolist(), starts.tolist(), strict=True)):
             slot = slot_of.get(pair)
             if slot is None:
                 slot = free.pop()
                 slot_of[pair] = slot
-                self.by_start.setdefault(pair[1], []).append(slot)
-                self.key_of_slot[slot] = pair[0]
-                self.values[:, slot] = 0.0
-                self.values[2, slot] = -np.inf  # max ticket
-                self.bits[slot] = 0
-                self.last_ms[slot] = np.iinfo(np.int64).min
+                by_start.setdefault(pair[1], []).append(slot)
+                opened.append(i)
             out[i] = slot
+        if opened:
+            new = out[opened]
+            self.key_of_slot[new] = key_ids[opened]
+            self.values[:, new] = 0.0
+            self.values[2, new] = -np.inf  # max ticket
+            self.bits[new] = 0
+            self.last_ms[new] = _NO_TIME
         return out
 
     def pop_start(self, start: int) -> np.ndarray:
@@ -321,7 +326,7 @@ class WindowAggregator:
 
         # Watermark in force when each event arrived: running max of the events before it.
         before = np.empty(n, dtype=np.int64)
-        before[0] = self.max_event_ms if self.max_event_ms is not None else np.iinfo(np.int64).min // 2
+        before[0] = self.max_event_ms if self.max_event_ms is not None else _NO_TIME // 2
         if n > 1:
             np.maximum.accumulate(ts[:-1], out=before[1:])
             np.maximum(before[1:], before[0], out=before[1:])
@@ -335,7 +340,7 @@ class WindowAggregator:
 
         replicas = size // hop
         last_start = (ts // hop) * hop
-        floor_start = self.next_start if self.next_start is not None else np.iinfo(np.int64).min
+        floor_start = self.next_start if self.next_start is not None else _NO_TIME
         accepted = np.zeros(n, dtype=bool)
         ticket = np.where(amount > 0, amount, 0.0)
         # One sale per event, or `count` of them at their mean ticket (the same values for one sale).
@@ -396,7 +401,7 @@ class WindowAggregator:
         np.maximum.at(maxima, inverse, per_event[2])
         orbits = np.zeros((m, _WORDS), dtype=np.uint64)
         np.bitwise_or.at(orbits, (inverse, word), bit)
-        last = np.full(m, np.iinfo(np.int64).min, dtype=np.int64)
+        last = np.full(m, _NO_TIME, dtype=np.int64)
         np.maximum.at(last, inverse, ts)
 
         slots = self._open.slots(key_ids[first], starts[first])
@@ -413,7 +418,7 @@ class WindowAggregator:
             grow = cap - len(self._last_data_end)
             self._last_data_end = np.concatenate([self._last_data_end, np.zeros(grow, dtype=np.int64)])
             self._last_event = np.concatenate(
-                [self._last_event, np.full(grow, np.iinfo(np.int64).min // 2, dtype=np.int64)]
+                [self._last_event, np.full(grow, _NO_TIME // 2, dtype=np.int64)]
             )
 
     # ------------------------------------------------------------------ output
@@ -496,7 +501,9 @@ class WindowAggregator:
 
         order = np.argsort(np.concatenate([data_keys, zero_keys]), kind="stable")
         n_zero = len(zero_keys)
-        vals = np.concatenate([self._open.values[:, slots], np.zeros((len(_FIELDS), n_zero))], axis=1)[:, order]
+        # take, not [:, order]: its rows come out contiguous, the layout the compiled feature kernels take.
+        vals = np.concatenate([self._open.values[:, slots], np.zeros((len(_FIELDS), n_zero))], axis=1)
+        vals = vals.take(order, axis=1)
         bits = np.concatenate([self._open.bits[slots], np.zeros((n_zero, _WORDS), dtype=np.uint64)])[order]
         last = np.concatenate([self._open.last_ms[slots], np.full(n_zero, start, dtype=np.int64)])[order]
         key_id = np.concatenate([data_keys, zero_keys])[order]
@@ -537,7 +544,7 @@ class WindowAggregator:
             self.evicted_keys.extend((self.keys.keys[k], now_ms) for k in stale.tolist())  # type: ignore[misc]
             self.keys.evict(stale)
             self._last_data_end[stale] = 0
-            self._last_event[stale] = np.iinfo(np.int64).min // 2
+            self._last_event[stale] = _NO_TIME // 2
             self.evicted.extend(stale.tolist())
 
     # ------------------------------------------------------------------ state

@@ -431,6 +431,20 @@ def test_dockerfile() -> None:
     assert ".venv" in ignore and ".git" in ignore
 
 
+def test_compiled_kernels_cache_where_the_pod_can_write() -> None:
+    # The Deployment's root filesystem is read-only: numba's cache must lie on a writable mount,
+    # or every start compiles the feature kernels afresh (and a pod without any writable cache
+    # directory would only do that, see streamdetect._feature_kernels._compiled).
+    cache = re.search(r"NUMBA_CACHE_DIR=(\S+)", (ROOT / "Dockerfile").read_text())
+    assert cache, "the image sets NUMBA_CACHE_DIR"
+    pod = k8s_docs()["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    writable = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty and not m.get("readOnly")]
+    assert any(cache.group(1).startswith(path.rstrip("/") + "/") for path in writable), (cache.group(1), writable)
+
+
 # -- Kubernetes ---------------------------------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import orjson
 import pytest
@@ -245,7 +247,7 @@ def test_trend_z_restarts_after_a_flagged_window_and_allows_for_overdispersion()
     assert fx._arrays["tr_count"][0] == 0.0 and fx._arrays["tr_count"][1] > 200
     rnd = make_round((train_minutes + 20) * MIN, np.array([20.0, 20.0]), rng)
     after = fx.transform(rnd)
-    assert after.trend["tr_count"][0] == 20.0  # only the new window
+    assert after.observed["count_recent_hour"][0] == 20.0  # only the new window
     assert after.values[1, 0] > 1.0  # the unflagged key keeps its evidence
 
 
@@ -358,7 +360,7 @@ def test_sales_that_come_in_clumps_are_counted_in_clumps():
         if m >= 1200:
             zs.append(f.values[:, column(fx, "count_z")])
             expected.append(f.expected_count)
-    clump = fx._clump_size(np.array([0, 1]))
+    clump = f.clump
     assert clump[0] < 1.3 and 12.0 < clump[1] < 21.0, clump
     # Judged in clumps, an ordinary invoice is not a spike: count_z is about N(0, 1) for both.
     sd = np.array(zs).std(axis=0)
@@ -398,3 +400,22 @@ def test_returns_are_reported_with_their_window_and_leave_the_features_alone():
     assert np.array_equal(f.values, g.values)
     assert g.observed["returns"].tolist() == [3.0] and g.observed["refunds"].tolist() == [45.0]
     assert f.observed["returns"].tolist() == [0.0]
+
+
+def test_kernels_compile_where_no_cache_directory_is_writable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A read-only install with no writable home: numba refuses to cache and raises at decoration,
+    # which would make the package unimportable; the kernels compile in memory instead.
+    import numba
+
+    from streamdetect import _feature_kernels as kernels
+
+    real = numba.njit
+
+    def njit(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels.numba, "njit", njit)
+    twice = kernels._compiled(lambda x: 2 * x)
+    assert twice(21) == 42 and hasattr(twice, "signatures")  # a numba dispatcher, not the Python function

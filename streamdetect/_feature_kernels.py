@@ -1,0 +1,541 @@
+"""Compiled per-round kernels of :class:`~streamdetect.features.FeatureExtractor`.
+
+A round holds one window per key (a few to a few thousand rows) and every key's baselines are a
+recurrence over its windows, so the rounds of a stream are processed one after the other. As
+numpy expressions, a round cost about 250 array operations of a microsecond each whatever its
+size, and a stream of few keys (a store, a metric series, a partition of a service) spent most of
+its time in that fixed cost. Here the same arithmetic runs as one loop over the round's rows,
+compiled by numba: each row reads and writes its own key's baselines only, so the loop gives
+what the vectorised code gave, up to the last bit of a logarithm (numpy's vectorised ``log`` and
+``exp`` may round the last bit differently from the C library's).
+
+The formulas and their reasons are documented in :mod:`streamdetect.features`; the numbered
+columns of :func:`transform_round`'s output are named by the ``T_*`` constants.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+
+# Columns of transform_round's output (one row per window of the round).
+(
+    T_MATURE,
+    T_HOW_OK,
+    T_RECENT_OK,
+    T_FALLBACK_COUNT,
+    T_FALLBACK_REV,
+    T_HOW_COUNT,
+    T_HOW_REV,
+    T_EXPECTED_COUNT,
+    T_EXPECTED_REV,
+    T_HAS_TICKETS,
+    T_MU,
+    T_SIGMA,
+    T_TICKET_DEV,
+    T_TICKET_SALE_VAR,
+    T_TICKET_VAR,
+    T_TICKET_SEEN,
+    T_UNITS_DEV,
+    T_UNITS_SALE_VAR,
+    T_UNITS_VAR,
+    T_UNITS_SEEN,
+    T_SKUS_Z,
+    T_SKUS_RAW,
+    T_SKUS_EXPECTED,
+    T_SKUS_SEEN,
+    T_CTX_COUNT,
+    T_CTX_EXP_COUNT,
+    T_CTX_REV,
+    T_CTX_EXP_REV,
+    T_TR_COUNT,
+    T_TR_EXP_COUNT,
+    T_TR_REV,
+    T_TR_EXP_REV,
+    T_TR_EXP2_COUNT,
+    T_TREND_LOG_RATIO,
+    T_TREND_POISSON_VAR,
+    T_CLUMP,
+    T_PHI,
+    T_SCAN_TOT_C,
+    T_SCAN_TOT_E,
+    T_SCAN_N,
+    T_SCAN_Z,
+    T_SCAN_COUNT,
+    T_SCAN_EXPECTED,
+    T_TYPICAL_TICKET,
+    T_TICKET_Z,
+    T_UNITS_Z,
+    T_COUNT_Z,
+    T_COUNT_CONTEXT_Z,
+    T_REVENUE_RATIO,
+    T_REVENUE_CONTEXT_RATIO,
+    T_COLUMNS,
+) = range(51)
+
+# The baselines the kernels read and write, in the order of their parameters.
+STATE_ORDER: tuple[str, ...] = (
+    "how_count", "how_rev", "how_n", "hod_count", "hod_rev", "hod_n",
+    "level", "level_rev", "level_how", "level_rev_how", "how_hour", "how_hour_n",
+    "recent_count", "recent_rev", "recent_n",
+    "tk_w", "tk_s1", "tk_s2", "tk_tau_a", "tk_tau_b",
+    "uq_w", "uq_s1", "uq_s2", "uq_tau_a", "uq_tau_b",
+    "ds_w", "ds_s", "ds_tau_a", "ds_tau_b", "upe", "upe_n", "dsr", "dsr_n",
+    "ctx_count", "ctx_exp_count", "ctx_rev", "ctx_exp_rev", "ctx_pos",
+    "tr_count", "tr_exp_count", "tr_rev", "tr_exp_rev", "tr_exp2_count", "tr_phi", "tr_phi_n",
+    "clump_a", "clump_b", "clump_n", "prev_count", "frozen_n",
+    "scan_ring_c", "scan_ring_e", "scan_tot_c", "scan_tot_e", "scan_n", "scan_pos", "last_start",
+)
+
+# Constants of the formulas (see streamdetect.features for their reasons).
+SIGMA_FLOOR = 0.05
+MAX_LEVEL = 2.0  # |log| of the key's level against its seasonal pattern (x7.4 either way)
+# Overdispersion of the trend sums (variance of the log rate beyond Poisson noise): a prior worth
+# PHI_PRIOR_WINDOWS windows, then an exponentially weighted estimate over about a day.
+PHI_PRIOR = 0.01
+PHI_PRIOR_WINDOWS = 120.0
+DOW_VAR = 0.1  # variance of log day-of-week factors (about +-30 %), unknown until a week is seen
+PHI_FLOOR = 0.02  # no expected rate is known better than about +-14 %
+# Between-window variance of a per-sale mean (tickets, basket sizes): a prior of no extra
+# variance worth this many windows of evidence.
+TAU_PRIOR_WINDOWS = 5.0
+# Intra-window correlation of new SKUs (a beta-binomial's rho): a prior of none, worth this many
+# extra sales.
+SHARE_RHO_PRIOR = 20.0
+SHARE_CLIP = 1e-3  # no key's share of new SKUs is taken as exactly 0 or 1
+# Sales that come in clumps (an invoice's lines, a basket scanned at once, a batch a producer
+# flushes): a prior of single sales (Poisson) worth this many sales.
+CLUMP_PRIOR_SALES = 20.0
+MAX_CLUMP = 1000.0
+
+
+
+def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` compiled by numba, its machine code cached on disk beside this module (or in
+    ``NUMBA_CACHE_DIR``) so that later processes load it in a fraction of a second; where no cache
+    directory is writable (a read-only install), compiled afresh in every process instead."""
+    try:
+        return numba.njit(cache=True)(fn)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(fn)
+
+
+_U64_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_U64_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_U64_MIX2 = np.uint64(0x94D049BB133111EB)
+_U64_LOW63 = np.uint64((1 << 63) - 1)
+
+
+@_compiled
+def uniform(key: int, start_ms: int) -> float:
+    """A deterministic uniform in [0, 1) per key and window (splitmix64 of both): the same input
+    gives the same features, whatever the batching.
+
+    >>> 0.0 <= uniform(3, 60_000) < 1.0, uniform(3, 60_000) == uniform(3, 60_000) != uniform(4, 60_000)
+    (True, True)
+    """
+    z = np.uint64(key) * _U64_GOLDEN + (np.uint64(start_ms) & _U64_LOW63)
+    z = (z ^ (z >> np.uint64(30))) * _U64_MIX1
+    z = (z ^ (z >> np.uint64(27))) * _U64_MIX2
+    z = z ^ (z >> np.uint64(31))
+    return float(z >> np.uint64(11)) / 9007199254740992.0  # 2 ** 53
+
+
+@_compiled
+def anscombe_z(count: float, expected: float, phi: float) -> float:
+    """Anscombe residual of a count against its expectation, in units of its noise: about
+    N(0, 1) for a Poisson count whatever the rate, divided by ``sqrt(1 + phi mu)`` for a rate that
+    itself wanders (a negative binomial with variance ``mu + phi mu^2``), so that a busy key's
+    ordinary ups and downs do not look like a quiet key's anomaly.
+
+    >>> round(anscombe_z(0.0, 50.0, 0.0), 1), round(anscombe_z(0.0, 50.0, 0.02), 1)
+    (-13.0, -9.2)
+    """
+    raw = 2.0 * (math.sqrt(count + 0.375) - math.sqrt(max(expected, 0.0) + 0.375))
+    return raw / math.sqrt(1.0 + phi * max(expected, 0.0))
+
+
+@_compiled
+def _moments(w: float, s1: float, s2: float) -> tuple[bool, float, float]:
+    """Whether a key has a distribution of a per-sale log quantity, its mean and floored variance."""
+    known = w > 1.0
+    mu = s1 / max(w, 1e-12) if known else 0.0
+    var = s2 / max(w, 1e-12) - mu * mu if known else 1.0
+    return known, mu, max(var, SIGMA_FLOOR * SIGMA_FLOOR)
+
+
+@_compiled
+def _mean_variance(per_sale_var: float, between_var: float, n: float) -> float:
+    """Variance of the mean of ``n`` sales of one window: ``v / n`` if sales were independent,
+    plus what they share within the window (an invoice's lines, a customer's basket, the hour's
+    mood), ``tau^2 (1 - 1/n)``, so that a window of correlated sales is not taken for ``n``
+    independent witnesses.
+
+    >>> _mean_variance(1.0, 0.0, 4.0), _mean_variance(1.0, 0.5, 4.0)
+    (0.25, 0.625)
+    """
+    n_safe = max(n, 1.0)
+    return per_sale_var / n_safe + between_var * (1.0 - 1.0 / n_safe)
+
+
+@_compiled
+def _between_variance(excess_sum: float, weight_sum: float) -> float:
+    """The between-window variance of a per-sale mean (the moment estimator of a one-way random
+    effects model), shrunk towards 0 by a prior worth ``TAU_PRIOR_WINDOWS`` windows."""
+    return max(excess_sum, 0.0) / (weight_sum + TAU_PRIOR_WINDOWS)
+
+
+@_compiled
+def clump_size(clump_a: float, clump_b: float, clump_n: float) -> float:
+    """The key's index of dispersion D = Var(c) / E(c) of its window counts, from the sums of
+    squared differences of consecutive counts (``clump_a``, E[(c_t - c_{t-1})^2] = 2 Var(c)) and of
+    their sums (``clump_b``): 1 for sales that come one by one (Poisson), about the mean squared
+    over the mean clump size for sales that come in clumps. Taken at its lower two-sigma bound
+    (the estimate's relative error is about sqrt(2 / n) over n pairs of windows), so that sales
+    that come one by one keep D = 1, not the 1.05-1.2 that the noise of a few hours would give.
+
+    >>> clump_size(0.0, 0.0, 0.0), round(clump_size(1600.0, 100.0, 400.0), 1)
+    (1.0, 11.6)
+    """
+    d = (clump_a + CLUMP_PRIOR_SALES) / (clump_b + CLUMP_PRIOR_SALES)
+    lower = d * (1.0 - 2.0 * math.sqrt(2.0 / max(clump_n, 8.0)))
+    return min(max(lower, 1.0), MAX_CLUMP)
+
+
+@_compiled
+def _moved(old: float, step: float, target: float) -> float:
+    """A level moved by ``step`` towards ``target``, bounded to +-MAX_LEVEL."""
+    return min(max(old + step * (target - old), -MAX_LEVEL), MAX_LEVEL)
+
+
+@_compiled
+def transform_round(
+    keys, start_ms, hop_ms, hour, how, hod,
+    count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
+    min_bucket, trend_decay, between_tickets, basket, new_skus, scan, ring, sketch_bits,
+    how_count, how_rev, how_n, hod_count, hod_rev, hod_n,
+    level, level_rev, level_how, level_rev_how, how_hour, how_hour_n,
+    recent_count, recent_rev, recent_n,
+    tk_w, tk_s1, tk_s2, tk_tau_a, tk_tau_b,
+    uq_w, uq_s1, uq_s2, uq_tau_a, uq_tau_b,
+    ds_w, ds_s, ds_tau_a, ds_tau_b, upe, upe_n, dsr, dsr_n,
+    ctx_count, ctx_exp_count, ctx_rev, ctx_exp_rev, ctx_pos,
+    tr_count, tr_exp_count, tr_rev, tr_exp_rev, tr_exp2_count, tr_phi, tr_phi_n,
+    clump_a, clump_b, clump_n, prev_count, frozen_n,
+    scan_ring_c, scan_ring_e, scan_tot_c, scan_tot_e, scan_n, scan_pos, last_start,
+):
+    """The round's features under the baselines as they are (nothing is written)."""
+    n = len(keys)
+    out = np.empty((n, T_COLUMNS))
+    n_ctx = ctx_count.shape[1]
+    for i in range(n):
+        key = keys[i]
+        c = count[i]
+        r = revenue[i]
+        o = out[i]
+        # Seasonal references and the key's level against them.
+        this_hour = how_hour[key] == hour
+        how_ok = how_n[key, how] - (how_hour_n[key] if this_hour else 0.0) >= min_bucket
+        hod_ok = hod_n[key, hod] >= min_bucket
+        fb_c = hod_count[key, hod] if hod_ok else recent_count[key]
+        fb_r = hod_rev[key, hod] if hod_ok else recent_rev[key]
+        h_c = how_count[key, how]
+        h_r = how_rev[key, how]
+        expected_count = (h_c if how_ok else fb_c) * math.exp(level_how[key] if how_ok else level[key])
+        expected_rev = (h_r if how_ok else fb_r) * math.exp(level_rev_how[key] if how_ok else level_rev[key])
+        o[T_MATURE] = how_ok or hod_ok
+        o[T_HOW_OK] = how_ok
+        o[T_RECENT_OK] = recent_n[key] > 0
+        o[T_FALLBACK_COUNT] = fb_c
+        o[T_FALLBACK_REV] = fb_r
+        o[T_HOW_COUNT] = h_c
+        o[T_HOW_REV] = h_r
+        o[T_EXPECTED_COUNT] = expected_count
+        o[T_EXPECTED_REV] = expected_rev
+
+        # Tickets: the window's mean log ticket against the key's distribution.
+        c_safe = max(c, 1.0)
+        has_tickets, mu, var = _moments(tk_w[key], tk_s1[key], tk_s2[key])
+        sigma = math.sqrt(var)
+        sale_var = sigma * sigma
+        tau2 = _between_variance(tk_tau_a[key], tk_tau_b[key]) if between_tickets else 0.0
+        o[T_HAS_TICKETS] = has_tickets
+        o[T_MU] = mu
+        o[T_SIGMA] = sigma
+        o[T_TICKET_DEV] = log_ticket_sum[i] / c_safe - mu
+        o[T_TICKET_SALE_VAR] = sale_var
+        o[T_TICKET_VAR] = _mean_variance(sale_var, tau2, c)
+        o[T_TICKET_SEEN] = has_tickets and c > 0
+        o[T_TICKET_Z] = o[T_TICKET_DEV] / math.sqrt(o[T_TICKET_VAR]) if has_tickets and c > 0 else 0.0
+        typical_ticket = math.expm1(mu) + 1.0
+        o[T_TYPICAL_TICKET] = typical_ticket
+        o[T_REVENUE_RATIO] = math.log((r + typical_ticket) / (expected_rev + typical_ticket))
+
+        if basket:
+            known_u, mu_u, var_u = _moments(uq_w[key], uq_s1[key], uq_s2[key])
+            o[T_UNITS_DEV] = log_units_sum[i] / c_safe - mu_u
+            o[T_UNITS_SALE_VAR] = var_u
+            o[T_UNITS_VAR] = _mean_variance(var_u, _between_variance(uq_tau_a[key], uq_tau_b[key]), c)
+            o[T_UNITS_SEEN] = known_u and c > 0
+            o[T_UNITS_Z] = o[T_UNITS_DEV] / math.sqrt(o[T_UNITS_VAR]) if known_u and c > 0 else 0.0
+
+        if new_skus:
+            m = max(c - 1.0, 0.0)
+            m_safe = max(m, 1.0)
+            share = min(max(ds_s[key] / max(ds_w[key], 1e-12), SHARE_CLIP), 1.0 - SHARE_CLIP)
+            new = min(max(distinct_skus[i] - 1.0, 0.0), m)
+            spread = min(max(new + (uniform(key, start_ms) - 0.5), 0.0), m)
+            stabilised = math.asin(math.sqrt((spread + 0.375) / (m + 0.75))) - math.asin(math.sqrt(share))
+            raw = 2.0 * math.sqrt(m) * stabilised
+            expected_distinct = 1.0 + m * share if c > 0 else 0.0
+            binomial_var = m_safe * share * (1.0 - share)
+            rho = max(ds_tau_a[key], 0.0) / (ds_tau_b[key] + SHARE_RHO_PRIOR)
+            t = min(max(expected_distinct, 0.0) / sketch_bits, 20.0)
+            sketch_var = sketch_bits * (math.exp(t) - t - 1.0)
+            inflation = 1.0 + max(m - 1.0, 0.0) * rho + sketch_var / binomial_var
+            seen = ds_w[key] > 1.0 and m > 0
+            o[T_SKUS_Z] = raw / math.sqrt(inflation) if seen else 0.0
+            o[T_SKUS_RAW] = raw
+            o[T_SKUS_EXPECTED] = expected_distinct
+            o[T_SKUS_SEEN] = seen
+
+        # Short-horizon context and the trend sums, reset after a gap.
+        contiguous = last_start[key] == start_ms - hop_ms
+        s_c = 0.0
+        s_e = 0.0
+        s_r = 0.0
+        s_er = 0.0
+        if contiguous:
+            for j in range(n_ctx):
+                s_c += ctx_count[key, j]
+                s_e += ctx_exp_count[key, j]
+                s_r += ctx_rev[key, j]
+                s_er += ctx_exp_rev[key, j]
+        o[T_CTX_COUNT] = s_c + c
+        o[T_CTX_EXP_COUNT] = s_e + expected_count
+        o[T_CTX_REV] = s_r + r
+        o[T_CTX_EXP_REV] = s_er + expected_rev
+        dec = trend_decay if contiguous else 0.0
+        t_c = dec * tr_count[key] + c
+        t_e = dec * tr_exp_count[key] + expected_count
+        t_e2 = dec * dec * tr_exp2_count[key] + expected_count
+        o[T_TR_COUNT] = t_c
+        o[T_TR_EXP_COUNT] = t_e
+        o[T_TR_REV] = dec * tr_rev[key] + r
+        o[T_TR_EXP_REV] = dec * tr_exp_rev[key] + expected_rev
+        o[T_TR_EXP2_COUNT] = t_e2
+        tr_e = t_e + 0.5
+        o[T_TREND_LOG_RATIO] = math.log((t_c + 0.5) / tr_e)
+        clump = clump_size(clump_a[key], clump_b[key], clump_n[key])
+        o[T_TREND_POISSON_VAR] = (t_e2 + 0.25) / (tr_e * tr_e) * clump
+        o[T_CLUMP] = clump
+        phi = max(tr_phi[key], PHI_FLOOR) if tr_phi_n[key] > 0 else PHI_PRIOR
+        phi = phi + (0.0 if how_ok else DOW_VAR)
+        o[T_PHI] = phi
+        o[T_COUNT_Z] = anscombe_z(c / clump, expected_count / clump, phi)
+        o[T_COUNT_CONTEXT_Z] = anscombe_z(o[T_CTX_COUNT] / clump, o[T_CTX_EXP_COUNT] / clump, phi)
+        o[T_REVENUE_CONTEXT_RATIO] = math.log(
+            (o[T_CTX_REV] + typical_ticket) / (o[T_CTX_EXP_REV] + typical_ticket)
+        )
+
+        # The scan: the strongest of the horizons' log ratios over their standard deviation.
+        tot_c = (scan_tot_c[key] if contiguous else 0.0) + c
+        tot_e = (scan_tot_e[key] if contiguous else 0.0) + expected_count
+        seen_n = (scan_n[key] if contiguous else 0) + 1
+        best_z = 0.0
+        best_c = 0.0
+        best_e = 0.0
+        for j in range(len(scan)):
+            lag = scan[j]
+            slot = (scan_pos[key] - lag) % ring
+            full = seen_n > lag
+            sum_c = tot_c - (scan_ring_c[key, slot] if full else 0.0)
+            sum_e = max(tot_e - (scan_ring_e[key, slot] if full else 0.0), 0.0) + 0.5
+            z = math.log((max(sum_c, 0.0) + 0.5) / sum_e) / math.sqrt(clump / sum_e + phi)
+            if j == 0 or abs(z) > abs(best_z):
+                best_z, best_c, best_e = z, sum_c, sum_e
+        o[T_SCAN_TOT_C] = tot_c
+        o[T_SCAN_TOT_E] = tot_e
+        o[T_SCAN_N] = seen_n
+        o[T_SCAN_Z] = best_z
+        o[T_SCAN_COUNT] = max(best_c, 0.0)
+        o[T_SCAN_EXPECTED] = best_e - 0.5
+    return out
+
+
+@_compiled
+def update_round(
+    keys, start_ms, hop_ms, hour, how, hod,
+    count, revenue, units, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum, distinct_skus,
+    feats, learn, new_normal,
+    season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit,
+    between_tickets, basket, new_skus, ratios,
+    how_count, how_rev, how_n, hod_count, hod_rev, hod_n,
+    level, level_rev, level_how, level_rev_how, how_hour, how_hour_n,
+    recent_count, recent_rev, recent_n,
+    tk_w, tk_s1, tk_s2, tk_tau_a, tk_tau_b,
+    uq_w, uq_s1, uq_s2, uq_tau_a, uq_tau_b,
+    ds_w, ds_s, ds_tau_a, ds_tau_b, upe, upe_n, dsr, dsr_n,
+    ctx_count, ctx_exp_count, ctx_rev, ctx_exp_rev, ctx_pos,
+    tr_count, tr_exp_count, tr_rev, tr_exp_rev, tr_exp2_count, tr_phi, tr_phi_n,
+    clump_a, clump_b, clump_n, prev_count, frozen_n,
+    scan_ring_c, scan_ring_e, scan_tot_c, scan_tot_e, scan_n, scan_pos, last_start,
+):
+    """Fold a round into the baselines (see FeatureExtractor.update); ``feats`` is transform_round's."""
+    n_ctx = ctx_count.shape[1]
+    ring = scan_ring_c.shape[1]
+    d = ticket_decay
+    for i in range(len(keys)):
+        key = keys[i]
+        c = count[i]
+        r = revenue[i]
+        f = feats[i]
+        flagged = not learn[i]
+        contiguous = last_start[key] == start_ms - hop_ms
+
+        # Clump size from consecutive learned windows.
+        paired = contiguous and learn[i]
+        prev = prev_count[key]
+        decay = d if paired else 1.0
+        clump_a[key] = clump_a[key] * decay + ((c - prev) ** 2 if paired else 0.0)
+        clump_b[key] = clump_b[key] * decay + (c + prev if paired else 0.0)
+        clump_n[key] = clump_n[key] * decay + (1.0 if paired and c + prev > 0 else 0.0)
+        prev_count[key] = c
+
+        # The context ring records every window; a gap or a flagged window restarts it.
+        if not contiguous:
+            for j in range(n_ctx):
+                ctx_count[key, j] = 0.0
+                ctx_exp_count[key, j] = 0.0
+                ctx_rev[key, j] = 0.0
+                ctx_exp_rev[key, j] = 0.0
+        # The k - 1 most recent windows (with the current one, the context's k); the ring's last
+        # column stays 0 (a layout the saved states share).
+        pos = ctx_pos[key] % (n_ctx - 1)
+        ctx_count[key, pos] = c
+        ctx_exp_count[key, pos] = f[T_EXPECTED_COUNT]
+        ctx_rev[key, pos] = r
+        ctx_exp_rev[key, pos] = f[T_EXPECTED_REV]
+        ctx_pos[key] += 1
+        last_start[key] = start_ms
+        if flagged:
+            for j in range(n_ctx):
+                ctx_count[key, j] = 0.0
+                ctx_exp_count[key, j] = 0.0
+                ctx_rev[key, j] = 0.0
+                ctx_exp_rev[key, j] = 0.0
+        pos = scan_pos[key] % ring
+        scan_ring_c[key, pos] = f[T_SCAN_TOT_C]
+        scan_ring_e[key, pos] = f[T_SCAN_TOT_E]
+        scan_pos[key] += 1
+        # A flagged window restarts the trend sums and the scan.
+        if flagged:
+            tr_count[key] = 0.0
+            tr_exp_count[key] = 0.0
+            tr_rev[key] = 0.0
+            tr_exp_rev[key] = 0.0
+            tr_exp2_count[key] = 0.0
+            scan_tot_c[key] = 0.0
+            scan_tot_e[key] = 0.0
+            scan_n[key] = 0
+        else:
+            tr_count[key] = f[T_TR_COUNT]
+            tr_exp_count[key] = f[T_TR_EXP_COUNT]
+            tr_rev[key] = f[T_TR_REV]
+            tr_exp_rev[key] = f[T_TR_EXP_REV]
+            tr_exp2_count[key] = f[T_TR_EXP2_COUNT]
+            scan_tot_c[key] = f[T_SCAN_TOT_C]
+            scan_tot_e[key] = f[T_SCAN_TOT_E]
+            scan_n[key] = np.int64(f[T_SCAN_N])
+
+        # A sustained deviation freezes the baselines until it is a new normal.
+        scan_z = f[T_SCAN_Z]
+        deviating = abs(scan_z) >= freeze_z
+        frozen = frozen_n[key] + 1.0 if deviating else 0.0
+        frozen_n[key] = frozen
+        settled = (deviating and frozen > freeze_limit) or new_normal[i]
+        if flagged or (deviating and not settled):
+            continue
+        weight = 1.0 if settled else 1.0 / (1.0 + scan_z**2)
+
+        rate = max(1.0 / (how_n[key, how] + 1.0), season_rate) * weight
+        how_n[key, how] += 1.0
+        how_count[key, how] += rate * (c - how_count[key, how])
+        how_rev[key, how] += rate * (r - how_rev[key, how])
+        how_hour_n[key] = how_hour_n[key] + 1.0 if how_hour[key] == hour else 1.0
+        how_hour[key] = hour
+        rate = max(1.0 / (hod_n[key, hod] + 1.0), season_rate) * weight
+        hod_n[key, hod] += 1.0
+        hod_count[key, hod] += rate * (c - hod_count[key, hod])
+        hod_rev[key, hod] += rate * (r - hod_rev[key, hod])
+
+        mature = f[T_MATURE] != 0.0
+        if mature:
+            excess = f[T_TREND_LOG_RATIO] ** 2 - f[T_TREND_POISSON_VAR]
+            n_phi = tr_phi_n[key] + 1.0
+            prior = tr_phi[key] if tr_phi_n[key] > 0 else PHI_PRIOR
+            rate_phi = max(1.0 / (n_phi + PHI_PRIOR_WINDOWS), phi_rate)
+            tr_phi[key] = prior + rate_phi * (excess - prior)
+            tr_phi_n[key] = n_phi
+
+        # Levels against the two seasonal references, in clumps, bounded.
+        how_ok = f[T_HOW_OK] != 0.0
+        half = 0.5 * f[T_CLUMP]
+        half_rev = 2.0 * half  # revenue is smoothed by a clump of unit tickets
+        step = level_rate * weight
+        if mature:
+            level[key] = _moved(level[key], step, math.log((c + half) / (f[T_FALLBACK_COUNT] + half)))
+            level_rev[key] = _moved(level_rev[key], step, math.log((r + half_rev) / (f[T_FALLBACK_REV] + half_rev)))
+        else:
+            level[key] = 0.0
+            level_rev[key] = 0.0
+        if how_ok:
+            level_how[key] = _moved(level_how[key], step, math.log((c + half) / (f[T_HOW_COUNT] + half)))
+            level_rev_how[key] = _moved(level_rev_how[key], step, math.log((r + half_rev) / (f[T_HOW_REV] + half_rev)))
+        elif not mature:
+            level_how[key] = 0.0
+            level_rev_how[key] = 0.0
+
+        rn = recent_n[key] + 1.0
+        rate = max(1.0 / rn, level_rate)
+        recent_n[key] = rn
+        recent_count[key] += rate * (c - recent_count[key])
+        recent_rev[key] += rate * (r - recent_rev[key])
+
+        c_safe = max(c, 1.0)
+        tk_w[key] = tk_w[key] * d + c
+        tk_s1[key] = tk_s1[key] * d + log_ticket_sum[i]
+        tk_s2[key] = tk_s2[key] * d + log_ticket_sq_sum[i]
+        if between_tickets:
+            seen = f[T_TICKET_SEEN] != 0.0 and c >= 2
+            tk_tau_a[key] = tk_tau_a[key] * d + (f[T_TICKET_DEV] ** 2 - f[T_TICKET_SALE_VAR] / c_safe if seen else 0.0)
+            tk_tau_b[key] = tk_tau_b[key] * d + (1.0 - 1.0 / c_safe if seen else 0.0)
+        if basket:
+            uq_w[key] = uq_w[key] * d + c
+            uq_s1[key] = uq_s1[key] * d + log_units_sum[i]
+            uq_s2[key] = uq_s2[key] * d + log_units_sq_sum[i]
+            seen = f[T_UNITS_SEEN] != 0.0 and c >= 2
+            uq_tau_a[key] = uq_tau_a[key] * d + (f[T_UNITS_DEV] ** 2 - f[T_UNITS_SALE_VAR] / c_safe if seen else 0.0)
+            uq_tau_b[key] = uq_tau_b[key] * d + (1.0 - 1.0 / c_safe if seen else 0.0)
+        if new_skus:
+            more = max(c - 1.0, 0.0)
+            ds_w[key] = ds_w[key] * d + more
+            ds_s[key] = ds_s[key] * d + min(max(distinct_skus[i] - 1.0, 0.0), more)
+            seen = f[T_SKUS_SEEN] != 0.0 and more >= 2
+            ds_tau_a[key] = ds_tau_a[key] * d + (f[T_SKUS_RAW] ** 2 - 1.0 if seen else 0.0)
+            ds_tau_b[key] = ds_tau_b[key] * d + (more - 1.0 if seen else 0.0)
+        if ratios and c > 0:
+            target = math.log(max(units[i] / c, 1e-9))
+            nn = upe_n[key] + 1.0
+            rate = max(1.0 / nn, level_rate)
+            upe_n[key] = nn
+            upe[key] += rate * (target - upe[key])
+            target = math.log((distinct_skus[i] + 1.0) / (c + 1.0))
+            nn = dsr_n[key] + 1.0
+            rate = max(1.0 / nn, level_rate)
+            dsr_n[key] = nn
+            dsr[key] += rate * (target - dsr[key])
