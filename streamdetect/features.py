@@ -62,8 +62,10 @@ feature that sits on one value for 99 % of the windows as near-certain, so an or
 invoice scored as a 40-sigma event (an Anscombe ``returns_z`` raised 586 false alerts in 60 days
 of an invoice export).
 
-Everything is computed vectorised over a :class:`~streamdetect.windows.ClosedRound` (all keys'
-windows that close together); baselines are updated afterwards, and only from windows the caller
+Everything is computed over a :class:`~streamdetect.windows.ClosedRound` (all keys' windows that
+close together) in one compiled loop over its rows (:mod:`streamdetect._feature_kernels`: each key's
+baselines are a recurrence over its windows, and as numpy expressions a round of a few keys was
+some 250 small-array operations); baselines are updated afterwards, and only from windows the caller
 says to learn from (anomalies do not become the new normal). They learn robustly: a window weighs
 ``1 / (1 + z^2)`` by its ``count_scan_z`` z, and while ``|z| >= freeze_z`` not at all, so that a
 change still building up its evidence is not absorbed; after ``freeze_limit``, or once the
@@ -217,10 +219,6 @@ class _SaleMean:
     per_sale_var: np.ndarray  # the key's variance of one sale
     var: np.ndarray  # variance of the window's mean (what its sales share included)
     seen: np.ndarray  # bool: the window has sales and the key a distribution
-
-    @property
-    def z(self) -> np.ndarray:
-        return np.where(self.seen, self.dev / np.sqrt(self.var), 0.0)
 
     @classmethod
     def of(cls, columns: np.ndarray, which: tuple[int, int, int, int]) -> _SaleMean:

@@ -419,3 +419,18 @@ def test_kernels_compile_where_no_cache_directory_is_writable(monkeypatch: pytes
     monkeypatch.setattr(kernels.numba, "njit", njit)
     twice = kernels._compiled(lambda x: 2 * x)
     assert twice(21) == 42 and hasattr(twice, "signatures")  # a numba dispatcher, not the Python function
+
+
+def test_kernels_take_the_state_arrays_in_state_order() -> None:
+    # The extractor passes its arrays positionally in STATE_ORDER: a kernel whose parameter list
+    # drifted from it would read one baseline as another without any error.
+    import inspect
+
+    from streamdetect import _feature_kernels as kernels
+
+    n = len(kernels.STATE_ORDER)
+    for kernel in (kernels.transform_round, kernels.update_round):
+        params = list(inspect.signature(kernel.py_func).parameters)
+        assert tuple(params[-n:]) == kernels.STATE_ORDER, kernel.py_func.__name__
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    assert set(kernels.STATE_ORDER) <= set(fx._arrays)
