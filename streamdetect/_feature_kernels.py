@@ -22,6 +22,8 @@ from typing import Any
 import numba
 import numpy as np
 
+from streamdetect.windows import SKETCH_BITS
+
 # Columns of transform_round's output (one row per window of the round).
 (
     T_MATURE,
@@ -207,6 +209,43 @@ def clump_size(clump_a: float, clump_b: float, clump_n: float) -> float:
 
 
 @_compiled
+def _learn_bucket(n, count, rev, key, bucket, c, r, rate_floor, weight):
+    """A seasonal bucket's running means of count and revenue, moved by the window (at full rate
+    while the bucket is young, then at ``rate_floor``), times the window's robustness weight."""
+    rate = max(1.0 / (n[key, bucket] + 1.0), rate_floor) * weight
+    n[key, bucket] += 1.0
+    count[key, bucket] += rate * (c - count[key, bucket])
+    rev[key, bucket] += rate * (r - rev[key, bucket])
+
+
+@_compiled
+def _learn_moments(w, s1, s2, key, decay, c, sum1, sum2):
+    """The exponentially weighted count, sum and sum of squares of a per-sale log quantity."""
+    w[key] = w[key] * decay + c
+    s1[key] = s1[key] * decay + sum1
+    s2[key] = s2[key] * decay + sum2
+
+
+@_compiled
+def _learn_shared(tau_a, tau_b, key, decay, seen, dev, sale_var, c):
+    """What a window's sales share: from windows of two sales or more against a known
+    distribution, the squared deviation of their mean beyond what ``v / n`` explains, per unit of
+    ``1 - 1/n`` (one-way random effects, exponentially weighted like the moments)."""
+    c_safe = max(c, 1.0)
+    tau_a[key] = tau_a[key] * decay + (dev**2 - sale_var / c_safe if seen else 0.0)
+    tau_b[key] = tau_b[key] * decay + (1.0 - 1.0 / c_safe if seen else 0.0)
+
+
+@_compiled
+def _learn_mean(value, n, key, target, rate_floor):
+    """A running mean: the plain mean of the first windows, then an EWMA at ``rate_floor``."""
+    nn = n[key] + 1.0
+    rate = max(1.0 / nn, rate_floor)
+    n[key] = nn
+    value[key] += rate * (target - value[key])
+
+
+@_compiled
 def _moved(old: float, step: float, target: float) -> float:
     """A level moved by ``step`` towards ``target``, bounded to +-MAX_LEVEL."""
     return min(max(old + step * (target - old), -MAX_LEVEL), MAX_LEVEL)
@@ -216,7 +255,7 @@ def _moved(old: float, step: float, target: float) -> float:
 def transform_round(
     keys, start_ms, hop_ms, hour, how, hod,
     count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
-    min_bucket, trend_decay, between_tickets, basket, new_skus, scan, ring, sketch_bits,
+    min_bucket, trend_decay, between_tickets, basket, new_skus, scan,
     how_count, how_rev, how_n, hod_count, hod_rev, hod_n,
     level, level_rev, level_how, level_rev_how, how_hour, how_hour_n,
     recent_count, recent_rev, recent_n,
@@ -232,12 +271,14 @@ def transform_round(
     n = len(keys)
     out = np.empty((n, T_COLUMNS))
     n_ctx = ctx_count.shape[1]
+    ring = scan_ring_c.shape[1]
     for i in range(n):
         key = keys[i]
         c = count[i]
         r = revenue[i]
         o = out[i]
-        # Seasonal references and the key's level against them.
+        # An hour of week is trusted once it held enough windows before this occurrence of the
+        # hour: the current occurrence alone would only echo the current hour back.
         this_hour = how_hour[key] == hour
         how_ok = how_n[key, how] - (how_hour_n[key] if this_hour else 0.0) >= min_bucket
         hod_ok = hod_n[key, hod] >= min_bucket
@@ -245,6 +286,8 @@ def transform_round(
         fb_r = hod_rev[key, hod] if hod_ok else recent_rev[key]
         h_c = how_count[key, how]
         h_r = how_rev[key, how]
+        # Two seasonal references, each with its own level (today's ratio to it), so that the
+        # switch from hour of day to hour of week does not count the day-of-week effect twice.
         expected_count = (h_c if how_ok else fb_c) * math.exp(level_how[key] if how_ok else level[key])
         expected_rev = (h_r if how_ok else fb_r) * math.exp(level_rev_how[key] if how_ok else level_rev[key])
         o[T_MATURE] = how_ok or hod_ok
@@ -257,7 +300,8 @@ def transform_round(
         o[T_EXPECTED_COUNT] = expected_count
         o[T_EXPECTED_REV] = expected_rev
 
-        # Tickets: the window's mean log ticket against the key's distribution.
+        # The window's mean log ticket against the key's ticket distribution (log1p of amounts,
+        # exponentially weighted over a day), allowing for what a window's sales share.
         c_safe = max(c, 1.0)
         has_tickets, mu, var = _moments(tk_w[key], tk_s1[key], tk_s2[key])
         sigma = math.sqrt(var)
@@ -269,8 +313,9 @@ def transform_round(
         o[T_TICKET_DEV] = log_ticket_sum[i] / c_safe - mu
         o[T_TICKET_SALE_VAR] = sale_var
         o[T_TICKET_VAR] = _mean_variance(sale_var, tau2, c)
-        o[T_TICKET_SEEN] = has_tickets and c > 0
-        o[T_TICKET_Z] = o[T_TICKET_DEV] / math.sqrt(o[T_TICKET_VAR]) if has_tickets and c > 0 else 0.0
+        seen_tickets = has_tickets and c > 0
+        o[T_TICKET_SEEN] = seen_tickets
+        o[T_TICKET_Z] = o[T_TICKET_DEV] / math.sqrt(o[T_TICKET_VAR]) if seen_tickets else 0.0
         typical_ticket = math.expm1(mu) + 1.0
         o[T_TYPICAL_TICKET] = typical_ticket
         o[T_REVENUE_RATIO] = math.log((r + typical_ticket) / (expected_rev + typical_ticket))
@@ -280,22 +325,33 @@ def transform_round(
             o[T_UNITS_DEV] = log_units_sum[i] / c_safe - mu_u
             o[T_UNITS_SALE_VAR] = var_u
             o[T_UNITS_VAR] = _mean_variance(var_u, _between_variance(uq_tau_a[key], uq_tau_b[key]), c)
-            o[T_UNITS_SEEN] = known_u and c > 0
-            o[T_UNITS_Z] = o[T_UNITS_DEV] / math.sqrt(o[T_UNITS_VAR]) if known_u and c > 0 else 0.0
+            seen_units = known_u and c > 0
+            o[T_UNITS_SEEN] = seen_units
+            o[T_UNITS_Z] = o[T_UNITS_DEV] / math.sqrt(o[T_UNITS_VAR]) if seen_units else 0.0
 
         if new_skus:
+            # Of the m = c - 1 sales after the window's first, those that brought a SKU not yet sold
+            # in it, against the key's usual share p: a binomial count on Anscombe's variance-
+            # stabilising scale 2 sqrt(m) (asin sqrt((x + 3/8) / (m + 3/4)) - asin sqrt(p)), about
+            # N(0, 1) whatever p (one best-seller or a thousand items) and with the right tails for
+            # small counts; divided by sqrt(1 + (m - 1) rho), rho the key's intra-window correlation
+            # (a customer buying several of one item), plus the sketch's own counting error.
             m = max(c - 1.0, 0.0)
             m_safe = max(m, 1.0)
             share = min(max(ds_s[key] / max(ds_w[key], 1e-12), SHARE_CLIP), 1.0 - SHARE_CLIP)
             new = min(max(distinct_skus[i] - 1.0, 0.0), m)
+            # A randomised residual (Dunn and Smyth): the count's step is spread over the interval
+            # between its neighbours, so the feature is continuous and the mixture does not read the
+            # one value most windows share as near-certain.
             spread = min(max(new + (uniform(key, start_ms) - 0.5), 0.0), m)
             stabilised = math.asin(math.sqrt((spread + 0.375) / (m + 0.75))) - math.asin(math.sqrt(share))
             raw = 2.0 * math.sqrt(m) * stabilised
             expected_distinct = 1.0 + m * share if c > 0 else 0.0
             binomial_var = m_safe * share * (1.0 - share)
             rho = max(ds_tau_a[key], 0.0) / (ds_tau_b[key] + SHARE_RHO_PRIOR)
-            t = min(max(expected_distinct, 0.0) / sketch_bits, 20.0)
-            sketch_var = sketch_bits * (math.exp(t) - t - 1.0)
+            # The linear-counting sketch's own variance (Whang et al., 1990): 0.1 at 16 SKUs, 1 at 45.
+            t = min(max(expected_distinct, 0.0) / SKETCH_BITS, 20.0)
+            sketch_var = SKETCH_BITS * (math.exp(t) - t - 1.0)
             inflation = 1.0 + max(m - 1.0, 0.0) * rho + sketch_var / binomial_var
             seen = ds_w[key] > 1.0 and m > 0
             o[T_SKUS_Z] = raw / math.sqrt(inflation) if seen else 0.0
@@ -303,7 +359,7 @@ def transform_round(
             o[T_SKUS_EXPECTED] = expected_distinct
             o[T_SKUS_SEEN] = seen
 
-        # Short-horizon context and the trend sums, reset after a gap.
+        # Short-horizon context: this window plus the previous ones, reset after a gap.
         contiguous = last_start[key] == start_ms - hop_ms
         s_c = 0.0
         s_e = 0.0
@@ -319,6 +375,8 @@ def transform_round(
         o[T_CTX_EXP_COUNT] = s_e + expected_count
         o[T_CTX_REV] = s_r + r
         o[T_CTX_EXP_REV] = s_er + expected_rev
+        # Longer horizon: exponentially weighted sums (half-life `trend_half_life`), for sustained
+        # changes too small to see in a few windows of a quiet key.
         dec = trend_decay if contiguous else 0.0
         t_c = dec * tr_count[key] + c
         t_e = dec * tr_exp_count[key] + expected_count
@@ -328,12 +386,18 @@ def transform_round(
         o[T_TR_REV] = dec * tr_rev[key] + r
         o[T_TR_EXP_REV] = dec * tr_exp_rev[key] + expected_rev
         o[T_TR_EXP2_COUNT] = t_e2
+        # Sustained deviations are judged against the key's own overdispersion: real rates wander
+        # (weather, promotions, the hour's mood) far more than Poisson noise over an hour of a
+        # busy key, and a z-score that ignored it would page on every busy afternoon.
         tr_e = t_e + 0.5
         o[T_TREND_LOG_RATIO] = math.log((t_c + 0.5) / tr_e)
+        # Sales that come in clumps of about D vary D times more than single ones (a compound
+        # Poisson): every count is judged in clumps, c / D against lambda / D.
         clump = clump_size(clump_a[key], clump_b[key], clump_n[key])
         o[T_TREND_POISSON_VAR] = (t_e2 + 0.25) / (tr_e * tr_e) * clump
         o[T_CLUMP] = clump
         phi = max(tr_phi[key], PHI_FLOOR) if tr_phi_n[key] > 0 else PHI_PRIOR
+        # Until the key's hour of week is known, the day-of-week effect is unknown too.
         phi = phi + (0.0 if how_ok else DOW_VAR)
         o[T_PHI] = phi
         o[T_COUNT_Z] = anscombe_z(c / clump, expected_count / clump, phi)
@@ -342,7 +406,10 @@ def transform_round(
             (o[T_CTX_REV] + typical_ticket) / (o[T_CTX_EXP_REV] + typical_ticket)
         )
 
-        # The scan: the strongest of the horizons' log ratios over their standard deviation.
+        # Scan over several horizons: the count of the last L windows against its expectation,
+        # for each L in `scan`, as a log ratio over its standard deviation (Poisson plus the key's
+        # overdispersion); the horizon with the strongest evidence speaks. Whatever the length of
+        # a change, one horizon about matches it. The sums restart after an alert.
         tot_c = (scan_tot_c[key] if contiguous else 0.0) + c
         tot_e = (scan_tot_e[key] if contiguous else 0.0) + expected_count
         seen_n = (scan_n[key] if contiguous else 0) + 1
@@ -362,6 +429,7 @@ def transform_round(
         o[T_SCAN_TOT_E] = tot_e
         o[T_SCAN_N] = seen_n
         o[T_SCAN_Z] = best_z
+        # What an alert reports: the count over the strongest horizon and what was expected.
         o[T_SCAN_COUNT] = max(best_c, 0.0)
         o[T_SCAN_EXPECTED] = best_e - 0.5
     return out
@@ -397,7 +465,9 @@ def update_round(
         flagged = not learn[i]
         contiguous = last_start[key] == start_ms - hop_ms
 
-        # Clump size from consecutive learned windows.
+        # The clump size D from consecutive windows, E[(c_t - c_{t-1})^2] = 2 Var(c) where the rate
+        # hardly moves from one window to the next: no baseline is needed, so a baseline that is
+        # still wrong cannot bias it.
         paired = contiguous and learn[i]
         prev = prev_count[key]
         decay = d if paired else 1.0
@@ -406,33 +476,31 @@ def update_round(
         clump_n[key] = clump_n[key] * decay + (1.0 if paired and c + prev > 0 else 0.0)
         prev_count[key] = c
 
-        # The context ring records every window; a gap or a flagged window restarts it.
-        if not contiguous:
+        # The context ring records every window, anomalous or not; a gap restarts it, and so does
+        # a flagged window: a spike already reported must not keep the next windows alerting
+        # while it is still in their sum.
+        if flagged or not contiguous:
             for j in range(n_ctx):
                 ctx_count[key, j] = 0.0
                 ctx_exp_count[key, j] = 0.0
                 ctx_rev[key, j] = 0.0
                 ctx_exp_rev[key, j] = 0.0
-        # The k - 1 most recent windows (with the current one, the context's k); the ring's last
-        # column stays 0 (a layout the saved states share).
-        pos = ctx_pos[key] % (n_ctx - 1)
-        ctx_count[key, pos] = c
-        ctx_exp_count[key, pos] = f[T_EXPECTED_COUNT]
-        ctx_rev[key, pos] = r
-        ctx_exp_rev[key, pos] = f[T_EXPECTED_REV]
+        if not flagged:
+            # The k - 1 most recent windows (with the current one, the context's k); the ring's
+            # last column stays 0 (a layout the saved states share).
+            pos = ctx_pos[key] % (n_ctx - 1)
+            ctx_count[key, pos] = c
+            ctx_exp_count[key, pos] = f[T_EXPECTED_COUNT]
+            ctx_rev[key, pos] = r
+            ctx_exp_rev[key, pos] = f[T_EXPECTED_REV]
         ctx_pos[key] += 1
         last_start[key] = start_ms
-        if flagged:
-            for j in range(n_ctx):
-                ctx_count[key, j] = 0.0
-                ctx_exp_count[key, j] = 0.0
-                ctx_rev[key, j] = 0.0
-                ctx_exp_rev[key, j] = 0.0
         pos = scan_pos[key] % ring
         scan_ring_c[key, pos] = f[T_SCAN_TOT_C]
         scan_ring_e[key, pos] = f[T_SCAN_TOT_E]
         scan_pos[key] += 1
-        # A flagged window restarts the trend sums and the scan.
+        # A flagged window restarts the trend sums and the scan (as a CUSUM restarts after its
+        # alarm): evidence already reported must not keep the key alerting after a short anomaly.
         if flagged:
             tr_count[key] = 0.0
             tr_exp_count[key] = 0.0
@@ -452,7 +520,9 @@ def update_round(
             scan_tot_e[key] = f[T_SCAN_TOT_E]
             scan_n[key] = np.int64(f[T_SCAN_N])
 
-        # A sustained deviation freezes the baselines until it is a new normal.
+        # A sustained deviation in progress freezes the key's baselines, or they would absorb a
+        # drop or a level shift before it is evidence enough to alert on. Past `freeze_limit`, or
+        # once the key has been flagged for long, the key has a new normal and they follow it.
         scan_z = f[T_SCAN_Z]
         deviating = abs(scan_z) >= freeze_z
         frozen = frozen_n[key] + 1.0 if deviating else 0.0
@@ -460,21 +530,20 @@ def update_round(
         settled = (deviating and frozen > freeze_limit) or new_normal[i]
         if flagged or (deviating and not settled):
             continue
+        # Robust learning (an M-estimate, as in robust exponential smoothing): below the freeze,
+        # a window weighs 1 / (1 + z^2) by its sustained deviation z, so a change the scan is
+        # still building evidence for hardly moves the count baselines. A new normal weighs 1.
         weight = 1.0 if settled else 1.0 / (1.0 + scan_z**2)
 
-        rate = max(1.0 / (how_n[key, how] + 1.0), season_rate) * weight
-        how_n[key, how] += 1.0
-        how_count[key, how] += rate * (c - how_count[key, how])
-        how_rev[key, how] += rate * (r - how_rev[key, how])
+        _learn_bucket(how_n, how_count, how_rev, key, how, c, r, season_rate, weight)
+        # Windows learned in this occurrence of the hour: they do not make it trusted yet.
         how_hour_n[key] = how_hour_n[key] + 1.0 if how_hour[key] == hour else 1.0
         how_hour[key] = hour
-        rate = max(1.0 / (hod_n[key, hod] + 1.0), season_rate) * weight
-        hod_n[key, hod] += 1.0
-        hod_count[key, hod] += rate * (c - hod_count[key, hod])
-        hod_rev[key, hod] += rate * (r - hod_rev[key, hod])
+        _learn_bucket(hod_n, hod_count, hod_rev, key, hod, c, r, season_rate, weight)
 
         mature = f[T_MATURE] != 0.0
         if mature:
+            # Overdispersion: mean squared log ratio beyond the Poisson part, on mature baselines.
             excess = f[T_TREND_LOG_RATIO] ** 2 - f[T_TREND_POISSON_VAR]
             n_phi = tr_phi_n[key] + 1.0
             prior = tr_phi[key] if tr_phi_n[key] > 0 else PHI_PRIOR
@@ -482,7 +551,10 @@ def update_round(
             tr_phi[key] = prior + rate_phi * (excess - prior)
             tr_phi_n[key] = n_phi
 
-        # Levels against the two seasonal references, in clumps, bounded.
+        # The key's levels relative to its two seasonal references (log ratios, bounded), in
+        # clumps: for sales that come in clumps of about D most windows hold none and a few hold
+        # many, and the mean of log((c + 1/2) / (lambda + 1/2)) would put the level a third as
+        # high as it is; counted in clumps, log((c / D + 1/2) / (lambda / D + 1/2)), about right.
         how_ok = f[T_HOW_OK] != 0.0
         half = 0.5 * f[T_CLUMP]
         half_rev = 2.0 * half  # revenue is smoothed by a clump of unit tickets
@@ -506,36 +578,23 @@ def update_round(
         recent_count[key] += rate * (c - recent_count[key])
         recent_rev[key] += rate * (r - recent_rev[key])
 
-        c_safe = max(c, 1.0)
-        tk_w[key] = tk_w[key] * d + c
-        tk_s1[key] = tk_s1[key] * d + log_ticket_sum[i]
-        tk_s2[key] = tk_s2[key] * d + log_ticket_sq_sum[i]
+        _learn_moments(tk_w, tk_s1, tk_s2, key, d, c, log_ticket_sum[i], log_ticket_sq_sum[i])
         if between_tickets:
             seen = f[T_TICKET_SEEN] != 0.0 and c >= 2
-            tk_tau_a[key] = tk_tau_a[key] * d + (f[T_TICKET_DEV] ** 2 - f[T_TICKET_SALE_VAR] / c_safe if seen else 0.0)
-            tk_tau_b[key] = tk_tau_b[key] * d + (1.0 - 1.0 / c_safe if seen else 0.0)
+            _learn_shared(tk_tau_a, tk_tau_b, key, d, seen, f[T_TICKET_DEV], f[T_TICKET_SALE_VAR], c)
         if basket:
-            uq_w[key] = uq_w[key] * d + c
-            uq_s1[key] = uq_s1[key] * d + log_units_sum[i]
-            uq_s2[key] = uq_s2[key] * d + log_units_sq_sum[i]
+            _learn_moments(uq_w, uq_s1, uq_s2, key, d, c, log_units_sum[i], log_units_sq_sum[i])
             seen = f[T_UNITS_SEEN] != 0.0 and c >= 2
-            uq_tau_a[key] = uq_tau_a[key] * d + (f[T_UNITS_DEV] ** 2 - f[T_UNITS_SALE_VAR] / c_safe if seen else 0.0)
-            uq_tau_b[key] = uq_tau_b[key] * d + (1.0 - 1.0 / c_safe if seen else 0.0)
+            _learn_shared(uq_tau_a, uq_tau_b, key, d, seen, f[T_UNITS_DEV], f[T_UNITS_SALE_VAR], c)
         if new_skus:
             more = max(c - 1.0, 0.0)
             ds_w[key] = ds_w[key] * d + more
             ds_s[key] = ds_s[key] * d + min(max(distinct_skus[i] - 1.0, 0.0), more)
+            # Intra-window correlation: a beta-binomial's variance is the binomial's times
+            # 1 + (n - 1) rho, so E[raw^2 - 1] = rho E[n - 1] (moment estimate).
             seen = f[T_SKUS_SEEN] != 0.0 and more >= 2
             ds_tau_a[key] = ds_tau_a[key] * d + (f[T_SKUS_RAW] ** 2 - 1.0 if seen else 0.0)
             ds_tau_b[key] = ds_tau_b[key] * d + (more - 1.0 if seen else 0.0)
         if ratios and c > 0:
-            target = math.log(max(units[i] / c, 1e-9))
-            nn = upe_n[key] + 1.0
-            rate = max(1.0 / nn, level_rate)
-            upe_n[key] = nn
-            upe[key] += rate * (target - upe[key])
-            target = math.log((distinct_skus[i] + 1.0) / (c + 1.0))
-            nn = dsr_n[key] + 1.0
-            rate = max(1.0 / nn, level_rate)
-            dsr_n[key] = nn
-            dsr[key] += rate * (target - dsr[key])
+            _learn_mean(upe, upe_n, key, math.log(max(units[i] / c, 1e-9)), level_rate)
+            _learn_mean(dsr, dsr_n, key, math.log((distinct_skus[i] + 1.0) / (c + 1.0)), level_rate)

@@ -85,7 +85,7 @@ from scipy.special import ndtri
 
 from streamdetect import _feature_kernels as kernels
 from streamdetect.config import ConfigError, EventSchema, FeatureConfig, WindowConfig
-from streamdetect.windows import SKETCH_BITS, ClosedRound
+from streamdetect.windows import ClosedRound
 
 __all__ = [
     "AVAILABLE_FEATURES",
@@ -268,6 +268,16 @@ class WindowFeatures:
         return self.expected_of()
 
 
+def _hour_buckets(start_ms: int) -> tuple[int, int, int]:
+    """The hour since the epoch a window starts in, its hour of week (0 = Monday 00:00 UTC) and of day.
+
+    >>> _hour_buckets(0)  # 1970-01-01 was a Thursday
+    (0, 72, 0)
+    """
+    hour = start_ms // 3_600_000
+    return hour, int((hour + _EPOCH_WEEKDAY_HOURS) % _HOURS_PER_WEEK), int(hour % 24)
+
+
 class FeatureExtractor:
     """Per-key baselines in flat arrays indexed by key id; see the module docstring.
 
@@ -431,9 +441,7 @@ class FeatureExtractor:
         """Features of a round of windows under the baselines as they are (nothing is updated)."""
         self._ensure(rnd.key_id)
         a, k = self._arrays, rnd.key_id
-        hour = rnd.start_ms // 3_600_000
-        how = int((hour + _EPOCH_WEEKDAY_HOURS) % _HOURS_PER_WEEK)
-        hod = int(hour % 24)
+        hour, how, hod = _hour_buckets(rnd.start_ms)
         c, r = rnd.count, rnd.revenue
         # Seasonal expectations, the key's tickets, baskets and assortment, the context, trend and
         # scan sums (see the module docstring), one row per window.
@@ -441,7 +449,7 @@ class FeatureExtractor:
             k, rnd.start_ms, self.windows.hop_ms, hour, how, hod,
             c, r, rnd.log_ticket_sum, rnd.log_units_sum, rnd.distinct_skus,
             self._min_bucket, self._trend_decay, self._single_sales, self._basket_z, self._new_skus_z,
-            self._scan, self._ring, SKETCH_BITS, *self._state,
+            self._scan, *self._state,
         )  # fmt: skip
         mature, recent_ok = cols[:, kernels.T_MATURE] != 0.0, cols[:, kernels.T_RECENT_OK] != 0.0
         expected_count, expected_rev = cols[:, kernels.T_EXPECTED_COUNT], cols[:, kernels.T_EXPECTED_REV]
@@ -587,9 +595,7 @@ class FeatureExtractor:
         The short-horizon context records every window (it is what happened, anomalous or not),
         and, like the scan and the trend sums, restarts after a flagged one.
         """
-        hour = rnd.start_ms // 3_600_000
-        how = int((hour + _EPOCH_WEEKDAY_HOURS) % _HOURS_PER_WEEK)
-        hod = int(hour % 24)
+        hour, how, hod = _hour_buckets(rnd.start_ms)
         kernels.update_round(
             rnd.key_id, rnd.start_ms, self.windows.hop_ms, hour, how, hod,
             rnd.count, rnd.revenue, rnd.units, rnd.log_ticket_sum, rnd.log_ticket_sq_sum,

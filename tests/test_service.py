@@ -254,12 +254,14 @@ def check_windows(cfg: AppConfig, expected: Expected) -> None:
     assert {p: s.detector["windows_scored"] for p, s in snaps.items()} == expected.windows
 
 
-def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+def committed(bootstrap: str, group: str, topic: str, consumer: Consumer | None = None) -> dict[int, int]:
+    """The group's committed offsets of ``topic``, asked through ``consumer`` (of that group) or a new one."""
+    c = consumer or Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
         tps = c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
     finally:
-        c.close()
+        if consumer is None:
+            c.close()
     return {tp.partition: tp.offset for tp in tps}
 
 
@@ -431,12 +433,12 @@ def test_kill9_then_restart_loses_nothing(bootstrap: str, input_topic: Names, tm
     try:
         # A random point of the work, not of the clock: how long the input takes depends on the machine.
         share = random.uniform(0.02, 0.5)
+        # One consumer asks throughout: a new one per poll would take longer than the service's progress.
         watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": n.group, "enable.auto.commit": False})
         try:
-            partitions = [TopicPartition(n.input, p) for p in range(PARTITIONS)]
 
             def done() -> int:
-                return sum(max(tp.offset, 0) for tp in watcher.committed(partitions, timeout=10))
+                return sum(max(o, 0) for o in committed(bootstrap, n.group, n.input, watcher).values())
 
             wait_for(lambda: done() >= share * sum(expected.ends.values()), f"{share:.0%} of the input committed",
                      alive=lambda: _alive(first, tmp_path / "first.log"))
