@@ -598,3 +598,89 @@ def update_round(
         if ratios and c > 0:
             _learn_mean(upe, upe_n, key, math.log(max(units[i] / c, 1e-9)), level_rate)
             _learn_mean(dsr, dsr_n, key, math.log((distinct_skus[i] + 1.0) / (c + 1.0)), level_rate)
+
+
+# The features values_round computes, by code (the others stay with FeatureExtractor.transform).
+VALUE_CODES: dict[str, int] = {
+    name: code
+    for code, name in enumerate(
+        (
+            "count_z", "revenue_ratio", "mean_ticket_z", "max_ticket_z", "units_per_event_z",
+            "distinct_skus_z", "count_context_z", "revenue_context_ratio", "count_scan_z",
+            "count_trend_z", "count_ratio_seasonal", "revenue_trend_ratio",
+            "count", "revenue", "log_count", "log_revenue", "mean_ticket", "max_ticket", "units", "distinct_skus",
+        )
+    )
+}  # fmt: skip
+# Blom's expected maximum of c standard normals, ndtri((c - 0.375) / (c + 0.25)), for whole counts
+# below this; values_round leaves a round with a larger or fractional count to numpy.
+MAX_Z_COUNTS = 1 << 16
+
+
+@_compiled
+def values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, max_z):
+    """The model's feature vectors of a round (``codes``: VALUE_CODES of the configured features, in
+    order), as FeatureExtractor.transform computes them, non-finite values replaced as there; None
+    where a count is fractional or not below ``len(max_z)``."""
+    n = len(count)
+    out = np.empty((n, len(codes)))
+    for i in range(n):
+        c = count[i]
+        if c != math.floor(c) or c >= len(max_z):
+            return None
+    for i in range(n):
+        o = cols[i]
+        c = count[i]
+        r = revenue[i]
+        sold = c > 0
+        c_safe = max(c, 1.0)
+        for j in range(len(codes)):
+            code = codes[j]
+            if code == 0:
+                v = o[T_COUNT_Z]
+            elif code == 1:
+                v = o[T_REVENUE_RATIO]
+            elif code == 2:
+                v = o[T_TICKET_Z]
+            elif code == 3:
+                emz = max_z[int(c)] if c > 1 else 0.0
+                v = (math.log1p(max_ticket[i]) - o[T_MU]) / o[T_SIGMA] - emz if sold else 0.0
+            elif code == 4:
+                v = o[T_UNITS_Z]
+            elif code == 5:
+                v = o[T_SKUS_Z]
+            elif code == 6:
+                v = o[T_COUNT_CONTEXT_Z]
+            elif code == 7:
+                v = o[T_REVENUE_CONTEXT_RATIO]
+            elif code == 8:
+                v = o[T_SCAN_Z]
+            elif code == 9:
+                v = o[T_TREND_LOG_RATIO] / math.sqrt(o[T_TREND_POISSON_VAR] + o[T_PHI])
+            elif code == 10:
+                v = math.log((c + 1.0) / (o[T_EXPECTED_COUNT] + 1.0))
+            elif code == 11:
+                tt = o[T_TYPICAL_TICKET]
+                v = math.log((o[T_TR_REV] + tt) / (o[T_TR_EXP_REV] + tt))
+            elif code == 12:
+                v = c
+            elif code == 13:
+                v = r
+            elif code == 14:
+                v = math.log1p(c)
+            elif code == 15:
+                v = math.log1p(max(r, 0.0))
+            elif code == 16:
+                v = r / c_safe if sold else 0.0
+            elif code == 17:
+                v = max_ticket[i]
+            elif code == 18:
+                v = units[i]
+            else:
+                v = distinct_skus[i]
+            if math.isnan(v):
+                v = 0.0
+            elif math.isinf(v):
+                v = 1e6 if v > 0 else -1e6
+            out[i, j] = v
+    return out

@@ -38,11 +38,18 @@ from typing import Any
 
 import numpy as np
 
+from streamdetect._round_kernel import score_round
 from streamdetect.alerts import SEVERITIES, VALUE_SERIES_NAMES, Alert, Contribution, EpisodeResolved, format_time
 from streamdetect.config import DetectorConfig, WindowConfig
 from streamdetect.drift import ScoreDriftMonitor
 from streamdetect.events import EventBatch, Rejected, RejectReason, decode_events, decode_records
-from streamdetect.features import FeatureExtractor, WindowFeatures, unavailable_features
+from streamdetect.features import (
+    FeatureExtractor,
+    WindowFeatures,
+    expected_max_z_table,
+    hour_buckets,
+    unavailable_features,
+)
 from streamdetect.model import StepwiseGMM
 from streamdetect.scaling import RobustScaler
 from streamdetect.threshold import make_threshold, threshold_from_state
@@ -135,7 +142,7 @@ class _RoundScores:
     end_ms: int
     score: np.ndarray
     threshold: float
-    probability: np.ndarray
+    probability: np.ndarray | None  # None until Detector._settle_probabilities
     is_anomaly: np.ndarray
     features: np.ndarray
     event_time_ms: np.ndarray
@@ -292,6 +299,9 @@ class Detector:
         self._warmup_from_ms: int | None = None  # event time of the first warm-up window
         self._fitted_at_ms: int | None = None  # event time at which the mixture was first fitted
         self._pending = _Pending()
+        # Rounds of the compiled path whose probabilities are computed together, before the
+        # threshold next changes (one call instead of one per round).
+        self._unsettled: list[_RoundScores] = []
         for name, (dtype, _) in _PER_KEY.items():
             setattr(self, "_" + name, np.zeros(0, dtype=dtype))
         self._cooldown = 2 * cfg.features.context_windows
@@ -405,6 +415,7 @@ class Detector:
         drift = False
         for rnd in self.windows.pop_closed(flush=flush):
             drift |= self._process_round(rnd, now_ms, messages, rounds)
+        self._settle_probabilities()
         if self.windows.evicted:
             self._forget(self.windows.evicted, self.windows.evicted_keys, now_ms, messages)
             self.windows.evicted.clear()
@@ -490,6 +501,10 @@ class Detector:
     ) -> bool:
         if self._samples_are_levels:
             rnd = _mean_sample(rnd)
+        if self.model.is_fitted and self.threshold.is_calibrated:
+            compiled = self._compiled_round(rnd, rounds)
+            if compiled is not None:
+                return compiled
         feats = self.features.transform(rnd)
         if not self.model.is_fitted:
             self.features.update(rnd, feats, np.ones(len(rnd), dtype=bool))
@@ -558,6 +573,60 @@ class Detector:
                     self.threshold.calibrate()
         self.features.update(rnd, feats, learn, new_normal)
         return drift
+
+    def _compiled_round(self, rnd: ClosedRound, rounds: list[_RoundScores]) -> bool | None:
+        """The round through ``_round_kernel.score_round`` (what follows in :meth:`_process_round`,
+        for a round that flags nothing); the drift flag, or None where the round needs that path."""
+        decision = self.threshold.decision()
+        codes = self.features.value_codes
+        if decision is None or codes is None:
+            return None
+        hour, how, hod = hour_buckets(rnd.start_ms)
+        shift, spread, proj, const = self.model.scoring_params()
+        assert self.scaler.center_ is not None and self.scaler.scale_ is not None
+        result = score_round(
+            rnd.key_id, rnd.start_ms, hour, how, hod,
+            rnd.count, rnd.revenue, rnd.units, rnd.max_ticket, rnd.log_ticket_sum, rnd.log_ticket_sq_sum,
+            rnd.log_units_sum, rnd.log_units_sq_sum, rnd.distinct_skus,
+            self.features.kernel_params, codes, expected_max_z_table(),
+            self.scaler.center_, self.scaler.scale_, shift, spread, proj, const, *decision,
+            self._since_flag, self._flag_streak, self._episode_alerts, self._episode_quiet,
+            self._cooldown, self.config.relearn_after, self.features.state_arrays,
+        )  # fmt: skip
+        if result is None:
+            return None
+        mature, values, X, score, calm = result
+        if not len(mature):
+            return False
+        scored = _RoundScores(
+            key_ids=rnd.key_id[mature],
+            start_ms=rnd.start_ms,
+            end_ms=rnd.end_ms,
+            score=score,
+            threshold=float(self.threshold.threshold),
+            probability=None,
+            is_anomaly=np.zeros(len(mature), dtype=bool),
+            features=values,
+            event_time_ms=rnd.last_event_ms[mature],
+        )
+        rounds.append(scored)
+        self._unsettled.append(scored)
+        self.windows_scored += len(mature)
+        self._pending.add(X, np.ones(len(mature)), score, calm)
+        return self._learn() if self._pending.n >= self.config.model.learn_batch else False
+
+    def _settle_probabilities(self) -> None:
+        """The probabilities of the compiled path's rounds, under the threshold they were scored
+        against (so before it learns)."""
+        if not self._unsettled:
+            return
+        scored = self._unsettled
+        probability = self.threshold.probability(np.concatenate([r.score for r in scored]))
+        at = 0
+        for r in scored:
+            r.probability = probability[at : at + len(r.score)]
+            at += len(r.score)
+        self._unsettled = []
 
     def _track_episodes(
         self,
@@ -633,6 +702,7 @@ class Detector:
         self.model = model
 
     def _learn(self) -> bool:
+        self._settle_probabilities()
         X, weight, score, calm = self._pending.take()
         if (weight == 0).mean() > self.config.regime_change_fraction:
             # So many flagged windows at once is a new regime, not a burst of anomalies.

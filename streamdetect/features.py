@@ -77,7 +77,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -268,10 +268,23 @@ class WindowFeatures:
         return self.expected_of()
 
 
-def _hour_buckets(start_ms: int) -> tuple[int, int, int]:
+@cache
+def expected_max_z_table() -> np.ndarray:
+    """Blom's expected maximum of c standard normals for the whole counts c below
+    ``kernels.MAX_Z_COUNTS`` (0 for c <= 1), as :meth:`FeatureExtractor.transform` computes it.
+
+    >>> expected_max_z_table()[[0, 1, 2, 100]].round(3).tolist()
+    [0.0, 0.0, 0.589, 2.499]
+    """
+    c = np.arange(kernels.MAX_Z_COUNTS, dtype=np.float64)
+    c_safe = np.maximum(c, 1.0)
+    return np.where(c > 1, ndtri((c_safe - 0.375) / (c_safe + 0.25)), 0.0)
+
+
+def hour_buckets(start_ms: int) -> tuple[int, int, int]:
     """The hour since the epoch a window starts in, its hour of week (0 = Monday 00:00 UTC) and of day.
 
-    >>> _hour_buckets(0)  # 1970-01-01 was a Thursday
+    >>> hour_buckets(0)  # 1970-01-01 was a Thursday
     (0, 72, 0)
     """
     hour = start_ms // 3_600_000
@@ -346,6 +359,9 @@ class FeatureExtractor:
         self._freeze_limit = float(self.config.freeze_limit / hop_s)
         self._scan = np.array(sorted(set(self.config.scan_windows)), dtype=np.int64)
         self._ring = int(self._scan[-1]) + 1
+        # The configured features as values_round's codes, where it computes them all.
+        codes = [kernels.VALUE_CODES.get(name, -1) for name in self.names]
+        self.value_codes = np.array(codes, dtype=np.int64) if min(codes) >= 0 else None
         self._arrays: dict[str, np.ndarray] = {}
         self._allocate(0)
 
@@ -436,12 +452,26 @@ class FeatureExtractor:
         for name, arr in self._arrays.items():
             arr[ids] = np.iinfo(np.int64).min // 2 if name == "last_start" else 0
 
+    @cached_property
+    def kernel_params(self) -> tuple[Any, ...]:
+        """What the kernels take besides a round and the state (``_round_kernel.score_round``'s ``params``)."""
+        return (
+            self.windows.hop_ms, self._min_bucket, self._trend_decay, self._single_sales, self._basket_z,
+            self._new_skus_z, self._scan, self._season_rate, self._level_rate, self._ticket_decay,
+            self._phi_rate, float(self.config.freeze_z), self._freeze_limit, self._ratios,
+        )  # fmt: skip
+
+    @property
+    def state_arrays(self) -> tuple[np.ndarray, ...]:
+        """The baselines in ``kernels.STATE_ORDER`` (the kernels' last parameters)."""
+        return self._state
+
     # ------------------------------------------------------------------ features
     def transform(self, rnd: ClosedRound) -> WindowFeatures:
         """Features of a round of windows under the baselines as they are (nothing is updated)."""
         self._ensure(rnd.key_id)
         a, k = self._arrays, rnd.key_id
-        hour, how, hod = _hour_buckets(rnd.start_ms)
+        hour, how, hod = hour_buckets(rnd.start_ms)
         c, r = rnd.count, rnd.revenue
         # Seasonal expectations, the key's tickets, baskets and assortment, the context, trend and
         # scan sums (see the module docstring), one row per window.
@@ -595,7 +625,7 @@ class FeatureExtractor:
         The short-horizon context records every window (it is what happened, anomalous or not),
         and, like the scan and the trend sums, restarts after a flagged one.
         """
-        hour, how, hod = _hour_buckets(rnd.start_ms)
+        hour, how, hod = hour_buckets(rnd.start_ms)
         kernels.update_round(
             rnd.key_id, rnd.start_ms, self.windows.hop_ms, hour, how, hod,
             rnd.count, rnd.revenue, rnd.units, rnd.log_ticket_sum, rnd.log_ticket_sq_sum,

@@ -64,6 +64,8 @@ class Threshold(Protocol):
 
     def classify(self, scores: np.ndarray) -> np.ndarray: ...
 
+    def decision(self) -> tuple[float, float] | None: ...
+
     def learn(self, scores: np.ndarray) -> None: ...
 
     def calibrate(self) -> None: ...
@@ -367,6 +369,11 @@ class SPOT:
     def classify(self, scores: Any) -> np.ndarray:
         return np.asarray(_as_scores(scores) > self.z_)
 
+    def decision(self) -> tuple[float, float] | None:
+        """``(offset, z)``: :meth:`classify` flags each score alone as ``score - offset > z`` and
+        :meth:`probability` is computed score by score (None where they are not: DSPOT)."""
+        return 0.0, self.z_
+
     def calibrate(self) -> None:
         """End the calibration now, on the scores learned so far (fewer than ``n_init``)."""
         if not self.is_calibrated and self.recent_.n:
@@ -561,6 +568,9 @@ class DSPOT(SPOT):
     def classify(self, scores: Any) -> np.ndarray:
         return np.asarray(self._residuals(_as_scores(scores)) > self.z_)
 
+    def decision(self) -> None:
+        return None  # a batch's residuals depend on its own earlier scores
+
     def learn(self, scores: Any) -> None:
         x = _as_scores(scores)
         if self.local_.n < self.depth:
@@ -642,6 +652,9 @@ class QuantileThreshold:
 
     def classify(self, scores: Any) -> np.ndarray:
         return np.asarray(_as_scores(scores) > self.threshold)
+
+    def decision(self) -> tuple[float, float] | None:
+        return 0.0, self.threshold
 
     def calibrate(self) -> None:
         """End the calibration now, on the scores learned so far (fewer than ``n_init``)."""

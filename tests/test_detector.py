@@ -484,3 +484,51 @@ def test_an_outage_that_alerts_in_bursts_stays_one_episode():
     assert len({a.episode_id for a in alerts}) == 1, [(a.window_start, a.episode_alert) for a in alerts]
     ends = [m for m in messages if isinstance(m, EpisodeResolved) and m.episode_id == alerts[0].episode_id]
     assert len(ends) == 1 and ends[0].resolved_at > end
+
+
+@pytest.mark.parametrize("method", ["spot", "quantile"])
+def test_the_compiled_round_gives_what_the_python_round_gives(monkeypatch, method):
+    """Rounds that flag nothing run through _round_kernel.score_round; the others, and every
+    round here with the compiled path turned off, through the numpy code: same output, same state."""
+    config = from_mapping(
+        DetectorConfig,
+        {"model": {"warmup": 1500, "n_init": 2}, "threshold": {"method": method, "n_init": 1000, "window": 5000}},
+    )
+    values, _ = stream()
+    compiled_rounds = 0
+    original = Detector._compiled_round
+
+    def counted(self, rnd, rounds):
+        nonlocal compiled_rounds
+        out = original(self, rnd, rounds)
+        compiled_rounds += out is not None
+        return out
+
+    def run_keeping(det: Detector) -> list[DetectorOutput]:
+        return [det.process(values[i : i + 5000]) for i in range(0, len(values), 5000)] + [det.flush()]
+
+    monkeypatch.setattr(Detector, "_compiled_round", counted)
+    fast_det = Detector(config)
+    fast = run_keeping(fast_det)
+    monkeypatch.setattr(Detector, "_compiled_round", lambda self, rnd, rounds: None)
+    plain_det = Detector(config)
+    plain = run_keeping(plain_det)
+    assert compiled_rounds > 1000
+
+    def identity(a: Alert) -> tuple:
+        return a.alert_id, a.key, a.window_start, a.severity, a.episode_alert
+
+    assert [identity(a) for a in alerts_of(fast)] == [identity(a) for a in alerts_of(plain)] != []
+    for f, p in zip(fast, plain, strict=True):
+        assert f.scored.keys == p.scored.keys
+        assert (f.scored.is_anomaly == p.scored.is_anomaly).all()
+        # The kernel sums the log-likelihood's products in another order than BLAS.
+        np.testing.assert_allclose(f.scored.score, p.scored.score, rtol=1e-12)
+        np.testing.assert_allclose(f.scored.probability, p.scored.probability, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(f.scored.features, p.scored.features, rtol=1e-12, atol=1e-15)
+    fast_state, plain_state = fast_det.to_state(), plain_det.to_state()
+    for name in ("flag_streak", "since_flag", "episode_alerts", "episode_quiet", "episode_start", "episode_end"):
+        assert fast_state[name] == plain_state[name], name
+    for name, arr in fast_state["features"]["arrays"].items():
+        np.testing.assert_allclose(arr, plain_state["features"]["arrays"][name], rtol=1e-9, atol=1e-12, err_msg=name)
+    assert fast_state["windows_scored"] == plain_state["windows_scored"]

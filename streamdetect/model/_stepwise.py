@@ -493,6 +493,13 @@ class StepwiseGMM:
         out[finite] = ll
         return out
 
+    def scoring_params(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(shift, scale, proj, const)``: what :meth:`score_samples` computes a row's
+        log-likelihood from (the model's standardisation ``(x - shift) / scale``, then
+        ``_estimate_weighted_log_prob``'s stacked projections and constants), for compiled scorers."""
+        derived = self._check_fitted()
+        return self._shift, self._scale, derived.proj, derived.const
+
     def anomaly_score(self, X: Any) -> np.ndarray:
         """Negative log-likelihood of each row (higher = more anomalous), shape (n,)."""
         return -self.score_samples(X)

@@ -1,0 +1,170 @@
+"""The detector's common round as one compiled call: features, scores, flags, learning.
+
+Most rounds of a stream flag nothing. For them :meth:`Detector._process_round` did a fixed
+sequence -- the features' two kernels, ~30 numpy operations around them, the scaler, the
+mixture's log-likelihood, the threshold's comparison, the per-key flag counters -- each a call of
+a few microseconds whatever the round's size, so a stream of few keys per round (one store, a
+metric series, a service's partition of a few keys) spent its time in call overheads.
+:func:`score_round` runs that sequence as one loop over the round's rows.
+
+It is all or nothing: it first computes without writing anything, and where the round needs what
+only the Python path does -- a flagged window (alerts, episodes), a key with an open episode, a
+key beyond the arrays' capacity, a count the feature kernel does not cover -- it returns without
+having written anything and the detector runs the round the ordinary way. The detector computes
+the rounds' probabilities later, in one call per stretch of rounds that the threshold did not
+change in between.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from streamdetect._feature_kernels import (
+    T_MATURE,
+    T_SCAN_Z,
+    _compiled,
+    transform_round,
+    update_round,
+    values_round,
+)
+
+EXP_CLIP = -300.0  # as streamdetect.model._em._EXP_CLIP: exp() of anything lower is taken as exp(-300)
+SCALED_CLIP = 1e4  # as streamdetect.scaling._CLIP
+
+
+@_compiled
+def log_likelihood(x, shift, spread, proj, const):
+    """``log p(x)`` of one scaled feature vector under the mixture: ``_em._estimate_resp``'s ``ll``
+    for one row (``proj``, ``const`` and the model's own standardisation ``shift``, ``spread``
+    from the fitted model)."""
+    d = len(x)
+    n_components = len(const)
+    z = np.empty(d)
+    for j in range(d):
+        z[j] = (x[j] - shift[j]) / spread[j]
+    joint = np.empty(n_components)
+    best = -np.inf
+    for k in range(n_components):
+        total = 0.0
+        for j in range(d):
+            row = proj[k * d + j]
+            y = row[d]
+            for m in range(d):
+                y += row[m] * z[m]
+            total += y * y
+        joint[k] = -0.5 * total + const[k]
+        best = max(best, joint[k])
+    summed = 0.0
+    for k in range(n_components):
+        summed += math.exp(max(joint[k] - best, EXP_CLIP))
+    return math.log(summed) + best
+
+
+@_compiled
+def score_round(
+    keys,
+    start_ms,
+    hour,
+    how,
+    hod,
+    count,
+    revenue,
+    units,
+    max_ticket,
+    log_ticket_sum,
+    log_ticket_sq_sum,
+    log_units_sum,
+    log_units_sq_sum,
+    distinct_skus,
+    params,
+    codes,
+    max_z,
+    center,
+    scale,
+    shift,
+    spread,
+    proj,
+    const,
+    offset,
+    z,
+    since_flag,
+    flag_streak,
+    episode_alerts,
+    episode_quiet,
+    cooldown,
+    relearn_after,
+    state,
+):
+    """One round through features, scaling, scoring and learning; see the module docstring.
+
+    ``params`` are FeatureExtractor.kernel_params(); ``codes``, ``max_z`` values_round's; ``center``
+    and ``scale`` the RobustScaler's; flags are ``score - offset > z`` (Threshold.decision()).
+    Returns None (nothing written) or ``(mature, values, X, score, calm)``: the rows scored, their
+    feature vectors, scaled, their scores, and whether each key has been calm long enough for the
+    threshold to learn its score.
+    """
+    (hop_ms, min_bucket, trend_decay, between_tickets, basket, new_skus, scan,
+     season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, ratios) = params  # fmt: skip
+    n = len(keys)
+    capacity = min(len(state[0]), len(since_flag))
+    for i in range(n):
+        if keys[i] >= capacity:
+            return None
+    cols = transform_round(
+        keys, start_ms, hop_ms, hour, how, hod,
+        count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
+        min_bucket, trend_decay, between_tickets, basket, new_skus, scan, *state,
+    )  # fmt: skip
+    values = values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, max_z)
+    if values is None:
+        return None
+    n_mature = 0
+    for i in range(n):
+        if cols[i, T_MATURE] != 0.0:
+            n_mature += 1
+    d = values.shape[1]
+    mature = np.empty(n_mature, dtype=np.int64)
+    X = np.empty((n_mature, d))
+    score = np.empty(n_mature)
+    m = 0
+    for i in range(n):
+        if cols[i, T_MATURE] == 0.0:
+            continue
+        if episode_alerts[keys[i]] > 0:
+            return None
+        for j in range(d):
+            X[m, j] = min(max((values[i, j] - center[j]) / scale[j], -SCALED_CLIP), SCALED_CLIP)
+        s = -log_likelihood(X[m], shift, spread, proj, const)
+        if not s - offset <= z:  # flagged, or NaN: a score the model cannot explain
+            return None
+        mature[m] = i
+        score[m] = s
+        m += 1
+
+    # Nothing flagged: from here on the round is written.
+    calm = np.empty(n_mature, dtype=np.bool_)
+    learn = np.ones(n, dtype=np.bool_)
+    new_normal = np.zeros(n, dtype=np.bool_)
+    for m in range(n_mature):
+        i = mature[m]
+        key = keys[i]
+        since = since_flag[key] + 1
+        since_flag[key] = since
+        calm[m] = since > cooldown
+        streak = 0 if calm[m] else flag_streak[key]
+        flag_streak[key] = streak
+        new_normal[i] = streak > relearn_after
+        episode_quiet[key] = 0 if abs(cols[i, T_SCAN_Z]) >= freeze_z else episode_quiet[key] + 1
+    update_round(
+        keys, start_ms, hop_ms, hour, how, hod,
+        count, revenue, units, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum, distinct_skus,
+        cols, learn, new_normal,
+        season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit,
+        between_tickets, basket, new_skus, ratios, *state,
+    )  # fmt: skip
+    out_values = np.empty((n_mature, d))
+    for m in range(n_mature):
+        out_values[m] = values[mature[m]]
+    return mature, out_values, X, score, calm
