@@ -16,12 +16,10 @@ columns of :func:`transform_round`'s output are named by the ``T_*`` constants.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
-import numba
 import numpy as np
 
+from streamdetect._jit import compiled as _compiled
 from streamdetect.windows import SKETCH_BITS
 
 # Columns of transform_round's output (one row per window of the round).
@@ -114,16 +112,6 @@ SHARE_CLIP = 1e-3  # no key's share of new SKUs is taken as exactly 0 or 1
 CLUMP_PRIOR_SALES = 20.0
 MAX_CLUMP = 1000.0
 
-
-
-def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` compiled by numba, its machine code cached on disk beside this module (or in
-    ``NUMBA_CACHE_DIR``) so that later processes load it in a fraction of a second; where no cache
-    directory is writable (a read-only install), compiled afresh in every process instead."""
-    try:
-        return numba.njit(cache=True)(fn)
-    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return numba.njit(fn)
 
 
 _U64_GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -24,17 +24,17 @@ import numpy as np
 from streamdetect._feature_kernels import (
     T_MATURE,
     T_SCAN_Z,
-    _compiled,
     transform_round,
     update_round,
     values_round,
 )
+from streamdetect._jit import compiled
 
 EXP_CLIP = -300.0  # as streamdetect.model._em._EXP_CLIP: exp() of anything lower is taken as exp(-300)
 SCALED_CLIP = 1e4  # as streamdetect.scaling._CLIP
 
 
-@_compiled
+@compiled
 def log_likelihood(x, shift, spread, proj, const):
     """``log p(x)`` of one scaled feature vector under the mixture: ``_em._estimate_resp``'s ``ll``
     for one row (``proj``, ``const`` and the model's own standardisation ``shift``, ``spread``
@@ -62,7 +62,7 @@ def log_likelihood(x, shift, spread, proj, const):
     return math.log(summed) + best
 
 
-@_compiled
+@compiled
 def score_round(
     keys,
     start_ms,

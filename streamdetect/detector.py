@@ -32,6 +32,8 @@ input is cut into batches, and the same input gives the same output byte for byt
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -50,12 +52,13 @@ from streamdetect.features import (
     hour_buckets,
     unavailable_features,
 )
+from streamdetect.features import compile_kernels as compile_feature_kernels
 from streamdetect.model import StepwiseGMM
 from streamdetect.scaling import RobustScaler
 from streamdetect.threshold import make_threshold, threshold_from_state
 from streamdetect.windows import ClosedRound, WindowAggregator
 
-__all__ = ["Detector", "DetectorOutput", "DetectorStats", "ScoredWindows"]
+__all__ = ["Detector", "DetectorOutput", "DetectorStats", "ScoredWindows", "compile_kernels"]
 
 STATE_VERSION = 1
 
@@ -244,6 +247,25 @@ def _mean_sample(rnd: ClosedRound) -> ClosedRound:
         log_ticket_sum=rnd.log_ticket_sum / c,
         log_ticket_sq_sum=rnd.log_ticket_sq_sum / c,
     )
+
+
+def compile_kernels() -> float:
+    """Compile (or load from numba's cache) the windows', the features' and the detector's
+    kernels; the seconds it took. A service calls it before joining its consumer group: compiling
+    afresh takes seconds, which inside the first batch could outlast the group's
+    ``max.poll.interval.ms``.
+
+    >>> compile_kernels() >= 0.0
+    True
+    """
+    started = time.perf_counter()
+    compile_feature_kernels()
+    windows = WindowAggregator()
+    one = np.ones(1)
+    windows.add(np.zeros(1, dtype=np.int64), [("k",)], amount=one, quantity=one, sku_hash=np.zeros(1, dtype=np.uint64))
+    list(windows.pop_closed(flush=True))
+    Detector()._compile()
+    return time.perf_counter() - started
 
 
 def _window_config(config: DetectorConfig) -> WindowConfig:
@@ -627,6 +649,23 @@ class Detector:
             r.probability = probability[at : at + len(r.score)]
             at += len(r.score)
         self._unsettled = []
+
+    def _compile(self) -> None:
+        """Compile (or load from the cache) :meth:`_compiled_round`'s kernel on one made-up round."""
+        one, key = np.ones(1), np.zeros(1, dtype=np.int64)
+        rnd = ClosedRound(0, self.windows.config.size_ms, key, one, one, one, one, one, one, one, key, one, one)
+        self.features.transform(rnd)  # allocates the baselines
+        self._grow_per_key(1)
+        d = len(self.features.names)
+        score_round(
+            rnd.key_id, rnd.start_ms, 0, 0, 0,
+            rnd.count, rnd.revenue, rnd.units, rnd.max_ticket, rnd.log_ticket_sum, rnd.log_ticket_sq_sum,
+            rnd.log_units_sum, rnd.log_units_sq_sum, rnd.distinct_skus,
+            self.features.kernel_params, np.zeros(d, dtype=np.int64), expected_max_z_table(),
+            np.zeros(d), np.ones(d), np.zeros(d), np.ones(d), np.zeros((d, d + 1)), np.zeros(1), 0.0, math.inf,
+            self._since_flag, self._flag_streak, self._episode_alerts, self._episode_quiet,
+            self._cooldown, self.config.relearn_after, self.features.state_arrays,
+        )  # fmt: skip
 
     def _track_episodes(
         self,

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from streamdetect._window_kernels import close_round
 from streamdetect.config import WindowConfig
 
 __all__ = ["SKETCH_BITS", "ClosedRound", "KeyIndex", "WindowAggregator", "estimate_distinct", "sku_bits"]
@@ -487,38 +488,22 @@ class WindowAggregator:
         cfg = self.config
         end = start + cfg.size_ms
         slots = self._open.pop_start(start)
-        data_keys = self._open.key_of_slot[slots]
-        idle_ms = round(cfg.idle_timeout * 1000)
-        live = self._last_data_end > 0
-        idle_keys = np.flatnonzero(live & (end - self._last_data_end <= idle_ms))
-        # Idle keys without data in this round (setdiff1d, without its sort: both are key ids).
-        has_data = np.zeros(len(self._last_data_end), dtype=bool)
-        has_data[data_keys] = True
-        zero_keys = idle_keys[~has_data[idle_keys]]
-        if len(slots) == 0 and len(zero_keys) == 0:
-            self._evict_stale(end)
-            return None
-
-        order = np.argsort(np.concatenate([data_keys, zero_keys]), kind="stable")
-        n_zero = len(zero_keys)
-        # take, not [:, order]: its rows come out contiguous, the layout the compiled feature kernels take.
-        vals = np.concatenate([self._open.values[:, slots], np.zeros((len(_FIELDS), n_zero))], axis=1)
-        vals = vals.take(order, axis=1)
-        bits = np.concatenate([self._open.bits[slots], np.zeros((n_zero, _WORDS), dtype=np.uint64)])[order]
-        last = np.concatenate([self._open.last_ms[slots], np.full(n_zero, start, dtype=np.int64)])[order]
-        key_id = np.concatenate([data_keys, zero_keys])[order]
-        max_ticket = np.where(np.isfinite(vals[2]), vals[2], 0.0)
-        self._last_data_end[data_keys] = end
+        key_id, vals, distinct, last = close_round(
+            slots, start, end, round(cfg.idle_timeout * 1000), self._open.values, self._open.bits,
+            self._open.last_ms, self._open.key_of_slot, self._last_data_end,
+        )  # fmt: skip
         self._evict_stale(end)
+        if not len(key_id):
+            return None
         return ClosedRound(
             start_ms=start,
             end_ms=end,
             key_id=key_id,
             count=vals[0],
             revenue=vals[1],
-            max_ticket=max_ticket,
+            max_ticket=vals[2],
             units=vals[3],
-            distinct_skus=estimate_distinct(bits),
+            distinct_skus=distinct,
             log_ticket_sum=vals[4],
             log_ticket_sq_sum=vals[5],
             last_event_ms=last,

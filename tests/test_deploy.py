@@ -434,7 +434,7 @@ def test_dockerfile() -> None:
 def test_compiled_kernels_cache_where_the_pod_can_write() -> None:
     # The Deployment's root filesystem is read-only: numba's cache must lie on a writable mount,
     # or every start compiles the feature kernels afresh (and a pod without any writable cache
-    # directory would only do that, see streamdetect._feature_kernels._compiled).
+    # directory would only do that, see streamdetect._jit.compiled).
     cache = re.search(r"NUMBA_CACHE_DIR=(\S+)", (ROOT / "Dockerfile").read_text())
     assert cache, "the image sets NUMBA_CACHE_DIR"
     pod = k8s_docs()["Deployment"]["spec"]["template"]["spec"]

@@ -407,7 +407,7 @@ def test_kernels_compile_where_no_cache_directory_is_writable(monkeypatch: pytes
     # which would make the package unimportable; the kernels compile in memory instead.
     import numba
 
-    from streamdetect import _feature_kernels as kernels
+    from streamdetect import _jit
 
     real = numba.njit
 
@@ -416,8 +416,8 @@ def test_kernels_compile_where_no_cache_directory_is_writable(monkeypatch: pytes
             raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(kernels.numba, "njit", njit)
-    twice = kernels._compiled(lambda x: 2 * x)
+    monkeypatch.setattr(_jit.numba, "njit", njit)
+    twice = _jit.compiled(lambda x: 2 * x)
     assert twice(21) == 42 and hasattr(twice, "signatures")  # a numba dispatcher, not the Python function
 
 

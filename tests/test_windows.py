@@ -217,3 +217,26 @@ def test_distinct_skus_of_a_window_are_counted_closely(n_skus):
     # A 64-bit bitmap was off by 3 or more at 16 SKUs in one window of 80; 1024 bits: within a
     # SKU up to a few dozen, and a few percent in the hundreds.
     assert abs(first.distinct_skus[0] - n_skus) <= max(1.0, 0.05 * n_skus)
+
+
+def test_a_closed_round_estimates_distinct_skus_as_the_reference_formula():
+    # The compiled round closing counts bits its own way: it must agree with estimate_distinct.
+    from streamdetect.windows import sku_bits
+
+    rng = np.random.default_rng(5)
+    agg = WindowAggregator(WindowConfig(size=60, allowed_lateness=0))
+    n = 3000
+    keys = [(f"k{i}",) for i in rng.integers(0, 40, n)]
+    hashes = rng.integers(0, 2**63, n, dtype=np.uint64) % np.uint64(rng.integers(1, 5000))
+    agg.add(np.full(n, 1_000, dtype=np.int64), keys, amount=np.ones(n), quantity=np.ones(n), sku_hash=hashes)
+    agg.add(np.array([120_000], dtype=np.int64), [("k0",)], amount=np.ones(1), quantity=np.ones(1),
+            sku_hash=np.zeros(1, dtype=np.uint64))
+    (first, *_) = list(agg.pop_closed())
+    kid = agg.keys.ids(keys)
+    word, bit = sku_bits(hashes)
+    bits = np.zeros((len(first.key_id), 16), dtype=np.uint64)
+    row = {int(k): r for r, k in enumerate(first.key_id)}
+    for k, w, b in zip(kid.tolist(), word.tolist(), bit.tolist(), strict=True):
+        bits[row[k], w] |= np.uint64(b)
+    np.testing.assert_allclose(first.distinct_skus, estimate_distinct(bits), rtol=1e-14)
+    assert first.distinct_skus.max() > 50

@@ -43,7 +43,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streamdetect.config import DetectorConfig
-from streamdetect.features import compile_kernels
+from streamdetect.detector import compile_kernels
 from streamdetect.kafka.admin import ensure_topics, service_topics
 from streamdetect.kafka.checkpoint import StateStore
 from streamdetect.kafka.clients import (
@@ -208,8 +208,8 @@ class Service:
             if self.exactly_once:
                 self.producer.init_transactions()
                 self._begin()
-            # Before joining the group: compiling the feature kernels afresh takes seconds.
-            log.info("feature kernels ready", extra={"seconds": round(compile_kernels(), 3)})
+            # Before joining the group: compiling the kernels afresh takes seconds.
+            log.info("kernels ready", extra={"seconds": round(compile_kernels(), 3)})
             self._consumer = Consumer(cconf)
             self.consumer.subscribe(list(k.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                     on_lost=self._on_lost)
