@@ -7,6 +7,9 @@ a few microseconds whatever the round's size, so a stream of few keys per round 
 metric series, a service's partition of a few keys) spent its time in call overheads.
 :func:`score_round` runs that sequence as one loop over the round's rows.
 
+Rounds of the warm-up (before the mixture is fitted) take the same call without the scoring:
+features are computed and learned, and the mature rows' vectors kept for the fit.
+
 It is all or nothing: it first computes without writing anything, and where the round needs what
 only the Python path does -- a flagged window (alerts, episodes), a key with an open episode, a
 key beyond the arrays' capacity, a count the feature kernel does not cover -- it returns without
@@ -64,51 +67,27 @@ def log_likelihood(x, shift, spread, proj, const):
 
 @compiled
 def score_round(
-    keys,
-    start_ms,
-    hour,
-    how,
-    hod,
-    count,
-    revenue,
-    units,
-    max_ticket,
-    log_ticket_sum,
-    log_ticket_sq_sum,
-    log_units_sum,
-    log_units_sq_sum,
-    distinct_skus,
-    params,
-    codes,
-    max_z,
-    center,
-    scale,
-    shift,
-    spread,
-    proj,
-    const,
-    offset,
-    z,
-    since_flag,
-    flag_streak,
-    episode_alerts,
-    episode_quiet,
-    cooldown,
-    relearn_after,
+    keys, start_ms, hour, how, hod,
+    count, revenue, units, max_ticket, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum,
+    distinct_skus, params, codes, max_z,
+    scoring, center, scale, shift, spread, proj, const, offset, z,
+    since_flag, flag_streak, episode_alerts, episode_quiet, cooldown, relearn_after,
     state,
-):
+):  # fmt: skip
     """One round through features, scaling, scoring and learning; see the module docstring.
 
-    ``params`` are FeatureExtractor.kernel_params(); ``codes``, ``max_z`` values_round's; ``center``
+    ``params`` are FeatureExtractor.kernel_params; ``codes``, ``max_z`` values_round's; ``center``
     and ``scale`` the RobustScaler's; flags are ``score - offset > z`` (Threshold.decision()).
     Returns None (nothing written) or ``(mature, values, X, score, calm)``: the rows scored, their
     feature vectors, scaled, their scores, and whether each key has been calm long enough for the
-    threshold to learn its score.
+    threshold to learn its score. Without ``scoring`` (the warm-up, before the mixture is fitted)
+    the round's features are learned and the mature rows and their vectors returned, the rest
+    empty; the per-key flag and episode counters are then neither read nor written.
     """
     (hop_ms, min_bucket, trend_decay, between_tickets, basket, new_skus, scan,
      season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, ratios) = params  # fmt: skip
     n = len(keys)
-    capacity = min(len(state[0]), len(since_flag))
+    capacity = min(len(state[0]), len(since_flag)) if scoring else len(state[0])
     for i in range(n):
         if keys[i] >= capacity:
             return None
@@ -125,29 +104,30 @@ def score_round(
         if cols[i, T_MATURE] != 0.0:
             n_mature += 1
     d = values.shape[1]
+    n_scored = n_mature if scoring else 0
     mature = np.empty(n_mature, dtype=np.int64)
-    X = np.empty((n_mature, d))
-    score = np.empty(n_mature)
+    X = np.empty((n_scored, d))
+    score = np.empty(n_scored)
     m = 0
     for i in range(n):
         if cols[i, T_MATURE] == 0.0:
             continue
-        if episode_alerts[keys[i]] > 0:
-            return None
-        for j in range(d):
-            X[m, j] = min(max((values[i, j] - center[j]) / scale[j], -SCALED_CLIP), SCALED_CLIP)
-        s = -log_likelihood(X[m], shift, spread, proj, const)
-        if not s - offset <= z:  # flagged, or NaN: a score the model cannot explain
-            return None
         mature[m] = i
-        score[m] = s
+        if scoring:
+            if episode_alerts[keys[i]] > 0:
+                return None
+            for j in range(d):
+                X[m, j] = min(max((values[i, j] - center[j]) / scale[j], -SCALED_CLIP), SCALED_CLIP)
+            score[m] = -log_likelihood(X[m], shift, spread, proj, const)
+            if not score[m] - offset <= z:  # flagged, or NaN: a score the model cannot explain
+                return None
         m += 1
 
     # Nothing flagged: from here on the round is written.
-    calm = np.empty(n_mature, dtype=np.bool_)
+    calm = np.empty(n_scored, dtype=np.bool_)
     learn = np.ones(n, dtype=np.bool_)
     new_normal = np.zeros(n, dtype=np.bool_)
-    for m in range(n_mature):
+    for m in range(n_scored):
         i = mature[m]
         key = keys[i]
         since = since_flag[key] + 1

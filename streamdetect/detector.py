@@ -523,24 +523,13 @@ class Detector:
     ) -> bool:
         if self._samples_are_levels:
             rnd = _mean_sample(rnd)
-        if self.model.is_fitted and self.threshold.is_calibrated:
-            compiled = self._compiled_round(rnd, rounds)
-            if compiled is not None:
-                return compiled
+        compiled = self._compiled_round(rnd, rounds)
+        if compiled is not None:
+            return compiled
         feats = self.features.transform(rnd)
         if not self.model.is_fitted:
             self.features.update(rnd, feats, np.ones(len(rnd), dtype=bool))
-            rows = feats.values[feats.mature]
-            if len(rows):
-                self._warmup_rows.append(rows)
-                self._warmup_n += len(rows)
-                if self._warmup_from_ms is None:
-                    self._warmup_from_ms = rnd.start_ms
-                m = self.config.model
-                spanned = rnd.end_ms - self._warmup_from_ms >= m.warmup_span * 1000 > 0
-                if self._warmup_n >= m.warmup or (spanned and self._warmup_n >= _ROWS_PER_FEATURE * rows.shape[1]):
-                    self._fit_warmup()
-                    self._fitted_at_ms = rnd.end_ms
+            self._warm_up(rnd, feats.values[feats.mature])
             return False
 
         mature = np.flatnonzero(feats.mature)
@@ -588,36 +577,69 @@ class Detector:
             # A key flagged for long enough has a new normal: its baselines follow (above), but
             # the mixture does not learn the transitional vectors, only what comes after.
             self._pending.add(X, (~flags).astype(np.float64), score, calm)
-            calibration_due = self._calibration_due(rnd.end_ms)
-            if self._pending.n >= self.config.model.learn_batch or calibration_due:
-                drift = self._learn()
-                if calibration_due:
-                    self.threshold.calibrate()
+            drift = self._learn_when_due(rnd.end_ms)
         self.features.update(rnd, feats, learn, new_normal)
+        return drift
+
+    def _warm_up(self, rnd: ClosedRound, rows: np.ndarray) -> None:
+        """Keep a warm-up round's mature feature vectors; fit the mixture once there are enough."""
+        if not len(rows):
+            return
+        self._warmup_rows.append(rows)
+        self._warmup_n += len(rows)
+        if self._warmup_from_ms is None:
+            self._warmup_from_ms = rnd.start_ms
+        m = self.config.model
+        spanned = rnd.end_ms - self._warmup_from_ms >= m.warmup_span * 1000 > 0
+        if self._warmup_n >= m.warmup or (spanned and self._warmup_n >= _ROWS_PER_FEATURE * rows.shape[1]):
+            self._fit_warmup()
+            self._fitted_at_ms = rnd.end_ms
+
+    def _learn_when_due(self, now_ms: int) -> bool:
+        """Learn the pending windows once there is a batch of them (or the calibration is due)."""
+        calibration_due = self._calibration_due(now_ms)
+        if self._pending.n < self.config.model.learn_batch and not calibration_due:
+            return False
+        drift = self._learn()
+        if calibration_due:
+            self.threshold.calibrate()
         return drift
 
     def _compiled_round(self, rnd: ClosedRound, rounds: list[_RoundScores]) -> bool | None:
         """The round through ``_round_kernel.score_round`` (what follows in :meth:`_process_round`,
-        for a round that flags nothing); the drift flag, or None where the round needs that path."""
-        decision = self.threshold.decision()
+        for a round that flags nothing, or one of the warm-up); the drift flag, or None where the
+        round needs that path."""
         codes = self.features.value_codes
-        if decision is None or codes is None:
+        if codes is None:
             return None
+        fitted = self.model.is_fitted
+        if fitted:
+            decision = self.threshold.decision()
+            if decision is None:
+                return None
+            shift, spread, proj, const = self.model.scoring_params()
+            center, scale = self.scaler.center_, self.scaler.scale_
+            assert center is not None and scale is not None
+        else:  # features only: the kernel neither scores nor reads these
+            decision, unused = None, np.zeros(0)
+            center = scale = shift = spread = const = unused
+            proj = np.zeros((0, 0))
         hour, how, hod = hour_buckets(rnd.start_ms)
-        shift, spread, proj, const = self.model.scoring_params()
-        assert self.scaler.center_ is not None and self.scaler.scale_ is not None
         result = score_round(
             rnd.key_id, rnd.start_ms, hour, how, hod,
             rnd.count, rnd.revenue, rnd.units, rnd.max_ticket, rnd.log_ticket_sum, rnd.log_ticket_sq_sum,
             rnd.log_units_sum, rnd.log_units_sq_sum, rnd.distinct_skus,
             self.features.kernel_params, codes, expected_max_z_table(),
-            self.scaler.center_, self.scaler.scale_, shift, spread, proj, const, *decision,
+            fitted, center, scale, shift, spread, proj, const, *(decision or (0.0, math.inf)),
             self._since_flag, self._flag_streak, self._episode_alerts, self._episode_quiet,
             self._cooldown, self.config.relearn_after, self.features.state_arrays,
         )  # fmt: skip
         if result is None:
             return None
         mature, values, X, score, calm = result
+        if not fitted:
+            self._warm_up(rnd, values)
+            return False
         if not len(mature):
             return False
         scored = _RoundScores(
@@ -635,7 +657,7 @@ class Detector:
         self._unsettled.append(scored)
         self.windows_scored += len(mature)
         self._pending.add(X, np.ones(len(mature)), score, calm)
-        return self._learn() if self._pending.n >= self.config.model.learn_batch else False
+        return self._learn_when_due(rnd.end_ms)
 
     def _settle_probabilities(self) -> None:
         """The probabilities of the compiled path's rounds, under the threshold they were scored
@@ -662,7 +684,7 @@ class Detector:
             rnd.count, rnd.revenue, rnd.units, rnd.max_ticket, rnd.log_ticket_sum, rnd.log_ticket_sq_sum,
             rnd.log_units_sum, rnd.log_units_sq_sum, rnd.distinct_skus,
             self.features.kernel_params, np.zeros(d, dtype=np.int64), expected_max_z_table(),
-            np.zeros(d), np.ones(d), np.zeros(d), np.ones(d), np.zeros((d, d + 1)), np.zeros(1), 0.0, math.inf,
+            True, np.zeros(d), np.ones(d), np.zeros(d), np.ones(d), np.zeros((d, d + 1)), np.zeros(1), 0.0, math.inf,
             self._since_flag, self._flag_streak, self._episode_alerts, self._episode_quiet,
             self._cooldown, self.config.relearn_after, self.features.state_arrays,
         )  # fmt: skip
