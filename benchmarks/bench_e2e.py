@@ -93,10 +93,11 @@ def ceiling(bootstrap: str, topic: str, ends: dict[int, int], batch: int,
 
 def core_only(values: dict[int, list[bytes]], batch: int, env: dict[str, str]) -> tuple[int, float, int]:
     """The detector core alone on the same per-partition input, in batches of ``batch``: (events, s, alerts)."""
-    from streamdetect.detector import Detector
+    from streamdetect.detector import Detector, compile_kernels
     from streamdetect.settings import load_config
 
     config = load_config(env=env).detector
+    compile_kernels()  # as the service does before it joins its group (not timed there either)
     n = alerts = 0
     started = time.perf_counter()
     for vals in values.values():
