@@ -10,9 +10,12 @@ metric series, a service's partition of a few keys) spent its time in call overh
 Rounds of the warm-up (before the mixture is fitted) take the same call without the scoring:
 features are computed and learned, and the mature rows' vectors kept for the fit.
 
+:func:`score_rounds` runs consecutive rounds in one call, up to the next learning step (which
+changes the mixture and the threshold) or the next round that needs the numpy path.
+
 It is all or nothing: it first computes without writing anything, and where the round needs what
-only the Python path does -- a flagged window (alerts, episodes), a key with an open episode, a
-key beyond the arrays' capacity, a count the feature kernel does not cover -- it returns without
+only the Python path does -- a flagged window (alerts, episodes), a window that ends an episode,
+a key beyond the arrays' capacity, a count the feature kernel does not cover -- it returns without
 having written anything and the detector runs the round the ordinary way. The detector computes
 the rounds' probabilities later, in one call per stretch of rounds that the threshold did not
 change in between.
@@ -114,7 +117,11 @@ def score_round(
             continue
         mature[m] = i
         if scoring:
-            if episode_alerts[keys[i]] > 0:
+            key = keys[i]
+            # An episode that this window ends (calm for more than `cooldown` windows, no
+            # sustained deviation) is resolved by the numpy path, which writes the message.
+            deviating = abs(cols[i, T_SCAN_Z]) >= freeze_z
+            if episode_alerts[key] > 0 and not deviating and episode_quiet[key] + 1 > cooldown:
                 return None
             for j in range(d):
                 X[m, j] = min(max((values[i, j] - center[j]) / scale[j], -SCALED_CLIP), SCALED_CLIP)
@@ -148,3 +155,85 @@ def score_round(
     for m in range(n_mature):
         out_values[m] = values[mature[m]]
     return mature, out_values, X, score, calm
+
+
+# Why score_rounds stopped (its second result).
+ALL_DONE, NEEDS_NUMPY, STEP_DUE = 0, 1, 2
+
+
+@compiled
+def score_rounds(
+    first, starts, size_ms, offsets, hour, how, hod,
+    keys, count, revenue, units, max_ticket, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum,
+    distinct_skus, params, codes, max_z,
+    scoring, center, scale, shift, spread, proj, const, offset, z,
+    since_flag, flag_streak, episode_alerts, episode_quiet, cooldown, relearn_after,
+    stop_rows, span_ms, span_rows, from_ms, calibration_ms, calibration_rows,
+    state,
+):  # fmt: skip
+    """:func:`score_round` over consecutive rounds, from round ``first`` of a batch of them (round
+    ``r`` is rows ``offsets[r]:offsets[r + 1]`` of the row arrays, from ``starts[r]`` for
+    ``size_ms``), as
+    far as nothing changes the mixture or the threshold: one call instead of one per round.
+
+    It stops after the round at which the learning step is due (``stop_rows`` more windows
+    scored, or the threshold's calibration: a round ending at ``calibration_ms`` or later once
+    ``calibration_rows`` more are scored) or, in the warm-up (no ``scoring``), the mixture's fit
+    (``stop_rows`` more mature rows, or ``span_rows`` of them spanning ``span_ms`` since
+    ``from_ms``, -1: since the first of them); or before a round that score_round leaves to numpy.
+    A stop that proves early costs a call: the detector checks the conditions again.
+
+    Returns ``(done, why, rows, values, X, score, calm)``: the rounds done, ALL_DONE, STEP_DUE or
+    NEEDS_NUMPY (for round ``first + done``), and score_round's results over the rounds done, with
+    ``rows`` indexing the row arrays.
+    """
+    n_rounds = len(starts)
+    total = offsets[n_rounds] - offsets[first]
+    d = len(codes)
+    rows = np.empty(total, dtype=np.int64)
+    values = np.empty((total, d))
+    n_out = total if scoring else 0
+    X = np.empty((n_out, d))
+    score = np.empty(n_out)
+    calm = np.empty(n_out, dtype=np.bool_)
+    m = 0
+    why = ALL_DONE
+    r = first
+    while r < n_rounds:
+        lo, hi = offsets[r], offsets[r + 1]
+        start = starts[r]
+        done = score_round(
+            keys[lo:hi], start, hour[r], how[r], hod[r],
+            count[lo:hi], revenue[lo:hi], units[lo:hi], max_ticket[lo:hi], log_ticket_sum[lo:hi],
+            log_ticket_sq_sum[lo:hi], log_units_sum[lo:hi], log_units_sq_sum[lo:hi], distinct_skus[lo:hi],
+            params, codes, max_z,
+            scoring, center, scale, shift, spread, proj, const, offset, z,
+            since_flag, flag_streak, episode_alerts, episode_quiet, cooldown, relearn_after,
+            state,
+        )  # fmt: skip
+        if done is None:
+            why = NEEDS_NUMPY
+            break
+        mature, round_values, round_X, round_score, round_calm = done
+        k = len(mature)
+        for j in range(k):
+            rows[m + j] = lo + mature[j]
+            values[m + j] = round_values[j]
+            if scoring:
+                X[m + j] = round_X[j]
+                score[m + j] = round_score[j]
+                calm[m + j] = round_calm[j]
+        m += k
+        r += 1
+        end = start + size_ms
+        if scoring:
+            if m >= stop_rows or (end >= calibration_ms and m >= calibration_rows):
+                why = STEP_DUE
+                break
+        elif k:
+            if from_ms < 0:
+                from_ms = start
+            if m >= stop_rows or (span_ms > 0 and end - from_ms >= span_ms and m >= span_rows):
+                why = STEP_DUE
+                break
+    return r - first, why, rows[:m], values[:m], X[:m], score[:m], calm[:m]

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from streamdetect._round_kernel import score_round
+from streamdetect._round_kernel import NEEDS_NUMPY, STEP_DUE, score_rounds
 from streamdetect.alerts import SEVERITIES, VALUE_SERIES_NAMES, Alert, Contribution, EpisodeResolved, format_time
 from streamdetect.config import DetectorConfig, WindowConfig
 from streamdetect.drift import ScoreDriftMonitor
@@ -49,7 +49,7 @@ from streamdetect.features import (
     FeatureExtractor,
     WindowFeatures,
     expected_max_z_table,
-    hour_buckets,
+    hour_buckets_of,
     unavailable_features,
 )
 from streamdetect.features import compile_kernels as compile_feature_kernels
@@ -138,11 +138,11 @@ class DetectorStats:
 
 @dataclass
 class _RoundScores:
-    """What one round contributed to the output, before concatenation."""
+    """What one round (or a stretch of compiled rounds) contributed to the output, before concatenation."""
 
     key_ids: np.ndarray
-    start_ms: int
-    end_ms: int
+    start_ms: np.ndarray
+    end_ms: np.ndarray
     score: np.ndarray
     threshold: float
     probability: np.ndarray | None  # None until Detector._settle_probabilities
@@ -173,6 +173,46 @@ class _Pending:
                np.concatenate(self.calm))
         self.X, self.weight, self.score, self.calm, self.n = [], [], [], [], 0
         return out
+
+
+@dataclass
+class _RoundBatch:
+    """Closed rounds as one set of row arrays: round ``r`` is rows ``offsets[r]:offsets[r + 1]``."""
+
+    starts: np.ndarray
+    size_ms: int
+    offsets: np.ndarray
+    hour: np.ndarray
+    how: np.ndarray
+    hod: np.ndarray
+    key_id: np.ndarray
+    count: np.ndarray
+    revenue: np.ndarray
+    units: np.ndarray
+    max_ticket: np.ndarray
+    log_ticket_sum: np.ndarray
+    log_ticket_sq_sum: np.ndarray
+    log_units_sum: np.ndarray
+    log_units_sq_sum: np.ndarray
+    distinct_skus: np.ndarray
+    last_event_ms: np.ndarray
+
+    _ROWS = (
+        "key_id", "count", "revenue", "units", "max_ticket", "log_ticket_sum", "log_ticket_sq_sum",
+        "log_units_sum", "log_units_sq_sum", "distinct_skus", "last_event_ms",
+    )  # fmt: skip
+
+    @classmethod
+    def of(cls, rounds: list[ClosedRound], size_ms: int) -> _RoundBatch:
+        offsets = np.zeros(len(rounds) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rounds], out=offsets[1:])
+        starts = np.array([r.start_ms for r in rounds], dtype=np.int64)
+        rows = {name: np.concatenate([getattr(r, name) for r in rounds]) for name in cls._ROWS}
+        return cls(starts, size_ms, offsets, *hour_buckets_of(starts), **rows)
+
+    def round_of(self, rows: np.ndarray) -> np.ndarray:
+        """The round of each row."""
+        return np.searchsorted(self.offsets, rows, side="right") - 1
 
 
 _NEVER_FLAGGED = 1 << 40
@@ -435,8 +475,11 @@ class Detector:
         messages: list[Alert | EpisodeResolved] = []
         rounds: list[_RoundScores] = []
         drift = False
-        for rnd in self.windows.pop_closed(flush=flush):
-            drift |= self._process_round(rnd, now_ms, messages, rounds)
+        closed = list(self.windows.pop_closed(flush=flush))
+        if self._samples_are_levels:
+            closed = [_mean_sample(rnd) for rnd in closed]
+        if closed:
+            drift = self._process_rounds(closed, now_ms, messages, rounds)
         self._settle_probabilities()
         if self.windows.evicted:
             self._forget(self.windows.evicted, self.windows.evicted_keys, now_ms, messages)
@@ -521,11 +564,6 @@ class Detector:
         messages: list[Alert | EpisodeResolved],
         rounds: list[_RoundScores],
     ) -> bool:
-        if self._samples_are_levels:
-            rnd = _mean_sample(rnd)
-        compiled = self._compiled_round(rnd, rounds)
-        if compiled is not None:
-            return compiled
         feats = self.features.transform(rnd)
         if not self.model.is_fitted:
             self.features.update(rnd, feats, np.ones(len(rnd), dtype=bool))
@@ -563,8 +601,8 @@ class Detector:
             rounds.append(
                 _RoundScores(
                     key_ids=key_ids,
-                    start_ms=rnd.start_ms,
-                    end_ms=rnd.end_ms,
+                    start_ms=np.full(len(key_ids), rnd.start_ms, dtype=np.int64),
+                    end_ms=np.full(len(key_ids), rnd.end_ms, dtype=np.int64),
                     score=score,
                     threshold=threshold,
                     probability=probability,
@@ -583,17 +621,25 @@ class Detector:
 
     def _warm_up(self, rnd: ClosedRound, rows: np.ndarray) -> None:
         """Keep a warm-up round's mature feature vectors; fit the mixture once there are enough."""
-        if not len(rows):
-            return
+        if len(rows):
+            self._keep_warmup(rows, rnd.start_ms)
+            self._fit_warmup_when_due(rnd.end_ms)
+
+    def _keep_warmup(self, rows: np.ndarray, start_ms: int) -> None:
+        """Keep warm-up rows, the first of them from a window starting at ``start_ms``."""
         self._warmup_rows.append(rows)
         self._warmup_n += len(rows)
         if self._warmup_from_ms is None:
-            self._warmup_from_ms = rnd.start_ms
+            self._warmup_from_ms = start_ms
+
+    def _fit_warmup_when_due(self, now_ms: int) -> None:
+        """Fit the mixture on the warm-up rows once there are enough (or enough spanning long enough)."""
         m = self.config.model
-        spanned = rnd.end_ms - self._warmup_from_ms >= m.warmup_span * 1000 > 0
-        if self._warmup_n >= m.warmup or (spanned and self._warmup_n >= _ROWS_PER_FEATURE * rows.shape[1]):
+        assert self._warmup_from_ms is not None
+        spanned = now_ms - self._warmup_from_ms >= m.warmup_span * 1000 > 0
+        if self._warmup_n >= m.warmup or (spanned and self._warmup_n >= _ROWS_PER_FEATURE * len(self.features.names)):
             self._fit_warmup()
-            self._fitted_at_ms = rnd.end_ms
+            self._fitted_at_ms = now_ms
 
     def _learn_when_due(self, now_ms: int) -> bool:
         """Learn the pending windows once there is a batch of them (or the calibration is due)."""
@@ -605,59 +651,99 @@ class Detector:
             self.threshold.calibrate()
         return drift
 
-    def _compiled_round(self, rnd: ClosedRound, rounds: list[_RoundScores]) -> bool | None:
-        """The round through ``_round_kernel.score_round`` (what follows in :meth:`_process_round`,
-        for a round that flags nothing, or one of the warm-up); the drift flag, or None where the
-        round needs that path."""
+    def _process_rounds(
+        self,
+        closed: list[ClosedRound],
+        now_ms: int | None,
+        messages: list[Alert | EpisodeResolved],
+        rounds: list[_RoundScores],
+    ) -> bool:
+        """Closed rounds in order: stretches of them through the compiled kernel, the rounds it
+        leaves (a flag, the end of an episode, a new key) through :meth:`_process_round`."""
+        batch = _RoundBatch.of(closed, self.windows.config.size_ms)
+        drift = False
+        r = 0
+        while r < len(closed):
+            done, needs_numpy, step_drift = self._compiled_rounds(batch, r, rounds)
+            drift |= step_drift
+            r += done
+            if needs_numpy:
+                drift |= self._process_round(closed[r], now_ms, messages, rounds)
+                r += 1
+        return drift
+
+    def _compiled_rounds(self, batch: _RoundBatch, first: int, rounds: list[_RoundScores]) -> tuple[int, bool, bool]:
+        """Rounds from ``first`` on through ``_round_kernel.score_rounds`` (what
+        :meth:`_process_round` does with a round that flags nothing, or one of the warm-up), up to
+        the next learning step or warm-up fit, which it then takes: ``(rounds done, whether the
+        next needs _process_round, drift)``."""
         codes = self.features.value_codes
         if codes is None:
-            return None
+            return 0, True, False
+        cfg = self.config.model
         fitted = self.model.is_fitted
         if fitted:
             decision = self.threshold.decision()
             if decision is None:
-                return None
+                return 0, True, False
             shift, spread, proj, const = self.model.scoring_params()
             center, scale = self.scaler.center_, self.scaler.scale_
             assert center is not None and scale is not None
-        else:  # features only: the kernel neither scores nor reads these
-            decision, unused = None, np.zeros(0)
+            stop_rows, span_ms, span_rows, from_ms = cfg.learn_batch - self._pending.n, 0.0, 0, -1
+            calibration_ms, calibration_rows = self._calibration_time()
+        else:  # the warm-up: features only, the kernel neither scores nor reads these
+            decision, unused = (0.0, math.inf), np.zeros(0)
             center = scale = shift = spread = const = unused
             proj = np.zeros((0, 0))
-        hour, how, hod = hour_buckets(rnd.start_ms)
-        result = score_round(
-            rnd.key_id, rnd.start_ms, hour, how, hod,
-            rnd.count, rnd.revenue, rnd.units, rnd.max_ticket, rnd.log_ticket_sum, rnd.log_ticket_sq_sum,
-            rnd.log_units_sum, rnd.log_units_sq_sum, rnd.distinct_skus,
+            stop_rows, span_ms = cfg.warmup - self._warmup_n, cfg.warmup_span * 1000.0
+            span_rows = _ROWS_PER_FEATURE * len(codes) - self._warmup_n
+            from_ms = -1 if self._warmup_from_ms is None else self._warmup_from_ms
+            calibration_ms, calibration_rows = math.inf, 0
+        b = batch
+        done, why, rows, values, X, score, calm = score_rounds(
+            first, b.starts, b.size_ms, b.offsets, b.hour, b.how, b.hod,
+            b.key_id, b.count, b.revenue, b.units, b.max_ticket, b.log_ticket_sum, b.log_ticket_sq_sum,
+            b.log_units_sum, b.log_units_sq_sum, b.distinct_skus,
             self.features.kernel_params, codes, expected_max_z_table(),
-            fitted, center, scale, shift, spread, proj, const, *(decision or (0.0, math.inf)),
+            fitted, center, scale, shift, spread, proj, const, *decision,
             self._since_flag, self._flag_streak, self._episode_alerts, self._episode_quiet,
-            self._cooldown, self.config.relearn_after, self.features.state_arrays,
+            self._cooldown, self.config.relearn_after,
+            stop_rows, span_ms, span_rows, from_ms, calibration_ms, calibration_rows,
+            self.features.state_arrays,
         )  # fmt: skip
-        if result is None:
-            return None
-        mature, values, X, score, calm = result
+        step_due, needs_numpy = why == STEP_DUE, why == NEEDS_NUMPY
+        last_end = int(b.starts[first + done - 1]) + b.size_ms if done else 0
         if not fitted:
-            self._warm_up(rnd, values)
-            return False
-        if not len(mature):
-            return False
-        scored = _RoundScores(
-            key_ids=rnd.key_id[mature],
-            start_ms=rnd.start_ms,
-            end_ms=rnd.end_ms,
-            score=score,
-            threshold=float(self.threshold.threshold),
-            probability=None,
-            is_anomaly=np.zeros(len(mature), dtype=bool),
-            features=values,
-            event_time_ms=rnd.last_event_ms[mature],
-        )
-        rounds.append(scored)
-        self._unsettled.append(scored)
-        self.windows_scored += len(mature)
-        self._pending.add(X, np.ones(len(mature)), score, calm)
-        return self._learn_when_due(rnd.end_ms)
+            if len(rows):
+                self._keep_warmup(values, int(b.starts[b.round_of(rows[0])]))
+            if step_due:
+                self._fit_warmup_when_due(last_end)
+            return done, needs_numpy, False
+        if len(rows):
+            starts = b.starts[b.round_of(rows)]
+            scored = _RoundScores(
+                key_ids=b.key_id[rows],
+                start_ms=starts,
+                end_ms=starts + b.size_ms,
+                score=score,
+                threshold=float(self.threshold.threshold),
+                probability=None,
+                is_anomaly=np.zeros(len(rows), dtype=bool),
+                features=values,
+                event_time_ms=b.last_event_ms[rows],
+            )
+            rounds.append(scored)
+            self._unsettled.append(scored)
+            self.windows_scored += len(rows)
+            self._pending.add(X, np.ones(len(rows)), score, calm)
+        return done, needs_numpy, self._learn_when_due(last_end) if step_due else False
+
+    def _calibration_time(self) -> tuple[float, int]:
+        """When :meth:`_calibration_due` can first hold: ``(event time, more windows scored)``."""
+        span_ms = self.config.threshold.calibration_span * 1000
+        if self.threshold.is_calibrated or self._fitted_at_ms is None or not span_ms > 0:
+            return math.inf, 0
+        return self._fitted_at_ms + span_ms, _MIN_CALIBRATION - self.windows_scored
 
     def _settle_probabilities(self) -> None:
         """The probabilities of the compiled path's rounds, under the threshold they were scored
@@ -673,21 +759,10 @@ class Detector:
         self._unsettled = []
 
     def _compile(self) -> None:
-        """Compile (or load from the cache) :meth:`_compiled_round`'s kernel on one made-up round."""
+        """Compile (or load from the cache) :meth:`_compiled_rounds`' kernel on one made-up round."""
         one, key = np.ones(1), np.zeros(1, dtype=np.int64)
         rnd = ClosedRound(0, self.windows.config.size_ms, key, one, one, one, one, one, one, one, key, one, one)
-        self.features.transform(rnd)  # allocates the baselines
-        self._grow_per_key(1)
-        d = len(self.features.names)
-        score_round(
-            rnd.key_id, rnd.start_ms, 0, 0, 0,
-            rnd.count, rnd.revenue, rnd.units, rnd.max_ticket, rnd.log_ticket_sum, rnd.log_ticket_sq_sum,
-            rnd.log_units_sum, rnd.log_units_sq_sum, rnd.distinct_skus,
-            self.features.kernel_params, np.zeros(d, dtype=np.int64), expected_max_z_table(),
-            True, np.zeros(d), np.ones(d), np.zeros(d), np.ones(d), np.zeros((d, d + 1)), np.zeros(1), 0.0, math.inf,
-            self._since_flag, self._flag_streak, self._episode_alerts, self._episode_quiet,
-            self._cooldown, self.config.relearn_after, self.features.state_arrays,
-        )  # fmt: skip
+        self._compiled_rounds(_RoundBatch.of([rnd], rnd.end_ms), 0, [])
 
     def _track_episodes(
         self,
@@ -881,8 +956,8 @@ class Detector:
             keys.append(d)
         return ScoredWindows(
             keys=keys,
-            start_ms=np.repeat([r.start_ms for r in rounds], lengths).astype(np.int64),
-            end_ms=np.repeat([r.end_ms for r in rounds], lengths).astype(np.int64),
+            start_ms=np.concatenate([r.start_ms for r in rounds]),
+            end_ms=np.concatenate([r.end_ms for r in rounds]),
             score=np.concatenate([r.score for r in rounds]),
             threshold=np.repeat([r.threshold for r in rounds], lengths).astype(np.float64),
             probability=np.concatenate([r.probability for r in rounds]),

@@ -281,6 +281,16 @@ def expected_max_z_table() -> np.ndarray:
     return np.where(c > 1, ndtri((c_safe - 0.375) / (c_safe + 0.25)), 0.0)
 
 
+def hour_buckets_of(start_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`hour_buckets` of every start in an array.
+
+    >>> [b.tolist() for b in hour_buckets_of(np.array([0, 86_400_000]))]
+    [[0, 24], [72, 96], [0, 0]]
+    """
+    hour = start_ms // 3_600_000
+    return hour, (hour + _EPOCH_WEEKDAY_HOURS) % _HOURS_PER_WEEK, hour % 24
+
+
 def hour_buckets(start_ms: int) -> tuple[int, int, int]:
     """The hour since the epoch a window starts in, its hour of week (0 = Monday 00:00 UTC) and of day.
 

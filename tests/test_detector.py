@@ -488,7 +488,7 @@ def test_an_outage_that_alerts_in_bursts_stays_one_episode():
 
 @pytest.mark.parametrize("method", ["spot", "quantile"])
 def test_the_compiled_round_gives_what_the_python_round_gives(monkeypatch, method):
-    """Rounds that flag nothing run through _round_kernel.score_round; the others, and every
+    """Rounds that flag nothing run through _round_kernel.score_rounds; the others, and every
     round here with the compiled path turned off, through the numpy code: same output, same state."""
     config = from_mapping(
         DetectorConfig,
@@ -496,21 +496,21 @@ def test_the_compiled_round_gives_what_the_python_round_gives(monkeypatch, metho
     )
     values, _ = stream()
     compiled_rounds = 0
-    original = Detector._compiled_round
+    original = Detector._compiled_rounds
 
-    def counted(self, rnd, rounds):
+    def counted(self, batch, first, rounds):
         nonlocal compiled_rounds
-        out = original(self, rnd, rounds)
-        compiled_rounds += out is not None
+        out = original(self, batch, first, rounds)
+        compiled_rounds += out[0]
         return out
 
     def run_keeping(det: Detector) -> list[DetectorOutput]:
         return [det.process(values[i : i + 5000]) for i in range(0, len(values), 5000)] + [det.flush()]
 
-    monkeypatch.setattr(Detector, "_compiled_round", counted)
+    monkeypatch.setattr(Detector, "_compiled_rounds", counted)
     fast_det = Detector(config)
     fast = run_keeping(fast_det)
-    monkeypatch.setattr(Detector, "_compiled_round", lambda self, rnd, rounds: None)
+    monkeypatch.setattr(Detector, "_compiled_rounds", lambda self, batch, first, rounds: (0, True, False))
     plain_det = Detector(config)
     plain = run_keeping(plain_det)
     assert compiled_rounds > 1000
@@ -519,6 +519,11 @@ def test_the_compiled_round_gives_what_the_python_round_gives(monkeypatch, metho
         return a.alert_id, a.key, a.window_start, a.severity, a.episode_alert
 
     assert [identity(a) for a in alerts_of(fast)] == [identity(a) for a in alerts_of(plain)] != []
+
+    def ends(outs: list[DetectorOutput]) -> list[tuple]:
+        return [(r.resolution_id, r.resolved_at, r.calm_windows, r.alerts, r.reason) for o in outs for r in o.resolved]
+
+    assert ends(fast) == ends(plain) != []
     for f, p in zip(fast, plain, strict=True):
         assert f.scored.keys == p.scored.keys
         assert (f.scored.is_anomaly == p.scored.is_anomaly).all()
