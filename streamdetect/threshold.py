@@ -44,6 +44,7 @@ from streamdetect.config import ConfigError, ThresholdConfig
 STATE_VERSION = 1
 _EPS = 1e-8
 _GRID = 32
+_REFIT_FRACTION = 64.0  # SPOT refits its tail once the new peaks are this fraction of those kept
 _CALIBRATION_ROUNDS = 3
 _MIN_PEAKS = 30
 _LR_CRITICAL = 3.841  # chi-square(1) at 95 %: the shape parameter must earn its place
@@ -357,6 +358,7 @@ class SPOT:
         self.n_fits_ = 0
         self._n_imputed = 0
         self._censor_budget = 0.0
+        self._peaks_since_fit = 0
 
     @property
     def is_calibrated(self) -> bool:
@@ -405,7 +407,14 @@ class SPOT:
         if len(peaks):
             self.n_peaks_ += len(peaks)
             self.peaks_.push(peaks)
-            self._fit()
+            # A refit costs a pass of logarithms over every peak kept for each of 64 grid points:
+            # it waits for new peaks worth 1/64 of those kept (a fit of 2,000 peaks lags by at
+            # most 31 of them); meanwhile z_q follows the counts under the last fit.
+            self._peaks_since_fit += len(peaks)
+            if self._peaks_since_fit >= self.peaks_.n / _REFIT_FRACTION:
+                self._fit()
+            else:
+                self._set_quantile()
 
     def _impute_beyond_z(self, m: int) -> np.ndarray:
         """``m`` excesses over ``t`` drawn (deterministically) from the fitted tail beyond ``z_q``."""
@@ -463,9 +472,16 @@ class SPOT:
             return
         self.gamma_, self.sigma_ = shrunk_gpd(y)
         self.sigma_ = max(self.sigma_, _EPS)
-        z = _tail_quantile(t, self.gamma_, self.sigma_, self.risk, self.n_, self.n_peaks_)
-        self.z_ = z if np.isfinite(z) else float(y.max()) + t
+        self._set_quantile()
         self.n_fits_ += 1
+        self._peaks_since_fit = 0
+
+    def _set_quantile(self) -> None:
+        """z_q from the fitted tail and the current counts."""
+        t = self.init_t_
+        assert t is not None
+        z = _tail_quantile(t, self.gamma_, self.sigma_, self.risk, self.n_, self.n_peaks_)
+        self.z_ = z if np.isfinite(z) else float(self.peaks_.values[: self.peaks_.n].max()) + t
 
     def probability(self, scores: Any) -> np.ndarray:
         x = _as_scores(scores)
@@ -505,6 +521,7 @@ class SPOT:
             "n_fits": self.n_fits_,
             "n_imputed": self._n_imputed,
             "censor_budget": self._censor_budget,
+            "peaks_since_fit": self._peaks_since_fit,
         }
 
     def _load(self, state: Mapping[str, Any]) -> None:
@@ -519,6 +536,7 @@ class SPOT:
         self.n_fits_ = int(state["n_fits"])
         self._n_imputed = int(state["n_imputed"])
         self._censor_budget = float(state["censor_budget"])
+        self._peaks_since_fit = int(state.get("peaks_since_fit", 0))  # states from before refit on every peak
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> SPOT:

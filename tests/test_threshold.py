@@ -300,3 +300,25 @@ def test_the_tail_fit_never_raises(excesses: list[float]) -> None:
     positive scale: a failed fit would stop the service (a bracketing failure did, on NAB)."""
     gamma, sigma = shrunk_gpd(np.array(excesses))
     assert math.isfinite(gamma) and math.isfinite(sigma) and sigma > 0
+
+
+def test_spot_refits_its_tail_once_the_new_peaks_are_worth_it():
+    # A refit passes over every peak kept: with many kept, a few new ones only move z_q by the
+    # counts until they are 1/64 of those kept; the state remembers how many are waiting.
+    rng = np.random.default_rng(4)
+    spot = SPOT(risk=1e-3, n_init=2000, max_excess=2000, window=20000)
+    spot.learn(rng.exponential(size=20000))
+    kept, fits = spot.peaks_.n, spot.n_fits_
+    assert kept >= 400  # a refit waits for 400 / 64 = 6.25 new peaks
+    small = rng.exponential(size=100)  # about 2 peaks above the 98 % level
+    before = spot.z_
+    spot.learn(small)
+    assert spot.n_fits_ == fits and spot.z_ != before  # the same fit, the counts moved z_q
+    clone = SPOT.from_state(orjson.loads(orjson.dumps(spot.to_state())))
+    for _ in range(30):
+        batch = rng.exponential(size=200)
+        spot.learn(batch)
+        clone.learn(batch)
+        assert clone.z_ == spot.z_  # refitted at the same moments after a restart
+    assert spot.n_fits_ > fits
+    assert abs(spot.z_ - math.log(1e3)) < 0.5  # and still the exponential's 1e-3 quantile
