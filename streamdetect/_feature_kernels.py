@@ -588,18 +588,35 @@ def update_round(
             _learn_mean(dsr, dsr_n, key, math.log((distinct_skus[i] + 1.0) / (c + 1.0)), level_rate)
 
 
-# The features values_round computes, by code (the others stay with FeatureExtractor.transform).
+# The features values_round computes: a column of transform_round's output, or (from _COMPUTED
+# on) one computed from it and the round (the others stay with FeatureExtractor.transform).
+_COMPUTED = 100
+(
+    V_MAX_TICKET_Z, V_COUNT_TREND_Z, V_COUNT_RATIO_SEASONAL, V_REVENUE_TREND_RATIO, V_COUNT, V_REVENUE,
+    V_LOG_COUNT, V_LOG_REVENUE, V_MEAN_TICKET, V_MAX_TICKET, V_UNITS, V_DISTINCT_SKUS,
+) = range(_COMPUTED, _COMPUTED + 12)  # fmt: skip
 VALUE_CODES: dict[str, int] = {
-    name: code
-    for code, name in enumerate(
-        (
-            "count_z", "revenue_ratio", "mean_ticket_z", "max_ticket_z", "units_per_event_z",
-            "distinct_skus_z", "count_context_z", "revenue_context_ratio", "count_scan_z",
-            "count_trend_z", "count_ratio_seasonal", "revenue_trend_ratio",
-            "count", "revenue", "log_count", "log_revenue", "mean_ticket", "max_ticket", "units", "distinct_skus",
-        )
-    )
-}  # fmt: skip
+    "count_z": T_COUNT_Z,
+    "revenue_ratio": T_REVENUE_RATIO,
+    "mean_ticket_z": T_TICKET_Z,
+    "units_per_event_z": T_UNITS_Z,
+    "distinct_skus_z": T_SKUS_Z,
+    "count_context_z": T_COUNT_CONTEXT_Z,
+    "revenue_context_ratio": T_REVENUE_CONTEXT_RATIO,
+    "count_scan_z": T_SCAN_Z,
+    "max_ticket_z": V_MAX_TICKET_Z,
+    "count_trend_z": V_COUNT_TREND_Z,
+    "count_ratio_seasonal": V_COUNT_RATIO_SEASONAL,
+    "revenue_trend_ratio": V_REVENUE_TREND_RATIO,
+    "count": V_COUNT,
+    "revenue": V_REVENUE,
+    "log_count": V_LOG_COUNT,
+    "log_revenue": V_LOG_REVENUE,
+    "mean_ticket": V_MEAN_TICKET,
+    "max_ticket": V_MAX_TICKET,
+    "units": V_UNITS,
+    "distinct_skus": V_DISTINCT_SKUS,
+}
 # Blom's expected maximum of c standard normals, ndtri((c - 0.375) / (c + 0.25)), for whole counts
 # below this; values_round leaves a round with a larger or fractional count to numpy.
 MAX_Z_COUNTS = 1 << 16
@@ -624,45 +641,31 @@ def values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, 
         c_safe = max(c, 1.0)
         for j in range(len(codes)):
             code = codes[j]
-            if code == 0:
-                v = o[T_COUNT_Z]
-            elif code == 1:
-                v = o[T_REVENUE_RATIO]
-            elif code == 2:
-                v = o[T_TICKET_Z]
-            elif code == 3:
+            if code < _COMPUTED:
+                v = o[code]
+            elif code == V_MAX_TICKET_Z:
                 emz = max_z[int(c)] if c > 1 else 0.0
                 v = (math.log1p(max_ticket[i]) - o[T_MU]) / o[T_SIGMA] - emz if sold else 0.0
-            elif code == 4:
-                v = o[T_UNITS_Z]
-            elif code == 5:
-                v = o[T_SKUS_Z]
-            elif code == 6:
-                v = o[T_COUNT_CONTEXT_Z]
-            elif code == 7:
-                v = o[T_REVENUE_CONTEXT_RATIO]
-            elif code == 8:
-                v = o[T_SCAN_Z]
-            elif code == 9:
+            elif code == V_COUNT_TREND_Z:
                 v = o[T_TREND_LOG_RATIO] / math.sqrt(o[T_TREND_POISSON_VAR] + o[T_PHI])
-            elif code == 10:
+            elif code == V_COUNT_RATIO_SEASONAL:
                 v = math.log((c + 1.0) / (o[T_EXPECTED_COUNT] + 1.0))
-            elif code == 11:
+            elif code == V_REVENUE_TREND_RATIO:
                 tt = o[T_TYPICAL_TICKET]
                 v = math.log((o[T_TR_REV] + tt) / (o[T_TR_EXP_REV] + tt))
-            elif code == 12:
+            elif code == V_COUNT:
                 v = c
-            elif code == 13:
+            elif code == V_REVENUE:
                 v = r
-            elif code == 14:
+            elif code == V_LOG_COUNT:
                 v = math.log1p(c)
-            elif code == 15:
+            elif code == V_LOG_REVENUE:
                 v = math.log1p(max(r, 0.0))
-            elif code == 16:
+            elif code == V_MEAN_TICKET:
                 v = r / c_safe if sold else 0.0
-            elif code == 17:
+            elif code == V_MAX_TICKET:
                 v = max_ticket[i]
-            elif code == 18:
+            elif code == V_UNITS:
                 v = units[i]
             else:
                 v = distinct_skus[i]

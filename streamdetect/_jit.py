@@ -1,18 +1,57 @@
-"""numba compilation as the package's kernels use it."""
+"""numba compilation as the package's kernels use it.
+
+numba keys a cached kernel to its own source file only: a kernel that calls one from another
+file (``_round_kernel.score_rounds`` calls the feature kernels) or compiles in a constant from
+another module (``windows.SKETCH_BITS``) would be loaded stale after that file changed, with
+wrong results or a crash (numba#8396 proposes tracking such dependencies; not released). So every
+kernel's cache stamp here also covers all of :data:`KERNEL_SOURCES`: a change to any of them
+recompiles them all.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numba
 
+# The modules whose kernels call each other or read each other's constants.
+KERNEL_SOURCES = ("_jit.py", "_feature_kernels.py", "_round_kernel.py", "_window_kernels.py", "windows.py")
+
+
+def _sources_digest() -> bytes:
+    h = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in KERNEL_SOURCES:
+        h.update((here / name).read_bytes())
+    return h.digest()
+
+
+_SOURCES_DIGEST = _sources_digest()
+
 
 def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` compiled by numba, its machine code cached on disk beside its module (or in
-    ``NUMBA_CACHE_DIR``) so that later processes load it in a fraction of a second; where no cache
-    directory is writable (a read-only install), compiled afresh in every process instead."""
+    ``NUMBA_CACHE_DIR``) so that later processes load it in a fraction of a second, under a stamp
+    that changes with any of :data:`KERNEL_SOURCES`; where no cache directory is writable (a
+    read-only install), compiled afresh in every process instead."""
     try:
-        return numba.njit(cache=True)(fn)
+        dispatcher = numba.njit(cache=True)(fn)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
         return numba.njit(fn)
+    _stamp_with_sources(dispatcher)
+    return dispatcher
+
+
+def _stamp_with_sources(dispatcher: Any) -> None:
+    """Make the cache stamp of ``dispatcher`` cover every kernel source, not only its own file.
+
+    The stamp is numba's private ``IndexDataCacheFile._source_stamp`` (checked against the one
+    saved in the index when the cache is loaded, written with it when saved); on a numba without
+    it the kernel keeps numba's own invalidation.
+    """
+    cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    if cache_file is not None and hasattr(cache_file, "_source_stamp"):
+        cache_file._source_stamp = (cache_file._source_stamp, _SOURCES_DIGEST)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -434,3 +435,40 @@ def test_kernels_take_the_state_arrays_in_state_order() -> None:
         assert tuple(params[-n:]) == kernels.STATE_ORDER, kernel.py_func.__name__
     fx = FeatureExtractor(FeatureConfig(), WindowConfig())
     assert set(kernels.STATE_ORDER) <= set(fx._arrays)
+
+
+def test_a_cached_kernel_is_compiled_afresh_when_any_kernel_source_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # numba checks a cached kernel against its own file only; the kernels here call each other
+    # across files, so their stamp covers every kernel source (streamdetect._jit).
+    import importlib
+    import sys
+
+    from streamdetect import _jit
+
+    (tmp_path / "cache_probe_kernel.py").write_text(
+        "from streamdetect._jit import compiled\n\n\n@compiled\ndef twice(x):\n    return 2 * x\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def load() -> Any:
+        sys.modules.pop("cache_probe_kernel", None)
+        probe = importlib.import_module("cache_probe_kernel")
+        assert probe.twice(21) == 42
+        return probe.twice.stats
+
+    assert load().cache_misses  # compiled, and saved
+    assert load().cache_hits  # loaded
+    monkeypatch.setattr(_jit, "_SOURCES_DIGEST", b"another version of a kernel source")
+    stale = load()
+    assert stale.cache_misses and not stale.cache_hits
+
+
+def test_every_module_with_kernels_is_a_kernel_source() -> None:
+    from streamdetect import _jit
+
+    package = Path(_jit.__file__).parent
+    users = {p.name for p in package.glob("*.py") if "streamdetect._jit import" in p.read_text()}
+    assert users <= set(_jit.KERNEL_SOURCES), users - set(_jit.KERNEL_SOURCES)
+    assert all((package / name).is_file() for name in _jit.KERNEL_SOURCES)
