@@ -3,7 +3,8 @@
 Closing a round gathers its windows' aggregates, adds a zero window for every idle key without
 data and orders the rows by key: about twenty small numpy operations whatever the round's size,
 the larger part of a round's cost once the detector's own work was compiled
-(:mod:`streamdetect._round_kernel`). :func:`close_round` does it in one loop.
+(:mod:`streamdetect._round_kernel`). :func:`close_round` does it in one loop, and
+:func:`close_rounds` for every round a batch of events closes, in one call.
 """
 
 from __future__ import annotations
@@ -91,3 +92,76 @@ def close_round(slots, start, end, idle_ms, values, bits, last_ms, key_of_slot, 
     for s in slots:
         last_data_end[key_of_slot[s]] = end
     return keys, out, distinct, last
+
+
+@compiled
+def close_rounds(
+    starts, size_ms, slot_offsets, slots, idle_ms, values, bits, last_ms, key_of_slot, last_data_end,
+    evict_before, evict_offsets, evict_keys,
+):  # fmt: skip
+    """:func:`close_round` for consecutive rounds (round ``r`` starts at ``starts[r]`` with the open
+    windows ``slots[slot_offsets[r]:slot_offsets[r + 1]]``), in one call. The keys evicted before
+    round ``r`` (``evict_keys[evict_offsets[e]:evict_offsets[e + 1]]`` for the ``e`` with
+    ``evict_before[e] == r``; ``r`` may be the number of rounds) leave ``last_data_end`` there, as
+    they did between the rounds. ``last_data_end`` is written as close_round writes it.
+
+    Returns ``(offsets, key_id, values, distinct, last_event)``: round ``r`` is rows
+    ``offsets[r]:offsets[r + 1]`` of the others, as close_round returns them.
+    """
+    n_rounds = len(starts)
+    n_keys = len(last_data_end)
+    # Pass 1: the rows of each round (the idle keys follow the rounds before).
+    lde = last_data_end.copy()
+    counts = np.zeros(n_rounds, dtype=np.int64)
+    has_data = np.zeros(n_keys, dtype=np.bool_)
+    e = 0
+    for r in range(n_rounds):
+        while e < len(evict_before) and evict_before[e] == r:
+            for j in range(evict_offsets[e], evict_offsets[e + 1]):
+                lde[evict_keys[j]] = 0
+            e += 1
+        end = starts[r] + size_ms
+        lo, hi = slot_offsets[r], slot_offsets[r + 1]
+        for j in range(lo, hi):
+            has_data[key_of_slot[slots[j]]] = True
+        n_zero = 0
+        for k in range(n_keys):
+            if lde[k] > 0 and end - lde[k] <= idle_ms and not has_data[k]:
+                n_zero += 1
+        counts[r] = hi - lo + n_zero
+        for j in range(lo, hi):
+            k = key_of_slot[slots[j]]
+            has_data[k] = False
+            lde[k] = end
+    offsets = np.zeros(n_rounds + 1, dtype=np.int64)
+    for r in range(n_rounds):
+        offsets[r + 1] = offsets[r] + counts[r]
+    total = offsets[n_rounds]
+    n_fields = values.shape[0]
+    out = np.zeros((n_fields, total))
+    keys = np.empty(total, dtype=np.int64)
+    distinct = np.zeros(total)
+    last = np.empty(total, dtype=np.int64)
+    # Pass 2: the rows themselves, on last_data_end.
+    e = 0
+    for r in range(n_rounds):
+        while e < len(evict_before) and evict_before[e] == r:
+            for j in range(evict_offsets[e], evict_offsets[e + 1]):
+                last_data_end[evict_keys[j]] = 0
+            e += 1
+        lo, hi = slot_offsets[r], slot_offsets[r + 1]
+        round_keys, round_values, round_distinct, round_last = close_round(
+            slots[lo:hi], starts[r], starts[r] + size_ms, idle_ms, values, bits, last_ms, key_of_slot, last_data_end
+        )
+        at = offsets[r]
+        for i in range(len(round_keys)):
+            keys[at + i] = round_keys[i]
+            distinct[at + i] = round_distinct[i]
+            last[at + i] = round_last[i]
+            for f in range(n_fields):
+                out[f, at + i] = round_values[f, i]
+    while e < len(evict_before):
+        for j in range(evict_offsets[e], evict_offsets[e + 1]):
+            last_data_end[evict_keys[j]] = 0
+        e += 1
+    return offsets, keys, out, distinct, last

@@ -56,7 +56,7 @@ from streamdetect.features import compile_kernels as compile_feature_kernels
 from streamdetect.model import StepwiseGMM
 from streamdetect.scaling import RobustScaler
 from streamdetect.threshold import make_threshold, threshold_from_state
-from streamdetect.windows import ClosedRound, WindowAggregator
+from streamdetect.windows import ClosedRound, ClosedRounds, WindowAggregator
 
 __all__ = ["Detector", "DetectorOutput", "DetectorStats", "ScoredWindows", "compile_kernels"]
 
@@ -175,46 +175,6 @@ class _Pending:
         return out
 
 
-@dataclass
-class _RoundBatch:
-    """Closed rounds as one set of row arrays: round ``r`` is rows ``offsets[r]:offsets[r + 1]``."""
-
-    starts: np.ndarray
-    size_ms: int
-    offsets: np.ndarray
-    hour: np.ndarray
-    how: np.ndarray
-    hod: np.ndarray
-    key_id: np.ndarray
-    count: np.ndarray
-    revenue: np.ndarray
-    units: np.ndarray
-    max_ticket: np.ndarray
-    log_ticket_sum: np.ndarray
-    log_ticket_sq_sum: np.ndarray
-    log_units_sum: np.ndarray
-    log_units_sq_sum: np.ndarray
-    distinct_skus: np.ndarray
-    last_event_ms: np.ndarray
-
-    _ROWS = (
-        "key_id", "count", "revenue", "units", "max_ticket", "log_ticket_sum", "log_ticket_sq_sum",
-        "log_units_sum", "log_units_sq_sum", "distinct_skus", "last_event_ms",
-    )  # fmt: skip
-
-    @classmethod
-    def of(cls, rounds: list[ClosedRound], size_ms: int) -> _RoundBatch:
-        offsets = np.zeros(len(rounds) + 1, dtype=np.int64)
-        np.cumsum([len(r) for r in rounds], out=offsets[1:])
-        starts = np.array([r.start_ms for r in rounds], dtype=np.int64)
-        rows = {name: np.concatenate([getattr(r, name) for r in rounds]) for name in cls._ROWS}
-        return cls(starts, size_ms, offsets, *hour_buckets_of(starts), **rows)
-
-    def round_of(self, rows: np.ndarray) -> np.ndarray:
-        """The round of each row."""
-        return np.searchsorted(self.offsets, rows, side="right") - 1
-
-
 _NEVER_FLAGGED = 1 << 40
 # The detector's per-key arrays (indexed by key id), with their dtype and the value of a key they
 # know nothing of; saved in the state under these names (an older release's state may lack some).
@@ -273,19 +233,23 @@ def calibration_needs(config: DetectorConfig) -> str:
     return f"{t.n_init:,} scores, or {t.calibration_span / 3600:g} h of them and at least {_MIN_CALIBRATION}"
 
 
-def _mean_sample(rnd: ClosedRound) -> ClosedRound:
-    """A series' window as one sample: the mean of its samples (a level, not a sum of levels)."""
-    c = np.maximum(rnd.count, 1.0)
-    if (c == 1.0).all():
-        return rnd
+def _mean_sample(rounds: ClosedRounds) -> ClosedRounds:
+    """A series' window as one sample: the mean of its samples (a level, not a sum of levels); a
+    round whose windows all hold one sample or none is left as it is."""
+    c = np.maximum(rounds.count, 1.0)
+    several = c != 1.0
+    if not several.any():
+        return rounds
+    touched = np.repeat(np.add.reduceat(several, rounds.offsets[:-1]) > 0, np.diff(rounds.offsets))
+    c = np.where(touched, c, 1.0)
     return replace(
-        rnd,
-        count=np.minimum(rnd.count, 1.0),
-        revenue=rnd.revenue / c,
-        units=rnd.units / c,
-        distinct_skus=np.minimum(rnd.distinct_skus, 1.0),
-        log_ticket_sum=rnd.log_ticket_sum / c,
-        log_ticket_sq_sum=rnd.log_ticket_sq_sum / c,
+        rounds,
+        count=np.where(touched, np.minimum(rounds.count, 1.0), rounds.count),
+        revenue=rounds.revenue / c,
+        units=rounds.units / c,
+        distinct_skus=np.where(touched, np.minimum(rounds.distinct_skus, 1.0), rounds.distinct_skus),
+        log_ticket_sum=rounds.log_ticket_sum / c,
+        log_ticket_sq_sum=rounds.log_ticket_sq_sum / c,
     )
 
 
@@ -475,10 +439,10 @@ class Detector:
         messages: list[Alert | EpisodeResolved] = []
         rounds: list[_RoundScores] = []
         drift = False
-        closed = list(self.windows.pop_closed(flush=flush))
-        if self._samples_are_levels:
-            closed = [_mean_sample(rnd) for rnd in closed]
-        if closed:
+        closed = self.windows.close_rounds(flush=flush)
+        if closed is not None:
+            if self._samples_are_levels:
+                closed = _mean_sample(closed)
             drift = self._process_rounds(closed, now_ms, messages, rounds)
         self._settle_probabilities()
         if self.windows.evicted:
@@ -653,26 +617,32 @@ class Detector:
 
     def _process_rounds(
         self,
-        closed: list[ClosedRound],
+        closed: ClosedRounds,
         now_ms: int | None,
         messages: list[Alert | EpisodeResolved],
         rounds: list[_RoundScores],
     ) -> bool:
         """Closed rounds in order: stretches of them through the compiled kernel, the rounds it
         leaves (a flag, the end of an episode, a new key) through :meth:`_process_round`."""
-        batch = _RoundBatch.of(closed, self.windows.config.size_ms)
+        buckets = hour_buckets_of(closed.starts)
         drift = False
         r = 0
         while r < len(closed):
-            done, needs_numpy, step_drift = self._compiled_rounds(batch, r, rounds)
+            done, needs_numpy, step_drift = self._compiled_rounds(closed, buckets, r, rounds)
             drift |= step_drift
             r += done
             if needs_numpy:
-                drift |= self._process_round(closed[r], now_ms, messages, rounds)
+                drift |= self._process_round(closed.round(r), now_ms, messages, rounds)
                 r += 1
         return drift
 
-    def _compiled_rounds(self, batch: _RoundBatch, first: int, rounds: list[_RoundScores]) -> tuple[int, bool, bool]:
+    def _compiled_rounds(
+        self,
+        batch: ClosedRounds,
+        buckets: tuple[np.ndarray, np.ndarray, np.ndarray],
+        first: int,
+        rounds: list[_RoundScores],
+    ) -> tuple[int, bool, bool]:
         """Rounds from ``first`` on through ``_round_kernel.score_rounds`` (what
         :meth:`_process_round` does with a round that flags nothing, or one of the warm-up), up to
         the next learning step or warm-up fit, which it then takes: ``(rounds done, whether the
@@ -701,7 +671,7 @@ class Detector:
             calibration_ms, calibration_rows = math.inf, 0
         b = batch
         done, why, rows, values, X, score, calm = score_rounds(
-            first, b.starts, b.size_ms, b.offsets, b.hour, b.how, b.hod,
+            first, b.starts, b.size_ms, b.offsets, *buckets,
             b.key_id, b.count, b.revenue, b.units, b.max_ticket, b.log_ticket_sum, b.log_ticket_sq_sum,
             b.log_units_sum, b.log_units_sq_sum, b.distinct_skus,
             self.features.kernel_params, codes, expected_max_z_table(),
@@ -761,8 +731,9 @@ class Detector:
     def _compile(self) -> None:
         """Compile (or load from the cache) :meth:`_compiled_rounds`' kernel on one made-up round."""
         one, key = np.ones(1), np.zeros(1, dtype=np.int64)
-        rnd = ClosedRound(0, self.windows.config.size_ms, key, one, one, one, one, one, one, one, key, one, one)
-        self._compiled_rounds(_RoundBatch.of([rnd], rnd.end_ms), 0, [])
+        batch = ClosedRounds(np.zeros(1, dtype=np.int64), self.windows.config.size_ms, np.array([0, 1]),
+                             key, one, one, one, one, one, one, one, key, one, one, one, one)  # fmt: skip
+        self._compiled_rounds(batch, hour_buckets_of(batch.starts), 0, [])
 
     def _track_episodes(
         self,

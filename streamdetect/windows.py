@@ -42,10 +42,12 @@ from typing import Any
 
 import numpy as np
 
-from streamdetect._window_kernels import close_round
+from streamdetect._window_kernels import close_rounds
 from streamdetect.config import WindowConfig
 
-__all__ = ["SKETCH_BITS", "ClosedRound", "KeyIndex", "WindowAggregator", "estimate_distinct", "sku_bits"]
+__all__ = [
+    "SKETCH_BITS", "ClosedRound", "ClosedRounds", "KeyIndex", "WindowAggregator", "estimate_distinct", "sku_bits",
+]  # fmt: skip
 
 # A 64-bit bitmap (the first design) lost a SKU to a collision in one window of 64 with two
 # SKUs, and its estimate of 16 SKUs was off by 3 or more in one window of 80: enough for a
@@ -160,6 +162,49 @@ class ClosedRound:
         return len(self.key_id)
 
 
+@dataclass
+class ClosedRounds:
+    """Consecutive closed rounds as one set of rows: round ``r`` starts at ``starts[r]`` and is rows
+    ``offsets[r]:offsets[r + 1]`` of the other arrays (as :class:`ClosedRound`'s)."""
+
+    starts: np.ndarray
+    size_ms: int
+    offsets: np.ndarray
+    key_id: np.ndarray
+    count: np.ndarray
+    revenue: np.ndarray
+    max_ticket: np.ndarray
+    units: np.ndarray
+    distinct_skus: np.ndarray
+    log_ticket_sum: np.ndarray
+    log_ticket_sq_sum: np.ndarray
+    last_event_ms: np.ndarray
+    log_units_sum: np.ndarray
+    log_units_sq_sum: np.ndarray
+    returns: np.ndarray
+    refunds: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def round(self, r: int) -> ClosedRound:
+        lo, hi = int(self.offsets[r]), int(self.offsets[r + 1])
+        start = int(self.starts[r])
+        return ClosedRound(
+            start, start + self.size_ms,
+            *(getattr(self, name)[lo:hi] for name in _ROUND_ROWS),
+        )  # fmt: skip
+
+    def round_of(self, rows: np.ndarray) -> np.ndarray:
+        """The round of each row."""
+        return np.searchsorted(self.offsets, rows, side="right") - 1
+
+
+# ClosedRound's row arrays, in its order.
+_ROUND_ROWS = (
+    "key_id", "count", "revenue", "max_ticket", "units", "distinct_skus", "log_ticket_sum",
+    "log_ticket_sq_sum", "last_event_ms", "log_units_sum", "log_units_sq_sum", "returns", "refunds",
+)  # fmt: skip
 _NO_TIME = int(np.iinfo(np.int64).min)  # before any event time
 _FIELDS = (
     "count", "revenue", "max_ticket", "units",
@@ -445,14 +490,27 @@ class WindowAggregator:
 
         With ``flush=True`` (end of input) every open window is closed.
         """
+        closed = self.close_rounds(flush=flush)
+        if closed is not None:
+            yield from (closed.round(r) for r in range(len(closed)))
+
+    def close_rounds(self, *, flush: bool = False) -> ClosedRounds | None:
+        """The rounds whose windows the watermark has closed, oldest first, as one set of rows
+        (None: none); :meth:`pop_closed` one by one.
+
+        Which rounds close is decided here, start by start (a round closes if it has windows or
+        some key is idle, else the clock skips to the next open window); their rows come from one
+        compiled call (``_window_kernels.close_rounds``), which replays the keys' last data ends
+        and the evictions in the same order.
+        """
         if self.max_event_ms is None:
-            return
+            return None
         cfg = self.config
         size, hop = cfg.size_ms, cfg.hop_ms
         if self.next_start is None:
             first = self._open.min_start()
             if first is None:
-                return
+                return None
             # Start at the earliest window that can still receive on-time events, so that the
             # first round does not depend on which events happened to come in the first batch.
             earliest_open = (self.max_event_ms - cfg.lateness_ms - size) // hop * hop + hop
@@ -462,42 +520,63 @@ class WindowAggregator:
             limit = (last_open + size) if last_open is not None else self.next_start
         else:
             limit = self.watermark_ms  # type: ignore[assignment]
+        idle_ms = cfg.idle_timeout * 1000
+        replay = self._last_data_end.copy()  # what close_rounds replays the rounds from
+        latest = int(self._last_data_end.max()) if len(self._last_data_end) else 0  # the newest data end
+        starts: list[int] = []
+        slots: list[np.ndarray] = []
+        unsynced = 0  # rounds whose data ends _last_data_end does not hold yet
+        evict_before: list[int] = []
+        evicted: list[np.ndarray] = []
         while self.next_start + size <= limit:
             start = self.next_start
-            closed = self._close_round(start)
+            end = start + size
+            open_slots = self._open.pop_start(start)
+            closes = len(open_slots) > 0 or (latest > 0 and end - latest <= round(idle_ms))
+            if closes:
+                starts.append(start)
+                slots.append(open_slots)
+                if len(open_slots):
+                    latest = end
+            if (end // hop) % 64 == 0:  # eviction reads and writes _last_data_end: bring it up to date
+                for s, w in zip(starts[unsynced:], slots[unsynced:], strict=True):
+                    self._last_data_end[self._open.key_of_slot[w]] = s + size
+                unsynced = len(starts)
+                stale = self._evict_stale(end)
+                if len(stale):
+                    evict_before.append(len(starts))
+                    evicted.append(stale)
+                    latest = int(self._last_data_end.max())
             self.next_start = start + hop
-            if closed is not None:
-                yield closed
-                continue
-            if self._any_idle_active(self.next_start):
+            if closes or (latest > 0 and self.next_start + size - latest <= idle_ms):
                 continue
             # Nothing open and no idle key to emit zero windows for: skip to the next data.
             upcoming = self._open.min_start()
             if upcoming is None:
                 if flush:
-                    return
+                    break
                 upcoming = (limit - size) // hop * hop + hop
             self.next_start = max(self.next_start, upcoming)
-
-    def _any_idle_active(self, start: int) -> bool:
-        end = start + self.config.size_ms
-        live = self._last_data_end > 0
-        return bool(np.any(live & (end - self._last_data_end <= self.config.idle_timeout * 1000)))
-
-    def _close_round(self, start: int) -> ClosedRound | None:
-        cfg = self.config
-        end = start + cfg.size_ms
-        slots = self._open.pop_start(start)
-        key_id, vals, distinct, last = close_round(
-            slots, start, end, round(cfg.idle_timeout * 1000), self._open.values, self._open.bits,
-            self._open.last_ms, self._open.key_of_slot, self._last_data_end,
-        )  # fmt: skip
-        self._evict_stale(end)
-        if not len(key_id):
+        if not starts and not evicted:
             return None
-        return ClosedRound(
-            start_ms=start,
-            end_ms=end,
+        slot_offsets = np.zeros(len(starts) + 1, dtype=np.int64)
+        np.cumsum([len(w) for w in slots], out=slot_offsets[1:])
+        evict_offsets = np.zeros(len(evicted) + 1, dtype=np.int64)
+        np.cumsum([len(k) for k in evicted], out=evict_offsets[1:])
+        no_ids = np.zeros(0, dtype=np.int64)
+        offsets, key_id, vals, distinct, last = close_rounds(
+            np.array(starts, dtype=np.int64), size, slot_offsets,
+            np.concatenate(slots) if slots else no_ids, round(idle_ms),
+            self._open.values, self._open.bits, self._open.last_ms, self._open.key_of_slot, replay,
+            np.array(evict_before, dtype=np.int64), evict_offsets, np.concatenate(evicted) if evicted else no_ids,
+        )  # fmt: skip
+        self._last_data_end = replay
+        if not starts:
+            return None
+        return ClosedRounds(
+            starts=np.array(starts, dtype=np.int64),
+            size_ms=size,
+            offsets=offsets,
             key_id=key_id,
             count=vals[0],
             revenue=vals[1],
@@ -513,16 +592,15 @@ class WindowAggregator:
             refunds=vals[9],
         )
 
-    def _evict_stale(self, now_ms: int) -> None:
+    def _evict_stale(self, now_ms: int) -> np.ndarray:
+        """Evict the keys without events for ``key_ttl`` and without an open window; their ids.
+        Only keys with no open window can go; it is a full scan, run every 64 hops."""
         ttl_ms = round(self.config.key_ttl * 1000)
-        # Only keys with no open window can go; check rarely, it is a full scan.
-        if (now_ms // self.config.hop_ms) % 64:
-            return
         stale = np.flatnonzero(
             (self._last_event < now_ms - ttl_ms) & np.array([k is not None for k in self.keys.keys], dtype=bool)
         )
         if len(stale) == 0:
-            return
+            return stale
         open_keys = set(self._open.key_of_slot[list(self._open.slot_of.values())].tolist())
         stale = np.array([k for k in stale.tolist() if k not in open_keys], dtype=np.int64)
         if len(stale):
@@ -531,6 +609,7 @@ class WindowAggregator:
             self._last_data_end[stale] = 0
             self._last_event[stale] = _NO_TIME // 2
             self.evicted.extend(stale.tolist())
+        return stale
 
     # ------------------------------------------------------------------ state
     def to_state(self) -> dict[str, Any]:

@@ -507,9 +507,9 @@ def test_the_compiled_round_gives_what_the_python_round_gives(monkeypatch, metho
     compiled_rounds = 0
     original = Detector._compiled_rounds
 
-    def counted(self, batch, first, rounds):
+    def counted(self, batch, buckets, first, rounds):
         nonlocal compiled_rounds
-        out = original(self, batch, first, rounds)
+        out = original(self, batch, buckets, first, rounds)
         compiled_rounds += out[0]
         return out
 
@@ -519,7 +519,7 @@ def test_the_compiled_round_gives_what_the_python_round_gives(monkeypatch, metho
     monkeypatch.setattr(Detector, "_compiled_rounds", counted)
     fast_det = Detector(config)
     fast = run_keeping(fast_det)
-    monkeypatch.setattr(Detector, "_compiled_rounds", lambda self, batch, first, rounds: (0, True, False))
+    monkeypatch.setattr(Detector, "_compiled_rounds", lambda self, batch, buckets, first, rounds: (0, True, False))
     plain_det = Detector(config)
     plain = run_keeping(plain_det)
     assert compiled_rounds > 1000
@@ -546,3 +546,21 @@ def test_the_compiled_round_gives_what_the_python_round_gives(monkeypatch, metho
     for name, arr in fast_state["features"]["arrays"].items():
         np.testing.assert_allclose(arr, plain_state["features"]["arrays"][name], rtol=1e-9, atol=1e-12, err_msg=name)
     assert fast_state["windows_scored"] == plain_state["windows_scored"]
+
+
+def test_a_series_round_of_single_samples_is_left_as_it_is_beside_one_of_several():
+    # A window of several samples becomes their mean; a round whose windows hold one sample each
+    # is left untouched (its distinct-SKU estimate of one bit, 1.0005, is not rounded to 1).
+    from streamdetect.detector import _mean_sample
+    from streamdetect.windows import ClosedRounds
+
+    one, two = np.array([1.0, 1.0]), np.array([2.0, 1.0])
+    count = np.concatenate([one, two])
+    distinct = np.full(4, 1.0005)
+    last_event, none = np.zeros(4, dtype=np.int64), np.zeros(4)
+    rows = [count, 10 * count, count, count, distinct, count, count, last_event, count, count, none, none]
+    rounds = ClosedRounds(np.array([0, 60_000]), 60_000, np.array([0, 2, 4]), np.array([0, 1, 0, 1]), *rows)
+    out = _mean_sample(rounds)
+    assert out.count.tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert out.revenue.tolist() == [10.0, 10.0, 10.0, 10.0]
+    assert out.distinct_skus.tolist() == [1.0005, 1.0005, 1.0, 1.0]
