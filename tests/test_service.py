@@ -266,13 +266,13 @@ def committed(bootstrap: str, group: str, topic: str, consumer: Consumer | None 
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT,
-              alive: Callable[[], None] | None = None) -> None:
+              alive: Callable[[], None] | None = None, every: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if alive is not None:
             alive()
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+        time.sleep(every)
 
 
 # -- running the service -----------------------------------------------------------------------------
@@ -379,7 +379,7 @@ def _cli() -> list[str]:
     return [sys.executable, "-c", "import sys; from streamdetect.cli import main; sys.exit(main())"]
 
 
-def _write_config(path: Path, bootstrap: str, n: Names) -> None:
+def _write_config(path: Path, bootstrap: str, n: Names, checkpoint_interval: float = 1.0) -> None:
     path.write_text(f"""
 [kafka]
 bootstrap_servers = "{bootstrap}"
@@ -391,7 +391,7 @@ group_id = "{n.group}"
 session_timeout_ms = 6000
 heartbeat_interval_ms = 1000
 max_poll_interval_ms = 7000
-checkpoint_interval = 1.0
+checkpoint_interval = {checkpoint_interval}
 idle_after = 0
 
 [detector.model]
@@ -416,7 +416,9 @@ def test_kill9_then_restart_loses_nothing(bootstrap: str, input_topic: Names, tm
     events.write_bytes(b"".join(v + b"\n" for _, v in records))
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMDETECT_")}
     env["STREAMDETECT_CONFIG"] = str(tmp_path / "streamdetect.toml")
-    _write_config(tmp_path / "streamdetect.toml", bootstrap, n)
+    # Offsets are committed at each checkpoint: frequent ones give the kill below points to land
+    # between (the service reads this input in about a second once its kernels are compiled).
+    _write_config(tmp_path / "streamdetect.toml", bootstrap, n, checkpoint_interval=0.1)
     # the input goes in through `streamdetect produce`
     result = subprocess.run([*_cli(), "produce", str(events), "--topic", n.input], env=env, capture_output=True,
                             text=True, timeout=120, check=False)
@@ -441,7 +443,7 @@ def test_kill9_then_restart_loses_nothing(bootstrap: str, input_topic: Names, tm
                 return sum(max(o, 0) for o in committed(bootstrap, n.group, n.input, watcher).values())
 
             wait_for(lambda: done() >= share * sum(expected.ends.values()), f"{share:.0%} of the input committed",
-                     alive=lambda: _alive(first, tmp_path / "first.log"))
+                     alive=lambda: _alive(first, tmp_path / "first.log"), every=0.02)
             first.send_signal(signal.SIGKILL)
         finally:
             watcher.close()
