@@ -95,6 +95,16 @@ def close_round(slots, start, end, idle_ms, values, bits, last_ms, key_of_slot, 
 
 
 @compiled
+def _evict(last_data_end, e, r, evict_before, evict_offsets, evict_keys):
+    """Apply the evictions from the ``e``-th on that come before round ``r``; the next one's index."""
+    while e < len(evict_before) and evict_before[e] <= r:
+        for j in range(evict_offsets[e], evict_offsets[e + 1]):
+            last_data_end[evict_keys[j]] = 0
+        e += 1
+    return e
+
+
+@compiled
 def close_rounds(
     starts, size_ms, slot_offsets, slots, idle_ms, values, bits, last_ms, key_of_slot, last_data_end,
     evict_before, evict_offsets, evict_keys,
@@ -116,10 +126,7 @@ def close_rounds(
     has_data = np.zeros(n_keys, dtype=np.bool_)
     e = 0
     for r in range(n_rounds):
-        while e < len(evict_before) and evict_before[e] == r:
-            for j in range(evict_offsets[e], evict_offsets[e + 1]):
-                lde[evict_keys[j]] = 0
-            e += 1
+        e = _evict(lde, e, r, evict_before, evict_offsets, evict_keys)
         end = starts[r] + size_ms
         lo, hi = slot_offsets[r], slot_offsets[r + 1]
         for j in range(lo, hi):
@@ -145,10 +152,7 @@ def close_rounds(
     # Pass 2: the rows themselves, on last_data_end.
     e = 0
     for r in range(n_rounds):
-        while e < len(evict_before) and evict_before[e] == r:
-            for j in range(evict_offsets[e], evict_offsets[e + 1]):
-                last_data_end[evict_keys[j]] = 0
-            e += 1
+        e = _evict(last_data_end, e, r, evict_before, evict_offsets, evict_keys)
         lo, hi = slot_offsets[r], slot_offsets[r + 1]
         round_keys, round_values, round_distinct, round_last = close_round(
             slots[lo:hi], starts[r], starts[r] + size_ms, idle_ms, values, bits, last_ms, key_of_slot, last_data_end
@@ -160,8 +164,5 @@ def close_rounds(
             last[at + i] = round_last[i]
             for f in range(n_fields):
                 out[f, at + i] = round_values[f, i]
-    while e < len(evict_before):
-        for j in range(evict_offsets[e], evict_offsets[e + 1]):
-            last_data_end[evict_keys[j]] = 0
-        e += 1
+    _evict(last_data_end, e, n_rounds, evict_before, evict_offsets, evict_keys)
     return offsets, keys, out, distinct, last

@@ -240,3 +240,30 @@ def test_a_closed_round_estimates_distinct_skus_as_the_reference_formula():
         bits[row[k], w] |= np.uint64(b)
     np.testing.assert_allclose(first.distinct_skus, estimate_distinct(bits), rtol=1e-14)
     assert first.distinct_skus.max() > 50
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 50])
+def test_rounds_idle_windows_and_evictions_do_not_depend_on_the_batching(chunk):
+    # The rounds a batch closes are decided in Python (which starts, the skips, the evictions) and
+    # closed in one compiled call; a batch boundary can fall anywhere in that. One event at a
+    # time, 7 or 50 at a time must give the same rounds, zero windows and evictions (with a
+    # key_ttl as short as the idle timeout, so that they come often) as the whole input at once.
+    rng = np.random.default_rng(3)
+    ts = np.sort(rng.integers(0, 6 * 3600_000, 400)).astype(np.int64)
+    keys = [f"k{i}" for i in rng.integers(0, 6, 400)]
+    keys[200:] = [k if k != "k0" else "k1" for k in keys[200:]]  # k0 goes quiet halfway
+    config = WindowConfig(size=60, allowed_lateness=0, idle_timeout=1800, key_ttl=1800)
+
+    def run(step: int) -> tuple[list[tuple[int, list[int], list[float]]], list[tuple[tuple[str, ...], int]]]:
+        agg = WindowAggregator(config)
+        out = []
+        for i in range(0, len(ts), step):
+            add(agg, ts[i : i + step], keys[i : i + step])
+            out += [(r.start_ms, r.key_id.tolist(), r.count.tolist()) for r in agg.pop_closed()]
+        out += [(r.start_ms, r.key_id.tolist(), r.count.tolist()) for r in agg.pop_closed(flush=True)]
+        return out, list(agg.evicted_keys)
+
+    whole = run(len(ts))
+    assert whole[1], "no key was evicted: the eviction path was not tested"
+    assert any(0.0 in counts for _, _, counts in whole[0]), "no zero window: the idle path was not tested"
+    assert run(chunk) == whole
