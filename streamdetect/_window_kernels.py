@@ -119,50 +119,27 @@ def close_rounds(
     ``offsets[r]:offsets[r + 1]`` of the others, as close_round returns them.
     """
     n_rounds = len(starts)
-    n_keys = len(last_data_end)
-    # Pass 1: the rows of each round (the idle keys follow the rounds before).
-    lde = last_data_end.copy()
-    counts = np.zeros(n_rounds, dtype=np.int64)
-    has_data = np.zeros(n_keys, dtype=np.bool_)
-    e = 0
-    for r in range(n_rounds):
-        e = _evict(lde, e, r, evict_before, evict_offsets, evict_keys)
-        end = starts[r] + size_ms
-        lo, hi = slot_offsets[r], slot_offsets[r + 1]
-        for j in range(lo, hi):
-            has_data[key_of_slot[slots[j]]] = True
-        n_zero = 0
-        for k in range(n_keys):
-            if lde[k] > 0 and end - lde[k] <= idle_ms and not has_data[k]:
-                n_zero += 1
-        counts[r] = hi - lo + n_zero
-        for j in range(lo, hi):
-            k = key_of_slot[slots[j]]
-            has_data[k] = False
-            lde[k] = end
+    closed = []  # each round's close_round results, then copied into one set of rows
     offsets = np.zeros(n_rounds + 1, dtype=np.int64)
-    for r in range(n_rounds):
-        offsets[r + 1] = offsets[r] + counts[r]
-    total = offsets[n_rounds]
-    n_fields = values.shape[0]
-    out = np.zeros((n_fields, total))
-    keys = np.empty(total, dtype=np.int64)
-    distinct = np.zeros(total)
-    last = np.empty(total, dtype=np.int64)
-    # Pass 2: the rows themselves, on last_data_end.
     e = 0
     for r in range(n_rounds):
         e = _evict(last_data_end, e, r, evict_before, evict_offsets, evict_keys)
         lo, hi = slot_offsets[r], slot_offsets[r + 1]
-        round_keys, round_values, round_distinct, round_last = close_round(
+        closed.append(close_round(
             slots[lo:hi], starts[r], starts[r] + size_ms, idle_ms, values, bits, last_ms, key_of_slot, last_data_end
-        )
-        at = offsets[r]
-        for i in range(len(round_keys)):
-            keys[at + i] = round_keys[i]
-            distinct[at + i] = round_distinct[i]
-            last[at + i] = round_last[i]
-            for f in range(n_fields):
-                out[f, at + i] = round_values[f, i]
+        ))  # fmt: skip
+        offsets[r + 1] = offsets[r] + len(closed[r][0])
     _evict(last_data_end, e, n_rounds, evict_before, evict_offsets, evict_keys)
+    total = offsets[n_rounds]
+    out = np.empty((values.shape[0], total))
+    keys = np.empty(total, dtype=np.int64)
+    distinct = np.empty(total)
+    last = np.empty(total, dtype=np.int64)
+    for r in range(n_rounds):
+        round_keys, round_values, round_distinct, round_last = closed[r]
+        lo, hi = offsets[r], offsets[r + 1]
+        keys[lo:hi] = round_keys
+        out[:, lo:hi] = round_values
+        distinct[lo:hi] = round_distinct
+        last[lo:hi] = round_last
     return offsets, keys, out, distinct, last
