@@ -49,7 +49,7 @@ from streamdetect.features import (
     FeatureExtractor,
     WindowFeatures,
     expected_max_z_table,
-    hour_buckets_of,
+    hour_buckets,
     unavailable_features,
 )
 from streamdetect.features import compile_kernels as compile_feature_kernels
@@ -624,7 +624,7 @@ class Detector:
     ) -> bool:
         """Closed rounds in order: stretches of them through the compiled kernel, the rounds it
         leaves (a flag, the end of an episode, a new key) through :meth:`_process_round`."""
-        buckets = hour_buckets_of(closed.starts)
+        buckets = hour_buckets(closed.starts)
         drift = False
         r = 0
         while r < len(closed):
@@ -733,7 +733,7 @@ class Detector:
         one, key = np.ones(1), np.zeros(1, dtype=np.int64)
         batch = ClosedRounds(np.zeros(1, dtype=np.int64), self.windows.config.size_ms, np.array([0, 1]),
                              key, one, one, one, one, one, one, one, key, one, one, one, one)  # fmt: skip
-        self._compiled_rounds(batch, hour_buckets_of(batch.starts), 0, [])
+        self._compiled_rounds(batch, hour_buckets(batch.starts), 0, [])
 
     def _track_episodes(
         self,
@@ -778,10 +778,8 @@ class Detector:
 
     def _calibration_due(self, now_ms: int) -> bool:
         """A sparse stream has scored for ``calibration_span`` without reaching ``n_init``."""
-        if self.threshold.is_calibrated or self._fitted_at_ms is None:
-            return False
-        span_ms = self.config.threshold.calibration_span * 1000
-        return now_ms - self._fitted_at_ms >= span_ms > 0 and self.windows_scored >= _MIN_CALIBRATION
+        at_ms, more_windows = self._calibration_time()
+        return now_ms >= at_ms and more_windows <= 0
 
     def _grow_per_key(self, need: int) -> None:
         """The per-key arrays (``_PER_KEY``) cover ids below ``need``."""

@@ -78,7 +78,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from scipy.special import ndtri
@@ -281,24 +281,20 @@ def expected_max_z_table() -> np.ndarray:
     return np.where(c > 1, ndtri((c_safe - 0.375) / (c_safe + 0.25)), 0.0)
 
 
-def hour_buckets_of(start_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`hour_buckets` of every start in an array.
+_Starts = TypeVar("_Starts", int, np.ndarray)
 
-    >>> [b.tolist() for b in hour_buckets_of(np.array([0, 86_400_000]))]
+
+def hour_buckets(start_ms: _Starts) -> tuple[_Starts, _Starts, _Starts]:
+    """The hour since the epoch a window starts in, its hour of week (0 = Monday 00:00 UTC) and of
+    day; of one start, or of every start in an array.
+
+    >>> hour_buckets(0)  # 1970-01-01 was a Thursday
+    (0, 72, 0)
+    >>> [b.tolist() for b in hour_buckets(np.array([0, 86_400_000]))]
     [[0, 24], [72, 96], [0, 0]]
     """
     hour = start_ms // 3_600_000
     return hour, (hour + _EPOCH_WEEKDAY_HOURS) % _HOURS_PER_WEEK, hour % 24
-
-
-def hour_buckets(start_ms: int) -> tuple[int, int, int]:
-    """The hour since the epoch a window starts in, its hour of week (0 = Monday 00:00 UTC) and of day.
-
-    >>> hour_buckets(0)  # 1970-01-01 was a Thursday
-    (0, 72, 0)
-    """
-    hour = start_ms // 3_600_000
-    return hour, int((hour + _EPOCH_WEEKDAY_HOURS) % _HOURS_PER_WEEK), int(hour % 24)
 
 
 class FeatureExtractor:
