@@ -2,10 +2,10 @@
 
 numba keys a cached kernel to its own source file only: a kernel that calls one from another
 file (``_round_kernel.score_rounds`` calls the feature kernels) or compiles in a constant from
-another module (``windows.SKETCH_BITS``) would be loaded stale after that file changed, with
-wrong results or a crash (numba#8396 proposes tracking such dependencies; not released). So every
-kernel's cache stamp here also covers all of :data:`KERNEL_SOURCES`: a change to any of them
-recompiles them all.
+another module (``windows.SKETCH_BITS``, the scaler's and the mixture's clips) would be loaded
+stale after that file changed, with wrong results or a crash (numba#8396 proposes tracking such
+dependencies; not released). So every kernel's cache stamp here also covers all of
+:data:`KERNEL_SOURCES`: a change to any of them recompiles them all.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from typing import Any
 
 import numba
 
-# The modules whose kernels call each other or read each other's constants.
-KERNEL_SOURCES = ("_jit.py", "_feature_kernels.py", "_round_kernel.py", "_window_kernels.py", "windows.py")
+# The modules whose kernels call each other, and those whose constants the kernels compile in.
+KERNEL_SOURCES = (
+    "_jit.py", "_feature_kernels.py", "_round_kernel.py", "_window_kernels.py",
+    "windows.py", "scaling.py", "model/_em.py",
+)  # fmt: skip
 
 
 def _sources_digest() -> bytes:

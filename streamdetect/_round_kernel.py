@@ -35,9 +35,8 @@ from streamdetect._feature_kernels import (
     values_round,
 )
 from streamdetect._jit import compiled
-
-EXP_CLIP = -300.0  # as streamdetect.model._em._EXP_CLIP: exp() of anything lower is taken as exp(-300)
-SCALED_CLIP = 1e4  # as streamdetect.scaling._CLIP
+from streamdetect.model._em import _EXP_CLIP
+from streamdetect.scaling import _CLIP as _SCALED_CLIP
 
 
 @compiled
@@ -64,7 +63,7 @@ def log_likelihood(x, shift, spread, proj, const):
         best = max(best, joint[k])
     summed = 0.0
     for k in range(n_components):
-        summed += math.exp(max(joint[k] - best, EXP_CLIP))
+        summed += math.exp(max(joint[k] - best, _EXP_CLIP))
     return math.log(summed) + best
 
 
@@ -124,7 +123,7 @@ def score_round(
             if episode_alerts[key] > 0 and not deviating and episode_quiet[key] + 1 > cooldown:
                 return None
             for j in range(d):
-                X[m, j] = min(max((values[i, j] - center[j]) / scale[j], -SCALED_CLIP), SCALED_CLIP)
+                X[m, j] = min(max((values[i, j] - center[j]) / scale[j], -_SCALED_CLIP), _SCALED_CLIP)
             score[m] = -log_likelihood(X[m], shift, spread, proj, const)
             if not score[m] - offset <= z:  # flagged, or NaN: a score the model cannot explain
                 return None
