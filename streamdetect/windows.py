@@ -98,13 +98,12 @@ class KeyIndex:
 
     def ids(self, keys: Sequence[tuple[str, ...]]) -> np.ndarray:
         lookup = self._ids
-        out = np.empty(len(keys), dtype=np.int64)
-        for i, key in enumerate(keys):
-            kid = lookup.get(key)
-            if kid is None:
-                kid = self._assign(key)
-            out[i] = kid
-        return out
+        found = list(map(lookup.get, keys))
+        if None in found:
+            for i in [i for i, kid in enumerate(found) if kid is None]:
+                kid = lookup.get(keys[i])  # a key new in this batch may come again in it
+                found[i] = kid if kid is not None else self._assign(keys[i])
+        return np.array(found, dtype=np.int64)
 
     def _assign(self, key: tuple[str, ...]) -> int:
         if self._free:
@@ -223,16 +222,17 @@ class _OpenWindows:
     """Accumulators of the open windows in flat arrays indexed by slot (vectorised updates)."""
 
     def __init__(self) -> None:
-        self.slot_of: dict[tuple[int, int], int] = {}
-        self.by_start: dict[int, list[int]] = {}
+        # start -> {key id: slot}, in the order the windows opened: a round closes with one pop.
+        self.by_start: dict[int, dict[int, int]] = {}
         self.key_of_slot = np.zeros(0, dtype=np.int64)
         self.values = np.zeros((len(_FIELDS), 0))
         self.bits = np.zeros((0, _WORDS), dtype=np.uint64)
         self.last_ms = np.zeros(0, dtype=np.int64)
         self.free: list[int] = []
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self.slot_of)
+        return self._count
 
     def _grow(self, needed: int) -> None:
         cap = len(self.bits)
@@ -246,21 +246,39 @@ class _OpenWindows:
         self.free.extend(range(new_cap - 1, cap - 1, -1))
 
     def slots(self, key_ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """Slot of each (key, start) pair, opening windows that do not exist yet."""
-        self._grow(len(key_ids))
-        out = np.empty(len(key_ids), dtype=np.int64)
-        slot_of, free, by_start = self.slot_of, self.free, self.by_start
-        opened: list[int] = []
-        for i, pair in enumerate(zip(key_ids.tolist(), starts.tolist(), strict=True)):
-            slot = slot_of.get(pair)
-            if slot is None:
-                slot = free.pop()
-                slot_of[pair] = slot
-                by_start.setdefault(pair[1], []).append(slot)
-                opened.append(i)
-            out[i] = slot
-        if opened:
-            new = out[opened]
+        """Slot of each of the distinct (key, start) pairs, opening the windows that do not exist yet.
+
+        Looked up one start at a time (a batch has many windows but few starts); new windows take
+        free slots in the order of the pairs and join their start in that order.
+        """
+        n = len(key_ids)
+        self._grow(n)
+        out = np.empty(n, dtype=np.int64)
+        order = np.argsort(starts, kind="stable")
+        bounds = np.flatnonzero(np.diff(starts[order])) + 1
+        groups = np.split(order, bounds)
+        by_start = self.by_start
+        for g in groups:
+            inner = by_start.get(int(starts[g[0]]))
+            if inner is None:
+                out[g] = -1
+            else:
+                get = inner.get
+                out[g] = [get(k, -1) for k in key_ids[g].tolist()]
+        is_new = out < 0
+        opened = np.flatnonzero(is_new)
+        if len(opened):
+            free = self.free
+            new = np.array(free[: -len(opened) - 1 : -1], dtype=np.int64)  # free.pop() order
+            del free[-len(opened) :]
+            out[opened] = new
+            self._count += len(opened)
+            for g in groups:
+                fresh = g[is_new[g]]
+                if len(fresh):
+                    by_start.setdefault(int(starts[g[0]]), {}).update(
+                        zip(key_ids[fresh].tolist(), out[fresh].tolist(), strict=True)
+                    )
             self.key_of_slot[new] = key_ids[opened]
             self.values[:, new] = 0.0
             self.values[2, new] = -np.inf  # max ticket
@@ -269,11 +287,10 @@ class _OpenWindows:
         return out
 
     def pop_start(self, start: int) -> np.ndarray:
-        slots = np.array(self.by_start.pop(start, []), dtype=np.int64)
-        for slot in slots.tolist():
-            del self.slot_of[(int(self.key_of_slot[slot]), start)]
-            self.free.append(slot)
-        return slots
+        slots = list(self.by_start.pop(start, {}).values())
+        self.free.extend(slots)
+        self._count -= len(slots)
+        return np.array(slots, dtype=np.int64)
 
     def min_start(self) -> int | None:
         return min(self.by_start) if self.by_start else None
@@ -281,9 +298,13 @@ class _OpenWindows:
     def max_start(self) -> int | None:
         return max(self.by_start) if self.by_start else None
 
+    def open_slots(self) -> list[int]:
+        return [slot for inner in self.by_start.values() for slot in inner.values()]
+
     def to_state(self) -> dict[str, Any]:
         windows = []
-        for (kid, start), slot in sorted(self.slot_of.items()):
+        pairs = sorted((kid, start, slot) for start, inner in self.by_start.items() for kid, slot in inner.items())
+        for kid, start, slot in pairs:
             windows.append(
                 [kid, start, *self.values[:, slot].tolist(), *self.bits[slot].tolist(), int(self.last_ms[slot])]
             )
@@ -601,7 +622,7 @@ class WindowAggregator:
         )
         if len(stale) == 0:
             return stale
-        open_keys = set(self._open.key_of_slot[list(self._open.slot_of.values())].tolist())
+        open_keys = set(self._open.key_of_slot[self._open.open_slots()].tolist())
         stale = np.array([k for k in stale.tolist() if k not in open_keys], dtype=np.int64)
         if len(stale):
             self.evicted_keys.extend((self.keys.keys[k], now_ms) for k in stale.tolist())  # type: ignore[misc]
