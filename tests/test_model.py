@@ -83,6 +83,31 @@ def test_fit_matches_sklearn_on_offset_scaled_values(data: np.ndarray) -> None:
     assert abs(model.score(X) - ref.score(X)) <= 0.005 * abs(ref.score(X))
 
 
+def test_batch_em_steps_on_outer_products_equal_the_centred_steps(data: np.ndarray) -> None:
+    # Batch EM reads its fixed batch through the rows' outer products; the stepwise path uses the
+    # centred forms. Both must give the same log-probabilities and statistics (rows standardised,
+    # as the fit standardises the warm-up, with some far from the centre).
+    from streamdetect.model import _em
+
+    rng = np.random.default_rng(4)
+    X = np.vstack([data[:700], sample(50, rng, shift=30.0)])
+    ZT = ((X - X.mean(axis=0)) / X.std(axis=0)).T
+    resp = rng.dirichlet(np.ones(3), size=len(X)).T * rng.uniform(0.5, 2.0, size=len(X))
+    batch = _em._outer_products(ZT)
+    centred = _em._estimate_statistics(ZT, resp)
+    expanded = _em._estimate_statistics_from_products(batch, resp)
+    for a, b in zip(expanded, centred, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    derived = _em._m_step(centred, reg_covar=1e-6)
+    ZT1 = np.vstack([ZT, np.ones(len(X))])
+    np.testing.assert_allclose(
+        _em._estimate_weighted_log_prob_from_products(batch, derived),
+        _em._estimate_weighted_log_prob(ZT1, derived),
+        rtol=1e-10,
+        atol=1e-9,
+    )
+
+
 def test_auto_chooses_three_components_by_bic(data: np.ndarray) -> None:
     model = StepwiseGMM(n_components="auto", max_components=6, seed=0).fit(data)
     assert model.n_components_ == 3

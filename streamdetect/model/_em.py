@@ -199,7 +199,11 @@ def _estimate_resp(ZT1: np.ndarray, derived: Derived) -> tuple[np.ndarray, np.nd
 
     One exponentiation: ``r_kn = exp(a_kn - m_n) / sum_j exp(a_jn - m_n)``, ``m_n = max_k a_kn``.
     """
-    joint = _estimate_weighted_log_prob(ZT1, derived)
+    return _normalise(_estimate_weighted_log_prob(ZT1, derived))
+
+
+def _normalise(joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ll, resp)`` of :func:`_estimate_resp` from the weighted log-probabilities (overwritten)."""
     m = joint.max(axis=0)
     joint -= m
     np.maximum(joint, _EXP_CLIP, out=joint)
@@ -242,6 +246,63 @@ def _estimate_statistics(ZT: np.ndarray, resp: np.ndarray) -> Statistics:
     scatter = 0.5 * (scatter + scatter.transpose(0, 2, 1))
     scatter[~live] = 0.0
     mean = np.where(live[:, None], mu_c + centre, 0.0)
+    scatter /= total
+    return Statistics(nk / total, mean, scatter)
+
+
+# Batch EM runs on the same rows every iteration: both of its steps read them through the rows'
+# outer products z_i z_j (i <= j), computed once per fit, as GEMMs of (K, d(d+1)/2) coefficients
+# against them, instead of forming per-component weighted or projected copies of the batch anew.
+# Both expand the squares about the origin: the batch is the warm-up standardised by its own mean
+# and deviation, so there are no digits to lose to a far-away centre. The stepwise path, whose
+# stream may drift far from the warm-up, keeps the centred forms above.
+class Products(NamedTuple):
+    """A fixed batch for batch EM: ``ZT`` (d, n) and its rows' outer products."""
+
+    ZT: np.ndarray  # (d, n)
+    upper: np.ndarray  # (d(d+1)/2, n): z_i z_j for the pairs i <= j
+    pairs: tuple[np.ndarray, np.ndarray]  # (i, j) of each row of ``upper``
+    doubled: np.ndarray  # (d(d+1)/2,): 2 off the diagonal, 1 on it (a quadratic form's weights)
+
+
+def _outer_products(ZT: np.ndarray) -> Products:
+    i, j = np.triu_indices(ZT.shape[0])
+    return Products(ZT, ZT[i] * ZT[j], (i, j), np.where(i == j, 1.0, 2.0))
+
+
+def _estimate_weighted_log_prob_from_products(batch: Products, derived: Derived) -> np.ndarray:
+    """:func:`_estimate_weighted_log_prob` of a fixed batch, (K, n): with the precision
+    ``A = P P^T``, ``(z - mu)^T A (z - mu) = sum_{i<=j} c_ij z_i z_j - 2 (A mu)^T z + |P^T mu|^2``."""
+    P = derived.prec_chol
+    A = P @ P.transpose(0, 2, 1)
+    coef = A[:, batch.pairs[0], batch.pairs[1]] * batch.doubled
+    A_mu = np.einsum("kde,ke->kd", P, derived.mean_prec)
+    joint = coef @ batch.upper
+    joint -= 2.0 * (A_mu @ batch.ZT)
+    joint += (derived.mean_prec**2).sum(axis=1)[:, None]
+    joint *= -0.5
+    joint += derived.const[:, None]
+    return joint
+
+
+def _estimate_statistics_from_products(batch: Products, resp: np.ndarray) -> Statistics:
+    """:func:`_estimate_statistics` of a fixed batch: second moments about the origin from one
+    GEMM of the responsibilities against the outer products."""
+    d = batch.ZT.shape[0]
+    K = resp.shape[0]
+    nk = resp.sum(axis=1)
+    total = float(nk.sum())
+    s1 = resp @ batch.ZT.T  # (K, d)
+    upper = resp @ batch.upper.T  # (K, d(d+1)/2)
+    raw = np.empty((K, d, d))
+    raw[:, batch.pairs[0], batch.pairs[1]] = upper
+    raw[:, batch.pairs[1], batch.pairs[0]] = upper
+    live = nk > _TINY * max(total, 1.0)
+    nkc = np.where(live, nk, 1.0)
+    mu = s1 / nkc[:, None]
+    scatter = raw - nkc[:, None, None] * mu[:, :, None] * mu[:, None, :]
+    scatter[~live] = 0.0
+    mean = np.where(live[:, None], mu, 0.0)
     scatter /= total
     return Statistics(nk / total, mean, scatter)
 
@@ -335,23 +396,24 @@ def _em(
     wsum = float(weight.sum())
     ZT = ZT1[:-1]
     Z = ZT.T
+    batch = _outer_products(ZT)
     for _ in range(n_init):
         centres = Z[_kmeans_plusplus(Z, n_components, rng, weight)]
-        stats = _estimate_statistics(ZT, _initial_resp(Z, centres) * weight)
+        stats = _estimate_statistics_from_products(batch, _initial_resp(Z, centres) * weight)
         prev = -np.inf
         converged = False
         n_iter = 0
         ll_mean = -np.inf
         for n_iter in range(1, max_iter + 1):  # noqa: B007
             derived = _m_step(stats, reg_covar)
-            ll, resp = _estimate_resp(ZT1, derived)
+            ll, resp = _normalise(_estimate_weighted_log_prob_from_products(batch, derived))
             ll_mean = float(weight @ ll) / wsum
             if abs(ll_mean - prev) < tol:
                 converged = True
                 break
             prev = ll_mean
             resp *= weight
-            stats = _estimate_statistics(ZT, resp)
+            stats = _estimate_statistics_from_products(batch, resp)
         result = EMResult(stats, ll_mean, converged, n_iter)
         if best is None or result.mean_log_likelihood > best.mean_log_likelihood:
             best = result
