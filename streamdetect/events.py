@@ -5,8 +5,11 @@ Every input either becomes one row of the batch or one :class:`Rejected` naming 
 others. Rules (field names come from :class:`~streamdetect.config.EventSchema`):
 
 * ``too_large``: the raw value is longer than ``max_event_bytes`` (checked before parsing).
-* ``decode``: no value (``None``), not UTF-8, not JSON (including numbers that overflow a double,
-  such as ``1e400``, and nesting deeper than 1024).
+* ``decode``: no value (``None``), not UTF-8, not JSON (including a number that overflows a
+  double, such as ``1e400``, in a field the rules read, and nesting deeper than Python's
+  recursion limit, about 1,000). The fields the rules do not read are checked for well-formed
+  JSON and UTF-8 only: they are not built (msgspec decodes each event straight into the fields
+  read, which is most of what decoding costs).
 
 Values in the Confluent Schema Registry wire format (a zero byte, a 4-byte schema id, then the
 payload), as the JSON Schema serializer writes them, are read as their JSON payload; the schema
@@ -59,17 +62,19 @@ import enum
 import functools
 import gc
 import hashlib
+import itertools
 import math
 import numbers
+import operator
 import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import numpy as np
-import orjson
 
 from streamdetect.config import EventSchema
 
@@ -567,13 +572,11 @@ def _parse_canonical(strs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     if len(zulu) and (rows := _byte_rows([strs[i] for i in zulu.tolist()], _CANON_LEN)) is not None:
         ms[zulu], ok[zulu] = _parse_zulu(rows)
     shifted = np.flatnonzero(lengths == _OFFSET_LEN)
-    if len(shifted):
-        sub = [strs[i] for i in shifted.tolist()]
-        local = _byte_rows([x[:23] + "Z" for x in sub], _CANON_LEN)
-        offsets = _byte_rows([x[23:] for x in sub], 6)
-        if local is not None and offsets is not None:
-            (local_ms, ok_local), (east_ms, ok_offset) = _parse_zulu(local), _parse_offsets(offsets)
-            ms[shifted], ok[shifted] = local_ms - east_ms, ok_local & ok_offset
+    if len(shifted) and (rows := _byte_rows([strs[i] for i in shifted.tolist()], _OFFSET_LEN)) is not None:
+        local = rows[:, :_CANON_LEN].copy()
+        local[:, -1] = ord("Z")  # the local time, read as if it were UTC
+        (local_ms, ok_local), (east_ms, ok_offset) = _parse_zulu(local), _parse_offsets(rows[:, _CANON_LEN - 1 :])
+        ms[shifted], ok[shifted] = local_ms - east_ms, ok_local & ok_offset
     return ms, ok
 
 
@@ -658,199 +661,315 @@ def _with_nested(objs: list[Any], names: tuple[str, ...]) -> list[Any]:
     return out
 
 
-def _columns(
-    objs: Sequence[Any], positions: Sequence[int] | None, schema: EventSchema, rejected: list[Rejected]
-) -> EventBatch:
-    """Validate parsed events; ``positions[j]`` is the input index of ``objs[j]`` (identity if None)."""
-    ts: list[int] = []
-    amounts: list[float] = []
-    quantities: list[float] = []
-    skus: list[int] = []
-    keys: list[tuple[str, ...]] = []
-    canon: list[str] = []
-    bad: list[int] = []
+# An absent field reads as NaN, which JSON cannot write: a column of numbers, nulls and absent
+# values converts to floats in one call (null and absent both NaN: both mean "no value").
+_MISSING = math.nan
+# Type codes of column values, for numpy masks (an object array of types is slow to build).
+_OTHER, _INT, _FLOAT, _STR, _NULL = range(5)
+_KIND = {int: _INT, float: _FLOAT, str: _STR, type(None): _NULL}
 
-    # Local bindings: this loop runs once per event and attribute lookups dominate otherwise.
-    tf = schema.time_field
-    key_fields = schema.key_fields
-    k0 = key_fields[0]
-    single_key = len(key_fields) == 1
-    af, qf, pf, sf, vf = (
-        schema.amount_field,
-        schema.quantity_field,
-        schema.unit_price_field,
-        schema.sku_field,
-        schema.value_field,
-    )
-    lo_t, hi_t = schema.min_time_ms, schema.max_time_ms
-    parse_time = time_parser(schema.time_format)
-    counted = schema.count_field is not None
-    # count series and sales without amounts: rows are few, the reference rules take them all
-    by_rules = counted or schema.unpriced
-    # Placeholder time of a canonical string left for the vectorised pass; never a valid time.
-    canon_mark = lo_t - 1
-    max_a, max_q, max_v = schema.max_amount, schema.max_quantity, schema.max_value
-    # A sale with a negative quantity or amount is a return (when `returns`): only its magnitude
-    # is checked here; the rows are marked after the loop.
-    returns = vf is None and not counted and schema.returns and not schema.allow_negative
-    lo_a = -max_a if schema.allow_negative or returns else 0
-    lo_v = -max_v if schema.allow_negative else 0
-    lo_q = -max_q if schema.allow_negative or returns else 0
-    lo_p = -math.inf if schema.allow_negative else 0
-    sku_cache = _SKU_CACHE
-    parse_iso = _parse_iso
-    str_, int_, float_ = str, int, float
-    ts_append, a_append, q_append = ts.append, amounts.append, quantities.append
-    s_append, k_append, c_append = skus.append, keys.append, canon.append
 
-    ms: int
-    key: Any
-    h: int
-    a: Any
-    q: Any
-    p: Any
-    slow = _Slow()
-    key_cache = _KEY_CACHE
-    for d in objs:
-        # Fast path for the usual shapes, straight-line. Anything unusual, including every invalid
-        # event, raises and falls through to _validate, which alone defines the rules: a wrong
-        # shortcut here can cost speed, never correctness.
+def _kinds(col: list[Any]) -> np.ndarray:
+    return np.fromiter(map(_KIND.get, map(type, col), itertools.repeat(_OTHER)), dtype=np.int8, count=len(col))
+
+
+def _is_missing(v: Any) -> bool:
+    return type(v) is float and v != v
+
+
+class _Rows:
+    """The events of a batch as columns of the fields the rules read.
+
+    An absent field reads as ``None`` (as a null) or, where the events cannot hold a NaN
+    (``nan_is_absent``: JSON), as ``_MISSING``; elsewhere a NaN is a value, refused by the rules.
+    """
+
+    nan_is_absent = False
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def column(self, field: str) -> list[Any]:
+        raise NotImplementedError
+
+    def event(self, j: int) -> object:
+        """Event ``j`` as :func:`_validate` takes it."""
+        raise NotImplementedError
+
+
+class _DictRows(_Rows):
+    """Parsed events (dicts, or anything else JSON or a CSV reader gives)."""
+
+    def __init__(self, objs: Sequence[Any]) -> None:
+        self.objs = objs
+
+    def __len__(self) -> int:
+        return len(self.objs)
+
+    def column(self, field: str) -> list[Any]:
         try:
-            if by_rules:
-                raise slow
-            t = d[tf]
-            if parse_time is not None:
-                ms = parse_time(t)
-                if not lo_t <= ms < hi_t:
-                    raise slow
-            elif type(t) is str_ and (len(t) == 24 or len(t) == 29):
-                ms = canon_mark
-            else:
-                if type(t) is str_:
-                    ms = parse_iso(t)
-                elif type(t) is int_:
-                    ms = t
-                else:
-                    raise slow
-                if not lo_t <= ms < hi_t:
-                    raise slow
-            if single_key:
-                k = d[k0]
-                key = key_cache.get(k)
-                if key is None:
-                    if type(k) is not str_:
-                        raise slow
-                    key = (k,)
-                    if len(key_cache) >= _KEY_CACHE_MAX:
-                        key_cache.clear()
-                    key_cache[k] = key
-            else:
-                key = tuple([d[f] for f in key_fields])
-                for k in key:
-                    if type(k) is not str_:
-                        raise slow
-            if vf is None:
-                a = d.get(af)
-                if a is None:
-                    q = d[qf]
-                    p = d[pf]
-                    tq, tp = type(q), type(p)
-                    if not (
-                        (tq is float_ or tq is int_)
-                        and (tp is float_ or tp is int_)
-                        and lo_q <= q <= max_q
-                        and lo_p <= p
-                    ):
-                        raise slow
-                    a = q * p
-                    if not lo_a <= a <= max_a:
-                        raise slow
-                else:
-                    ta = type(a)
-                    if not ((ta is float_ or ta is int_) and lo_a <= a <= max_a):
-                        raise slow
-                    q = d.get(qf)
-                    if q is None:
-                        q = 1
-                    else:
-                        tq = type(q)
-                        if not ((tq is float_ or tq is int_) and lo_q <= q <= max_q):
-                            raise slow
-                s = d.get(sf)
-                if type(s) is str_:
-                    h = sku_cache[s]
-                elif s is None:
-                    h = 0
-                else:
-                    raise slow
-            else:
-                a = d[vf]
-                ta = type(a)
-                if not ((ta is float_ or ta is int_) and lo_v <= a <= max_v):
-                    raise slow
-                q = 1
-                h = 0
-        except (_Slow, KeyError, TypeError, ValueError, AttributeError, OverflowError):
+            return [d.get(field) for d in self.objs]
+        except (AttributeError, TypeError):  # an event that is not an object: the rules say why
+            return [d.get(field) if isinstance(d, Mapping) else None for d in self.objs]
+
+    def event(self, j: int) -> object:
+        return self.objs[j]
+
+
+class _StructRows(_Rows):
+    """Events decoded straight into structs of the fields the rules read (no dict per event)."""
+
+    nan_is_absent = True
+
+    def __init__(self, events: list[Any], failures: dict[int, object], attrs: Mapping[str, str]) -> None:
+        self.events = events
+        self.failures = failures  # position -> what the value was instead (not JSON, not an object)
+        self.attrs = attrs  # field name -> struct attribute
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def column(self, field: str) -> list[Any]:
+        return list(map(operator.attrgetter(self.attrs[field]), self.events))
+
+    def event(self, j: int) -> object:
+        if j in self.failures:
+            return self.failures[j]
+        e = self.events[j]
+        return {f: v for f, a in self.attrs.items() if not _is_missing(v := getattr(e, a))}
+
+
+def _numbers(col: list[Any], nan_is_absent: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values, is_number, is_absent)`` of a column: JSON numbers (not booleans) as float64 (0
+    where not), and the rows without a value (absent or null); rows that are neither (a NaN
+    that is a value among them) are for the rules."""
+    types = set(map(type, col))
+    kind = None
+    if types <= {int, float, type(None)}:
+        try:
+            values = np.array(col, dtype=np.float64)  # null -> NaN
+        except OverflowError:  # an integer beyond a double: the rules reject it
+            pass
+        else:
+            nan = np.isnan(values)
+            if not nan.any():
+                return values, np.ones(len(col), dtype=bool), nan
+            if nan_is_absent:
+                values[nan] = 0.0
+                return values, ~nan, nan
+            kind = _kinds(col)
+    if kind is None:
+        kind = _kinds(col)
+    is_number = (kind == _INT) | (kind == _FLOAT)
+    values = np.zeros(len(col))
+    rows = np.flatnonzero(is_number).tolist()
+    try:
+        values[rows] = [col[i] for i in rows]
+    except OverflowError:
+        for i in rows:
             try:
-                ms, key, a, q, h = _validate(d, schema)
-            except _Invalid as exc:
-                j = len(ts) + len(bad)
-                bad.append(j)
-                rejected.append(Rejected(j if positions is None else positions[j], exc.reason, exc.detail))
+                values[i] = col[i]
+            except OverflowError:
+                is_number[i] = False
+    nan = np.isnan(values)
+    values[nan] = 0.0
+    absent = (kind == _NULL) | (nan if nan_is_absent else False)
+    return values, is_number & ~nan, absent
+
+
+def _times(col: list[Any], schema: EventSchema) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch ms of a time column and which rows the shortcut read; the others are for the rules."""
+    n = len(col)
+    parse = time_parser(schema.time_format)
+    if parse is not None:  # a configured format: its parser, one row at a time (it caches)
+        return _times_one_by_one(col, parse, range(n), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool))
+    types = set(map(type, col))
+    if types == {str}:
+        return _iso_times(col)
+    if types == {int}:
+        with contextlib.suppress(OverflowError):
+            return np.array(col, dtype=np.int64), np.ones(n, dtype=bool)
+    ms, ok = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    kind = _kinds(col)
+    strings = np.flatnonzero(kind == _STR)
+    if len(strings):
+        ms[strings], ok[strings] = _iso_times([col[i] for i in strings.tolist()])
+    return _times_one_by_one(col, None, np.flatnonzero(kind == _INT).tolist(), ms, ok)
+
+
+def _iso_times(col: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_times` of strings: the canonical shapes for all at once, the others one by one."""
+    n = len(col)
+    lengths = np.fromiter(map(len, col), dtype=np.int64, count=n)
+    canonical = (lengths == _CANON_LEN) | (lengths == _OFFSET_LEN)
+    if canonical.all():
+        return _parse_canonical(col)
+    ms, ok = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    rows = np.flatnonzero(canonical)
+    if len(rows):
+        ms[rows], ok[rows] = _parse_canonical([col[i] for i in rows.tolist()])
+    return _times_one_by_one(col, None, np.flatnonzero(~canonical).tolist(), ms, ok)
+
+
+def _times_one_by_one(
+    col: list[Any], parse: Callable[[Any], int] | None, rows: Iterable[int], ms: np.ndarray, ok: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    for i in rows:
+        t = col[i]
+        try:
+            if parse is not None:
+                ms[i] = parse(t)
+            elif type(t) is str:
+                ms[i] = _parse_iso(t)
+            elif type(t) is int:
+                ms[i] = t
+            else:
                 continue
-        ts_append(ms)
-        if ms == canon_mark:
-            c_append(t)
-        k_append(key)
-        a_append(a)
-        q_append(q)
-        s_append(h)
+        except (ValueError, TypeError, OverflowError):
+            continue
+        ok[i] = True
+    return ms, ok
 
-    obj_rows = np.arange(len(objs), dtype=np.int64)
-    if bad:
-        obj_rows = np.delete(obj_rows, bad)
-    index = obj_rows if positions is None else np.asarray(positions, dtype=np.int64)[obj_rows]
-    ts_arr = np.array(ts, dtype=np.int64)
-    amount_arr = np.array(amounts, dtype=np.float64)
-    quantity_arr = np.array(quantities, dtype=np.float64)
-    sku_arr = np.array(skus, dtype=np.uint64)
 
-    if canon:
-        rows = np.flatnonzero(ts_arr == canon_mark)
-        parsed, ok_arr = _parse_canonical(canon)
-        ok_arr &= (parsed >= lo_t) & (parsed < hi_t)
-        ts_arr[rows] = parsed
-        if not ok_arr.all():
-            drop: list[int] = []
-            for r in rows[~ok_arr].tolist():
-                try:
-                    ts_arr[r] = _validate(objs[int(obj_rows[r])], schema)[0]
-                except _Invalid as exc:
-                    drop.append(r)
-                    rejected.append(Rejected(int(index[r]), exc.reason, exc.detail))
-            if drop:
-                keep = np.ones(len(ts_arr), dtype=bool)
-                keep[drop] = False
-                index, ts_arr, amount_arr = index[keep], ts_arr[keep], amount_arr[keep]
-                quantity_arr, sku_arr = quantity_arr[keep], sku_arr[keep]
-                keys = [k for k, m in zip(keys, keep.tolist(), strict=True) if m]
-                rejected.sort(key=lambda r: r.index)
+def _keys(rows: _Rows, key_fields: tuple[str, ...]) -> tuple[list[Any], np.ndarray]:
+    """Each row's key tuple and whether the shortcut read it (every key field a string)."""
+    n = len(rows)
+    if len(key_fields) == 1:
+        col = rows.column(key_fields[0])
+        cache = _KEY_CACHE
+        try:
+            keys: list[Any] = list(map(cache.get, col))
+        except TypeError:  # an unhashable value (an object, an array)
+            keys = [cache.get(k) if type(k) is str else None for k in col]
+        ok = np.ones(n, dtype=bool)
+        if None in keys:
+            for i in [i for i, k in enumerate(keys) if k is None]:
+                k = col[i]
+                if type(k) is not str:
+                    ok[i] = False
+                    continue
+                if len(cache) >= _KEY_CACHE_MAX:
+                    cache.clear()
+                keys[i] = cache[k] = (k,)
+        return keys, ok
+    cols = [rows.column(f) for f in key_fields]
+    ok = np.ones(n, dtype=bool)
+    for col in cols:
+        if set(map(type, col)) != {str}:
+            ok &= np.array([type(k) is str for k in col], dtype=bool)
+    return list(zip(*cols, strict=True)), ok
+
+
+def _sku_hashes(col: list[Any], nan_is_absent: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The SKU hash of each row (0 when absent) and whether the shortcut read it (a string)."""
+    n = len(col)
+    cache = _SKU_CACHE
+    try:
+        hashes: list[Any] = list(map(cache.get, col))
+    except TypeError:
+        hashes = [cache.get(s) if type(s) is str else None for s in col]
+    ok = np.ones(n, dtype=bool)
+    if None in hashes:
+        for i in [i for i, h in enumerate(hashes) if h is None]:
+            s = col[i]
+            if type(s) is str:
+                hashes[i] = sku_hash(s)
+            elif s is None or (nan_is_absent and _is_missing(s)):
+                hashes[i] = 0
+            else:
+                hashes[i] = 0
+                ok[i] = False
+    return np.array(hashes, dtype=np.uint64), ok
+
+
+def _columns(
+    rows: _Rows, positions: Sequence[int] | None, schema: EventSchema, rejected: list[Rejected]
+) -> EventBatch:
+    """Validate a batch column by column; ``positions[j]`` is the input index of row ``j``
+    (identity if None).
+
+    The usual shapes are read for the whole batch at once with numpy. A row any column cannot
+    read that way (every invalid event, and the unusual valid ones) goes to :func:`_validate`,
+    which alone defines the rules: a wrong shortcut here can cost speed, never correctness.
+    """
+    n = len(rows)
+    if n == 0:
+        return EventBatch.empty()
+    vf = schema.value_field
+    counted = schema.count_field is not None
+    ts_ms = np.zeros(n, dtype=np.int64)
+    amount = np.zeros(n)
+    quantity = np.ones(n)
+    skus = np.zeros(n, dtype=np.uint64)
+    keys: list[Any] = [None] * n
+    returns = vf is None and not counted and schema.returns and not schema.allow_negative
+    if counted or schema.unpriced:
+        ok = np.zeros(n, dtype=bool)  # count series and sales without amounts: few rows, all by the rules
+    else:
+        ts_ms, ok = _times(rows.column(schema.time_field), schema)
+        ok &= (ts_ms >= schema.min_time_ms) & (ts_ms < schema.max_time_ms)
+        keys, keys_ok = _keys(rows, schema.key_fields)
+        ok &= keys_ok
+        # A sale with a negative quantity or amount is a return (when `returns`): only its
+        # magnitude is checked here; the rows are marked below.
+        signed = schema.allow_negative or returns
+        if vf is not None:
+            amount, is_number, _ = _numbers(rows.column(vf), rows.nan_is_absent)
+            lo_v = -schema.max_value if schema.allow_negative else 0.0
+            ok &= is_number & (amount >= lo_v) & (amount <= schema.max_value)
+        else:
+            max_a, max_q = schema.max_amount, schema.max_quantity
+            lo_a, lo_q = (-max_a, -max_q) if signed else (0.0, 0.0)
+            a, a_number, a_absent = _numbers(rows.column(schema.amount_field), rows.nan_is_absent)
+            q, q_number, q_absent = _numbers(rows.column(schema.quantity_field), rows.nan_is_absent)
+            if a_absent.any():
+                p, p_number, _ = _numbers(rows.column(schema.unit_price_field), rows.nan_is_absent)
+                lo_p = -math.inf if schema.allow_negative else 0.0
+                with np.errstate(over="ignore", invalid="ignore"):  # huge products are rejected below
+                    product = q * p
+                priced = q_number & p_number & (p >= lo_p) & (product >= lo_a) & (product <= max_a)
+                a = np.where(a_absent, product, a)
+            else:
+                priced = np.zeros(n, dtype=bool)
+            q_ok = q_number & (q >= lo_q) & (q <= max_q)
+            # amount given: quantity optional (1); amount absent: quantity and unit price required
+            ok &= np.where(a_absent, priced & q_ok, a_number & (a >= lo_a) & (a <= max_a) & (q_ok | q_absent))
+            amount = a
+            quantity = np.where(q_absent, 1.0, q)
+            skus, skus_ok = _sku_hashes(rows.column(schema.sku_field), rows.nan_is_absent)
+            ok &= skus_ok
+
+    index = np.arange(n, dtype=np.int64) if positions is None else np.asarray(positions, dtype=np.int64)
+    slow = np.flatnonzero(~ok)
+    if len(slow):
+        bad: list[int] = []
+        for j in slow.tolist():
+            try:
+                ts_ms[j], keys[j], amount[j], quantity[j], skus[j] = _validate(rows.event(j), schema)
+            except _Invalid as exc:
+                bad.append(j)
+                rejected.append(Rejected(int(index[j]), exc.reason, exc.detail))
+        if bad:
+            keep = np.ones(n, dtype=bool)
+            keep[bad] = False
+            index, ts_ms, amount, quantity, skus = index[keep], ts_ms[keep], amount[keep], quantity[keep], skus[keep]
+            keys = [k for k, m in zip(keys, keep.tolist(), strict=True) if m]
 
     is_return = None
-    if returns and len(amount_arr):
-        negative = (amount_arr < 0) | (quantity_arr < 0)
+    if returns and len(amount):
+        negative = (amount < 0) | (quantity < 0)
         if negative.any():
             is_return = negative
-            amount_arr, quantity_arr = np.abs(amount_arr), np.abs(quantity_arr)
+            amount, quantity = np.abs(amount), np.abs(quantity)
 
     return EventBatch(
         index=index,
-        ts_ms=ts_arr,
-        amount=amount_arr,
-        quantity=quantity_arr,
-        sku_hash=sku_arr,
+        ts_ms=ts_ms,
+        amount=amount,
+        quantity=quantity,
+        sku_hash=skus,
         keys=keys,
-        count=quantity_arr if counted else None,
+        count=quantity if counted else None,
         is_return=is_return,
     )
 
@@ -879,8 +998,9 @@ def _gc_paused() -> Iterator[None]:
 
 _SMALL = 16
 _JOIN_MAX = 2048
-_loads = orjson.loads
-_JSONDecodeError = orjson.JSONDecodeError
+_loads = msgspec.json.decode
+# Malformed JSON; a number beyond a double; nesting beyond the decoder's recursion limit.
+_JSONDecodeError = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 
 
 _FRAME = 5  # the Confluent wire format's header: magic byte 0, then a 4-byte big-endian schema id
@@ -939,7 +1059,7 @@ def _parse_many(vals: list[Any], out: list[object]) -> None:
     sep = b",%d," % nonce
     try:
         arr = _loads(b"[" + sep.join(vals) + b"]")
-    except (_JSONDecodeError, TypeError):
+    except (*_JSONDecodeError, TypeError):
         arr = None
     if type(arr) is list and len(arr) == 2 * n - 1 and arr[1::2].count(nonce) == n - 1:
         out.extend(arr[0::2])
@@ -947,6 +1067,100 @@ def _parse_many(vals: list[Any], out: list[object]) -> None:
     half = n // 2
     _parse_many(vals[:half], out)
     _parse_many(vals[half:], out)
+
+
+@functools.cache
+def _struct_decoders(fields: tuple[str, ...]) -> tuple[Any, Any, Any, dict[str, str]]:
+    """For the fields the rules read: the struct type, a decoder of an array of such structs and
+    sentinel integers, a decoder of one struct, and each field's attribute (field names need not
+    be identifiers)."""
+    attrs = {f: f"f{i}" for i, f in enumerate(fields)}
+    struct = msgspec.defstruct(
+        "Event", [(a, Any, _MISSING) for a in attrs.values()], rename={a: f for f, a in attrs.items()}
+    )
+    return struct, msgspec.json.Decoder(list[struct | int]), msgspec.json.Decoder(struct), attrs  # type: ignore[valid-type]
+
+
+def _read_fields(schema: EventSchema) -> tuple[str, ...]:
+    names = (schema.time_field, *schema.key_fields, schema.amount_field, schema.quantity_field,
+             schema.unit_price_field, schema.sku_field, schema.value_field, schema.count_field)  # fmt: skip
+    return tuple(dict.fromkeys(f for f in names if f is not None))
+
+
+def _decode_one(v: Any, one: Any) -> tuple[bool, object]:
+    """One value: ``(True, its struct)``, or ``(False, what it is instead)``: a decode failure, or
+    the JSON value that is not an object (the rules say why)."""
+    try:
+        e = one.decode(v)
+    except msgspec.ValidationError as exc:
+        try:
+            value = _loads(v)
+        except _JSONDecodeError:
+            return False, _DecodeFailure(f"invalid JSON: {exc}")
+        # Valid JSON but not an object; or an object with a number beyond a double in a field read.
+        return False, value if not isinstance(value, dict) else _DecodeFailure(f"invalid JSON: {exc}")
+    except (msgspec.DecodeError, RecursionError, TypeError):
+        return False, _parse_one(v)  # the reference says what it is (a framed value, not JSON, ...)
+    if isinstance(v, bytes) and not (v.isascii() or _is_utf8(v)):
+        return False, _DecodeFailure("invalid JSON: not UTF-8")  # the decoder skips the fields not read
+    return True, e
+
+
+def _decode_structs(vals: list[Any], schema: EventSchema) -> _StructRows:
+    """Decode JSON values into structs of the fields the rules read, one decode per batch when
+    every value is a well-formed JSON object (see :func:`_parse_many` for the sentinel check).
+
+    Only the fields read are kept: the others are checked for well-formed JSON but not built,
+    which is most of what decoding a sale costs. Text must be UTF-8 (checked for the whole batch
+    once it is not plain ASCII, since the decoder does not check the fields it skips).
+    """
+    struct, many, one, attrs = _struct_decoders(_read_fields(schema))
+    events: list[Any] = []
+    failures: dict[int, object] = {}
+    blank = struct()
+
+    def decode(part: list[Any], start: int) -> None:
+        n = len(part)
+        if n > _SMALL:
+            if n > _JOIN_MAX:
+                for i in range(0, n, _JOIN_MAX):
+                    decode(part[i : i + _JOIN_MAX], start + i)
+                return
+            nonce = secrets.randbits(62) | (1 << 62)
+            sep = b",%d," % nonce
+            arr: Any = None
+            try:
+                doc = b"[" + sep.join(part) + b"]"
+                if doc.isascii() or _is_utf8(doc):
+                    arr = many.decode(doc)
+            except (*_JSONDecodeError, TypeError):
+                pass
+            if arr is not None and len(arr) == 2 * n - 1 and arr[1::2].count(nonce) == n - 1:
+                got = arr[0::2]
+                if set(map(type, got)) == {struct}:
+                    events.extend(got)
+                    return
+            half = n // 2
+            decode(part[:half], start)
+            decode(part[half:], start + half)
+            return
+        for i, v in enumerate(part):
+            ok, e = _decode_one(v, one)
+            if not ok:
+                failures[start + i] = e
+                e = blank
+            events.append(e)
+
+    decode(vals, 0)
+    return _StructRows(events, failures, attrs)
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def decode_events(values: Sequence[bytes], schema: EventSchema) -> tuple[EventBatch, list[Rejected]]:
@@ -1010,13 +1224,16 @@ def decode_events(values: Sequence[bytes], schema: EventSchema) -> tuple[EventBa
         # A topic written by a Schema Registry serializer frames every value; one that is not
         # (a mixed batch) is unframed one by one when its parse fails.
         vals = [_unframed(v) for v in vals]
-    objs: list[object] = []
     with _gc_paused():
-        _parse_many(vals, objs)
+        rows: _Rows
         if schema.nested_fields:
-            objs = _with_nested(objs, schema.nested_fields)
-        batch = _columns(objs, positions, schema, rejected)
-        del objs
+            objs: list[object] = []
+            _parse_many(vals, objs)
+            rows = _DictRows(_with_nested(objs, schema.nested_fields))
+        else:
+            rows = _decode_structs(vals, schema)
+        batch = _columns(rows, positions, schema, rejected)
+        del rows
     if positions is not None:
         rejected.sort(key=lambda r: r.index)
     return batch, rejected
@@ -1040,5 +1257,5 @@ def decode_records(records: Sequence[Mapping[str, Any]], schema: EventSchema) ->
     with _gc_paused():
         if schema.nested_fields:
             objs = _with_nested(objs, schema.nested_fields)
-        batch = _columns(objs, None, schema, rejected)
+        batch = _columns(_DictRows(objs), None, schema, rejected)
     return batch, rejected
