@@ -251,23 +251,28 @@ def _estimate_statistics(ZT: np.ndarray, resp: np.ndarray) -> Statistics:
 
 
 # Batch EM runs on the same rows every iteration: both of its steps read them through the rows'
-# outer products z_i z_j (i <= j), computed once per fit, as GEMMs of (K, d(d+1)/2) coefficients
-# against them, instead of forming per-component weighted or projected copies of the batch anew.
-# Both expand the squares about the origin: the batch is the warm-up standardised by its own mean
-# and deviation, so there are no digits to lose to a far-away centre. The stepwise path, whose
-# stream may drift far from the warm-up, keeps the centred forms above.
+# outer products z_i z_j (i <= j), computed once per fit, stacked with the rows and a row of ones,
+# so that each step is one GEMM against that stack instead of forming per-component weighted or
+# projected copies of the batch anew. Both expand the squares about the origin: the batch is the
+# warm-up standardised by its own mean and deviation, so there are no digits to lose to a
+# far-away centre. The stepwise path, whose stream may drift far from the warm-up, keeps the
+# centred forms above.
 class Products(NamedTuple):
-    """A fixed batch for batch EM: ``ZT`` (d, n) and its rows' outer products."""
+    """A fixed batch for batch EM: its rows' monomials of degree 2, 1 and 0, (d(d+1)/2 + d + 1, n)."""
 
-    ZT: np.ndarray  # (d, n)
-    upper: np.ndarray  # (d(d+1)/2, n): z_i z_j for the pairs i <= j
-    pairs: tuple[np.ndarray, np.ndarray]  # (i, j) of each row of ``upper``
+    stack: np.ndarray  # rows: z_i z_j for the pairs i <= j, then z_1 .. z_d, then ones
+    pairs: tuple[np.ndarray, np.ndarray]  # (i, j) of each product row
     doubled: np.ndarray  # (d(d+1)/2,): 2 off the diagonal, 1 on it (a quadratic form's weights)
 
 
 def _outer_products(ZT: np.ndarray) -> Products:
-    i, j = np.triu_indices(ZT.shape[0])
-    return Products(ZT, ZT[i] * ZT[j], (i, j), np.where(i == j, 1.0, 2.0))
+    d, n = ZT.shape
+    i, j = np.triu_indices(d)
+    stack = np.empty((len(i) + d + 1, n))
+    np.multiply(ZT[i], ZT[j], out=stack[: len(i)])
+    stack[len(i) : -1] = ZT
+    stack[-1] = 1.0
+    return Products(stack, (i, j), np.where(i == j, 1.0, 2.0))
 
 
 def _estimate_weighted_log_prob_from_products(batch: Products, derived: Derived) -> np.ndarray:
@@ -275,31 +280,29 @@ def _estimate_weighted_log_prob_from_products(batch: Products, derived: Derived)
     ``A = P P^T``, ``(z - mu)^T A (z - mu) = sum_{i<=j} c_ij z_i z_j - 2 (A mu)^T z + |P^T mu|^2``."""
     P = derived.prec_chol
     A = P @ P.transpose(0, 2, 1)
-    coef = A[:, batch.pairs[0], batch.pairs[1]] * batch.doubled
-    A_mu = np.einsum("kde,ke->kd", P, derived.mean_prec)
-    joint = coef @ batch.upper
-    joint -= 2.0 * (A_mu @ batch.ZT)
-    joint += (derived.mean_prec**2).sum(axis=1)[:, None]
-    joint *= -0.5
-    joint += derived.const[:, None]
-    return joint
+    T = len(batch.doubled)
+    coef = np.empty((len(P), batch.stack.shape[0]))
+    np.multiply(A[:, batch.pairs[0], batch.pairs[1]], -0.5 * batch.doubled, out=coef[:, :T])
+    coef[:, T:-1] = np.einsum("kde,ke->kd", P, derived.mean_prec)  # A mu
+    coef[:, -1] = derived.const - 0.5 * (derived.mean_prec**2).sum(axis=1)
+    return coef @ batch.stack
 
 
 def _estimate_statistics_from_products(batch: Products, resp: np.ndarray) -> Statistics:
-    """:func:`_estimate_statistics` of a fixed batch: second moments about the origin from one
-    GEMM of the responsibilities against the outer products."""
-    d = batch.ZT.shape[0]
+    """:func:`_estimate_statistics` of a fixed batch: second moments about the origin, first
+    moments and masses from one GEMM of the responsibilities against the stack."""
+    T = len(batch.doubled)
+    d = batch.stack.shape[0] - T - 1
     K = resp.shape[0]
-    nk = resp.sum(axis=1)
+    moments = resp @ batch.stack.T  # (K, T + d + 1)
+    nk = moments[:, -1]
     total = float(nk.sum())
-    s1 = resp @ batch.ZT.T  # (K, d)
-    upper = resp @ batch.upper.T  # (K, d(d+1)/2)
     raw = np.empty((K, d, d))
-    raw[:, batch.pairs[0], batch.pairs[1]] = upper
-    raw[:, batch.pairs[1], batch.pairs[0]] = upper
+    raw[:, batch.pairs[0], batch.pairs[1]] = moments[:, :T]
+    raw[:, batch.pairs[1], batch.pairs[0]] = moments[:, :T]
     live = nk > _TINY * max(total, 1.0)
     nkc = np.where(live, nk, 1.0)
-    mu = s1 / nkc[:, None]
+    mu = moments[:, T:-1] / nkc[:, None]
     scatter = raw - nkc[:, None, None] * mu[:, :, None] * mu[:, None, :]
     scatter[~live] = 0.0
     mean = np.where(live[:, None], mu, 0.0)
