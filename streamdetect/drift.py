@@ -86,7 +86,7 @@ class ScoreDriftMonitor:
         self.config = c = config or DriftConfig()
         self.reference_: np.ndarray = np.empty(0)
         self.recent_: np.ndarray = np.empty(0)
-        self.psi_ = 0.0
+        self._psi: float | None = 0.0  # None: not computed since the recent scores changed
         self.drift_events_ = 0
         self.n_batches_ = 0
         self._ref_mean = 0.0
@@ -100,6 +100,14 @@ class ScoreDriftMonitor:
             return river_drift.ADWIN(delta=0.002)
         # Standardised input: delta = 0.5 and threshold = 5 make it a CUSUM with k = 0.5, h = 5.
         return river_drift.PageHinkley(min_instances=10, delta=0.5, threshold=5.0, alpha=1.0, mode="both")
+
+    @property
+    def psi_(self) -> float:
+        """PSI of the recent scores against the reference, computed when read (a pass over the
+        recent scores: metrics read it once per batch, learning steps come several per batch)."""
+        if self._psi is None:
+            self._psi = _psi_against(self._bins, self.recent_)
+        return self._psi
 
     @property
     def has_reference(self) -> bool:
@@ -118,12 +126,13 @@ class ScoreDriftMonitor:
                 self._set_reference(self.reference_)
             return False
         self.recent_ = np.concatenate([self.recent_, x])[-c.recent_size :]
-        self.psi_ = _psi_against(self._bins, self.recent_)
         if self._detect(x):
+            self._psi = _psi_against(self._bins, self.recent_)  # the drift's size, against the old reference
             self.drift_events_ += 1
             self._set_reference(self.recent_)
             self._detector = self._new_detector(c)
             return True
+        self._psi = None
         return False
 
     def _detect(self, x: np.ndarray) -> bool:
@@ -165,7 +174,7 @@ class ScoreDriftMonitor:
         if mon.has_reference:
             mon._set_reference(mon.reference_)
         mon.recent_ = np.asarray(state["recent"], dtype=np.float64)
-        mon.psi_ = float(state["psi"])
+        mon._psi = float(state["psi"])
         mon.drift_events_ = int(state["drift_events"])
         mon.n_batches_ = int(state["n_batches"])
         return mon
