@@ -42,7 +42,7 @@ import numpy as np
 
 from streamdetect._round_kernel import NEEDS_NUMPY, STEP_DUE, score_rounds
 from streamdetect.alerts import SEVERITIES, VALUE_SERIES_NAMES, Alert, Contribution, EpisodeResolved, format_time
-from streamdetect.config import DetectorConfig, WindowConfig
+from streamdetect.config import DetectorConfig, EventSchema, WindowConfig
 from streamdetect.drift import ScoreDriftMonitor
 from streamdetect.events import EventBatch, Rejected, RejectReason, decode_events, decode_records
 from streamdetect.features import (
@@ -254,7 +254,7 @@ def _mean_sample(rounds: ClosedRounds) -> ClosedRounds:
 
 
 def compile_kernels() -> float:
-    """Compile (or load from numba's cache) the windows', the features' and the detector's
+    """Compile (or load from numba's cache) the events', the windows', the features' and the detector's
     kernels; the seconds it took. A service calls it before joining its consumer group: compiling
     afresh takes seconds, which inside the first batch could outlast the group's
     ``max.poll.interval.ms``.
@@ -263,6 +263,7 @@ def compile_kernels() -> float:
     True
     """
     started = time.perf_counter()
+    decode_events([b'{"ts": "2024-03-01T12:00:00.000Z", "store_id": "k", "amount": 1}'], EventSchema())
     compile_feature_kernels()
     windows = WindowAggregator()
     one = np.ones(1)

@@ -76,6 +76,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from streamdetect import _time_kernels
 from streamdetect.config import EventSchema
 
 __all__ = [
@@ -538,90 +539,29 @@ def _sku(d: Mapping[str, Any], schema: EventSchema) -> int:
     raise _Invalid(RejectReason.BAD_TYPE, f"{schema.sku_field}: expected a string, got {_show(sku)}")
 
 
-# Byte layout of the canonical "YYYY-MM-DDTHH:MM:SS.fffZ" (JavaScript's toISOString, and
-# alerts.format_time): these are parsed for a whole batch at once with numpy.
-_CANON_LEN = 24
-_CANON_SEP_POS = np.array([4, 7, 10, 13, 16, 19, 23])
-_CANON_SEP = np.frombuffer(b"--T::.Z", dtype=np.uint8)
-_CANON_DIGIT_POS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22])
-_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
-
-
-_OFFSET_LEN = 29  # "YYYY-MM-DDTHH:MM:SS.fff+hh:mm": the canonical form with an offset
-
-
 def _parse_canonical(strs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Epoch ms of ``YYYY-MM-DDTHH:MM:SS.fffZ`` strings, or of the same with an offset
-    (``.fff+01:00``), and which ones were valid.
+    (``.fff+01:00``), and which ones were valid, in one compiled loop over their bytes.
 
-    Invalid rows (wrong shape, impossible dates or offsets, leap seconds) are flagged, not
-    guessed: the caller sends them through the reference rules, which decide.
+    Other strings and invalid ones (impossible dates or offsets, leap seconds) are flagged, not
+    guessed: the caller reads them with the full parser.
 
     >>> ms, ok = _parse_canonical(["2024-02-29T23:59:59.999Z", "2023-02-29T00:00:00.000Z",
-    ...                            "2024-03-01T00:59:59.999+01:00"])
+    ...                            "2024-03-01T00:59:59.999+01:00", "2024-03-01T00:59:59Z", "2024-03-01T00:59:59.99éZ"])
     >>> ms[0].item() == parse_timestamp("2024-02-29T23:59:59.999Z") == ms[2].item(), ok.tolist()
-    (True, [True, False, True])
+    (True, [True, False, True, False, False])
     """
     n = len(strs)
-    rows = _byte_rows(strs, _CANON_LEN)
-    if rows is not None:  # the usual batch: every one in the Z form
-        return _parse_zulu(rows)
-    ms, ok = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     lengths = np.fromiter(map(len, strs), dtype=np.int64, count=n)
-    zulu = np.flatnonzero(lengths == _CANON_LEN)
-    if len(zulu) and (rows := _byte_rows([strs[i] for i in zulu.tolist()], _CANON_LEN)) is not None:
-        ms[zulu], ok[zulu] = _parse_zulu(rows)
-    shifted = np.flatnonzero(lengths == _OFFSET_LEN)
-    if len(shifted) and (rows := _byte_rows([strs[i] for i in shifted.tolist()], _OFFSET_LEN)) is not None:
-        local = rows[:, :_CANON_LEN].copy()
-        local[:, -1] = ord("Z")  # the local time, read as if it were UTC
-        (local_ms, ok_local), (east_ms, ok_offset) = _parse_zulu(local), _parse_offsets(rows[:, _CANON_LEN - 1 :])
-        ms[shifted], ok[shifted] = local_ms - east_ms, ok_local & ok_offset
-    return ms, ok
-
-
-def _byte_rows(strs: list[str], width: int) -> np.ndarray | None:
-    """The bytes of ASCII strings of ``width`` characters, one row each; None if they are not."""
     blob = "".join(strs)
-    if len(blob) != len(strs) * width or not blob.isascii():
-        return None
-    return np.frombuffer(blob.encode("ascii"), dtype=np.uint8).reshape(len(strs), width)
-
-
-def _parse_offsets(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Milliseconds east of UTC of ``+hh:mm`` / ``-hh:mm`` rows (hh < 24, mm < 60), and which were valid."""
-    a = rows.astype(np.int64)
-    dg = a[:, [1, 2, 4, 5]] - 48
-    hours, minutes = dg[:, 0] * 10 + dg[:, 1], dg[:, 2] * 10 + dg[:, 3]
-    ok = ((a[:, 0] == ord("+")) | (a[:, 0] == ord("-"))) & (a[:, 3] == ord(":"))
-    ok &= ((dg >= 0) & (dg <= 9)).all(axis=1) & (hours <= 23) & (minutes <= 59)
-    sign = np.where(a[:, 0] == ord("-"), -1, 1)
-    return sign * (hours * 3_600_000 + minutes * 60_000), ok
-
-
-def _parse_zulu(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Epoch ms of ``YYYY-MM-DDTHH:MM:SS.fffZ`` rows of bytes, and which ones were valid."""
-    ok = (a[:, _CANON_SEP_POS] == _CANON_SEP).all(axis=1)
-    dg = a[:, _CANON_DIGIT_POS].astype(np.int64) - 48
-    ok &= ((dg >= 0) & (dg <= 9)).all(axis=1)
-    year = dg[:, 0] * 1000 + dg[:, 1] * 100 + dg[:, 2] * 10 + dg[:, 3]
-    month = dg[:, 4] * 10 + dg[:, 5]
-    day = dg[:, 6] * 10 + dg[:, 7]
-    hour = dg[:, 8] * 10 + dg[:, 9]
-    minute = dg[:, 10] * 10 + dg[:, 11]
-    second = dg[:, 12] * 10 + dg[:, 13]
-    milli = dg[:, 14] * 100 + dg[:, 15] * 10 + dg[:, 16]
-    ok &= (year >= 1) & (month >= 1) & (month <= 12) & (hour <= 23) & (minute <= 59) & (second <= 59)
-    month = np.where(ok, month, 1)
-    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-    ok &= (day >= 1) & (day <= _DAYS_IN_MONTH[month] + ((month == 2) & leap))
-    # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
-    y = year - (month <= 2)
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
-    days = era * 146_097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719_468
-    ms = days * 86_400_000 + hour * 3_600_000 + minute * 60_000 + second * 1000 + milli
+    if not blob.isascii():
+        # A string's bytes must start where its characters do: the others, never canonical, are
+        # blanked (NUL is neither a digit nor a separator).
+        blob = "".join(x if x.isascii() else "\0" * len(x) for x in strs)
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    ms, ok = np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)
+    _time_kernels.parse_canonical(np.frombuffer(blob.encode("ascii"), dtype=np.uint8), starts, lengths, ms, ok)
     return ms, ok
 
 
@@ -799,16 +739,10 @@ def _times(col: list[Any], schema: EventSchema) -> tuple[np.ndarray, np.ndarray]
 
 def _iso_times(col: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_times` of strings: the canonical shapes for all at once, the others one by one."""
-    n = len(col)
-    lengths = np.fromiter(map(len, col), dtype=np.int64, count=n)
-    canonical = (lengths == _CANON_LEN) | (lengths == _OFFSET_LEN)
-    if canonical.all():
-        return _parse_canonical(col)
-    ms, ok = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
-    rows = np.flatnonzero(canonical)
-    if len(rows):
-        ms[rows], ok[rows] = _parse_canonical([col[i] for i in rows.tolist()])
-    return _times_one_by_one(col, None, np.flatnonzero(~canonical).tolist(), ms, ok)
+    ms, ok = _parse_canonical(col)
+    if ok.all():
+        return ms, ok
+    return _times_one_by_one(col, None, np.flatnonzero(~ok).tolist(), ms, ok)
 
 
 def _times_one_by_one(
