@@ -20,7 +20,7 @@ import numba
 # The modules whose kernels call each other, and those whose constants the kernels compile in.
 KERNEL_SOURCES = (
     "_jit.py", "_feature_kernels.py", "_round_kernel.py", "_window_kernels.py", "_time_kernels.py",
-    "windows.py", "scaling.py", "model/_em.py",
+    "windows.py", "scaling.py", "model/_em.py", "model/_em_kernels.py",
 )  # fmt: skip
 
 

@@ -254,16 +254,17 @@ def _mean_sample(rounds: ClosedRounds) -> ClosedRounds:
 
 
 def compile_kernels() -> float:
-    """Compile (or load from numba's cache) the events', the windows', the features' and the detector's
-    kernels; the seconds it took. A service calls it before joining its consumer group: compiling
-    afresh takes seconds, which inside the first batch could outlast the group's
-    ``max.poll.interval.ms``.
+    """Compile (or load from numba's cache) the events', the windows', the features', the
+    mixture's and the detector's kernels; the seconds it took. A service calls it before joining
+    its consumer group: compiling afresh takes seconds, which inside the first batch could outlast
+    the group's ``max.poll.interval.ms``.
 
     >>> compile_kernels() >= 0.0
     True
     """
     started = time.perf_counter()
     decode_events([b'{"ts": "2024-03-01T12:00:00.000Z", "store_id": "k", "amount": 1}'], EventSchema())
+    StepwiseGMM(n_components=1, n_init=1).fit(np.arange(20.0).reshape(10, 2) % 7)  # the batch EM's M-step
     compile_feature_kernels()
     windows = WindowAggregator()
     one = np.ones(1)

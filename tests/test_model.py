@@ -108,6 +108,29 @@ def test_batch_em_steps_on_outer_products_equal_the_centred_steps(data: np.ndarr
     )
 
 
+def test_compiled_m_step_gives_numpys_coefficients_and_leaves_repairs_to_it(data: np.ndarray) -> None:
+    from streamdetect.model import _em
+
+    rng = np.random.default_rng(5)
+    ZT = ((data - data.mean(axis=0)) / data.std(axis=0)).T[:, :800]
+    batch = _em._outer_products(ZT)
+    stats = _em._estimate_statistics(ZT, rng.dirichlet(np.ones(4), size=ZT.shape[1]).T)
+    np.testing.assert_allclose(
+        _em._coefficients_of_statistics(batch, stats, 1e-6),
+        _em._coefficients(batch, _em._m_step(stats, 1e-6)),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    # A component on a line (singular covariance, no regularisation): numpy's M-step repairs it.
+    flat = stats._replace(scatter=stats.scatter.copy())
+    flat.scatter[1] = stats.s0[1] * np.outer([1.0, 2.0], [1.0, 2.0])
+    coef = np.empty((4, batch.stack.shape[0]))
+    assert not _em._em_kernels.coefficients(flat.s0, flat.mean, flat.scatter, 0.0, *batch.pairs, batch.doubled, coef)
+    repaired = _em._coefficients_of_statistics(batch, flat, 0.0)
+    assert np.isfinite(repaired).all()
+    np.testing.assert_array_equal(repaired, _em._coefficients(batch, _em._m_step(flat, 0.0)))
+
+
 def test_auto_chooses_three_components_by_bic(data: np.ndarray) -> None:
     model = StepwiseGMM(n_components="auto", max_components=6, seed=0).fit(data)
     assert model.n_components_ == 3

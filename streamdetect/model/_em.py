@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from streamdetect.model import _em_kernels
+
 LOG_2PI = float(np.log(2.0 * np.pi))
 _TINY = 10.0 * np.finfo(np.float64).eps
 _JITTER_TRIES = 6
@@ -275,9 +277,10 @@ def _outer_products(ZT: np.ndarray) -> Products:
     return Products(stack, (i, j), np.where(i == j, 1.0, 2.0))
 
 
-def _estimate_weighted_log_prob_from_products(batch: Products, derived: Derived) -> np.ndarray:
-    """:func:`_estimate_weighted_log_prob` of a fixed batch, (K, n): with the precision
-    ``A = P P^T``, ``(z - mu)^T A (z - mu) = sum_{i<=j} c_ij z_i z_j - 2 (A mu)^T z + |P^T mu|^2``."""
+def _coefficients(batch: Products, derived: Derived) -> np.ndarray:
+    """Coefficients (K, rows of the stack) of each component's weighted log-probability over the
+    batch's monomials: with the precision ``A = P P^T``,
+    ``(z - mu)^T A (z - mu) = sum_{i<=j} c_ij z_i z_j - 2 (A mu)^T z + |P^T mu|^2``."""
     P = derived.prec_chol
     A = P @ P.transpose(0, 2, 1)
     T = len(batch.doubled)
@@ -285,7 +288,21 @@ def _estimate_weighted_log_prob_from_products(batch: Products, derived: Derived)
     np.multiply(A[:, batch.pairs[0], batch.pairs[1]], -0.5 * batch.doubled, out=coef[:, :T])
     coef[:, T:-1] = np.einsum("kde,ke->kd", P, derived.mean_prec)  # A mu
     coef[:, -1] = derived.const - 0.5 * (derived.mean_prec**2).sum(axis=1)
-    return coef @ batch.stack
+    return coef
+
+
+def _coefficients_of_statistics(batch: Products, stats: Statistics, reg_covar: float) -> np.ndarray:
+    """:func:`_coefficients` of the M-step of ``stats``: one compiled loop, or numpy's M-step
+    where a covariance needs repair."""
+    coef = np.empty((len(stats.s0), batch.stack.shape[0]))
+    if _em_kernels.coefficients(stats.s0, stats.mean, stats.scatter, reg_covar, *batch.pairs, batch.doubled, coef):
+        return coef
+    return _coefficients(batch, _m_step(stats, reg_covar))
+
+
+def _estimate_weighted_log_prob_from_products(batch: Products, derived: Derived) -> np.ndarray:
+    """:func:`_estimate_weighted_log_prob` of a fixed batch, (K, n)."""
+    return _coefficients(batch, derived) @ batch.stack
 
 
 def _estimate_statistics_from_products(batch: Products, resp: np.ndarray) -> Statistics:
@@ -408,8 +425,7 @@ def _em(
         n_iter = 0
         ll_mean = -np.inf
         for n_iter in range(1, max_iter + 1):  # noqa: B007
-            derived = _m_step(stats, reg_covar)
-            ll, resp = _normalise(_estimate_weighted_log_prob_from_products(batch, derived))
+            ll, resp = _normalise(_coefficients_of_statistics(batch, stats, reg_covar) @ batch.stack)
             ll_mean = float(weight @ ll) / wsum
             if abs(ll_mean - prev) < tol:
                 converged = True

@@ -1,0 +1,96 @@
+"""Compiled M-step of batch EM: from a mixture's statistics to the coefficients of its
+log-probabilities over the batch's monomials (:class:`streamdetect.model._em.Products`).
+
+numpy's M-step is a dozen calls on a stack of K small matrices (Cholesky, inverse, einsums), a
+fixed cost that was the largest part of a batch-EM iteration on a warm-up of a few thousand rows;
+this is one loop. A covariance that is not positive definite makes it give up, and the caller
+takes numpy's M-step, which repairs it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from streamdetect._jit import compiled
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+@compiled
+def coefficients(s0, mean, scatter, reg_covar, pair_i, pair_j, doubled, coef):
+    """Fill ``coef`` (K, T + d + 1) so that ``coef @ stack`` is each component's weighted
+    log-probability of each row (see ``_em._coefficients``); False, with ``coef`` unfinished, if
+    a covariance is not numerically positive definite.
+
+    >>> s0, mean = np.array([0.25, 0.75]), np.array([[0.0, 1.0], [2.0, -1.0]])
+    >>> scatter = s0[:, None, None] * np.array([[[1.0, 0.5], [0.5, 2.0]], [[0.5, 0.0], [0.0, 0.5]]])
+    >>> i, j = np.triu_indices(2)
+    >>> coef = np.empty((2, 6))
+    >>> coefficients(s0, mean, scatter, 0.0, i, j, np.where(i == j, 1.0, 2.0), coef)
+    True
+    >>> z = np.array([0.5, 0.5])  # stack column: z_i z_j (i <= j), z, 1
+    >>> from scipy.stats import multivariate_normal as mvn
+    >>> expect = np.log(0.25) + mvn(mean[0], [[1.0, 0.5], [0.5, 2.0]]).logpdf(z)
+    >>> bool(np.isclose(coef[0] @ np.array([0.25, 0.25, 0.25, 0.5, 0.5, 1.0]), expect))
+    True
+    """
+    K, d = mean.shape
+    T = len(pair_i)
+    total = 0.0
+    for k in range(K):
+        total += max(s0[k], 1e-300)
+    cov = np.empty((d, d))
+    L = np.zeros((d, d))
+    Linv = np.zeros((d, d))
+    y = np.empty(d)
+    for k in range(K):
+        s0c = max(s0[k], 1e-300)
+        for i in range(d):
+            for j in range(d):
+                cov[i, j] = (scatter[k, i, j] / s0c + scatter[k, j, i] / s0c) * 0.5
+            cov[i, i] += reg_covar
+        # Cholesky, cov = L L^T
+        for j in range(d):
+            s = cov[j, j]
+            for m in range(j):
+                s -= L[j, m] * L[j, m]
+            if not (s > 0.0 and s < math.inf):
+                return False
+            L[j, j] = math.sqrt(s)
+            for i in range(j + 1, d):
+                s = cov[i, j]
+                for m in range(j):
+                    s -= L[i, m] * L[j, m]
+                L[i, j] = s / L[j, j]
+        # L^-1 (lower triangular): the precision is A = L^-T L^-1
+        for c in range(d):
+            for i in range(c, d):
+                s = 1.0 if i == c else 0.0
+                for m in range(c, i):
+                    s -= L[i, m] * Linv[m, c]
+                Linv[i, c] = s / L[i, i]
+        log_det = 0.0  # -0.5 log|cov|
+        for i in range(d):
+            log_det -= math.log(L[i, i])
+        quad = 0.0  # mu^T A mu = |L^-1 mu|^2
+        for i in range(d):
+            s = 0.0
+            for m in range(i + 1):
+                s += Linv[i, m] * mean[k, m]
+            y[i] = s
+            quad += s * s
+        for t in range(T):
+            a, b = pair_i[t], pair_j[t]
+            s = 0.0
+            for m in range(max(a, b), d):
+                s += Linv[m, a] * Linv[m, b]
+            coef[k, t] = -0.5 * s * doubled[t]
+        for i in range(d):  # A mu = L^-T (L^-1 mu)
+            s = 0.0
+            for m in range(i, d):
+                s += Linv[m, i] * y[m]
+            coef[k, T + i] = s
+        coef[k, T + d] = math.log(s0c / total) + log_det - 0.5 * d * LOG_2PI - 0.5 * quad
+    return True
