@@ -108,7 +108,7 @@ def test_batch_em_steps_on_outer_products_equal_the_centred_steps(data: np.ndarr
     )
 
 
-def test_compiled_m_step_gives_numpys_coefficients_and_leaves_repairs_to_it(data: np.ndarray) -> None:
+def test_compiled_m_step_gives_numpys_parameters_and_leaves_repairs_to_it(data: np.ndarray) -> None:
     from streamdetect.model import _em
 
     rng = np.random.default_rng(5)
@@ -117,10 +117,13 @@ def test_compiled_m_step_gives_numpys_coefficients_and_leaves_repairs_to_it(data
     stats = _em._estimate_statistics(ZT, rng.dirichlet(np.ones(4), size=ZT.shape[1]).T)
     np.testing.assert_allclose(
         _em._coefficients_of_statistics(batch, stats, 1e-6),
-        _em._coefficients(batch, _em._m_step(stats, 1e-6)),
+        _em._coefficients(batch, _em._m_step_numpy(stats, 1e-6)),
         rtol=1e-12,
         atol=1e-12,
     )
+    compiled, reference = _em._m_step(stats, 1e-6, 0.5), _em._m_step_numpy(stats, 1e-6, 0.5)
+    for name in ("log_weights", "means", "covariances", "prec_chol", "log_det", "mean_prec", "proj", "const"):
+        np.testing.assert_allclose(getattr(compiled, name), getattr(reference, name), rtol=1e-12, atol=1e-12)
     # A component on a line (singular covariance, no regularisation): numpy's M-step repairs it.
     flat = stats._replace(scatter=stats.scatter.copy())
     flat.scatter[1] = stats.s0[1] * np.outer([1.0, 2.0], [1.0, 2.0])
@@ -128,7 +131,8 @@ def test_compiled_m_step_gives_numpys_coefficients_and_leaves_repairs_to_it(data
     assert not _em._em_kernels.coefficients(flat.s0, flat.mean, flat.scatter, 0.0, *batch.pairs, batch.doubled, coef)
     repaired = _em._coefficients_of_statistics(batch, flat, 0.0)
     assert np.isfinite(repaired).all()
-    np.testing.assert_array_equal(repaired, _em._coefficients(batch, _em._m_step(flat, 0.0)))
+    np.testing.assert_array_equal(repaired, _em._coefficients(batch, _em._m_step_numpy(flat, 0.0)))
+    assert _em._m_step(flat, 0.0).repaired[1]  # the compiled M-step hands the repair to numpy
 
 
 def test_auto_chooses_three_components_by_bic(data: np.ndarray) -> None:

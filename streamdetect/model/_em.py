@@ -109,8 +109,22 @@ def _m_step(stats: Statistics, reg_covar: float, log_det_shift: float = 0.0) -> 
     """theta = theta_bar(s): weights, means, covariances and the scoring precomputations.
 
     ``log_det_shift`` is added to every ``log_det`` (the Jacobian of a change of units, so that
-    log-likelihoods come out in the caller's units).
+    log-likelihoods come out in the caller's units). One compiled loop (``_em_kernels.m_step``);
+    :func:`_m_step_numpy` where a covariance needs repair.
     """
+    s0, mean, scatter = stats
+    K, d = mean.shape
+    log_weights, log_det = np.empty(K), np.empty(K)
+    cov, prec_chol, mean_prec = np.empty((K, d, d)), np.empty((K, d, d)), np.empty((K, d))
+    if not _em_kernels.m_step(s0, mean, scatter, reg_covar, log_weights, cov, prec_chol, log_det, mean_prec):
+        return _m_step_numpy(stats, reg_covar, log_det_shift)
+    if log_det_shift:
+        log_det += log_det_shift
+    return _derive(log_weights, mean.copy(), cov, prec_chol, log_det, mean_prec, np.zeros(K, dtype=bool))
+
+
+def _m_step_numpy(stats: Statistics, reg_covar: float, log_det_shift: float = 0.0) -> Derived:
+    """:func:`_m_step` with numpy, repairing a covariance that is not positive definite."""
     s0, mean, scatter = stats
     s0c = np.maximum(s0, 1e-300)
     log_weights = np.log(s0c / s0c.sum())
@@ -297,7 +311,7 @@ def _coefficients_of_statistics(batch: Products, stats: Statistics, reg_covar: f
     coef = np.empty((len(stats.s0), batch.stack.shape[0]))
     if _em_kernels.coefficients(stats.s0, stats.mean, stats.scatter, reg_covar, *batch.pairs, batch.doubled, coef):
         return coef
-    return _coefficients(batch, _m_step(stats, reg_covar))
+    return _coefficients(batch, _m_step_numpy(stats, reg_covar))
 
 
 def _estimate_weighted_log_prob_from_products(batch: Products, derived: Derived) -> np.ndarray:

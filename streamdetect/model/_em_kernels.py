@@ -1,5 +1,6 @@
-"""Compiled M-step of batch EM: from a mixture's statistics to the coefficients of its
-log-probabilities over the batch's monomials (:class:`streamdetect.model._em.Products`).
+"""Compiled M-step of the mixture: from its statistics to its parameters (:func:`m_step`, for the
+stepwise updates) or straight to the coefficients of its log-probabilities over a fixed batch's
+monomials (:func:`coefficients`, for batch EM; :class:`streamdetect.model._em.Products`).
 
 numpy's M-step is a dozen calls on a stack of K small matrices (Cholesky, inverse, einsums), a
 fixed cost that was the largest part of a batch-EM iteration on a warm-up of a few thousand rows;
@@ -16,6 +17,72 @@ import numpy as np
 from streamdetect._jit import compiled
 
 LOG_2PI = math.log(2.0 * math.pi)
+
+
+@compiled
+def _factor(cov, L, Linv):
+    """Cholesky factor ``L`` of ``cov`` (L L^T = cov) and its inverse, in place; False if ``cov``
+    is not numerically positive definite."""
+    d = len(cov)
+    for j in range(d):
+        s = cov[j, j]
+        for m in range(j):
+            s -= L[j, m] * L[j, m]
+        if not (s > 0.0 and s < math.inf):
+            return False
+        L[j, j] = math.sqrt(s)
+        for i in range(j + 1, d):
+            s = cov[i, j]
+            for m in range(j):
+                s -= L[i, m] * L[j, m]
+            L[i, j] = s / L[j, j]
+    for c in range(d):
+        for i in range(c, d):
+            s = 1.0 if i == c else 0.0
+            for m in range(c, i):
+                s -= L[i, m] * Linv[m, c]
+            Linv[i, c] = s / L[i, i]
+    return True
+
+
+@compiled
+def _covariance(s0c, scatter_k, reg_covar, cov):
+    """The M-step's covariance of one component: its scatter over its mass, symmetrised, plus
+    ``reg_covar`` on the diagonal (the operations of ``_em._m_step``, in its order)."""
+    d = len(cov)
+    for i in range(d):
+        for j in range(d):
+            cov[i, j] = (scatter_k[i, j] / s0c + scatter_k[j, i] / s0c) * 0.5
+        cov[i, i] += reg_covar
+
+
+@compiled
+def m_step(s0, mean, scatter, reg_covar, log_weights, cov, prec_chol, log_det, mean_prec):
+    """``_em._m_step`` into the arrays given: weights, covariances, precision Cholesky factors
+    ``P = L^-T``, ``log_det = sum(log(diag(P)))`` and ``mean_prec = mu^T P``; False, unfinished,
+    if a covariance is not numerically positive definite (numpy's M-step repairs it)."""
+    K, d = mean.shape
+    total = 0.0
+    for k in range(K):
+        total += max(s0[k], 1e-300)
+    L = np.zeros((d, d))
+    Linv = np.zeros((d, d))
+    for k in range(K):
+        s0c = max(s0[k], 1e-300)
+        log_weights[k] = math.log(s0c / total)
+        _covariance(s0c, scatter[k], reg_covar, cov[k])
+        if not _factor(cov[k], L, Linv):
+            return False
+        log_det[k] = 0.0
+        for i in range(d):
+            log_det[k] += math.log(Linv[i, i])
+            s = 0.0
+            for m in range(i + 1):
+                s += Linv[i, m] * mean[k, m]
+            mean_prec[k, i] = s
+            for j in range(d):
+                prec_chol[k, j, i] = Linv[i, j]
+    return True
 
 
 @compiled
@@ -47,35 +114,13 @@ def coefficients(s0, mean, scatter, reg_covar, pair_i, pair_j, doubled, coef):
     y = np.empty(d)
     for k in range(K):
         s0c = max(s0[k], 1e-300)
-        for i in range(d):
-            for j in range(d):
-                cov[i, j] = (scatter[k, i, j] / s0c + scatter[k, j, i] / s0c) * 0.5
-            cov[i, i] += reg_covar
-        # Cholesky, cov = L L^T
-        for j in range(d):
-            s = cov[j, j]
-            for m in range(j):
-                s -= L[j, m] * L[j, m]
-            if not (s > 0.0 and s < math.inf):
-                return False
-            L[j, j] = math.sqrt(s)
-            for i in range(j + 1, d):
-                s = cov[i, j]
-                for m in range(j):
-                    s -= L[i, m] * L[j, m]
-                L[i, j] = s / L[j, j]
-        # L^-1 (lower triangular): the precision is A = L^-T L^-1
-        for c in range(d):
-            for i in range(c, d):
-                s = 1.0 if i == c else 0.0
-                for m in range(c, i):
-                    s -= L[i, m] * Linv[m, c]
-                Linv[i, c] = s / L[i, i]
+        _covariance(s0c, scatter[k], reg_covar, cov)
+        if not _factor(cov, L, Linv):
+            return False
         log_det = 0.0  # -0.5 log|cov|
-        for i in range(d):
-            log_det -= math.log(L[i, i])
         quad = 0.0  # mu^T A mu = |L^-1 mu|^2
         for i in range(d):
+            log_det += math.log(Linv[i, i])
             s = 0.0
             for m in range(i + 1):
                 s += Linv[i, m] * mean[k, m]
