@@ -372,6 +372,28 @@ def test_end_to_end_alerts_dead_letters_and_state(bootstrap: str, input_topic: N
     assert set(got.values()) <= {r.value for r in RejectReason} and len(set(got.values())) >= 3
 
 
+def test_exactly_once_mode_runs_its_transactions_through(bootstrap: str, input_topic: Names, unique: str) -> None:
+    """The opt-in exactly-once mode on a broker that runs transactions (Tansu accepts them; it does
+    not isolate aborted records, so what an abort undoes is not tested here): every checkpoint
+    interval's alerts, dead letters, snapshots and offsets go through one committed transaction,
+    and what comes out is the reference's, once."""
+    n = input_topic
+    records = scenario()
+    ends = produce(bootstrap, n.input, records)
+    expected = reference(bootstrap, n.input, len(records))
+    cfg = app_config(bootstrap, n, processing="exactly_once", transactional_id=f"tx-{unique}")
+    svc = Running(cfg)
+    try:
+        wait_for(lambda: svc.committed() == ends, "all offsets committed", alive=svc.alive)
+    finally:
+        svc.stop()
+    assert svc.service.exactly_once and svc.service.totals.checkpoints >= 1
+    assert committed(bootstrap, n.group, n.input) == ends  # sent with the transactions
+    check_alerts(read_alerts(bootstrap, n.alerts), expected, duplicates=False)
+    check_windows(cfg, expected)
+    assert len(read_topic(bootstrap, n.dlq)) == len(expected.rejects)
+
+
 def _cli() -> list[str]:
     script = Path(sys.executable).parent / "streamdetect"
     if script.exists():
