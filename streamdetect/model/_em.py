@@ -255,6 +255,14 @@ def _estimate_statistics(ZT: np.ndarray, resp: np.ndarray) -> Statistics:
     s1 = resp @ ZcT.T  # (K, d)
     W = resp[:, None, :] * ZcT[None, :, :]  # (K, d, n)
     raw = (W.reshape(K * d, n) @ ZcT.T).reshape(K, d, d)
+    return _statistics_of_moments(nk, total, s1, raw, centre)
+
+
+def _statistics_of_moments(
+    nk: np.ndarray, total: float, s1: np.ndarray, raw: np.ndarray, centre: np.ndarray | float
+) -> Statistics:
+    """Statistics from each component's mass ``nk``, first and second moments ``s1`` (K, d) and
+    ``raw`` (K, d, d) about ``centre``, normalised by the batch's ``total`` weight."""
     live = nk > _TINY * max(total, 1.0)
     nkc = np.where(live, nk, 1.0)
     mu_c = s1 / nkc[:, None]
@@ -331,14 +339,7 @@ def _estimate_statistics_from_products(batch: Products, resp: np.ndarray) -> Sta
     raw = np.empty((K, d, d))
     raw[:, batch.pairs[0], batch.pairs[1]] = moments[:, :T]
     raw[:, batch.pairs[1], batch.pairs[0]] = moments[:, :T]
-    live = nk > _TINY * max(total, 1.0)
-    nkc = np.where(live, nk, 1.0)
-    mu = moments[:, T:-1] / nkc[:, None]
-    scatter = raw - nkc[:, None, None] * mu[:, :, None] * mu[:, None, :]
-    scatter[~live] = 0.0
-    mean = np.where(live[:, None], mu, 0.0)
-    scatter /= total
-    return Statistics(nk / total, mean, scatter)
+    return _statistics_of_moments(nk, total, moments[:, T:-1], raw, 0.0)
 
 
 def _blend_statistics(old: Statistics, new: Statistics, eta: float) -> Statistics:
