@@ -36,7 +36,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,42 +248,44 @@ class _OpenWindows:
     def slots(self, key_ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """Slot of each of the distinct (key, start) pairs, opening the windows that do not exist yet.
 
-        Looked up one start at a time (a batch has many windows but few starts); new windows take
-        free slots in the order of the pairs and join their start in that order.
+        Looked up one start at a time, in plain lists (a batch has many windows but few starts);
+        the windows a start gains join it in the order of their pairs.
         """
         n = len(key_ids)
         self._grow(n)
-        out = np.empty(n, dtype=np.int64)
         order = np.argsort(starts, kind="stable")
-        bounds = np.flatnonzero(np.diff(starts[order])) + 1
-        groups = np.split(order, bounds)
-        by_start = self.by_start
-        for g in groups:
-            inner = by_start.get(int(starts[g[0]]))
+        ordered_starts = starts[order]
+        bounds = [0, *(np.flatnonzero(ordered_starts[1:] != ordered_starts[:-1]) + 1).tolist(), n]
+        keys = key_ids[order].tolist()
+        found: list[int] = [-1] * n
+        new: list[int] = []  # positions (in start order) whose window opens here
+        by_start, free = self.by_start, self.free
+        for start, a, b in zip(ordered_starts[bounds[:-1]].tolist(), bounds[:-1], bounds[1:], strict=True):
+            inner = by_start.get(start)
             if inner is None:
-                out[g] = -1
+                inner = by_start[start] = {}
+                fresh: Iterable[int] = range(a, b)
             else:
                 get = inner.get
-                out[g] = [get(k, -1) for k in key_ids[g].tolist()]
-        is_new = out < 0
-        opened = np.flatnonzero(is_new)
-        if len(opened):
-            free = self.free
-            new = np.array(free[: -len(opened) - 1 : -1], dtype=np.int64)  # free.pop() order
-            del free[-len(opened) :]
-            out[opened] = new
-            self._count += len(opened)
-            for g in groups:
-                fresh = g[is_new[g]]
-                if len(fresh):
-                    by_start.setdefault(int(starts[g[0]]), {}).update(
-                        zip(key_ids[fresh].tolist(), out[fresh].tolist(), strict=True)
-                    )
-            self.key_of_slot[new] = key_ids[opened]
-            self.values[:, new] = 0.0
-            self.values[2, new] = -np.inf  # max ticket
-            self.bits[new] = 0
-            self.last_ms[new] = _NO_TIME
+                for p in range(a, b):
+                    slot = get(keys[p])
+                    if slot is not None:
+                        found[p] = slot
+                fresh = [p for p in range(a, b) if found[p] < 0]
+            for p in fresh:
+                found[p] = slot = free.pop()
+                inner[keys[p]] = slot
+                new.append(p)
+        out = np.empty(n, dtype=np.int64)
+        out[order] = found
+        if new:
+            self._count += len(new)
+            opened = np.array([found[p] for p in new], dtype=np.int64)
+            self.key_of_slot[opened] = np.array([keys[p] for p in new], dtype=np.int64)
+            self.values[:, opened] = 0.0
+            self.values[2, opened] = -np.inf  # max ticket
+            self.bits[opened] = 0
+            self.last_ms[opened] = _NO_TIME
         return out
 
     def pop_start(self, start: int) -> np.ndarray:
