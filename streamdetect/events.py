@@ -345,10 +345,6 @@ class _Invalid(Exception):
         self.detail = detail
 
 
-class _Slow(Exception):
-    """Internal: leave the fast path for :func:`_validate`."""
-
-
 class _DecodeFailure:
     """Placeholder for a raw value that did not parse."""
 
@@ -425,7 +421,7 @@ def _series_value(d: Mapping[str, Any], field: str, schema: EventSchema) -> floa
 def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], float, float, int]:
     """The reference rules for one event: (ts_ms, keys, amount, quantity, sku_hash) or _Invalid.
 
-    The batch loop takes a shortcut for the common shape and defers to this for anything else,
+    The column checks of :func:`_columns` read the common shapes for a whole batch and defer to this
     so this function alone defines what is valid.
     """
     if isinstance(d, _DecodeFailure):
