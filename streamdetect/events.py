@@ -421,8 +421,8 @@ def _series_value(d: Mapping[str, Any], field: str, schema: EventSchema) -> floa
 def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], float, float, int]:
     """The reference rules for one event: (ts_ms, keys, amount, quantity, sku_hash) or _Invalid.
 
-    The column checks of :func:`_columns` read the common shapes for a whole batch and defer to this
-    so this function alone defines what is valid.
+    The column checks of :func:`_columns` read the common shapes for a whole batch and leave
+    anything else to this, so this function alone defines what is valid.
     """
     if isinstance(d, _DecodeFailure):
         raise _Invalid(RejectReason.DECODE, d.detail)
