@@ -199,7 +199,7 @@ class Label:
         return asdict(self)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        return orjson.dumps(self)  # as asdict() would give it
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Label:
