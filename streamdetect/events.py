@@ -71,7 +71,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
@@ -613,28 +613,28 @@ def _is_missing(v: Any) -> bool:
     return type(v) is float and v != v
 
 
-class _Rows:
+class _Rows(Protocol):
     """The events of a batch as columns of the fields the rules read.
 
     An absent field reads as ``None`` (as a null) or, where the events cannot hold a NaN
     (``nan_is_absent``: JSON), as ``_MISSING``; elsewhere a NaN is a value, refused by the rules.
     """
 
-    nan_is_absent = False
+    nan_is_absent: bool
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    def __len__(self) -> int: ...
 
-    def column(self, field: str) -> list[Any]:
-        raise NotImplementedError
+    def column(self, field: str) -> list[Any]: ...
 
     def event(self, j: int) -> object:
         """Event ``j`` as :func:`_validate` takes it."""
-        raise NotImplementedError
+        ...
 
 
-class _DictRows(_Rows):
+class _DictRows:
     """Parsed events (dicts, or anything else JSON or a CSV reader gives)."""
+
+    nan_is_absent = False
 
     def __init__(self, objs: Sequence[Any]) -> None:
         self.objs = objs
@@ -652,7 +652,7 @@ class _DictRows(_Rows):
         return self.objs[j]
 
 
-class _StructRows(_Rows):
+class _StructRows:
     """Events decoded straight into structs of the fields the rules read (no dict per event)."""
 
     nan_is_absent = True
