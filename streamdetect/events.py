@@ -603,6 +603,7 @@ _MISSING = math.nan
 # Type codes of column values, for numpy masks (an object array of types is slow to build).
 _OTHER, _INT, _FLOAT, _STR, _NULL = range(5)
 _KIND = {int: _INT, float: _FLOAT, str: _STR, type(None): _NULL}
+_NUMBERS_OR_NULL = {int, float, type(None)}
 
 
 def _kinds(col: list[Any]) -> np.ndarray:
@@ -681,7 +682,16 @@ def _numbers(col: list[Any], nan_is_absent: bool) -> tuple[np.ndarray, np.ndarra
     that is a value among them) are for the rules."""
     types = set(map(type, col))
     kind = None
-    if types <= {int, float, type(None)}:
+    odd: list[int] = []
+    if nan_is_absent and not types <= _NUMBERS_OR_NULL:
+        # A few values of another type (a malformed event's string, array, boolean): converted
+        # as nulls, then marked for the rules; the rest of the column is read in one call.
+        others = types - _NUMBERS_OR_NULL
+        odd = [i for i, v in enumerate(col) if type(v) in others]
+        col = col.copy()
+        for i in odd:
+            col[i] = None
+    if nan_is_absent or types <= _NUMBERS_OR_NULL:
         try:
             values = np.array(col, dtype=np.float64)  # null -> NaN
         except OverflowError:  # an integer beyond a double: the rules reject it
@@ -692,10 +702,14 @@ def _numbers(col: list[Any], nan_is_absent: bool) -> tuple[np.ndarray, np.ndarra
                 return values, np.ones(len(col), dtype=bool), nan
             if nan_is_absent:
                 values[nan] = 0.0
-                return values, ~nan, nan
+                is_number, absent = ~nan, nan
+                is_number[odd] = False
+                absent[odd] = False
+                return values, is_number, absent
             kind = _kinds(col)
     if kind is None:
         kind = _kinds(col)
+        kind[odd] = _OTHER
     is_number = (kind == _INT) | (kind == _FLOAT)
     values = np.zeros(len(col))
     rows = np.flatnonzero(is_number).tolist()
@@ -730,7 +744,14 @@ def _times(col: list[Any], schema: EventSchema) -> tuple[np.ndarray, np.ndarray]
     strings = np.flatnonzero(kind == _STR)
     if len(strings):
         ms[strings], ok[strings] = _iso_times([col[i] for i in strings.tolist()])
-    return _times_one_by_one(col, None, np.flatnonzero(kind == _INT).tolist(), ms, ok)
+    ints = np.flatnonzero(kind == _INT)
+    if len(ints):
+        try:
+            ms[ints] = [col[i] for i in ints.tolist()]
+            ok[ints] = True
+        except OverflowError:  # one beyond int64: one by one
+            _times_one_by_one(col, None, ints.tolist(), ms, ok)
+    return ms, ok
 
 
 def _iso_times(col: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -1006,8 +1027,10 @@ def _struct_decoders(fields: tuple[str, ...]) -> tuple[Any, Any, Any, dict[str, 
     rules to refuse), a decoder of one struct, and each field's attribute (field names need not
     be identifiers)."""
     attrs = {f: f"f{i}" for i, f in enumerate(fields)}
+    # Not tracked by the cyclic GC (gc=False): decoded JSON cannot refer back to its struct, and
+    # thousands of tracked structs per batch made the collector run after nearly every batch.
     struct = msgspec.defstruct(
-        "Event", [(a, Any, _MISSING) for a in attrs.values()], rename={a: f for f, a in attrs.items()}
+        "Event", [(a, Any, _MISSING) for a in attrs.values()], rename={a: f for f, a in attrs.items()}, gc=False
     )
     many = msgspec.json.Decoder(list[struct | int | float | str | bool | list | None])  # type: ignore[valid-type]
     return struct, many, msgspec.json.Decoder(struct), attrs
