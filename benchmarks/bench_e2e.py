@@ -65,8 +65,12 @@ def ceiling(bootstrap: str, topic: str, ends: dict[int, int], batch: int,
     With ``keep``, the values are also collected per partition (after the clock stops mattering:
     appending costs about as much as nothing next to the decode).
     """
+    from streamdetect.kafka.clients import FETCH_QUEUE_BACKOFF_MS
+
+    # The service's fetch setting too, so that the ceiling is the best a plain consumer gets.
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-raw-{uuid.uuid4().hex[:6]}",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                  "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS})
     c.assign([TopicPartition(topic, p, 0) for p in ends])
     total, n, bad = sum(ends.values()), 0, 0
     started: float | None = None

@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 
+FETCH_QUEUE_BACKOFF_MS = 50
+
+
 def common_config(cfg: KafkaConfig, *, log_debug: str | None = None) -> dict[str, Any]:
     """Settings shared by every client: brokers, security, pass-through ``[kafka.common]``."""
     conf: dict[str, Any] = {
@@ -87,6 +90,10 @@ def consumer_config(
         "statistics.interval.ms": cfg.statistics_interval_ms,
         "isolation.level": "read_committed",
         "enable.partition.eof": False,
+        # Once a partition's prefetched queue is over `queued.min.messages`, librdkafka waits this
+        # long before it fetches that partition again (default 1 s, librdkafka#2879): a service that
+        # drains a backlog faster than that sat idle for up to a second each time.
+        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
     })
     if cfg.group_protocol == "consumer":
         # KIP-848: the assignor is chosen by the broker; the classic session settings do not apply.
