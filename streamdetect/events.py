@@ -988,38 +988,6 @@ def _parse_one(v: Any) -> object:
         return _DecodeFailure(f"expected bytes, got {type(v).__name__}")
 
 
-def _parse_many(vals: list[Any], out: list[object]) -> None:
-    """Parse ``vals`` into ``out``, one parse for the whole list when every value is valid.
-
-    The values are joined into one array with a random per-call sentinel between them. A value
-    such as ``1,2`` or an unterminated string can shift elements across value boundaries; the
-    sentinel must then be missing from some odd position (nobody can forge it without knowing
-    it), so the check below catches any misalignment, not just a changed element count. On
-    failure the list is bisected, which isolates a few bad values in O(bad * log n) parses.
-    """
-    n = len(vals)
-    if n <= _SMALL:
-        out.extend(_parse_one(v) for v in vals)
-        return
-    if n > _JOIN_MAX:
-        # A few hundred kilobytes per parse stays in cache; one huge document is slower per byte.
-        for i in range(0, n, _JOIN_MAX):
-            _parse_many(vals[i : i + _JOIN_MAX], out)
-        return
-    nonce = secrets.randbits(62) | (1 << 62)
-    sep = b",%d," % nonce
-    try:
-        arr = _loads(b"[" + sep.join(vals) + b"]")
-    except (*_JSONDecodeError, TypeError):
-        arr = None
-    if type(arr) is list and len(arr) == 2 * n - 1 and arr[1::2].count(nonce) == n - 1:
-        out.extend(arr[0::2])
-        return
-    half = n // 2
-    _parse_many(vals[:half], out)
-    _parse_many(vals[half:], out)
-
-
 @functools.cache
 def _struct_decoders(fields: tuple[str, ...]) -> tuple[Any, Any, Any, dict[str, str]]:
     """For the fields the rules read: the struct type, a decoder of an array of such structs,
@@ -1042,23 +1010,23 @@ def _read_fields(schema: EventSchema) -> tuple[str, ...]:
     return tuple(dict.fromkeys(f for f in names if f is not None))
 
 
-def _decode_one(v: Any, one: Any) -> tuple[bool, object]:
-    """One value: ``(True, its struct)``, or ``(False, what it is instead)``: a decode failure, or
-    the JSON value that is not an object (the rules say why)."""
+def _decode_one(v: Any, one: Any) -> object:
+    """One value: its struct, or what it is instead: a decode failure, or the JSON value that is
+    not an object (the rules say why)."""
     try:
         e = one.decode(v)
     except msgspec.ValidationError as exc:
         try:
             value = _loads(v)
         except _JSONDecodeError:
-            return False, _DecodeFailure(f"invalid JSON: {exc}")
+            return _DecodeFailure(f"invalid JSON: {exc}")
         # Valid JSON but not an object; or an object with a number beyond a double in a field read.
-        return False, value if not isinstance(value, dict) else _DecodeFailure(f"invalid JSON: {exc}")
+        return value if not isinstance(value, dict) else _DecodeFailure(f"invalid JSON: {exc}")
     except (msgspec.DecodeError, RecursionError, TypeError):
-        return False, _parse_one(v)  # the reference says what it is (a framed value, not JSON, ...)
+        return _parse_one(v)  # the reference says what it is (a framed value, not JSON, ...)
     if isinstance(v, bytes) and not (v.isascii() or _is_utf8(v)):
-        return False, _DecodeFailure("invalid JSON: not UTF-8")  # the decoder skips the fields not read
-    return True, e
+        return _DecodeFailure("invalid JSON: not UTF-8")  # the decoder skips the fields not read
+    return e
 
 
 _GUIDED_SPLITS = 32  # splits at a decode error's position per batch, before plain bisection
@@ -1066,78 +1034,89 @@ _BYTE_AT = re.compile(r"\(byte (\d+)\)")
 _ELEMENT_AT = re.compile(r"at `\$\[(\d+)\]")
 
 
-def _decode_structs(vals: list[Any], schema: EventSchema) -> _StructRows:
-    """Decode JSON values into structs of the fields the rules read, one decode per batch when
-    every value is well-formed JSON (see :func:`_parse_many` for the sentinel check).
+def _decode_joined(
+    vals: list[Any], decode_many: Callable[[bytes], Any], decode_one: Callable[[Any], object]
+) -> list[object]:
+    """Each value decoded, in order: one ``decode_many`` of a JSON array of them for the whole list
+    when every value is well-formed JSON, ``decode_one`` of a value alone otherwise.
 
-    Only the fields read are kept: the others are checked for well-formed JSON but not built,
-    which is most of what decoding a sale costs. Text must be UTF-8 (checked for the whole batch
-    once it is not plain ASCII, since the decoder does not check the fields it skips).
+    The values are joined into one array with a random per-call sentinel between them. A value
+    such as ``1,2`` or an unterminated string can shift elements across value boundaries; the
+    sentinel must then be missing from some odd position (nobody can forge it without knowing
+    it), so the check below catches any misalignment, not just a changed element count. Text must
+    be UTF-8 (checked for the whole array once it is not plain ASCII: a struct decoder does not
+    check the fields it skips).
 
-    When the batch does not decode, the error names where: a byte (the separators before it
+    When the array does not decode, the error names where: a byte (the separators before it
     count the values before it) or an element. The values before it, that value alone and the
-    values after it are decoded apart, so a batch with ``b`` bad values costs about ``2b + 1``
+    values after it are decoded apart, so a list with ``b`` bad values costs about ``2b + 1``
     decodes; the position may lie past the culprit (an unterminated string runs on), and the
-    values before it are then split again. Each such split copies the rest of the batch, so after
-    :data:`_GUIDED_SPLITS` of them the rest is bisected. Every value still comes from a decode
-    whose alignment was checked, or from its own.
+    values before it are then split again. Each such split copies the rest of the list, so after
+    :data:`_GUIDED_SPLITS` of them, or where the error names no place, the rest is bisected.
+    Every value still comes from a decode whose alignment was checked, or from its own.
     """
-    struct, many, one, attrs = _struct_decoders(_read_fields(schema))
-    events: list[Any] = []
-    failures: dict[int, object] = {}
-    blank = struct()
+    out: list[object] = []
     guided = [_GUIDED_SPLITS]
 
-    def decode(part: list[Any], start: int) -> None:
+    def decode(part: list[Any]) -> None:
         n = len(part)
-        if n > _SMALL:
-            if n > _JOIN_MAX:
-                for i in range(0, n, _JOIN_MAX):
-                    decode(part[i : i + _JOIN_MAX], start + i)
-                return
-            nonce = secrets.randbits(62) | (1 << 62)
-            sep = b",%d," % nonce
-            arr: Any = None
-            culprit = -1
-            try:
-                doc = b"[" + sep.join(part) + b"]"
-                if doc.isascii() or _is_utf8(doc):
-                    arr = many.decode(doc)
-            except msgspec.DecodeError as exc:
-                if (at := _BYTE_AT.search(str(exc))) is not None:
-                    culprit = doc.count(sep, 0, int(at[1]))
-            except msgspec.ValidationError as exc:
-                if (at := _ELEMENT_AT.search(str(exc))) is not None:
-                    culprit = int(at[1]) // 2
-            except (RecursionError, TypeError):
-                pass
-            if arr is not None and len(arr) == 2 * n - 1 and arr[1::2].count(nonce) == n - 1:
-                got = arr[0::2]
-                if set(map(type, got)) != {struct}:
-                    for i, e in enumerate(got):
-                        if type(e) is not struct:  # valid JSON, not an object: the rules say so
-                            failures[start + i] = e
-                            got[i] = blank
-                events.extend(got)
-                return
-            if 0 <= culprit < n and guided[0] > 0:
-                guided[0] -= 1
-                decode(part[:culprit], start)
-                decode(part[culprit : culprit + 1], start + culprit)
-                decode(part[culprit + 1 :], start + culprit + 1)
-                return
-            half = n // 2
-            decode(part[:half], start)
-            decode(part[half:], start + half)
+        if n <= _SMALL:
+            out.extend(map(decode_one, part))
             return
-        for i, v in enumerate(part):
-            ok, e = _decode_one(v, one)
-            if not ok:
-                failures[start + i] = e
-                e = blank
-            events.append(e)
+        if n > _JOIN_MAX:
+            # A few hundred kilobytes per decode stays in cache; one huge document is slower per byte.
+            for i in range(0, n, _JOIN_MAX):
+                decode(part[i : i + _JOIN_MAX])
+            return
+        nonce = secrets.randbits(62) | (1 << 62)
+        sep = b",%d," % nonce
+        arr: Any = None
+        culprit = -1
+        try:
+            doc = b"[" + sep.join(part) + b"]"
+            if doc.isascii() or _is_utf8(doc):
+                arr = decode_many(doc)
+        except msgspec.DecodeError as exc:
+            if (at := _BYTE_AT.search(str(exc))) is not None:
+                culprit = doc.count(sep, 0, int(at[1]))
+        except msgspec.ValidationError as exc:
+            if (at := _ELEMENT_AT.search(str(exc))) is not None:
+                culprit = int(at[1]) // 2
+        except (RecursionError, TypeError):
+            pass
+        if type(arr) is list and len(arr) == 2 * n - 1 and arr[1::2].count(nonce) == n - 1:
+            out.extend(arr[0::2])
+            return
+        if 0 <= culprit < n and guided[0] > 0:
+            guided[0] -= 1
+            decode(part[:culprit])
+            decode(part[culprit : culprit + 1])
+            decode(part[culprit + 1 :])
+            return
+        half = n // 2
+        decode(part[:half])
+        decode(part[half:])
 
-    decode(vals, 0)
+    decode(vals)
+    return out
+
+
+def _decode_structs(vals: list[Any], schema: EventSchema) -> _StructRows:
+    """Decode JSON values into structs of the fields the rules read (:func:`_decode_joined`).
+
+    Only the fields read are kept: the others are checked for well-formed JSON but not built,
+    which is most of what decoding a sale costs. A value that is no struct (not JSON, not an
+    object) is kept apart for the rules, a blank struct in its place.
+    """
+    struct, many, one, attrs = _struct_decoders(_read_fields(schema))
+    events = _decode_joined(vals, many.decode, functools.partial(_decode_one, one=one))
+    failures: dict[int, object] = {}
+    if set(map(type, events)) != {struct}:
+        blank = struct()
+        for i, e in enumerate(events):
+            if type(e) is not struct:
+                failures[i] = e
+                events[i] = blank
     return _StructRows(events, failures, attrs)
 
 
@@ -1213,9 +1192,7 @@ def decode_events(values: Sequence[bytes], schema: EventSchema) -> tuple[EventBa
     with _gc_paused():
         rows: _Rows
         if schema.nested_fields:
-            objs: list[object] = []
-            _parse_many(vals, objs)
-            rows = _DictRows(_with_nested(objs, schema.nested_fields))
+            rows = _DictRows(_with_nested(_decode_joined(vals, _loads, _parse_one), schema.nested_fields))
         else:
             rows = _decode_structs(vals, schema)
         batch = _columns(rows, positions, schema, rejected)
