@@ -37,7 +37,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -199,11 +199,8 @@ class ClosedRounds:
         return np.searchsorted(self.offsets, rows, side="right") - 1
 
 
-# ClosedRound's row arrays, in its order.
-_ROUND_ROWS = (
-    "key_id", "count", "revenue", "max_ticket", "units", "distinct_skus", "log_ticket_sum",
-    "log_ticket_sq_sum", "last_event_ms", "log_units_sum", "log_units_sq_sum", "returns", "refunds",
-)  # fmt: skip
+# ClosedRound's row arrays, in its order (ClosedRounds holds the same, for every round at once).
+_ROUND_ROWS = tuple(f.name for f in fields(ClosedRound) if f.name not in ("start_ms", "end_ms"))
 _NO_TIME = int(np.iinfo(np.int64).min)  # before any event time
 _FIELDS = (
     "count", "revenue", "max_ticket", "units",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import orjson
 import pytest
 
 from streamdetect.config import WindowConfig
-from streamdetect.windows import KeyIndex, WindowAggregator, estimate_distinct
+from streamdetect.windows import ClosedRound, ClosedRounds, KeyIndex, WindowAggregator, estimate_distinct
 
 MIN = 60_000
 
@@ -267,3 +269,9 @@ def test_rounds_idle_windows_and_evictions_do_not_depend_on_the_batching(chunk):
     assert whole[1], "no key was evicted: the eviction path was not tested"
     assert any(0.0 in counts for _, _, counts in whole[0]), "no zero window: the idle path was not tested"
     assert run(chunk) == whole
+
+
+def test_closed_rounds_hold_a_closed_round_s_row_arrays_in_its_order():
+    # ClosedRounds.round() passes its arrays to ClosedRound by position: the two lists must agree.
+    rows = [f.name for f in fields(ClosedRound)][2:]
+    assert [f.name for f in fields(ClosedRounds)][3:] == rows
