@@ -101,7 +101,7 @@ def test_batch_em_steps_on_outer_products_equal_the_centred_steps(data: np.ndarr
     derived = _em._m_step(centred, reg_covar=1e-6)
     ZT1 = np.vstack([ZT, np.ones(len(X))])
     np.testing.assert_allclose(
-        _em._estimate_weighted_log_prob_from_products(batch, derived),
+        _em._coefficients(batch, derived) @ batch.stack,
         _em._estimate_weighted_log_prob(ZT1, derived),
         rtol=1e-10,
         atol=1e-9,

@@ -322,11 +322,6 @@ def _coefficients_of_statistics(batch: Products, stats: Statistics, reg_covar: f
     return _coefficients(batch, _m_step_numpy(stats, reg_covar))
 
 
-def _estimate_weighted_log_prob_from_products(batch: Products, derived: Derived) -> np.ndarray:
-    """:func:`_estimate_weighted_log_prob` of a fixed batch, (K, n)."""
-    return _coefficients(batch, derived) @ batch.stack
-
-
 def _estimate_statistics_from_products(batch: Products, resp: np.ndarray) -> Statistics:
     """:func:`_estimate_statistics` of a fixed batch: second moments about the origin, first
     moments and masses from one GEMM of the responsibilities against the stack."""

@@ -57,29 +57,47 @@ def _covariance(s0c, scatter_k, reg_covar, cov):
 
 
 @compiled
+def _total_mass(s0):
+    total = 0.0
+    for k in range(len(s0)):
+        total += max(s0[k], 1e-300)
+    return total
+
+
+@compiled
+def _component(s0c, scatter_k, mean_k, reg_covar, cov, L, Linv, y):
+    """One component's M-step: its covariance (into ``cov``), ``L`` (``L L^T = cov``), ``L^-1``
+    and ``y = L^-1 mu``; ``(False, 0)`` if the covariance is not numerically positive definite,
+    else ``(True, sum(log(diag(L^-1))))``, that is ``-0.5 log|cov|``."""
+    _covariance(s0c, scatter_k, reg_covar, cov)
+    if not _factor(cov, L, Linv):
+        return False, 0.0
+    log_det = 0.0
+    for i in range(len(cov)):
+        log_det += math.log(Linv[i, i])
+        s = 0.0
+        for m in range(i + 1):
+            s += Linv[i, m] * mean_k[m]
+        y[i] = s
+    return True, log_det
+
+
+@compiled
 def m_step(s0, mean, scatter, reg_covar, log_weights, cov, prec_chol, log_det, mean_prec):
     """``_em._m_step`` into the arrays given: weights, covariances, precision Cholesky factors
     ``P = L^-T``, ``log_det = sum(log(diag(P)))`` and ``mean_prec = mu^T P``; False, unfinished,
     if a covariance is not numerically positive definite (numpy's M-step repairs it)."""
     K, d = mean.shape
-    total = 0.0
-    for k in range(K):
-        total += max(s0[k], 1e-300)
+    total = _total_mass(s0)
     L = np.zeros((d, d))
     Linv = np.zeros((d, d))
     for k in range(K):
         s0c = max(s0[k], 1e-300)
         log_weights[k] = math.log(s0c / total)
-        _covariance(s0c, scatter[k], reg_covar, cov[k])
-        if not _factor(cov[k], L, Linv):
+        ok, log_det[k] = _component(s0c, scatter[k], mean[k], reg_covar, cov[k], L, Linv, mean_prec[k])
+        if not ok:
             return False
-        log_det[k] = 0.0
         for i in range(d):
-            log_det[k] += math.log(Linv[i, i])
-            s = 0.0
-            for m in range(i + 1):
-                s += Linv[i, m] * mean[k, m]
-            mean_prec[k, i] = s
             for j in range(d):
                 prec_chol[k, j, i] = Linv[i, j]
     return True
@@ -105,27 +123,19 @@ def coefficients(s0, mean, scatter, reg_covar, pair_i, pair_j, doubled, coef):
     """
     K, d = mean.shape
     T = len(pair_i)
-    total = 0.0
-    for k in range(K):
-        total += max(s0[k], 1e-300)
+    total = _total_mass(s0)
     cov = np.empty((d, d))
     L = np.zeros((d, d))
     Linv = np.zeros((d, d))
     y = np.empty(d)
     for k in range(K):
         s0c = max(s0[k], 1e-300)
-        _covariance(s0c, scatter[k], reg_covar, cov)
-        if not _factor(cov, L, Linv):
+        ok, log_det = _component(s0c, scatter[k], mean[k], reg_covar, cov, L, Linv, y)
+        if not ok:
             return False
-        log_det = 0.0  # -0.5 log|cov|
         quad = 0.0  # mu^T A mu = |L^-1 mu|^2
         for i in range(d):
-            log_det += math.log(Linv[i, i])
-            s = 0.0
-            for m in range(i + 1):
-                s += Linv[i, m] * mean[k, m]
-            y[i] = s
-            quad += s * s
+            quad += y[i] * y[i]
         for t in range(T):
             a, b = pair_i[t], pair_j[t]
             s = 0.0
