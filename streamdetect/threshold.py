@@ -407,7 +407,7 @@ class SPOT:
         if len(peaks):
             self.n_peaks_ += len(peaks)
             self.peaks_.push(peaks)
-            # A refit costs a pass of logarithms over every peak kept for each of 64 grid points:
+            # A refit costs a pass of logarithms over every peak kept for each of 2 x _GRID grid points:
             # it waits for new peaks worth 1/64 of those kept (a fit of 2,000 peaks lags by at
             # most 31 of them); meanwhile z_q follows the counts under the last fit.
             self._peaks_since_fit += len(peaks)
