@@ -687,7 +687,8 @@ def _numbers(col: list[Any], nan_is_absent: bool) -> tuple[np.ndarray, np.ndarra
         # A few values of another type (a malformed event's string, array, boolean): converted
         # as nulls, then marked for the rules; the rest of the column is read in one call.
         others = types - _NUMBERS_OR_NULL
-        odd = [i for i, v in enumerate(col) if type(v) in others]
+        is_odd = np.fromiter(map(others.__contains__, map(type, col)), dtype=bool, count=len(col))
+        odd = np.flatnonzero(is_odd).tolist()
         col = col.copy()
         for i in odd:
             col[i] = None
@@ -904,7 +905,7 @@ def _columns(
             keep = np.ones(n, dtype=bool)
             keep[bad] = False
             index, ts_ms, amount, quantity, skus = index[keep], ts_ms[keep], amount[keep], quantity[keep], skus[keep]
-            keys = [k for k, m in zip(keys, keep.tolist(), strict=True) if m]
+            keys = list(itertools.compress(keys, keep.tolist()))
 
     is_return = None
     if returns and len(amount):
@@ -1029,6 +1030,7 @@ def _decode_one(v: Any, one: Any) -> object:
     return e
 
 
+_AFTER_ERROR = 64  # values per decode after a decode error in the same list
 _GUIDED_SPLITS = 32  # splits at a decode error's position per batch, before plain bisection
 _BYTE_AT = re.compile(r"\(byte (\d+)\)")
 _ELEMENT_AT = re.compile(r"at `\$\[(\d+)\]")
@@ -1048,11 +1050,12 @@ def _decode_joined(
     check the fields it skips).
 
     When the array does not decode, the error names where: a byte (the separators before it
-    count the values before it) or an element. The values before it, that value alone and the
-    values after it are decoded apart, so a list with ``b`` bad values costs about ``2b + 1``
-    decodes; the position may lie past the culprit (an unterminated string runs on), and the
-    values before it are then split again. Each such split copies the rest of the list, so after
-    :data:`_GUIDED_SPLITS` of them, or where the error names no place, the rest is bisected.
+    count the values before it; for bad UTF-8, the first bad byte) or an element. The values
+    before it and that value alone are decoded apart, and the values after it in pieces of
+    :data:`_AFTER_ERROR` (a list with one bad value usually has more: each then costs one piece
+    decoded twice, not the rest of the list). The position may lie past the culprit (an
+    unterminated string runs on), and the values before it are then split again. After
+    :data:`_GUIDED_SPLITS` such splits, or where the error names no place, the rest is bisected.
     Every value still comes from a decode whose alignment was checked, or from its own.
     """
     out: list[object] = []
@@ -1074,8 +1077,11 @@ def _decode_joined(
         culprit = -1
         try:
             doc = b"[" + sep.join(part) + b"]"
-            if doc.isascii() or _is_utf8(doc):
-                arr = decode_many(doc)
+            if not doc.isascii():
+                doc.decode("utf-8")
+            arr = decode_many(doc)
+        except UnicodeDecodeError as exc:
+            culprit = doc.count(sep, 0, exc.start)
         except msgspec.DecodeError as exc:
             if (at := _BYTE_AT.search(str(exc))) is not None:
                 culprit = doc.count(sep, 0, int(at[1]))
@@ -1091,7 +1097,10 @@ def _decode_joined(
             guided[0] -= 1
             decode(part[:culprit])
             decode(part[culprit : culprit + 1])
-            decode(part[culprit + 1 :])
+            # A batch with one bad value often has more: the rest goes in short pieces, so that
+            # the next one costs a short piece decoded twice, not the whole rest.
+            for i in range(culprit + 1, n, _AFTER_ERROR):
+                decode(part[i : i + _AFTER_ERROR])
             return
         half = n // 2
         decode(part[:half])

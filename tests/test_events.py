@@ -457,6 +457,29 @@ def test_big_batch_with_bad_event_at_the_end_and_start() -> None:
     assert batch.index.tolist() == list(range(1, 3001))
 
 
+def test_many_bad_values_in_a_big_batch_read_as_one_by_one() -> None:
+    """Bad values scattered and clustered through batches longer than one decode: after the first
+    error the rest is decoded in short pieces (and bad UTF-8 is split where it is), the result is
+    still what each value decoded alone gives."""
+    rng = np.random.default_rng(3)
+    raw = ev()
+    bads: list[bytes | None] = [
+        raw[: len(raw) // 2], b"\xff\xfe" + raw[2:], raw.replace(b'":', b"'=", 2), b"sale qty=1",
+        b"1,2", b'"x', ev(quantity="x"), ev(amount=True), None, b"[]", "caf\u00e9".encode("latin-1"),
+    ]
+    values: list[bytes | None] = list(good(5000))
+    for at in sorted(rng.choice(len(values), 120, replace=False).tolist(), reverse=True):
+        values[at:at] = [bads[int(rng.integers(len(bads)))] for _ in range(int(rng.integers(1, 4)))]
+    batch, rejected = decode_events(values, SCHEMA)  # type: ignore[arg-type]
+    one = [decode_events([v], SCHEMA) for v in values]  # type: ignore[list-item]
+    expected_rejects = [(i, r[0].reason, r[0].detail) for i, (_, r) in enumerate(one) if r]
+    assert [(r.index, r.reason, r.detail) for r in rejected] == expected_rejects
+    assert batch.index.tolist() == [i for i, (b, _) in enumerate(one) if len(b)]
+    assert batch.ts_ms.tolist() == [int(b.ts_ms[0]) for b, _ in one if len(b)]
+    assert batch.amount.tolist() == [float(b.amount[0]) for b, _ in one if len(b)]
+    assert batch.keys == [b.keys[0] for b, _ in one if len(b)]
+
+
 @pytest.mark.parametrize(
     "smuggled",
     [
