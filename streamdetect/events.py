@@ -742,13 +742,14 @@ def _times(col: list[Any], schema: EventSchema) -> tuple[np.ndarray, np.ndarray]
             return np.array(col, dtype=np.int64), np.ones(n, dtype=bool)
     ms, ok = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     kind = _kinds(col)
-    strings = np.flatnonzero(kind == _STR)
-    if len(strings):
-        ms[strings], ok[strings] = _iso_times([col[i] for i in strings.tolist()])
-    ints = np.flatnonzero(kind == _INT)
-    if len(ints):
+    is_str = kind == _STR
+    if is_str.any():
+        ms[is_str], ok[is_str] = _iso_times(list(itertools.compress(col, is_str.tolist())))
+    is_int = kind == _INT
+    if is_int.any():
+        ints = np.flatnonzero(is_int)
         try:
-            ms[ints] = [col[i] for i in ints.tolist()]
+            ms[ints] = list(itertools.compress(col, is_int.tolist()))
             ok[ints] = True
         except OverflowError:  # one beyond int64: one by one
             _times_one_by_one(col, None, ints.tolist(), ms, ok)
