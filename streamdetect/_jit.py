@@ -10,12 +10,20 @@ dependencies; not released). So every kernel's cache stamp here also covers all 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numba
+
+#: A directory of kernels compiled ahead (an image's build step) that the process copies into its
+#: own ``NUMBA_CACHE_DIR`` before it loads any: numba only uses a cache directory it can write, and
+#: a container's writable mount starts empty.
+SEED_ENV = "STREAMDETECT_KERNEL_CACHE_SEED"
 
 # The modules whose kernels call each other, and those whose constants the kernels compile in.
 KERNEL_SOURCES = (
@@ -33,6 +41,35 @@ def _sources_digest() -> bytes:
 
 
 _SOURCES_DIGEST = _sources_digest()
+
+
+def seed_cache(seed: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None) -> int:
+    """Copy the compiled kernels under ``seed`` that ``cache_dir`` lacks into it; the files copied.
+
+    Files already there are kept (they are as new or newer). numba checks each kernel's stamp
+    when it loads it, so a seed built from other sources, or for another CPU, is not used: those
+    kernels compile as without one. Nothing happens without both directories or when they are the
+    same (the build step that fills the seed).
+    """
+    if not seed or not cache_dir or not os.path.isdir(seed):
+        return 0
+    src, dst = Path(seed).resolve(), Path(cache_dir).resolve()
+    if src == dst:
+        return 0
+    copied = 0
+    for path in src.rglob("*"):
+        target = dst / path.relative_to(src)
+        if path.is_file() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            copied += 1
+    return copied
+
+
+# Before any kernel is loaded (the kernel modules import this one first). An unwritable cache
+# directory is no error here: numba then compiles in the process, as without a seed.
+with contextlib.suppress(OSError):
+    seed_cache(os.environ.get(SEED_ENV), getattr(numba.config, "CACHE_DIR", None))
 
 
 def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:

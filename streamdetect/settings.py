@@ -40,6 +40,7 @@ from streamdetect.config import ConfigError, DetectorConfig, from_mapping
 
 __all__ = [
     "ENV_CONFIG",
+    "ENV_KERNEL_CACHE_SEED",
     "ENV_PREFIX",
     "PASSTHROUGH_TABLES",
     "REDACTED",
@@ -57,6 +58,10 @@ __all__ = [
 
 ENV_PREFIX = "STREAMDETECT_"
 ENV_CONFIG = "STREAMDETECT_CONFIG"
+# Variables of the process, not settings: the config file, and the compiled kernels an image
+# carries (read by streamdetect._jit, which numba's kernels import before anything else).
+ENV_KERNEL_CACHE_SEED = "STREAMDETECT_KERNEL_CACHE_SEED"
+_NOT_SETTINGS = frozenset({ENV_CONFIG, ENV_KERNEL_CACHE_SEED})
 REDACTED = "***"
 #: librdkafka property names (and our own setting names) whose values are never printed or logged.
 SECRET_PATTERNS: tuple[str, ...] = ("*password*", "*secret*", "sasl.oauthbearer.*", "ssl.key.*", "*sasl_password*")
@@ -286,7 +291,7 @@ def _env_mapping(env: Mapping[str, str]) -> dict[str, Any]:
     """``STREAMDETECT_A__B__C=v`` -> ``{"a": {"b": {"c": "v"}}}``, one source check per variable."""
     out: dict[str, Any] = {}
     for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG:
+        if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS:
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
         if len(path) < 2 or not all(path):

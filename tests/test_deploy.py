@@ -8,10 +8,12 @@ installed; CI installs it).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from streamdetect._jit import SEED_ENV
 from streamdetect.metrics import DEFAULT_METRICS_PATH, DEFAULT_METRICS_PORT, METRIC_NAMES, Metrics
 from streamdetect.settings import ENV_CONFIG, AppConfig, KafkaConfig, MetricsConfig, load_config
 
@@ -443,6 +446,47 @@ def test_compiled_kernels_cache_where_the_pod_can_write() -> None:
     empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     writable = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty and not m.get("readOnly")]
     assert any(cache.group(1).startswith(path.rstrip("/") + "/") for path in writable), (cache.group(1), writable)
+
+
+def test_image_compiles_the_kernels_ahead_into_its_seed() -> None:
+    # The build step writes numba's cache where the seed variable points, with the same
+    # compile_kernels() the service runs; the running container's cache directory is another.
+    text = (ROOT / "Dockerfile").read_text()
+    seed = re.search(r"STREAMDETECT_KERNEL_CACHE_SEED=(\S+)", text)
+    assert seed, "the image names its compiled kernels"
+    build = re.search(r"^RUN NUMBA_CACHE_DIR=(\S+) \\\n\s+python -c .*compile_kernels\(\)", text, re.M)
+    assert build and build.group(1) == seed.group(1)
+    cache = re.search(r"NUMBA_CACHE_DIR=(/tmp\S+)", text)
+    assert cache and cache.group(1) != seed.group(1)
+
+
+def _kernel_cache_use(cache_dir: Path, seed: Path | None) -> dict[str, int]:
+    """In a new process with numba's cache in ``cache_dir`` (and a seed, if given), decode one
+    timestamp with the compiled parser: how often numba found it in its cache, how often not."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", SEED_ENV)}
+    env["NUMBA_CACHE_DIR"] = str(cache_dir)
+    if seed is not None:
+        env[SEED_ENV] = str(seed)
+    code = (
+        "import json; from streamdetect.events import _parse_canonical; "
+        "from streamdetect._time_kernels import parse_canonical as k; "
+        "_parse_canonical(['2024-03-01T12:00:00.000Z']); "
+        "print(json.dumps({'hits': sum(k.stats.cache_hits.values()), 'misses': sum(k.stats.cache_misses.values())}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_seed_variable_is_not_taken_for_a_setting() -> None:
+    # STREAMDETECT_* variables are settings, and a misspelt one fails the start: not this one.
+    assert load_config(env={SEED_ENV: "/opt/streamdetect/kernels"}) == load_config(env={})
+
+
+def test_a_seed_of_compiled_kernels_fills_an_empty_cache(tmp_path: Path) -> None:
+    seed = tmp_path / "seed"
+    assert _kernel_cache_use(seed, None)["misses"] == 1  # what the image's build step does: compile
+    assert _kernel_cache_use(tmp_path / "pod", seed) == {"hits": 1, "misses": 0}
+    assert _kernel_cache_use(tmp_path / "unseeded", None)["misses"] == 1
 
 
 # -- Kubernetes ---------------------------------------------------------------------------------------------
