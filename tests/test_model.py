@@ -135,6 +135,33 @@ def test_compiled_m_step_gives_numpys_parameters_and_leaves_repairs_to_it(data: 
     assert _em._m_step(flat, 0.0).repaired[1]  # the compiled M-step hands the repair to numpy
 
 
+def test_coefficients_of_moments_are_those_of_their_statistics_to_the_bit(data: np.ndarray) -> None:
+    # Batch EM's iterations go from the responsibilities' moments to the next coefficients in one
+    # compiled call: the same numbers, bit for bit, as forming the statistics with numpy first
+    # (a fit's chosen K and EM path must not move), including a component with no mass.
+    from streamdetect.model import _em
+
+    rng = np.random.default_rng(6)
+    ZT = ((data - data.mean(axis=0)) / data.std(axis=0)).T[:, :900]
+    batch = _em._outer_products(ZT)
+    resp = rng.dirichlet(np.ones(4), size=ZT.shape[1]).T * rng.uniform(0.5, 2.0, size=ZT.shape[1])
+    resp[2] = 0.0
+    moments = resp @ batch.stack.T
+    stats = _em._statistics_of_products_moments(batch, moments)
+    np.testing.assert_array_equal(stats.s0, _em._estimate_statistics_from_products(batch, resp).s0)
+    np.testing.assert_array_equal(
+        _em._coefficients_of_moments(batch, moments, 1e-6), _em._coefficients_of_statistics(batch, stats, 1e-6)
+    )
+    # Two rows of ones (all the mass on one point): no covariance without regularisation, so the
+    # compiled call gives up and numpy's M-step repairs it, as for the statistics.
+    point = np.ones((2, 50))
+    one = _em._outer_products(point)
+    repaired = _em._coefficients_of_moments(one, np.ones((1, 50)) @ one.stack.T, 0.0)
+    assert np.isfinite(repaired).all()
+    point_stats = _em._estimate_statistics_from_products(one, np.ones((1, 50)))
+    np.testing.assert_array_equal(repaired, _em._coefficients_of_statistics(one, point_stats, 0.0))
+
+
 def test_auto_chooses_three_components_by_bic(data: np.ndarray) -> None:
     model = StepwiseGMM(n_components="auto", max_components=6, seed=0).fit(data)
     assert model.n_components_ == 3

@@ -322,13 +322,27 @@ def _coefficients_of_statistics(batch: Products, stats: Statistics, reg_covar: f
     return _coefficients(batch, _m_step_numpy(stats, reg_covar))
 
 
+def _coefficients_of_moments(batch: Products, moments: np.ndarray, reg_covar: float) -> np.ndarray:
+    """:func:`_coefficients_of_statistics` of :func:`_statistics_of_products_moments`: statistics,
+    M-step and coefficients in one compiled loop; numpy's where a covariance needs repair."""
+    coef = np.empty((len(moments), batch.stack.shape[0]))
+    total = float(moments[:, -1].sum())
+    if _em_kernels.coefficients_of_moments(moments, total, _TINY, reg_covar, *batch.pairs, batch.doubled, coef):
+        return coef
+    return _coefficients(batch, _m_step_numpy(_statistics_of_products_moments(batch, moments), reg_covar))
+
+
 def _estimate_statistics_from_products(batch: Products, resp: np.ndarray) -> Statistics:
     """:func:`_estimate_statistics` of a fixed batch: second moments about the origin, first
     moments and masses from one GEMM of the responsibilities against the stack."""
+    return _statistics_of_products_moments(batch, resp @ batch.stack.T)
+
+
+def _statistics_of_products_moments(batch: Products, moments: np.ndarray) -> Statistics:
+    """Statistics from the moments ``resp @ stack.T`` (K, T + d + 1) of a fixed batch."""
     T = len(batch.doubled)
     d = batch.stack.shape[0] - T - 1
-    K = resp.shape[0]
-    moments = resp @ batch.stack.T  # (K, T + d + 1)
+    K = moments.shape[0]
     nk = moments[:, -1]
     total = float(nk.sum())
     raw = np.empty((K, d, d))
@@ -424,26 +438,31 @@ def _em(
     """
     best: EMResult | None = None
     wsum = float(weight.sum())
+    unweighted = bool((weight == 1.0).all())  # then the responsibilities need no multiplying
     ZT = ZT1[:-1]
     Z = ZT.T
     batch = _outer_products(ZT)
+    stackT = batch.stack.T
     for _ in range(n_init):
         centres = Z[_kmeans_plusplus(Z, n_components, rng, weight)]
-        stats = _estimate_statistics_from_products(batch, _initial_resp(Z, centres) * weight)
+        # Each iteration carries the moments of its responsibilities (one GEMM); the statistics,
+        # the M-step and the next coefficients come from them in one compiled call.
+        moments = (_initial_resp(Z, centres) * weight) @ stackT
         prev = -np.inf
         converged = False
         n_iter = 0
         ll_mean = -np.inf
         for n_iter in range(1, max_iter + 1):  # noqa: B007
-            ll, resp = _normalise(_coefficients_of_statistics(batch, stats, reg_covar) @ batch.stack)
+            ll, resp = _normalise(_coefficients_of_moments(batch, moments, reg_covar) @ batch.stack)
             ll_mean = float(weight @ ll) / wsum
             if abs(ll_mean - prev) < tol:
                 converged = True
                 break
             prev = ll_mean
-            resp *= weight
-            stats = _estimate_statistics_from_products(batch, resp)
-        result = EMResult(stats, ll_mean, converged, n_iter)
+            if not unweighted:
+                resp *= weight
+            moments = resp @ stackT
+        result = EMResult(_statistics_of_products_moments(batch, moments), ll_mean, converged, n_iter)
         if best is None or result.mean_log_likelihood > best.mean_log_likelihood:
             best = result
     assert best is not None

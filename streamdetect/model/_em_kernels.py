@@ -149,3 +149,41 @@ def coefficients(s0, mean, scatter, reg_covar, pair_i, pair_j, doubled, coef):
             coef[k, T + i] = s
         coef[k, T + d] = math.log(s0c / total) + log_det - 0.5 * d * LOG_2PI - 0.5 * quad
     return True
+
+
+@compiled
+def coefficients_of_moments(moments, total, tiny, reg_covar, pair_i, pair_j, doubled, coef):
+    """:func:`coefficients` of the M-step of a fixed batch's moments (``resp @ stack.T``: its
+    products' sums, then its rows', then its masses, per component), with the statistics formed
+    here as ``_em._estimate_statistics_from_products`` forms them (same operations, same order)
+    instead of a dozen numpy calls between the two. ``total`` is the masses' sum (numpy's, so
+    that both agree to the bit). False, with ``coef`` unfinished, as :func:`coefficients`."""
+    K = moments.shape[0]
+    T = len(pair_i)
+    d = moments.shape[1] - T - 1
+    s0 = np.empty(K)
+    mean = np.empty((K, d))
+    scatter = np.empty((K, d, d))
+    raw = np.empty((d, d))
+    mu = np.empty(d)
+    floor = tiny * max(total, 1.0)
+    for k in range(K):
+        nk = moments[k, T + d]
+        live = nk > floor
+        nkc = nk if live else 1.0
+        for t in range(T):
+            raw[pair_i[t], pair_j[t]] = moments[k, t]
+            raw[pair_j[t], pair_i[t]] = moments[k, t]
+        for i in range(d):
+            mu[i] = moments[k, T + i] / nkc
+        for i in range(d):
+            for j in range(d):
+                if live:
+                    a = raw[i, j] - nkc * mu[i] * mu[j]
+                    b = raw[j, i] - nkc * mu[j] * mu[i]
+                    scatter[k, i, j] = 0.5 * (a + b) / total
+                else:
+                    scatter[k, i, j] = 0.0 / total
+            mean[k, i] = mu[i] + 0.0 if live else 0.0
+        s0[k] = nk / total
+    return coefficients(s0, mean, scatter, reg_covar, pair_i, pair_j, doubled, coef)
