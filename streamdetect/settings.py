@@ -117,7 +117,7 @@ class KafkaConfig:
     dlq_topic: str = "sales-dlq"
     state_topic: str = "streamdetect-state"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    batch_size: int = 500
+    batch_size: int = 2000
     poll_timeout: float = 0.5
     checkpoint_interval: float = 5.0
     max_pending: int = 20_000
@@ -162,7 +162,7 @@ class KafkaConfig:
         _require(len(set(topics.values())) == 3,
                  "kafka.alerts_topic, kafka.dlq_topic and kafka.state_topic must be three different topics")
         _require(bool(self.group_id), "kafka.group_id must not be empty")
-        _require(1 <= self.batch_size <= 100_000, "kafka.batch_size must be in [1, 100000] messages (default 500)")
+        _require(1 <= self.batch_size <= 100_000, "kafka.batch_size must be in [1, 100000] messages (default 2000)")
         _require(0 < self.poll_timeout <= 10, "kafka.poll_timeout must be in (0, 10] seconds (default 0.5)")
         _require(self.checkpoint_interval > 0, "kafka.checkpoint_interval must be > 0 seconds (default 5)")
         _require(self.idle_after >= 0, "kafka.idle_after must be >= 0 seconds (0: event time only moves with events)")
