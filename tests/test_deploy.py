@@ -460,6 +460,23 @@ def test_image_compiles_the_kernels_ahead_into_its_seed() -> None:
     assert cache and cache.group(1) != seed.group(1)
 
 
+def test_seed_cache_copies_only_what_the_cache_lacks(tmp_path: Path) -> None:
+    from streamdetect._jit import seed_cache
+
+    seed, cache = tmp_path / "seed", tmp_path / "cache"
+    (seed / "streamdetect_ab12").mkdir(parents=True)
+    (seed / "streamdetect_ab12" / "k.nbi").write_bytes(b"index")
+    (seed / "streamdetect_ab12" / "k.1.nbc").write_bytes(b"code")
+    (cache / "streamdetect_ab12").mkdir(parents=True)
+    (cache / "streamdetect_ab12" / "k.nbi").write_bytes(b"newer index")  # the process's own: kept
+    assert seed_cache(seed, cache) == 1
+    assert (cache / "streamdetect_ab12" / "k.1.nbc").read_bytes() == b"code"
+    assert (cache / "streamdetect_ab12" / "k.nbi").read_bytes() == b"newer index"
+    assert seed_cache(seed, cache) == 0  # nothing left to copy
+    assert seed_cache(seed, seed) == 0 and seed_cache(tmp_path / "absent", cache) == 0
+    assert seed_cache(None, cache) == 0 and seed_cache(seed, None) == 0
+
+
 def _kernel_cache_use(cache_dir: Path, seed: Path | None) -> dict[str, int]:
     """In a new process with numba's cache in ``cache_dir`` (and a seed, if given), decode one
     timestamp with the compiled parser: how often numba found it in its cache, how often not."""
