@@ -155,7 +155,7 @@ def coefficients(s0, mean, scatter, reg_covar, pair_i, pair_j, doubled, coef):
 def coefficients_of_moments(moments, total, tiny, reg_covar, pair_i, pair_j, doubled, coef):
     """:func:`coefficients` of the M-step of a fixed batch's moments (``resp @ stack.T``: its
     products' sums, then its rows', then its masses, per component), with the statistics formed
-    here as ``_em._estimate_statistics_from_products`` forms them (same operations, same order)
+    here as ``_em._statistics_of_products_moments`` forms them (same operations, same order)
     instead of a dozen numpy calls between the two. ``total`` is the masses' sum (numpy's, so
     that both agree to the bit). False, with ``coef`` unfinished, as :func:`coefficients`."""
     K = moments.shape[0]
