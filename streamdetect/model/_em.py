@@ -313,18 +313,9 @@ def _coefficients(batch: Products, derived: Derived) -> np.ndarray:
     return coef
 
 
-def _coefficients_of_statistics(batch: Products, stats: Statistics, reg_covar: float) -> np.ndarray:
-    """:func:`_coefficients` of the M-step of ``stats``: one compiled loop, or numpy's M-step
-    where a covariance needs repair."""
-    coef = np.empty((len(stats.s0), batch.stack.shape[0]))
-    if _em_kernels.coefficients(stats.s0, stats.mean, stats.scatter, reg_covar, *batch.pairs, batch.doubled, coef):
-        return coef
-    return _coefficients(batch, _m_step_numpy(stats, reg_covar))
-
-
 def _coefficients_of_moments(batch: Products, moments: np.ndarray, reg_covar: float) -> np.ndarray:
-    """:func:`_coefficients_of_statistics` of :func:`_statistics_of_products_moments`: statistics,
-    M-step and coefficients in one compiled loop; numpy's where a covariance needs repair."""
+    """:func:`_coefficients` of the M-step of :func:`_statistics_of_products_moments`: statistics,
+    M-step and coefficients in one compiled loop; numpy's M-step where a covariance needs repair."""
     coef = np.empty((len(moments), batch.stack.shape[0]))
     total = float(moments[:, -1].sum())
     if _em_kernels.coefficients_of_moments(moments, total, _TINY, reg_covar, *batch.pairs, batch.doubled, coef):
@@ -332,14 +323,10 @@ def _coefficients_of_moments(batch: Products, moments: np.ndarray, reg_covar: fl
     return _coefficients(batch, _m_step_numpy(_statistics_of_products_moments(batch, moments), reg_covar))
 
 
-def _estimate_statistics_from_products(batch: Products, resp: np.ndarray) -> Statistics:
-    """:func:`_estimate_statistics` of a fixed batch: second moments about the origin, first
-    moments and masses from one GEMM of the responsibilities against the stack."""
-    return _statistics_of_products_moments(batch, resp @ batch.stack.T)
-
-
 def _statistics_of_products_moments(batch: Products, moments: np.ndarray) -> Statistics:
-    """Statistics from the moments ``resp @ stack.T`` (K, T + d + 1) of a fixed batch."""
+    """:func:`_estimate_statistics` of a fixed batch from its moments ``resp @ stack.T``
+    (K, T + d + 1): second moments about the origin, first moments and masses, from one GEMM of
+    the responsibilities against the stack."""
     T = len(batch.doubled)
     d = batch.stack.shape[0] - T - 1
     K = moments.shape[0]
