@@ -321,3 +321,24 @@ def test_bad_configuration_fails_with_a_message(tmp_path, events_file, capsys):
     cfg.write_text("[detector.threshold]\nmethod = 'magic'\n")
     assert main(["replay", str(events_file), "--config", str(cfg)]) == 2
     assert "threshold.method" in capsys.readouterr().err
+
+
+def test_keys_too_sparse_for_their_windows_are_reported(tmp_path, capsys, events_file):
+    """Keyed by store and SKU, each key sells a few times in two hours: replay says the windows
+    are too short for such keys and what to change; keyed by store, the same sales are fine."""
+    rng = np.random.default_rng(3)
+    t0 = 1_767_571_200_000
+    events = sorted(
+        ({"ts": int(t), "store_id": f"s{k % 5}", "sku": f"sku-{k}", "quantity": 1, "unit_price": 9.5}
+         for k in range(150) for t in rng.uniform(0, 2 * 3_600_000, 4) + t0),
+        key=lambda e: e["ts"],
+    )
+    src = tmp_path / "sparse.jsonl"
+    src.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
+    assert main(["replay", str(src), "--key", "store_id,sku"]) == 0
+    err = capsys.readouterr().err
+    assert "the keys sell too rarely for windows of 60 s" in err and "--window" in err, err
+    assert main(["replay", str(src), "--key", "store_id"]) == 0
+    assert "too rarely" not in capsys.readouterr().err
+    assert main(["replay", str(events_file), *FAST]) == 0
+    assert "too rarely" not in capsys.readouterr().err

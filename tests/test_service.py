@@ -21,6 +21,7 @@ What the comparisons establish:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 import signal
@@ -642,3 +643,35 @@ def test_an_idle_partition_keeps_time_and_sees_its_only_store_stop(bootstrap: st
     stopped, _ = run(1.0, n.group + "-on")
     assert len(stopped) >= 3, "the store that stopped selling was not seen"
     assert all(a.features["count"] == 0.0 for a in stopped)
+
+
+def test_keys_too_sparse_for_their_windows_are_reported_once(
+    bootstrap: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Keyed by store and SKU, most keys sell a few times an hour: nearly every minute window is
+    empty and the mixture cannot judge them. The service says so once, with what to change."""
+    n = names(unique)
+    ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(n.input, 1)])
+    rng = np.random.default_rng(2)
+    t0 = 1_767_571_200_000  # 2026-01-05
+    events = [
+        (f"sku-{k}".encode(), orjson.dumps({"ts": int(t), "store_id": "s1", "sku": f"sku-{k}", "amount": 9.5}))
+        for k in range(100) for t in np.sort(rng.uniform(0, 2 * 3_600_000, 4)) + t0
+    ]
+    events.sort(key=lambda kv: orjson.loads(kv[1])["ts"])
+    produce(bootstrap, n.input, events)
+    cfg = load_config(env={}, overrides={
+        "kafka": {"bootstrap_servers": bootstrap, "input_topics": [n.input], "alerts_topic": n.alerts,
+                  "dlq_topic": n.dlq, "state_topic": n.state, "group_id": n.group, **FAST},
+        "detector": {"events": {"key_fields": ["store_id", "sku"]}}, "metrics": {"enabled": False}})
+    with caplog.at_level(logging.WARNING, logger="streamdetect"):
+        svc = Running(cfg)
+        try:
+            wait_for(lambda: svc.committed() == {0: len(events)}, "all offsets committed", alive=svc.alive)
+            stats = next(iter(svc.service.parts.values())).detector.stats()
+        finally:
+            svc.stop()
+    assert stats.windows_closed >= 5_000 and stats.windows_empty > 0.9 * stats.windows_closed
+    advice = [r.getMessage() for r in caplog.records if "too rarely" in r.getMessage()]
+    assert len(advice) == 1, advice
+    assert "windows.size" in advice[0] and "events.key_fields" in advice[0]

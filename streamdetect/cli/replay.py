@@ -370,7 +370,14 @@ def run(args: argparse.Namespace) -> int:
 
     from streamdetect.alerts import format_time
     from streamdetect.config import ConfigError
-    from streamdetect.detector import Detector, DetectorOutput, ScoredWindows, calibration_needs, warmup_needs
+    from streamdetect.detector import (
+        Detector,
+        DetectorOutput,
+        ScoredWindows,
+        calibration_needs,
+        sparse_keys_advice,
+        warmup_needs,
+    )
     from streamdetect.sources import iter_csv_chunks, iter_jsonl_chunks
 
     config = build_config(args)
@@ -486,6 +493,9 @@ def run(args: argparse.Namespace) -> int:
               f" {calibration_needs(config)}; --calibration lowers the count", file=sys.stderr)
     if not args.quiet:
         stats = detector.stats()
+        advice = sparse_keys_advice(stats, config.windows.size)
+        if advice:
+            print(advice, file=sys.stderr)
         print(
             f"events {totals['events']:,} (valid {totals['valid']:,}"
             + (f" of which returns {totals['returns']:,}" if totals["returns"] else "")

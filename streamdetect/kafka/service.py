@@ -43,7 +43,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streamdetect.config import DetectorConfig
-from streamdetect.detector import compile_kernels
+from streamdetect.detector import compile_kernels, sparse_keys_advice
 from streamdetect.kafka.admin import ensure_topics, service_topics
 from streamdetect.kafka.checkpoint import StateStore
 from streamdetect.kafka.clients import (
@@ -81,6 +81,7 @@ class PartitionState:
     # monotonic time at which it was seen.
     newest_event_ms: int | None = None
     newest_seen_at: float = 0.0
+    sparse_advised: bool = False  # the keys-too-sparse warning was logged (once per assignment)
 
     @property
     def key(self) -> TP:
@@ -334,6 +335,11 @@ class Service:
         if stats.newest_event_ms is not None and stats.newest_event_ms != ps.newest_event_ms:
             ps.newest_event_ms, ps.newest_seen_at = stats.newest_event_ms, time.monotonic()
         self.metrics.observe_output(ps.partition, out, stats)
+        if not ps.sparse_advised:
+            advice = sparse_keys_advice(stats, self.config.detector.windows.size)
+            if advice is not None:
+                log.warning(advice, extra={"topic": ps.topic, "partition": ps.partition})
+                ps.sparse_advised = True
         if out.alerts:
             scored = out.scored
             flagged = np.asarray(scored.event_time_ms)[np.asarray(scored.is_anomaly, dtype=bool)]
