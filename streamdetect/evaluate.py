@@ -1,8 +1,10 @@
 """Score alerts against labelled anomalies: precision, recall, F1 and detection delay.
 
-Matching rule: an alert matches a label when its ``key`` equals the label's ``key`` and its window
-``[window_start, window_end)`` overlaps ``[start, end + tolerance)``, with ``tolerance =
-tolerance_windows * window_seconds`` (default 5 windows). The tolerance exists because a detector
+Matching rule: an alert matches a label when its ``key`` agrees with every field of the label's
+``key`` and its window ``[window_start, window_end)`` overlaps ``[start, end + tolerance)``, with
+``tolerance = tolerance_windows * window_seconds`` (default 5 windows). An alert's key may hold
+more fields than the label's: a store's anomaly is found by an alert on any of its channels or
+SKUs when the detector runs keyed finer than the labels. The tolerance exists because a detector
 can legitimately fire on the window *after* a change (the change may start late in a window, or
 only become clear once the next window closes) and because context features (sums over the last
 few windows, ``features.context_windows = 5``) keep an anomaly's effect visible for a few windows
@@ -201,6 +203,15 @@ def evaluate(
     ...         "window_start": "2026-01-05T10:23:00Z", "window_end": "2026-01-05T10:24:00Z"}
     >>> evaluate([lab], [late]).recall, evaluate([lab], [late], tolerance_windows=2).recall
     (1.0, 0.0)
+
+    An alert keyed finer than the label (a store's channel) matches it; one of another store does not:
+
+    >>> web = {"key": {"store_id": "s", "channel": "web"},
+    ...        "window_start": "2026-01-05T10:05:00Z", "window_end": "2026-01-05T10:06:00Z"}
+    >>> other = {**web, "key": {"store_id": "t", "channel": "web"}}
+    >>> r = evaluate([lab], [web, other])
+    >>> r.n_true_alerts, r.n_false_alerts, r.recall, r.n_keys
+    (1, 1, 1.0, 2)
     """
     if window_seconds <= 0:
         raise ValueError("window_seconds must be > 0")
@@ -236,12 +247,16 @@ def evaluate(
     a_start = np.asarray(astart, dtype=np.int64)
     a_end = np.asarray(aend, dtype=np.int64)
 
-    by_key_alerts: dict[tuple[tuple[str, str], ...], list[int]] = defaultdict(list)
-    for i, k in enumerate(akeys):
-        by_key_alerts[k].append(i)
     by_key_labels: dict[tuple[tuple[str, str], ...], list[int]] = defaultdict(list)
     for j, lab in enumerate(labs):
         by_key_labels[_key(lab.key)].append(j)
+    # The alerts by their key's values on each set of fields that labels are keyed by.
+    by_key_alerts: dict[tuple[tuple[str, str], ...], list[int]] = defaultdict(list)
+    for fields in {tuple(f for f, _ in k) for k in by_key_labels}:
+        for i, k in enumerate(akeys):
+            values = dict(k)
+            if all(f in values for f in fields):
+                by_key_alerts[tuple((f, values[f]) for f in fields)].append(i)
 
     alert_type: list[str | None] = [None] * n_alerts  # type of the earliest matching label
     results: list[LabelResult] = []
@@ -318,7 +333,7 @@ def evaluate(
             mean_delay_windows=_stat(delays[t], np.mean),
         )
 
-    keys = set(akeys) | {_key(lab.key) for lab in labs}
+    keys = set(akeys) | {k for k in by_key_labels if k not in by_key_alerts}
     times = [lab.start_ms for lab in labs] + [lab.end_ms for lab in labs] + astart + aend
     if span_days is None:
         span_days = (max(times) - min(times)) / 86_400_000 if times else 0.0
