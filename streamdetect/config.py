@@ -170,6 +170,9 @@ class EventSchema:
         return self.value_field is not None or self.count_field is not None
 
 
+_MIN_DEFAULT_AHEAD_S = 60.0  # unsynchronised clocks drift by seconds to a minute
+
+
 @dataclass(frozen=True)
 class WindowConfig:
     """Event-time windows per key, in seconds.
@@ -178,6 +181,12 @@ class WindowConfig:
     The watermark is the largest event time seen minus ``allowed_lateness``; a window closes when
     the watermark passes its end. A key that falls silent keeps producing zero-sales windows for
     ``idle_timeout``; its baselines are forgotten after ``key_ttl`` without events.
+
+    An event more than ``max_ahead`` ahead of the machine's clock is refused (``bad_timestamp``):
+    accepted, it would move the watermark with it and make every other key's on-time events late
+    (one sale stamped a few years ahead would dead-letter the rest of its stream). By default that
+    is the allowed lateness, the most a clock may run ahead before its events make on-time ones
+    late, but at least a minute, for producers whose clocks are not kept in sync.
     """
 
     size: float = 60.0
@@ -185,6 +194,7 @@ class WindowConfig:
     allowed_lateness: float = 120.0
     idle_timeout: float = 3600.0
     key_ttl: float = 8 * 86400.0
+    max_ahead: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", float(self.size))
@@ -198,6 +208,10 @@ class WindowConfig:
                 f"windows.hop ({self.hop:g}) must divide windows.size ({self.size:g}) exactly",
             )
         _require(self.allowed_lateness >= 0, "windows.allowed_lateness must be >= 0 seconds")
+        _require(
+            self.max_ahead is None or self.max_ahead >= 0,
+            "windows.max_ahead must be >= 0 seconds (leave it out for the default: the allowed lateness, at least 60)",
+        )
         _require(self.idle_timeout >= 0, "windows.idle_timeout must be >= 0 seconds")
         _require(self.key_ttl >= self.idle_timeout, "windows.key_ttl must be >= windows.idle_timeout")
 
@@ -212,6 +226,19 @@ class WindowConfig:
     @property
     def lateness_ms(self) -> int:
         return round(self.allowed_lateness * 1000)
+
+    @property
+    def max_ahead_ms(self) -> int:
+        """How far ahead of the machine's clock an event's time may be (see the class docstring).
+
+        >>> WindowConfig().max_ahead_ms, WindowConfig(allowed_lateness=0).max_ahead_ms
+        (120000, 60000)
+        >>> WindowConfig(max_ahead=5).max_ahead_ms
+        5000
+        """
+        if self.max_ahead is not None:
+            return round(self.max_ahead * 1000)
+        return round(max(self.allowed_lateness, _MIN_DEFAULT_AHEAD_S) * 1000)
 
 
 DEFAULT_FEATURES: tuple[str, ...] = (

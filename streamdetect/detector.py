@@ -473,6 +473,8 @@ class Detector:
     def _run(
         self, batch: EventBatch, rejected: list[Rejected], now_ms: int | None, flush: bool = False
     ) -> DetectorOutput:
+        if len(batch):
+            batch = self._refuse_ahead_of_clock(batch, rejected, now_ms)
         # A value series' amounts are rescaled per key: the key ids serve both.
         key_ids = self.windows.keys.ids(batch.keys) if self._samples_are_levels and len(batch) else None
         late = self.windows.add(
@@ -524,6 +526,27 @@ class Detector:
             resolved=[m for m in messages if isinstance(m, EpisodeResolved)],
             messages=messages,
         )
+
+    def _refuse_ahead_of_clock(self, batch: EventBatch, rejected: list[Rejected], now_ms: int | None) -> EventBatch:
+        """``batch`` without the events too far ahead of the clock (``windows.max_ahead``), which
+        join ``rejected``: the service's clock (``now_ms``) or, in a replay, the machine's."""
+        clock = now_ms if now_ms is not None else int(time.time() * 1000)
+        ahead = batch.ts_ms > clock + self.config.windows.max_ahead_ms
+        if not ahead.any():
+            return batch
+        limit_s = self.config.windows.max_ahead_ms / 1000
+        for pos in np.flatnonzero(ahead).tolist():
+            ts = int(batch.ts_ms[pos])
+            rejected.append(
+                Rejected(
+                    int(batch.index[pos]),
+                    RejectReason.BAD_TIMESTAMP,
+                    f"event time {format_time(ts)} is {(ts - clock) / 1000:,.0f} s ahead of the clock"
+                    f" ({format_time(clock)}), more than windows.max_ahead ({limit_s:g} s): a clock running fast?",
+                )
+            )
+        rejected.sort(key=lambda r: r.index)
+        return batch.take(np.flatnonzero(~ahead))
 
     def _forget(
         self,

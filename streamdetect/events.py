@@ -137,6 +137,25 @@ class EventBatch:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def take(self, rows: np.ndarray) -> EventBatch:
+        """The batch's rows at positions ``rows`` (in that order).
+
+        >>> b = EventBatch(np.arange(3), np.array([5, 6, 7]), np.ones(3), np.ones(3),
+        ...                np.zeros(3, dtype=np.uint64), [("a",), ("b",), ("c",)])
+        >>> t = b.take(np.array([0, 2])); t.index.tolist(), t.ts_ms.tolist(), t.keys
+        ([0, 2], [5, 7], [('a',), ('c',)])
+        """
+        return EventBatch(
+            index=self.index[rows],
+            ts_ms=self.ts_ms[rows],
+            amount=self.amount[rows],
+            quantity=self.quantity[rows],
+            sku_hash=self.sku_hash[rows],
+            keys=[self.keys[i] for i in rows.tolist()],
+            count=None if self.count is None else self.count[rows],
+            is_return=None if self.is_return is None else self.is_return[rows],
+        )
+
     @classmethod
     def empty(cls) -> EventBatch:
         """A batch with no events (e.g. for a flush)."""

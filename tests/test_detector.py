@@ -54,6 +54,37 @@ def test_late_events_are_rejected_as_late():
     assert det.stats().late_events == 1
 
 
+def test_an_event_from_a_clock_years_ahead_is_refused_and_the_stream_goes_on():
+    """One sale stamped five years ahead would move the watermark with it and make every later
+    event late; it is refused as ``bad_timestamp`` and the rest is scored as without it."""
+    values, _ = stream()
+    bad = orjson.loads(values[300])
+    bad["ts"] = "2031-06-01T00:00:00Z"
+    with_bad = [*values[:301], orjson.dumps(bad), *values[301:]]
+    outs = run(with_bad)
+    rejected = [r for o in outs for r in o.rejected]
+    assert [(r.index, str(r.reason)) for r in rejected] == [(301, "bad_timestamp")]
+    assert "ahead of the clock" in rejected[0].detail and "windows.max_ahead (120 s)" in rejected[0].detail
+    assert not any(str(r.reason) == "late" for r in rejected)
+    clean = run(values)
+    assert [a.to_json() for a in alerts_of(outs)] == [a.to_json() for a in alerts_of(clean)]
+    assert sum(len(o.scored) for o in outs) == sum(len(o.scored) for o in clean) > 1000
+
+
+def test_the_service_clock_bounds_event_times_by_max_ahead():
+    det = Detector(SMALL)
+    now = parse_timestamp("2026-01-05T10:00:00Z")
+    sale = '{{"ts": "{}", "store_id": "s1", "quantity": 1, "unit_price": 9.5}}'
+    values = [sale.format(t).encode() for t in ("2026-01-05T09:59:00Z", "2026-01-05T10:01:59Z", "2026-01-05T10:02:01Z")]
+    out = det.process(values, now_ms=now)
+    assert out.n_valid == 2 and [(r.index, str(r.reason)) for r in out.rejected] == [(2, "bad_timestamp")]
+    strict = Detector(from_mapping(DetectorConfig, {"windows": {"max_ahead": 30}}))
+    out = strict.process(values, now_ms=now)
+    assert out.n_valid == 1 and [r.index for r in out.rejected] == [1, 2]
+    with pytest.raises(ConfigError, match=r"windows\.max_ahead"):
+        from_mapping(DetectorConfig, {"windows": {"max_ahead": -1}})
+
+
 def test_no_alerts_during_warm_up_and_alerts_after():
     values, _ = stream()
     outs = run(values)
