@@ -44,7 +44,7 @@ from streamdetect._round_kernel import NEEDS_NUMPY, STEP_DUE, score_rounds
 from streamdetect.alerts import SEVERITIES, VALUE_SERIES_NAMES, Alert, Contribution, EpisodeResolved, format_time
 from streamdetect.config import DetectorConfig, EventSchema, WindowConfig
 from streamdetect.drift import ScoreDriftMonitor
-from streamdetect.events import EventBatch, Rejected, RejectReason, decode_events, decode_records
+from streamdetect.events import NO_ID, EventBatch, Rejected, RejectReason, decode_events, decode_records
 from streamdetect.features import (
     FeatureExtractor,
     WindowFeatures,
@@ -400,6 +400,10 @@ class Detector:
         )
         self.windows_scored = 0
         self.regime_changes = 0
+        # Event ids accepted recently, in two generations (see _refuse_duplicates); not in the state.
+        self._ids_current: set[int] = set()
+        self._ids_previous: set[int] = set()
+        self._ids_since_ms: int | None = None
         self._windows_closed = 0
         self._windows_empty = 0
         self._window_events = 0.0
@@ -475,6 +479,8 @@ class Detector:
     ) -> DetectorOutput:
         if len(batch):
             batch = self._refuse_ahead_of_clock(batch, rejected, now_ms)
+        if batch.id_hash is not None and len(batch):
+            batch = self._refuse_duplicates(batch, rejected)
         # A value series' amounts are rescaled per key: the key ids serve both.
         key_ids = self.windows.keys.ids(batch.keys) if self._samples_are_levels and len(batch) else None
         late = self.windows.add(
@@ -526,6 +532,50 @@ class Detector:
             resolved=[m for m in messages if isinstance(m, EpisodeResolved)],
             messages=messages,
         )
+
+    def _refuse_duplicates(self, batch: EventBatch, rejected: list[Rejected]) -> EventBatch:
+        """``batch`` without the events whose id was accepted before (``events.deduplicate``),
+        which join ``rejected``.
+
+        The ids are kept in two generations of sets, each as long in event time as an event's
+        windows can stay open (window, lateness, ``max_ahead``): an id stays at least that long,
+        and a repeat that comes later finds its windows closed and is refused as late anyway.
+        """
+        w = self.config.windows
+        clock = self.windows.max_event_ms
+        if clock is not None:
+            span = w.size_ms + w.lateness_ms + w.max_ahead_ms
+            if self._ids_since_ms is None:
+                self._ids_since_ms = clock
+            elif clock - self._ids_since_ms >= span:
+                self._ids_previous, self._ids_current, self._ids_since_ms = self._ids_current, set(), clock
+        assert batch.id_hash is not None
+        has_id = batch.id_hash != NO_ID
+        ids = batch.id_hash[has_id].tolist()
+        current, previous = self._ids_current, self._ids_previous
+        if previous.isdisjoint(ids) and current.isdisjoint(ids):
+            before = len(current)
+            current.update(ids)
+            if len(current) - before == len(ids):
+                return batch  # no id seen before, none twice in the batch
+            current.difference_update(ids)  # one came twice in the batch: none of them was in before
+        repeated = np.zeros(len(batch), dtype=bool)
+        for pos, h in zip(np.flatnonzero(has_id).tolist(), ids, strict=True):
+            if h in current or h in previous:
+                repeated[pos] = True
+            else:
+                current.add(h)
+        field = self.config.events.event_id_field
+        for pos in np.flatnonzero(repeated).tolist():
+            rejected.append(
+                Rejected(
+                    int(batch.index[pos]),
+                    RejectReason.DUPLICATE,
+                    f"{field}: an event with this id was accepted already (a producer's retry?)",
+                )
+            )
+        rejected.sort(key=lambda r: r.index)
+        return batch.take(np.flatnonzero(~repeated))
 
     def _refuse_ahead_of_clock(self, batch: EventBatch, rejected: list[Rejected], now_ms: int | None) -> EventBatch:
         """``batch`` without the events too far ahead of the clock (``windows.max_ahead``), which

@@ -103,6 +103,7 @@ class RejectReason(enum.StrEnum):
     OUT_OF_RANGE = "out_of_range"
     TOO_LARGE = "too_large"
     LATE = "late"
+    DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,9 @@ class EventBatch:
     count: np.ndarray | None = None
     # Rows that are returns (a negative quantity or amount, stored as magnitudes); None: no return.
     is_return: np.ndarray | None = None
+    # hash() of each row's event id (events.event_id_field), NO_ID where it has none; None: no row
+    # has one. Only equality matters (hash() is salted per process), for deduplication.
+    id_hash: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -154,6 +158,7 @@ class EventBatch:
             keys=[self.keys[i] for i in rows.tolist()],
             count=None if self.count is None else self.count[rows],
             is_return=None if self.is_return is None else self.is_return[rows],
+            id_hash=None if self.id_hash is None else self.id_hash[rows],
         )
 
     @classmethod
@@ -832,6 +837,29 @@ def _keys(rows: _Rows, key_fields: tuple[str, ...]) -> tuple[list[Any], np.ndarr
     return list(zip(*cols, strict=True)), ok
 
 
+NO_ID = -1  # hash() never returns -1 (CPython reserves it), so no id hashes to it
+# What a row without an id holds: absent (a struct's default), null or an empty string.
+_NO_ID_HASHES = np.array([hash(_MISSING), hash(None), hash("")], dtype=np.int64)
+
+
+def _id_hashes(rows: _Rows, field: str) -> np.ndarray | None:
+    """hash() of each row's event id (strings and numbers; anything else is no id), ``NO_ID``
+    where there is none; ``None`` when no row has one."""
+    try:
+        col = rows.column(field)
+    except (AttributeError, TypeError):  # a row that is not an object: it has no id
+        col = [e.get(field) if isinstance(e := rows.event(j), dict) else None for j in range(len(rows))]
+    try:
+        hashes = np.fromiter(map(hash, col), dtype=np.int64, count=len(col))
+    except TypeError:  # an unhashable id (an array, an object)
+        hashes = np.array([hash(v) if isinstance(v, str | int | float) else NO_ID for v in col], dtype=np.int64)
+    absent = np.isin(hashes, _NO_ID_HASHES)
+    if absent.all():
+        return None
+    hashes[absent] = NO_ID
+    return hashes
+
+
 def _sku_hashes(col: list[Any], nan_is_absent: bool) -> tuple[np.ndarray, np.ndarray]:
     """The SKU hash of each row (0 when absent) and whether the shortcut read it (a string)."""
     n = len(col)
@@ -911,6 +939,7 @@ def _columns(
             skus, skus_ok = _sku_hashes(rows.column(schema.sku_field), rows.nan_is_absent)
             ok &= skus_ok
 
+    ids = _id_hashes(rows, schema.event_id_field) if schema.deduplicate else None
     index = np.arange(n, dtype=np.int64) if positions is None else np.asarray(positions, dtype=np.int64)
     slow = np.flatnonzero(~ok)
     if len(slow):
@@ -926,6 +955,7 @@ def _columns(
             keep[bad] = False
             index, ts_ms, amount, quantity, skus = index[keep], ts_ms[keep], amount[keep], quantity[keep], skus[keep]
             keys = list(itertools.compress(keys, keep.tolist()))
+            ids = ids[keep] if ids is not None else None
 
     is_return = None
     if returns and len(amount):
@@ -943,6 +973,7 @@ def _columns(
         keys=keys,
         count=quantity if counted else None,
         is_return=is_return,
+        id_hash=ids,
     )
 
 
@@ -1027,7 +1058,8 @@ def _struct_decoders(fields: tuple[str, ...]) -> tuple[Any, Any, Any, dict[str, 
 
 def _read_fields(schema: EventSchema) -> tuple[str, ...]:
     names = (schema.time_field, *schema.key_fields, schema.amount_field, schema.quantity_field,
-             schema.unit_price_field, schema.sku_field, schema.value_field, schema.count_field)  # fmt: skip
+             schema.unit_price_field, schema.sku_field, schema.value_field, schema.count_field,
+             schema.event_id_field if schema.deduplicate else None)  # fmt: skip
     return tuple(dict.fromkeys(f for f in names if f is not None))
 
 

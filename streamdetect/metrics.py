@@ -121,7 +121,9 @@ METRIC_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "streamdetect_build_info": ("gauge", ("version", "librdkafka")),
 }
 
-REJECT_REASONS = ("decode", "missing_field", "bad_type", "bad_timestamp", "out_of_range", "too_large", "late")
+REJECT_REASONS = (
+    "decode", "missing_field", "bad_type", "bad_timestamp", "out_of_range", "too_large", "late", "duplicate",
+)
 REBALANCE_EVENTS = ("assign", "revoke", "lost")
 RESULTS = ("ok", "error")
 

@@ -15,10 +15,8 @@ from streamdetect.detector import Detector, DetectorOutput
 from streamdetect.events import parse_timestamp
 from streamdetect.generate import GeneratorConfig, generate
 
-SMALL = from_mapping(
-    DetectorConfig,
-    {"model": {"warmup": 1500, "n_init": 2}, "threshold": {"n_init": 1000, "window": 5000}},
-)
+SMALL_MAPPING = {"model": {"warmup": 1500, "n_init": 2}, "threshold": {"n_init": 1000, "window": 5000}}
+SMALL = from_mapping(DetectorConfig, SMALL_MAPPING)
 
 
 @cache
@@ -69,6 +67,28 @@ def test_an_event_from_a_clock_years_ahead_is_refused_and_the_stream_goes_on():
     clean = run(values)
     assert [a.to_json() for a in alerts_of(outs)] == [a.to_json() for a in alerts_of(clean)]
     assert sum(len(o.scored) for o in outs) == sum(len(o.scored) for o in clean) > 1000
+
+
+def test_events_sent_twice_are_refused_as_duplicates_whatever_the_batching():
+    """A producer that sends a stretch of its events twice (a retry, a connector re-sending after
+    a restart) would double those windows' sales: with ``events.deduplicate`` the repeats are
+    refused as ``duplicate`` (in the same batch or a later one) and the rest is scored as without
+    them. Off (the default), they are counted."""
+    values, _ = stream()
+    twice = [v for i, v in enumerate(values) for _ in range(2 if 4000 <= i < 7000 else 1)]
+    clean = run(values)
+    dedup = from_mapping(DetectorConfig, {**SMALL_MAPPING, "events": {"deduplicate": True}})
+    for chunk in (5000, 777):
+        outs = run(twice, dedup, chunk=chunk)
+        rejected = [r for o in outs for r in o.rejected]
+        assert [str(r.reason) for r in rejected] == ["duplicate"] * 3000
+        if chunk == 5000:  # indices are positions in each batch: the second of each pair
+            assert [r.index for r in outs[0].rejected][:2] == [4001, 4003]
+        assert "event_id: an event with this id was accepted already" in rejected[0].detail
+        assert [a.to_json() for a in alerts_of(outs)] == [a.to_json() for a in alerts_of(clean)]
+    counted = run(twice)
+    assert not any(o.rejected for o in counted)
+    assert sum(o.n_valid for o in counted) == len(values) + 3000
 
 
 def test_the_service_clock_bounds_event_times_by_max_ahead():

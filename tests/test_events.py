@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from streamdetect.config import ConfigError, EventSchema
 from streamdetect.events import (
+    NO_ID,
     EventBatch,
     Rejected,
     RejectReason,
@@ -231,6 +232,25 @@ def test_fields_not_read_are_checked_as_json_but_not_built() -> None:
         assert batch.amount.tolist() == [5.0] * 2 * copies
         bad = [(i + 5 * c, R.DECODE) for c in range(copies) for i in (1, 2, 4)]
         assert [(r.index, r.reason) for r in rejected] == bad
+
+
+def test_event_ids_are_read_as_hashes_for_deduplication() -> None:
+    """An id that is a string or a number is kept (as its hash: only equality matters); absent,
+    null, empty or an array is none. A batch without ids carries none, and off (the default), ids
+    are not read."""
+    ids: list[object] = ["e-1", "e-1", 7, ..., None, "", [1], "e-2"]
+    values = [ev(event_id=i, sku=f"S{j}") for j, i in enumerate(ids)]
+    dedup = replace(SCHEMA, deduplicate=True)
+    for batch, _ in (decode_events(values, dedup), decode_records([orjson.loads(v) for v in values], dedup)):
+        h = batch.id_hash
+        assert h is not None and len(h) == len(ids)
+        assert h[0] == h[1] != h[2] and len({h[0], h[2], h[7]}) == 3
+        assert h[3:7].tolist() == [NO_ID] * 4 and NO_ID not in (h[0], h[2], h[7])
+    assert decode_events(good(5), dedup)[0].id_hash is None
+    assert decode_events(values, SCHEMA)[0].id_hash is None
+    batch, rejected = decode_events([ev(event_id="x"), b"{oops", b"[1]", ev(event_id="y")] * 20, dedup)
+    assert len(batch) == 40 and len(rejected) == 40 and batch.id_hash is not None
+    assert len(set(batch.id_hash.tolist())) == 2
 
 
 def _framed(value: bytes, schema_id: int = 42) -> bytes:

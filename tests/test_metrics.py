@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamdetect.metrics import METRIC_NAMES, Health, Metrics, serve
+from streamdetect.events import RejectReason
+from streamdetect.metrics import METRIC_NAMES, REJECT_REASONS, Health, Metrics, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,9 +161,9 @@ def test_observe_output_with_real_detector() -> None:
     m = Metrics()
     m.observe_output(0, out, det.stats())
     assert out.n_returns == 1 and m.value("streamdetect_returns_total") == 1
-    assert sum(m.value("streamdetect_events_rejected_total", reason=r) or 0 for r in
-               ("decode", "missing_field", "bad_type", "bad_timestamp", "out_of_range", "too_large", "late")) == len(
+    assert sum(m.value("streamdetect_events_rejected_total", reason=r) or 0 for r in REJECT_REASONS) == len(
         out.rejected) >= 1
+    assert set(REJECT_REASONS) == {str(r) for r in RejectReason}
     assert m.value("streamdetect_threshold", partition="0") is not None
 
 

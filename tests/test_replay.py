@@ -342,3 +342,16 @@ def test_keys_too_sparse_for_their_windows_are_reported(tmp_path, capsys, events
     assert "too rarely" not in capsys.readouterr().err
     assert main(["replay", str(events_file), *FAST]) == 0
     assert "too rarely" not in capsys.readouterr().err
+
+
+def test_deduplicate_refuses_repeated_event_ids(tmp_path, capsys):
+    sale = '{{"ts": "2026-01-05T10:00:{:02d}Z", "store_id": "s1", "amount": 5, "event_id": "{}"}}\n'
+    src = tmp_path / "dup.jsonl"
+    src.write_text(sale.format(1, "a") + sale.format(2, "b") + sale.format(1, "a") + sale.format(3, "c"))
+    rejects = tmp_path / "rejects.jsonl"
+    assert main(["replay", str(src), "--deduplicate", "--rejects", str(rejects)]) == 0
+    assert [(r["index"], r["reason"]) for r in map(orjson.loads, rejects.read_bytes().splitlines())] == [
+        (2, "duplicate")]
+    assert "rejected 1: duplicate 1" in capsys.readouterr().err
+    assert main(["replay", str(src), "--rejects", str(rejects)]) == 0  # off by default
+    assert rejects.read_bytes() == b""

@@ -85,6 +85,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help='read numbers written as JSON strings ("199.00") instead of rejecting them as bad_type',
     )
     g.add_argument(
+        "--deduplicate",
+        action="store_true",
+        default=None,
+        help="refuse an event whose event id (events.event_id_field) repeats one accepted while its windows may"
+        " be open, as duplicate (a producer's retries); for an id field that is unique per event",
+    )
+    g.add_argument(
         "--unpriced",
         action="store_true",
         default=None,
@@ -155,6 +162,7 @@ def build_config(
     put("events", "sku_field", args.sku_field)
     put("events", "numeric_strings", args.numeric_strings)
     put("events", "unpriced", args.unpriced)
+    put("events", "deduplicate", args.deduplicate)
     put("windows", "size", args.window)
     if series_spacing is not None:
         table.setdefault("windows", {}).setdefault("size", series_spacing)
