@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -71,6 +72,16 @@ PASSTHROUGH_TABLES = ("common", "consumer", "producer")
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")  # what Kafka accepts as a topic name
+
+
+def _topic_rule(topic: str) -> str:
+    return (
+        f"{topic!r} is not a Kafka topic name (letters, digits, '.', '_' and '-', at most 249); a list in an"
+        " environment variable is comma-separated (a,b), and a regular expression starts with '^'"
+    )
 
 
 def is_secret(name: str) -> bool:
@@ -155,10 +166,26 @@ class KafkaConfig:
         _require(len(self.input_topics) > 0, "kafka.input_topics: give at least one input topic, e.g. ['sales']")
         topics = {"kafka.alerts_topic": self.alerts_topic, "kafka.dlq_topic": self.dlq_topic,
                   "kafka.state_topic": self.state_topic}
+        # librdkafka reads a topic that starts with '^' as a regular expression (a subscription to
+        # every topic it matches, now and later).
+        patterns = {}
+        for t in self.input_topics:
+            if t.startswith("^"):
+                try:
+                    patterns[t] = re.compile(t)
+                except re.error as exc:
+                    raise ConfigError(f"kafka.input_topics: {t!r} is not a valid regular expression ({exc})") from None
+            else:
+                _require(_TOPIC_NAME.fullmatch(t) is not None, f"kafka.input_topics: {_topic_rule(t)}")
         for name, topic in topics.items():
             _require(bool(topic), f"{name} must not be empty")
+            _require(_TOPIC_NAME.fullmatch(topic) is not None, f"{name}: {_topic_rule(topic)}")
             _require(topic not in self.input_topics,
                      f"{name} ({topic!r}) is also an input topic: the service would consume its own output")
+            for t, pattern in patterns.items():
+                _require(pattern.search(topic) is None,
+                         f"kafka.input_topics pattern {t!r} matches {name} ({topic!r}): the service would consume"
+                         " its own output; narrow the pattern or rename the output topic")
         _require(len(set(topics.values())) == 3,
                  "kafka.alerts_topic, kafka.dlq_topic and kafka.state_topic must be three different topics")
         _require(bool(self.group_id), "kafka.group_id must not be empty")

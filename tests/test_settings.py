@@ -110,6 +110,11 @@ def test_not_secret_names() -> None:
         ({"STREAMDETECT_KAFKA__BATCH_SIZE": "0"}, "kafka.batch_size must be in [1, 100000]"),
         ({"STREAMDETECT_KAFKA__AUTO_OFFSET_RESET": "newest"}, "kafka.auto_offset_reset is 'newest'; choose one of"),
         ({"STREAMDETECT_KAFKA__ALERTS_TOPIC": "sales"}, "is also an input topic"),
+        ({"STREAMDETECT_KAFKA__INPUT_TOPICS": "^sales.*"},
+         "kafka.input_topics pattern '^sales.*' matches kafka.alerts_topic ('sales-anomalies')"),
+        ({"STREAMDETECT_KAFKA__INPUT_TOPICS": "^sales("}, "'^sales(' is not a valid regular expression"),
+        ({"STREAMDETECT_KAFKA__INPUT_TOPICS": '["sales"]'}, "'[\"sales\"]' is not a Kafka topic name"),
+        ({"STREAMDETECT_KAFKA__DLQ_TOPIC": "sales dlq"}, "kafka.dlq_topic: 'sales dlq' is not a Kafka topic name"),
         ({"STREAMDETECT_KAFKA__DLQ_TOPIC": "sales-anomalies"}, "must be three different topics"),
         ({"STREAMDETECT_METRICS__PORT": "70000"}, "metrics.port must be in [0, 65535]"),
         ({"STREAMDETECT_LOG__LEVEL": "LOUD"}, "log.level is 'LOUD'"),
@@ -125,6 +130,11 @@ def test_wrong_configuration_fails_with_a_clear_message(source: dict[str, str], 
     with pytest.raises(ConfigError) as info:
         load_config(env=source)
     assert expected in str(info.value)
+
+
+def test_a_topic_pattern_that_spares_the_outputs_is_taken() -> None:
+    cfg = load_config(env={"STREAMDETECT_KAFKA__INPUT_TOPICS": "^sales\\.(eu|us)$,returns"})
+    assert cfg.kafka.input_topics == ("^sales\\.(eu|us)$", "returns")
 
 
 def test_wrong_file(tmp_path: Path) -> None:
