@@ -483,6 +483,8 @@ def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], flo
         hint = ""
         if parse is None and not isinstance(t, str) and schema.min_time_ms <= ms * 1000 < schema.max_time_ms:
             hint = " (looks like epoch seconds; expected milliseconds, or set events.time_format = 'epoch_s')"
+        elif parse is None and not isinstance(t, str) and schema.min_time_ms <= ms // 1000 < schema.max_time_ms:
+            hint = " (looks like epoch microseconds; expected milliseconds)"
         raise _Invalid(RejectReason.BAD_TIMESTAMP, f"{tf}: {_show(t)} is outside the accepted time range{hint}")
 
     keys = []

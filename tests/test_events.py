@@ -356,6 +356,8 @@ def test_bad_timestamp(ts: object) -> None:
 
 def test_epoch_seconds_get_a_hint() -> None:
     assert "epoch seconds" in reason_of(ev(ts=1_709_294_400))[1]
+    assert "epoch microseconds" in reason_of(ev(ts=1_709_294_400_000_000))[1]
+    assert "epoch" not in reason_of(ev(ts=-5))[1]
 
 
 @pytest.mark.parametrize(
