@@ -194,6 +194,10 @@ class WindowConfig:
     (one sale stamped a few years ahead would dead-letter the rest of its stream). By default that
     is the allowed lateness, the most a clock may run ahead before its events make on-time ones
     late, but at least a minute, for producers whose clocks are not kept in sync.
+
+    At most ``max_keys`` keys are held at once (each costs some 15 KB): an event of a new key
+    beyond that is refused (``key_limit``), so that a key field gone wrong (an order id where the
+    store was meant) cannot exhaust the memory; keys free their place after ``key_ttl``.
     """
 
     size: float = 60.0
@@ -202,6 +206,7 @@ class WindowConfig:
     idle_timeout: float = 3600.0
     key_ttl: float = 8 * 86400.0
     max_ahead: float | None = None
+    max_keys: int = 100_000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", float(self.size))
@@ -215,6 +220,7 @@ class WindowConfig:
                 f"windows.hop ({self.hop:g}) must divide windows.size ({self.size:g}) exactly",
             )
         _require(self.allowed_lateness >= 0, "windows.allowed_lateness must be >= 0 seconds")
+        _require(self.max_keys >= 1, "windows.max_keys must be >= 1 (default 100000)")
         _require(
             self.max_ahead is None or self.max_ahead >= 0,
             "windows.max_ahead must be >= 0 seconds (leave it out for the default: the allowed lateness, at least 60)",

@@ -481,6 +481,8 @@ class Detector:
             batch = self._refuse_ahead_of_clock(batch, rejected, now_ms)
         if batch.id_hash is not None and len(batch):
             batch = self._refuse_duplicates(batch, rejected)
+        if len(self.windows.keys) + len(batch) > self.config.windows.max_keys:
+            batch = self._refuse_new_keys(batch, rejected)
         # A value series' amounts are rescaled per key: the key ids serve both.
         key_ids = self.windows.keys.ids(batch.keys) if self._samples_are_levels and len(batch) else None
         late = self.windows.add(
@@ -532,6 +534,34 @@ class Detector:
             resolved=[m for m in messages if isinstance(m, EpisodeResolved)],
             messages=messages,
         )
+
+    def _refuse_new_keys(self, batch: EventBatch, rejected: list[Rejected]) -> EventBatch:
+        """``batch`` without the events of keys that would take the detector past
+        ``windows.max_keys`` (new keys are admitted in arrival order while there is room), which
+        join ``rejected``."""
+        room = self.config.windows.max_keys - len(self.windows.keys)
+        refused: dict[tuple[str, ...], bool] = {}
+        refuse = np.zeros(len(batch), dtype=bool)
+        for pos in np.flatnonzero(~self.windows.keys.known(batch.keys)).tolist():
+            key = batch.keys[pos]
+            if key not in refused:
+                refused[key] = room <= 0
+                room -= 1
+            refuse[pos] = refused[key]
+        if not refuse.any():
+            return batch
+        limit = self.config.windows.max_keys
+        for pos in np.flatnonzero(refuse).tolist():
+            named = dict(zip(self.config.events.key_fields, batch.keys[pos], strict=False))
+            rejected.append(
+                Rejected(
+                    int(batch.index[pos]),
+                    RejectReason.KEY_LIMIT,
+                    f"key {named}: a new key beyond windows.max_keys ({limit:,} keys held); raise it, or key coarser",
+                )
+            )
+        rejected.sort(key=lambda r: r.index)
+        return batch.take(np.flatnonzero(~refuse))
 
     def _refuse_duplicates(self, batch: EventBatch, rejected: list[Rejected]) -> EventBatch:
         """``batch`` without the events whose id was accepted before (``events.deduplicate``),

@@ -104,6 +104,7 @@ class RejectReason(enum.StrEnum):
     TOO_LARGE = "too_large"
     LATE = "late"
     DUPLICATE = "duplicate"
+    KEY_LIMIT = "key_limit"
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,6 +123,7 @@ METRIC_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 REJECT_REASONS = (
     "decode", "missing_field", "bad_type", "bad_timestamp", "out_of_range", "too_large", "late", "duplicate",
+    "key_limit",
 )
 REBALANCE_EVENTS = ("assign", "revoke", "lost")
 RESULTS = ("ok", "error")

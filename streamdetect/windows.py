@@ -105,6 +105,10 @@ class KeyIndex:
                 found[i] = kid if kid is not None else self._assign(keys[i])
         return np.array(found, dtype=np.int64)
 
+    def known(self, keys: Sequence[tuple[str, ...]]) -> np.ndarray:
+        """Whether each key has an id already (without assigning any)."""
+        return np.fromiter(map(self._ids.__contains__, keys), dtype=bool, count=len(keys))
+
     def _assign(self, key: tuple[str, ...]) -> int:
         if self._free:
             kid = self._free.pop()

@@ -91,6 +91,26 @@ def test_events_sent_twice_are_refused_as_duplicates_whatever_the_batching():
     assert sum(o.n_valid for o in counted) == len(values) + 3000
 
 
+def test_new_keys_beyond_max_keys_are_refused_until_a_key_expires():
+    """A key field gone wrong (an id per sale) must not exhaust the memory: past
+    ``windows.max_keys`` the events of new keys are refused (``key_limit``) while the held keys go
+    on; a key that expires (``key_ttl``) frees its place."""
+    config = from_mapping(DetectorConfig, {"windows": {"max_keys": 2, "idle_timeout": 60, "key_ttl": 600}})
+    det = Detector(config)
+    t0 = parse_timestamp("2026-01-05T10:00:00Z")
+
+    def sale(store: str, minute: int) -> bytes:
+        return orjson.dumps({"ts": t0 + minute * 60_000, "store_id": store, "amount": 5.0})
+
+    out = det.process([sale("s1", 0), sale("s2", 0), sale("s3", 0), sale("s1", 1), sale("s3", 1)])
+    assert out.n_valid == 3 and [(r.index, str(r.reason)) for r in out.rejected] == [(2, "key_limit"), (4, "key_limit")]
+    assert "{'store_id': 's3'}" in out.rejected[0].detail and "windows.max_keys (2" in out.rejected[0].detail
+    # s2 silent past its key_ttl: dropped (keys are checked for expiry every 64 windows)
+    det.process([sale("s1", m) for m in range(2, 140)])
+    out = det.process([sale("s3", 141)])
+    assert out.n_valid == 1 and out.rejected == [] and det.stats().active_keys == 2
+
+
 def test_the_service_clock_bounds_event_times_by_max_ahead():
     det = Detector(SMALL)
     now = parse_timestamp("2026-01-05T10:00:00Z")
