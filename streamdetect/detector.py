@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -285,6 +285,19 @@ def sparse_keys_advice(stats: DetectorStats, window_s: float) -> str | None:
         f" Windows of {size} (windows.size, --window) or coarser keys (events.key_fields, --key)"
         " would give each window a few."
     ).replace("%", " %", 1)
+
+
+def _refused(
+    batch: EventBatch, refuse: np.ndarray, rejected: list[Rejected], reason: RejectReason, detail: Callable[[int], str]
+) -> EventBatch:
+    """``batch`` without the rows marked in ``refuse``, which join ``rejected`` (kept in input
+    order) with ``reason`` and ``detail(row)``."""
+    if not refuse.any():
+        return batch
+    for pos in np.flatnonzero(refuse).tolist():
+        rejected.append(Rejected(int(batch.index[pos]), reason, detail(pos)))
+    rejected.sort(key=lambda r: r.index)
+    return batch.take(np.flatnonzero(~refuse))
 
 
 def _mean_sample(rounds: ClosedRounds) -> ClosedRounds:
@@ -548,20 +561,12 @@ class Detector:
                 refused[key] = room <= 0
                 room -= 1
             refuse[pos] = refused[key]
-        if not refuse.any():
-            return batch
-        limit = self.config.windows.max_keys
-        for pos in np.flatnonzero(refuse).tolist():
-            named = dict(zip(self.config.events.key_fields, batch.keys[pos], strict=False))
-            rejected.append(
-                Rejected(
-                    int(batch.index[pos]),
-                    RejectReason.KEY_LIMIT,
-                    f"key {named}: a new key beyond windows.max_keys ({limit:,} keys held); raise it, or key coarser",
-                )
-            )
-        rejected.sort(key=lambda r: r.index)
-        return batch.take(np.flatnonzero(~refuse))
+        limit, fields = self.config.windows.max_keys, self.config.events.key_fields
+        return _refused(
+            batch, refuse, rejected, RejectReason.KEY_LIMIT,
+            lambda pos: f"key {dict(zip(fields, batch.keys[pos], strict=False))}: a new key beyond"
+            f" windows.max_keys ({limit:,} keys held); raise it, or key coarser",
+        )  # fmt: skip
 
     def _refuse_duplicates(self, batch: EventBatch, rejected: list[Rejected]) -> EventBatch:
         """``batch`` without the events whose id was accepted before (``events.deduplicate``),
@@ -595,38 +600,24 @@ class Detector:
                 repeated[pos] = True
             else:
                 current.add(h)
-        field = self.config.events.event_id_field
-        for pos in np.flatnonzero(repeated).tolist():
-            rejected.append(
-                Rejected(
-                    int(batch.index[pos]),
-                    RejectReason.DUPLICATE,
-                    f"{field}: an event with this id was accepted already (a producer's retry?)",
-                )
-            )
-        rejected.sort(key=lambda r: r.index)
-        return batch.take(np.flatnonzero(~repeated))
+        detail = f"{self.config.events.event_id_field}: an event with this id was accepted already (a retry?)"
+        return _refused(batch, repeated, rejected, RejectReason.DUPLICATE, lambda pos: detail)
 
     def _refuse_ahead_of_clock(self, batch: EventBatch, rejected: list[Rejected], now_ms: int | None) -> EventBatch:
         """``batch`` without the events too far ahead of the clock (``windows.max_ahead``), which
         join ``rejected``: the service's clock (``now_ms``) or, in a replay, the machine's."""
         clock = now_ms if now_ms is not None else int(time.time() * 1000)
         ahead = batch.ts_ms > clock + self.config.windows.max_ahead_ms
-        if not ahead.any():
-            return batch
         limit_s = self.config.windows.max_ahead_ms / 1000
-        for pos in np.flatnonzero(ahead).tolist():
+
+        def detail(pos: int) -> str:
             ts = int(batch.ts_ms[pos])
-            rejected.append(
-                Rejected(
-                    int(batch.index[pos]),
-                    RejectReason.BAD_TIMESTAMP,
-                    f"event time {format_time(ts)} is {(ts - clock) / 1000:,.0f} s ahead of the clock"
-                    f" ({format_time(clock)}), more than windows.max_ahead ({limit_s:g} s): a clock running fast?",
-                )
+            return (
+                f"event time {format_time(ts)} is {(ts - clock) / 1000:,.0f} s ahead of the clock"
+                f" ({format_time(clock)}), more than windows.max_ahead ({limit_s:g} s): a clock running fast?"
             )
-        rejected.sort(key=lambda r: r.index)
-        return batch.take(np.flatnonzero(~ahead))
+
+        return _refused(batch, ahead, rejected, RejectReason.BAD_TIMESTAMP, detail)
 
     def _forget(
         self,
