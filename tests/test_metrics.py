@@ -298,3 +298,35 @@ def test_http_server_without_health() -> None:
     with serve(Metrics(), None, host="127.0.0.1", port=0) as server:
         assert _get(f"{server.url}/healthz")[0] == 200
         assert _get(f"{server.url}/readyz")[0] == 200
+
+
+def test_consumer_lag_is_the_backlog_behind_what_was_processed() -> None:
+    """The lag gauge comes from librdkafka's statistics: the partition's end (``ls_offset``, else
+    ``hi_offset``) minus the next offset to process, not librdkafka's own ``consumer_lag`` (measured
+    from the committed offset, which moves only at checkpoints); that is the fallback before the
+    first message. Topics not consumed and partitions not assigned are left out."""
+    import orjson
+
+    from streamdetect.kafka.service import PartitionState, Service
+    from streamdetect.settings import load_config
+
+    service = Service(load_config(env={}, overrides={"kafka": {"bootstrap_servers": "127.0.0.1:1"}}))
+    service.parts[("sales", 0)] = PartitionState("sales", 0, None, next_offset=100)
+    service.parts[("sales", 1)] = PartitionState("sales", 1, None, next_offset=None)
+    service.parts[("sales", 2)] = PartitionState("sales", 2, None, next_offset=500)
+    stats = {"topics": {
+        "sales": {"partitions": {
+            "0": {"ls_offset": 150, "hi_offset": 160, "consumer_lag": 7},
+            "1": {"ls_offset": -1, "hi_offset": 40, "consumer_lag": 40},
+            "2": {"hi_offset": 480, "consumer_lag": 3},
+            "3": {"hi_offset": 999, "consumer_lag": 999},  # not assigned here
+            "-1": {"hi_offset": 5},  # librdkafka's internal unassigned partition
+        }},
+        "sales-anomalies": {"partitions": {"0": {"hi_offset": 77, "consumer_lag": 77}}},
+    }}
+    service._on_stats(orjson.dumps(stats).decode())
+    m = service.metrics
+    assert [m.value("streamdetect_consumer_lag_messages", topic="sales", partition=str(p)) for p in range(4)] == [
+        50, 40, 0, None]
+    assert m.value("streamdetect_consumer_lag_messages", topic="sales-anomalies", partition="0") is None
+    assert service.totals.lag == {("sales", 0): 50, ("sales", 1): 40, ("sales", 2): 0}
