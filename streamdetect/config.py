@@ -20,6 +20,7 @@ import dataclasses
 import math
 import types
 import typing
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union
@@ -279,6 +280,9 @@ class FeatureConfig:
     While a key's ``count_scan_z`` is beyond ``freeze_z`` its baselines do not learn (a drop or a
     level shift would otherwise be absorbed before it is evidence enough), for at most
     ``freeze_limit`` seconds or until the key has been flagged for long (a new normal).
+    ``timezone`` (an IANA name) is where the hours of the day and of the week are counted: the
+    seasonal baselines follow the shops' clocks, so a change to or from daylight saving time moves
+    their opening hour with them instead of an hour against the learned week.
     """
 
     features: tuple[str, ...] = DEFAULT_FEATURES
@@ -289,6 +293,7 @@ class FeatureConfig:
     scan_windows: tuple[int, ...] = (5, 15, 30, 60, 120)
     freeze_z: float = 3.0
     freeze_limit: float = 7200.0
+    timezone: str = "UTC"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
@@ -298,6 +303,13 @@ class FeatureConfig:
             "features.scan_windows: give at least one horizon, each >= 1 window, e.g. [5, 15, 30, 60, 120]",
         )
         _require(len(self.features) > 0, "features.features: choose at least one feature")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"features.timezone: unknown time zone {self.timezone!r}; give an IANA name such as"
+                " 'Europe/Paris' or 'America/New_York' (or 'UTC')"
+            ) from None
         _require(self.baseline_half_life > 0, "features.baseline_half_life must be > 0 seconds")
         _require(0 < self.seasonal_rate <= 1, "features.seasonal_rate must be in (0, 1]")
         _require(self.context_windows >= 2, "features.context_windows must be >= 2")

@@ -49,7 +49,6 @@ from streamdetect.features import (
     FeatureExtractor,
     WindowFeatures,
     expected_max_z_table,
-    hour_buckets,
     unavailable_features,
 )
 from streamdetect.features import compile_kernels as compile_feature_kernels
@@ -783,7 +782,7 @@ class Detector:
     ) -> bool:
         """Closed rounds in order: stretches of them through the compiled kernel, the rounds it
         leaves (a flag, the end of an episode, a new key) through :meth:`_process_round`."""
-        buckets = hour_buckets(closed.starts)
+        buckets = self.features.hour_buckets(closed.starts)
         drift = False
         r = 0
         while r < len(closed):
@@ -892,7 +891,7 @@ class Detector:
         one, key = np.ones(1), np.zeros(1, dtype=np.int64)
         batch = ClosedRounds(np.zeros(1, dtype=np.int64), self.windows.config.size_ms, np.array([0, 1]),
                              key, one, one, one, one, one, one, one, key, one, one, one, one)  # fmt: skip
-        self._compiled_rounds(batch, hour_buckets(batch.starts), 0, [])
+        self._compiled_rounds(batch, self.features.hour_buckets(batch.starts), 0, [])
 
     def _track_episodes(
         self,

@@ -75,8 +75,10 @@ caller says the key has been flagged for long (``new_normal``), they follow it a
 from __future__ import annotations
 
 import time
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache, cached_property
 from typing import Any, ClassVar, TypeVar
 
@@ -93,6 +95,7 @@ __all__ = [
     "PER_SALE_FEATURES",
     "REVENUE_FEATURES",
     "FeatureExtractor",
+    "LocalClock",
     "WindowFeatures",
     "compile_kernels",
     "unavailable_features",
@@ -284,6 +287,41 @@ def expected_max_z_table() -> np.ndarray:
 _Starts = TypeVar("_Starts", int, np.ndarray)
 
 
+class LocalClock:
+    """Where a time zone's clock stands at a UTC instant: the instant shifted by the zone's offset
+    then, so that hour buckets count the shops' hours (``features.timezone``).
+
+    >>> paris = LocalClock("Europe/Paris")  # daylight saving time from 2026-03-29 01:00 UTC
+    >>> [int(h) % 24 for h in hour_buckets(paris.local_ms(np.array([1774744200000, 1774747800000])))[0]]
+    [1, 3]
+    >>> LocalClock("UTC").local_ms(5) == 5
+    True
+    """
+
+    _STEP_MS = 900_000  # offsets change on a quarter hour in every zone
+
+    def __init__(self, timezone: str = "UTC") -> None:
+        self.zone = None if timezone == "UTC" else zoneinfo.ZoneInfo(timezone)
+        self._offsets: dict[int, int] = {}  # quarter hour since the epoch -> offset in ms
+
+    def local_ms(self, start_ms: _Starts) -> _Starts:
+        if self.zone is None:
+            return start_ms
+        steps = np.asarray(start_ms) // self._STEP_MS
+        uniq, inverse = np.unique(steps, return_inverse=True)
+        offsets = np.array([self._offset(int(q)) for q in uniq.ravel().tolist()], dtype=np.int64)
+        shifted = start_ms + offsets[inverse].reshape(np.shape(start_ms))
+        return shifted if isinstance(start_ms, np.ndarray) else int(shifted)
+
+    def _offset(self, quarter: int) -> int:
+        off = self._offsets.get(quarter)
+        if off is None:
+            at = datetime.fromtimestamp(quarter * self._STEP_MS / 1000, tz=self.zone)
+            delta = at.utcoffset()
+            off = self._offsets[quarter] = round(delta.total_seconds() * 1000) if delta is not None else 0
+        return off
+
+
 def hour_buckets(start_ms: _Starts) -> tuple[_Starts, _Starts, _Starts]:
     """The hour since the epoch a window starts in, its hour of week (0 = Monday 00:00 UTC) and of
     day; of one start, or of every start in an array.
@@ -368,6 +406,7 @@ class FeatureExtractor:
         # The configured features as values_round's codes, where it computes them all.
         codes = [kernels.VALUE_CODES.get(name, -1) for name in self.names]
         self.value_codes = np.array(codes, dtype=np.int64) if min(codes) >= 0 else None
+        self.clock = LocalClock(self.config.timezone)
         self._arrays: dict[str, np.ndarray] = {}
         self._allocate(0)
 
@@ -477,7 +516,7 @@ class FeatureExtractor:
         """Features of a round of windows under the baselines as they are (nothing is updated)."""
         self._ensure(rnd.key_id)
         a, k = self._arrays, rnd.key_id
-        hour, how, hod = hour_buckets(rnd.start_ms)
+        hour, how, hod = self.hour_buckets(rnd.start_ms)
         c, r = rnd.count, rnd.revenue
         # Seasonal expectations, the key's tickets, baskets and assortment, the context, trend and
         # scan sums (see the module docstring), one row per window.
@@ -515,8 +554,9 @@ class FeatureExtractor:
             log_dsr = np.log((rnd.distinct_skus + 1.0) / (c + 1.0))
             upe_base = np.where(a["upe_n"][k] > 0, a["upe"][k], log_upe)
             dsr_base = np.where(a["dsr_n"][k] > 0, a["dsr"][k], log_dsr)
-        angle_h = 2 * np.pi * ((rnd.start_ms / 3_600_000.0) % 24) / 24
-        angle_w = 2 * np.pi * (((rnd.start_ms / 86_400_000.0) + 3) % 7) / 7
+        local_ms = self.clock.local_ms(rnd.start_ms)
+        angle_h = 2 * np.pi * ((local_ms / 3_600_000.0) % 24) / 24
+        angle_w = 2 * np.pi * (((local_ms / 86_400_000.0) + 3) % 7) / 7
         n = len(k)
 
         computed: dict[str, Any] = {
@@ -616,6 +656,10 @@ class FeatureExtractor:
             columns=cols,
         )
 
+    def hour_buckets(self, start_ms: _Starts) -> tuple[_Starts, _Starts, _Starts]:
+        """:func:`hour_buckets` of windows starting at ``start_ms``, on ``features.timezone``'s clock."""
+        return hour_buckets(self.clock.local_ms(start_ms))
+
     def explained_quantity(self, feature: str) -> str:
         """The human-facing quantity an alert reports for a model feature."""
         return _EXPLAINED_AS.get(feature, feature)
@@ -631,7 +675,7 @@ class FeatureExtractor:
         The short-horizon context records every window (it is what happened, anomalous or not),
         and, like the scan and the trend sums, restarts after a flagged one.
         """
-        hour, how, hod = hour_buckets(rnd.start_ms)
+        hour, how, hod = self.hour_buckets(rnd.start_ms)
         kernels.update_round(
             rnd.key_id, rnd.start_ms, self.windows.hop_ms, hour, how, hod,
             rnd.count, rnd.revenue, rnd.units, rnd.log_ticket_sum, rnd.log_ticket_sq_sum,

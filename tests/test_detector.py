@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zoneinfo
+from datetime import UTC, datetime
 from functools import cache
 
 import numpy as np
@@ -109,6 +111,29 @@ def test_new_keys_beyond_max_keys_are_refused_until_a_key_expires():
     det.process([sale("s1", m) for m in range(2, 140)])
     out = det.process([sale("s3", 141)])
     assert out.n_valid == 1 and out.rejected == [] and det.stats().active_keys == 2
+
+
+def test_seasons_follow_the_shops_clock_through_daylight_saving_time():
+    """Shops that keep Paris time: on 2026-03-29 their opening hours move an hour earlier in UTC.
+    Counted in UTC, the learned week is then an hour off at every opening and closing; counted on
+    ``features.timezone`` it is not. Before the change both give the same alerts (the stream holds
+    no anomaly: every alert is false)."""
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    events, _ = generate(GeneratorConfig(stores=6, days=24, seed=3, start="2026-03-09T00:00:00Z",
+                                         anomalies_per_store_week=0.0))
+    values = []
+    for e in events:  # the generator's clock read as Paris time
+        wall = datetime.fromtimestamp(parse_timestamp(e["ts"]) / 1000, tz=UTC).replace(tzinfo=paris)
+        values.append(orjson.dumps({**e, "ts": int(wall.timestamp() * 1000)}))
+    after_change = {}
+    for tz in ("UTC", "Europe/Paris"):
+        alerts = alerts_of(run(values, from_mapping(DetectorConfig, {"features": {"timezone": tz}}), chunk=20_000))
+        after_change[tz] = [a.window_start >= "2026-03-29" for a in alerts]
+    n_before = [len(v) - sum(v) for v in after_change.values()]
+    assert n_before[0] == n_before[1]
+    assert 2 * sum(after_change["Europe/Paris"]) <= sum(after_change["UTC"])
+    with pytest.raises(ConfigError, match="unknown time zone 'Europe/Pari'"):
+        from_mapping(DetectorConfig, {"features": {"timezone": "Europe/Pari"}})
 
 
 def test_the_service_clock_bounds_event_times_by_max_ahead():
