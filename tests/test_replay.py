@@ -321,6 +321,8 @@ def test_bad_configuration_fails_with_a_message(tmp_path, events_file, capsys):
     cfg.write_text("[detector.threshold]\nmethod = 'magic'\n")
     assert main(["replay", str(events_file), "--config", str(cfg)]) == 2
     assert "threshold.method" in capsys.readouterr().err
+    assert main(["replay", str(events_file), "--timezone", "Mars/Olympus"]) == 2
+    assert "features.timezone: unknown time zone 'Mars/Olympus'" in capsys.readouterr().err
 
 
 def test_keys_too_sparse_for_their_windows_are_reported(tmp_path, capsys, events_file):

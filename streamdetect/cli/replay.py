@@ -110,6 +110,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="window size in seconds (default 60; for an aggregated series, its median sample spacing)",
     )
     w.add_argument("--hop", type=float, help="hop in seconds for hopping windows (default: tumbling)")
+    w.add_argument(
+        "--timezone",
+        help="IANA time zone of the shops' clocks (e.g. Europe/Paris) for the seasonal hours of day and week"
+        " (default UTC)",
+    )
     w.add_argument("--lateness", type=float, help="allowed lateness in seconds (default 120)")
     w.add_argument("--idle-timeout", type=float, help="seconds a silent key keeps producing windows (default 3600)")
     w.add_argument("--warmup", type=int, help="windows before the model is first fitted (default 5000)")
@@ -164,6 +169,7 @@ def build_config(
     put("events", "unpriced", args.unpriced)
     put("events", "deduplicate", args.deduplicate)
     put("windows", "size", args.window)
+    put("features", "timezone", args.timezone)
     if series_spacing is not None:
         table.setdefault("windows", {}).setdefault("size", series_spacing)
     if as_counts:
