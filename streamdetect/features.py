@@ -323,8 +323,9 @@ class LocalClock:
 
 
 def hour_buckets(start_ms: _Starts) -> tuple[_Starts, _Starts, _Starts]:
-    """The hour since the epoch a window starts in, its hour of week (0 = Monday 00:00 UTC) and of
-    day; of one start, or of every start in an array.
+    """The hour since the epoch a window starts in, its hour of week (0 = Monday 00:00) and of
+    day, on the clock ``start_ms`` is given in (UTC, or a zone's wall clock: :class:`LocalClock`);
+    of one start, or of every start in an array.
 
     >>> hour_buckets(0)  # 1970-01-01 was a Thursday
     (0, 72, 0)
