@@ -494,6 +494,8 @@ def _validate(d: object, schema: EventSchema) -> tuple[int, tuple[str, ...], flo
             raise _Invalid(RejectReason.MISSING_FIELD, f"{kf}: missing")
         k = d[kf]
         if isinstance(k, str):
+            if not k:
+                raise _Invalid(RejectReason.MISSING_FIELD, f"{kf}: empty")
             keys.append(k)
         elif isinstance(k, numbers.Integral) and not isinstance(k, bool):
             keys.append(str(int(k)))
@@ -825,7 +827,7 @@ def _keys(rows: _Rows, key_fields: tuple[str, ...]) -> tuple[list[Any], np.ndarr
         if None in keys:
             for i in [i for i, k in enumerate(keys) if k is None]:
                 k = col[i]
-                if type(k) is not str:
+                if type(k) is not str or not k:  # an empty key is for the rules (missing)
                     ok[i] = False
                     continue
                 if len(cache) >= _KEY_CACHE_MAX:
@@ -835,8 +837,8 @@ def _keys(rows: _Rows, key_fields: tuple[str, ...]) -> tuple[list[Any], np.ndarr
     cols = [rows.column(f) for f in key_fields]
     ok = np.ones(n, dtype=bool)
     for col in cols:
-        if set(map(type, col)) != {str}:
-            ok &= np.array([type(k) is str for k in col], dtype=bool)
+        if set(map(type, col)) != {str} or "" in col:
+            ok &= np.array([type(k) is str and k != "" for k in col], dtype=bool)
     return list(zip(*cols, strict=True)), ok
 
 

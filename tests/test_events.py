@@ -328,6 +328,17 @@ def test_missing_field(value: bytes, field: str) -> None:
     assert reason_of(value) == (R.MISSING_FIELD, f"{field}: missing")
 
 
+def test_an_empty_key_is_missing_in_a_batch_as_alone() -> None:
+    """An empty key value would pool every event without one under a key ``""``."""
+    assert reason_of(ev(store_id="")) == (R.MISSING_FIELD, "store_id: empty")
+    two = replace(SCHEMA, key_fields=("store_id", "sku"))
+    values = [ev(store_id="s1"), ev(store_id=""), ev(sku=""), ev(store_id="s2")] * 10
+    for schema, bad in ((SCHEMA, [1]), (two, [1, 2])):
+        batch, rejected = decode_events(values, schema)
+        assert [(r.index % 4, r.reason) for r in rejected] == [(i, R.MISSING_FIELD) for _ in range(10) for i in bad]
+        assert "" not in {k for key in batch.keys for k in key}
+
+
 @pytest.mark.parametrize(
     "ts",
     [
