@@ -23,7 +23,7 @@ True
 >>> Alert.from_json(a.to_json()) == a
 True
 >>> a.contributions[0].describe()
-'revenue 0 where 812.5 was expected, 4.1 sd below windows of its kind'
+'revenue 4.1 sd below windows of its kind (0 where 812.5 was expected)'
 >>> r = EpisodeResolved.build(key={"store_id": "s1"}, episode_start_ms=0, episode_end_ms=180_000, alerts=3,
 ...     peak_score=31.2, peak_severity="major", resolved_at_ms=780_000, calm_windows=10, reason="calm",
 ...     model_version="gmm-k3", detected_at_ms=781_000)
@@ -107,8 +107,8 @@ class Contribution:
         is from the windows of its kind in the model (``z``, in their standard deviations)."""
         direction = "above" if self.z >= 0 else "below"
         return (
-            f"{self.feature} {self.observed:.6g} where {self.expected:.6g} was expected,"
-            f" {abs(self.z):.1f} sd {direction} windows of its kind"
+            f"{self.feature} {abs(self.z):.1f} sd {direction} windows of its kind"
+            f" ({self.observed:.6g} where {self.expected:.6g} was expected)"
         )
 
 
