@@ -33,6 +33,7 @@ CSV rules:
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -259,12 +260,13 @@ def _open_binary(path: PathArg) -> IO[bytes]:
 def iter_jsonl_chunks(path: PathArg, chunk_size: int = 50_000) -> Iterator[list[bytes]]:
     """Raw lines of a JSONL file as bytes, ``chunk_size`` at a time, in file order.
 
-    Line endings (``\\n``, ``\\r\\n``) are stripped and blank lines skipped; nothing else is
-    touched (a malformed line is the decoder's to reject, with its position).
+    Line endings (``\\n``, ``\\r\\n``) are stripped and blank lines skipped, and so is a UTF-8
+    byte order mark before the first line (Windows tools write one); nothing else is touched (a
+    malformed line is the decoder's to reject, with its position).
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "e.jsonl"
-    >>> _ = p.write_bytes(b'{"a": 1}\\r\\n\\n  \\n{"a": 2}\\n{"a": 3}')
+    >>> _ = p.write_bytes(b'\\xef\\xbb\\xbf{"a": 1}\\r\\n\\n  \\n{"a": 2}\\n{"a": 3}')
     >>> list(iter_jsonl_chunks(p, chunk_size=2))
     [[b'{"a": 1}', b'{"a": 2}'], [b'{"a": 3}']]
     """
@@ -274,7 +276,11 @@ def iter_jsonl_chunks(path: PathArg, chunk_size: int = 50_000) -> Iterator[list[
     try:
         chunk: list[bytes] = []
         append = chunk.append
-        for line in f:
+        lines = iter(f)
+        first = next(lines, None)
+        if first is not None:
+            lines = itertools.chain([first.removeprefix(codecs.BOM_UTF8)], lines)
+        for line in lines:
             line = line.rstrip(b"\r\n")
             if not line or line.isspace():
                 continue
