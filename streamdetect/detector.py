@@ -278,24 +278,31 @@ def sparse_keys_advice(stats: DetectorStats, window_s: float) -> str | None:
     wanted = window_s * _SPARSE_EVENTS_PER_WINDOW * n / max(stats.window_events, 1.0)
     size = next((name for s, name in _WINDOW_SIZES if s >= wanted), _WINDOW_SIZES[-1][1])
     return (
-        f"{empty / n:.0%} of the {n:,} windows closed held no event, and those with events held"
+        f"{100 * empty / n:.0f} % of the {n:,} windows closed held no event, and those with events held"
         f" {per_busy_window:.1f} on average: the keys sell too rarely for windows of {window_s:g} s"
         " (a key's silence is evidence only where sales were expected, and one sale says little)."
         f" Windows of {size} (windows.size, --window) or coarser keys (events.key_fields, --key)"
         " would give each window a few."
-    ).replace("%", " %", 1)
+    )
+
+
+def _record(
+    batch: EventBatch, rows: np.ndarray, rejected: list[Rejected], reason: RejectReason, detail: Callable[[int], str]
+) -> None:
+    """Add the batch's ``rows`` (positions) to ``rejected`` (kept in input order) with ``reason``
+    and ``detail(row)``."""
+    for pos in rows.tolist():
+        rejected.append(Rejected(int(batch.index[pos]), reason, detail(pos)))
+    rejected.sort(key=lambda r: r.index)
 
 
 def _refused(
     batch: EventBatch, refuse: np.ndarray, rejected: list[Rejected], reason: RejectReason, detail: Callable[[int], str]
 ) -> EventBatch:
-    """``batch`` without the rows marked in ``refuse``, which join ``rejected`` (kept in input
-    order) with ``reason`` and ``detail(row)``."""
+    """``batch`` without the rows marked in ``refuse``, which join ``rejected`` (:func:`_record`)."""
     if not refuse.any():
         return batch
-    for pos in np.flatnonzero(refuse).tolist():
-        rejected.append(Rejected(int(batch.index[pos]), reason, detail(pos)))
-    rejected.sort(key=lambda r: r.index)
+    _record(batch, np.flatnonzero(refuse), rejected, reason, detail)
     return batch.take(np.flatnonzero(~refuse))
 
 
@@ -509,16 +516,11 @@ class Detector:
         )
         if len(late):
             wm = self.windows.watermark_ms
-            for pos in late.tolist():
-                rejected.append(
-                    Rejected(
-                        int(batch.index[pos]),
-                        RejectReason.LATE,
-                        f"event time {format_time(int(batch.ts_ms[pos]))} is behind the watermark"
-                        f" {format_time(wm) if wm is not None else '-'} by more than the allowed lateness",
-                    )
-                )
-            rejected.sort(key=lambda r: r.index)
+            _record(
+                batch, late, rejected, RejectReason.LATE,
+                lambda pos: f"event time {format_time(int(batch.ts_ms[pos]))} is behind the watermark"
+                f" {format_time(wm) if wm is not None else '-'} by more than the allowed lateness",
+            )  # fmt: skip
 
         messages: list[Alert | EpisodeResolved] = []
         rounds: list[_RoundScores] = []

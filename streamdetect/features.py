@@ -517,7 +517,8 @@ class FeatureExtractor:
         """Features of a round of windows under the baselines as they are (nothing is updated)."""
         self._ensure(rnd.key_id)
         a, k = self._arrays, rnd.key_id
-        hour, how, hod = self.hour_buckets(rnd.start_ms)
+        local_ms = self.clock.local_ms(rnd.start_ms)
+        hour, how, hod = hour_buckets(local_ms)
         c, r = rnd.count, rnd.revenue
         # Seasonal expectations, the key's tickets, baskets and assortment, the context, trend and
         # scan sums (see the module docstring), one row per window.
@@ -555,7 +556,6 @@ class FeatureExtractor:
             log_dsr = np.log((rnd.distinct_skus + 1.0) / (c + 1.0))
             upe_base = np.where(a["upe_n"][k] > 0, a["upe"][k], log_upe)
             dsr_base = np.where(a["dsr_n"][k] > 0, a["dsr"][k], log_dsr)
-        local_ms = self.clock.local_ms(rnd.start_ms)
         angle_h = 2 * np.pi * ((local_ms / 3_600_000.0) % 24) / 24
         angle_w = 2 * np.pi * (((local_ms / 86_400_000.0) + 3) % 7) / 7
         n = len(k)
