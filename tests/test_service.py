@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -643,6 +644,38 @@ def test_an_idle_partition_keeps_time_and_sees_its_only_store_stop(bootstrap: st
     stopped, _ = run(1.0, n.group + "-on")
     assert len(stopped) >= 3, "the store that stopped selling was not seen"
     assert all(a.features["count"] == 0.0 for a in stopped)
+
+
+def test_a_pattern_subscription_reads_every_topic_it_matches(bootstrap: str, unique: str) -> None:
+    """An input topic that starts with '^' is a regular expression (librdkafka's subscription to a
+    pattern): every topic it matches is consumed and committed, events and lag are counted under
+    the real topics' names, and the pattern itself labels no series."""
+    n = names(unique)
+    topics = [f"{n.input}-eu", f"{n.input}-us"]
+    ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(t, 1) for t in topics])
+    t0 = 1_767_571_200_000  # 2026-01-05
+    for i, topic in enumerate(topics):
+        produce(bootstrap, topic, [(f"s{i}".encode(), orjson.dumps({"ts": t0 + k * 150, "store_id": f"s{i}",
+                                                                     "amount": 12.5})) for k in range(2000)])
+    pattern = f"^{re.escape(n.input)}-(eu|us)$"
+    cfg = load_config(env={}, overrides={
+        "kafka": {"bootstrap_servers": bootstrap, "input_topics": [pattern], "alerts_topic": n.alerts,
+                  "dlq_topic": n.dlq, "state_topic": n.state, "group_id": n.group, **FAST,
+                  "statistics_interval_ms": 200},
+        "detector": DETECTOR, "metrics": {"enabled": False}})
+    svc = Running(cfg)
+    try:
+        wait_for(lambda: {t: ps.committed for (t, _), ps in list(svc.service.parts.items())}
+                 == dict.fromkeys(topics, 2000), "both topics committed", alive=svc.alive)
+        metrics = svc.service.metrics
+        wait_for(lambda: all(metrics.value("streamdetect_consumer_lag_messages", topic=t, partition="0") == 0
+                             for t in topics), "the lag of both topics", alive=svc.alive)
+        for topic in topics:
+            assert metrics.value("streamdetect_events_consumed_total", topic=topic) == 2000
+        exposition = metrics.exposition().decode()
+        assert pattern not in exposition and "(eu|us)" not in exposition
+    finally:
+        svc.stop()
 
 
 def test_keys_too_sparse_for_their_windows_are_reported_once(

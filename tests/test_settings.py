@@ -137,6 +137,17 @@ def test_a_topic_pattern_that_spares_the_outputs_is_taken() -> None:
     assert cfg.kafka.input_topics == ("^sales\\.(eu|us)$", "returns")
 
 
+def test_produce_asks_for_a_topic_when_the_input_is_a_pattern(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("STREAMDETECT_KAFKA__INPUT_TOPICS", "^sales\\.(eu|us)$")
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"ts": 0, "store_id": "s1", "amount": 1.0}\n')
+    assert main(["produce", str(events), "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "is a pattern" in err and "--topic" in err
+
+
 def test_wrong_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read it"):
         load_config(tmp_path / "missing.toml", env={})

@@ -89,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides={"kafka": {"bootstrap_servers": args.bootstrap_servers}})
     cfg.require_bootstrap()
     topic = args.topic or cfg.kafka.input_topics[0]
+    if topic.startswith("^"):
+        print(f"streamdetect produce: kafka.input_topics[0] is a pattern ({topic}); name the topic with --topic",
+              file=sys.stderr)
+        return 2
     key_fields = args.key.split(",") if args.key else list(cfg.detector.events.key_fields)
     producer = OutputProducer(producer_config(cfg.kafka), delivery_retries=cfg.kafka.delivery_retries)
     started = time.monotonic()

@@ -205,7 +205,9 @@ class Service:
             log.info("starting", extra={"consumer": redacted_client_config(cconf),
                                         "producer": redacted_client_config(pconf),
                                         "processing": k.processing})
-            self.metrics.declare_topics(k.input_topics, (k.alerts_topic, k.dlq_topic, k.state_topic))
+            # A pattern (librdkafka's '^...') is not a topic: its topics get their series when read.
+            named = [t for t in k.input_topics if not t.startswith("^")]
+            self.metrics.declare_topics(named, (k.alerts_topic, k.dlq_topic, k.state_topic))
             if self.exactly_once:
                 self.producer.init_transactions()
                 self._begin()
@@ -687,9 +689,10 @@ class Service:
             stats = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return
-        inputs = set(self.kcfg.input_topics)
+        # The assigned input partitions, whether their topics were named or matched by a pattern.
+        assigned = {topic for topic, _ in list(self.parts)}
         for topic, tdata in (stats.get("topics") or {}).items():
-            if topic not in inputs:
+            if topic not in assigned:
                 continue
             for pid, pdata in (tdata.get("partitions") or {}).items():
                 p = int(pid)
