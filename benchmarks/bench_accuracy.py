@@ -7,6 +7,12 @@ the *same* windows' feature vectors, and its scores go through the same SPOT thr
 comparison isolates the model.
 
     python benchmarks/bench_accuracy.py [--stores 20] [--days 14] [--seed 0] [--no-hst]
+    python benchmarks/bench_accuracy.py --seeds 0-9   # one line per seed, then the means
+
+One seed's F1 moves by up to 0.09 with a change as small as one warm-up fit turning out
+differently (the threshold settles a few units higher or lower and drops of quiet stores cross it
+or not), so a change is judged by the mean over several seeds; ``--seeds`` runs them and prints
+both detectors' means.
 """
 
 from __future__ import annotations
@@ -76,13 +82,53 @@ def show(name: str, report: Any) -> None:
     print(report.format_table() if hasattr(report, "format_table") else report)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` or ``"0,3,5"`` -> the seeds.
+
+    >>> parse_seeds("0-4"), parse_seeds("0,3,5")
+    ([0, 1, 2, 3, 4], [0, 3, 5])
+    """
+    if "-" in text:
+        lo, hi = text.split("-", 1)
+        return list(range(int(lo), int(hi) + 1))
+    return [int(x) for x in text.split(",")]
+
+
+def over_seeds(stores: int, days: int, seeds: list[int], *, hst: bool) -> None:
+    """Both detectors on the scenario of each seed: a line per seed, then the means."""
+    rows: dict[str, list[Any]] = {"streamdetect": [], "HalfSpaceTrees": []}
+    for seed in seeds:
+        events, labels = generate(GeneratorConfig(stores=stores, days=days, seed=seed))
+        alerts, windows, det = run_detector([orjson.dumps(e) for e in events])
+        reports = {"streamdetect": evaluate(labels, alerts, window_seconds=det.config.windows.size)}
+        if hst:
+            hst_alerts = run_half_space_trees(windows, det)
+            reports["HalfSpaceTrees"] = evaluate(labels, hst_alerts, window_seconds=det.config.windows.size)
+        for name, r in reports.items():
+            rows[name].append(r)
+            print(f"seed {seed:>3} {name:<14} F1 {r.f1:.3f}  precision {r.precision:.3f}  recall {r.recall:.3f}"
+                  f"  ({r.n_detected}/{r.n_labels} found, {r.n_false_alerts}/{r.n_alerts} alerts false)"
+                  f"  false episodes/key-day {r.false_episodes_per_key_day:.3f}  median delay {r.median_delay_windows}")
+    for name, rs in rows.items():
+        if rs:
+            def mean(field: str, rs: list[Any] = rs) -> float:
+                return float(np.nanmean([getattr(r, field) for r in rs]))
+            print(f"mean over {len(rs)} seeds, {name}: F1 {mean('f1'):.3f}  precision {mean('precision'):.3f}"
+                  f"  recall {mean('recall'):.3f}  false episodes/key-day {mean('false_episodes_per_key_day'):.3f}"
+                  f"  median delay {mean('median_delay_windows'):.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stores", type=int, default=20)
     p.add_argument("--days", type=int, default=14)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-hst", action="store_true", help="skip the HalfSpaceTrees comparison")
+    p.add_argument("--seeds", help="a range (0-9) or list (0,3,5) of seeds: one summary line each, then the means")
     args = p.parse_args()
+    if args.seeds:
+        over_seeds(args.stores, args.days, parse_seeds(args.seeds), hst=not args.no_hst)
+        return
 
     t = time.perf_counter()
     events, labels = generate(GeneratorConfig(stores=args.stores, days=args.days, seed=args.seed))
