@@ -167,6 +167,24 @@ def test_format_table_and_cli(tmp_path, capsys):
     assert len(report["label_results"]) == 4
 
 
+def test_cli_since_scores_only_what_starts_from_then(tmp_path, capsys):
+    from streamdetect.cli import evaluate as cli
+    from streamdetect.config import ConfigError
+
+    write_jsonl(tmp_path / "labels.jsonl", LABELS)
+    write_jsonl(tmp_path / "alerts.jsonl", ALERTS)
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    files = ["--labels", str(tmp_path / "labels.jsonl"), "--alerts", str(tmp_path / "alerts.jsonl")]
+    args = parser.parse_args(["evaluate", *files, "--since", format_time(T0 + 20 * MIN)])
+    assert args.handler(args) == 0
+    # Left: a2 (found by the s2 alert at minute 41) and a3 (missed); every earlier alert is gone.
+    assert "alerts 1 (0 duplicates dropped) | true 1 | false 0 | labels 2 | detected 1" in capsys.readouterr().out
+    args = parser.parse_args(["evaluate", *files, "--since", "last monday"])
+    with pytest.raises(ConfigError, match="--since: 'last monday' is not a time"):
+        args.handler(args)
+
+
 def test_episodes_are_counted_as_a_pager_sees_them():
     """Three alerts of one outage are one true episode; two false alerts of one episode elsewhere
     one false episode; an alert without an episode id is an episode of its own."""

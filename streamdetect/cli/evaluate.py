@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", type=float, help="windows after a label's end that still count (default 5)")
     p.add_argument("--keys", type=int, help="number of keys for the false-alert rate (default: seen keys)")
     p.add_argument("--days", type=float, help="days for the false-alert rate (default: span of labels and alerts)")
+    p.add_argument("--since", help="score only labels that start and alerts whose window starts at this time"
+                   " or later (RFC 3339), e.g. a week after the detector started, once each hour of the week"
+                   " has been seen")
     p.add_argument("--json", type=Path, help="also write the full report (with per-label results) as JSON")
     p.set_defaults(handler=run)
 
@@ -31,13 +34,25 @@ def run(args: argparse.Namespace) -> int:
 
     from streamdetect.config import ConfigError
     from streamdetect.evaluate import DEFAULT_TOLERANCE_WINDOWS, evaluate
-    from streamdetect.generate import read_jsonl
+    from streamdetect.generate import parse_time_ms, read_jsonl
 
     try:
         labels = read_jsonl(args.labels)
         alerts = read_jsonl(args.alerts)
     except (OSError, orjson.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read input: {exc}") from None
+    if args.since:
+        try:
+            since = parse_time_ms(args.since)
+        except ValueError:
+            raise ConfigError(
+                f"--since: {args.since!r} is not a time; give RFC 3339, e.g. 2026-01-12T00:00:00Z"
+            ) from None
+        try:
+            labels = [lab for lab in labels if parse_time_ms(lab["start"]) >= since]
+            alerts = [a for a in alerts if parse_time_ms(a["window_start"]) >= since]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ConfigError(f"bad labels or alerts: {exc!r}") from None
     try:
         report = evaluate(
             labels,
