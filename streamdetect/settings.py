@@ -52,6 +52,7 @@ __all__ = [
     "MetricsConfig",
     "config_to_dict",
     "is_secret",
+    "is_topic_pattern",
     "load_config",
     "redact",
     "to_toml",
@@ -82,6 +83,16 @@ def _topic_rule(topic: str) -> str:
         f"{topic!r} is not a Kafka topic name (letters, digits, '.', '_' and '-', at most 249); a list in an"
         " environment variable is comma-separated (a,b), and a regular expression starts with '^'"
     )
+
+
+def is_topic_pattern(topic: str) -> bool:
+    """Whether an input topic is a regular expression: librdkafka subscribes to every topic that
+    matches one starting with '^', now and later, and no topic of that name exists.
+
+    >>> is_topic_pattern("^sales\\.(eu|us)$"), is_topic_pattern("sales")
+    (True, False)
+    """
+    return topic.startswith("^")
 
 
 def is_secret(name: str) -> bool:
@@ -166,11 +177,9 @@ class KafkaConfig:
         _require(len(self.input_topics) > 0, "kafka.input_topics: give at least one input topic, e.g. ['sales']")
         topics = {"kafka.alerts_topic": self.alerts_topic, "kafka.dlq_topic": self.dlq_topic,
                   "kafka.state_topic": self.state_topic}
-        # librdkafka reads a topic that starts with '^' as a regular expression (a subscription to
-        # every topic it matches, now and later).
         patterns = {}
         for t in self.input_topics:
-            if t.startswith("^"):
+            if is_topic_pattern(t):
                 try:
                     patterns[t] = re.compile(t)
                 except re.error as exc:
@@ -217,6 +226,12 @@ class KafkaConfig:
     @property
     def bootstrap_list(self) -> list[str]:
         return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    @property
+    def named_input_topics(self) -> list[str]:
+        """The input topics given by name, without the patterns (whose topics are not known
+        until the consumer's subscription matches them)."""
+        return [t for t in self.input_topics if not is_topic_pattern(t)]
 
 
 @dataclass(frozen=True)

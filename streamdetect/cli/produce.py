@@ -84,12 +84,12 @@ def _lines(path: str) -> Iterable[bytes]:
 def run(args: argparse.Namespace) -> int:
     from streamdetect.kafka.clients import producer_config
     from streamdetect.kafka.producer import OutputProducer
-    from streamdetect.settings import load_config
+    from streamdetect.settings import is_topic_pattern, load_config
 
     cfg = load_config(args.config, overrides={"kafka": {"bootstrap_servers": args.bootstrap_servers}})
     cfg.require_bootstrap()
     topic = args.topic or cfg.kafka.input_topics[0]
-    if topic.startswith("^"):
+    if is_topic_pattern(topic):
         print(f"streamdetect produce: kafka.input_topics[0] is a pattern ({topic}); name the topic with --topic",
               file=sys.stderr)
         return 2

@@ -37,8 +37,8 @@ def service_topics(cfg: KafkaConfig, *, include_inputs: bool = False) -> list[To
                   {"cleanup.policy": "compact", "max.message.bytes": str(cfg.max_message_bytes + 65_536)}),
     ]
     if include_inputs:
-        # A pattern ('^...') names no topic to create: the topics it matches are the producers'.
-        specs = [TopicSpec(t, cfg.topic_partitions) for t in cfg.input_topics if not t.startswith("^")] + specs
+        # A pattern names no topic to create: the topics it matches are the producers'.
+        specs = [TopicSpec(t, cfg.topic_partitions) for t in cfg.named_input_topics] + specs
     return specs
 
 

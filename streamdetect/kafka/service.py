@@ -205,9 +205,8 @@ class Service:
             log.info("starting", extra={"consumer": redacted_client_config(cconf),
                                         "producer": redacted_client_config(pconf),
                                         "processing": k.processing})
-            # A pattern (librdkafka's '^...') is not a topic: its topics get their series when read.
-            named = [t for t in k.input_topics if not t.startswith("^")]
-            self.metrics.declare_topics(named, (k.alerts_topic, k.dlq_topic, k.state_topic))
+            # A pattern's topics get their series when they are read.
+            self.metrics.declare_topics(k.named_input_topics, (k.alerts_topic, k.dlq_topic, k.state_topic))
             if self.exactly_once:
                 self.producer.init_transactions()
                 self._begin()
