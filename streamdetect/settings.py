@@ -89,7 +89,7 @@ def is_topic_pattern(topic: str) -> bool:
     """Whether an input topic is a regular expression: librdkafka subscribes to every topic that
     matches one starting with '^', now and later, and no topic of that name exists.
 
-    >>> is_topic_pattern("^sales\\.(eu|us)$"), is_topic_pattern("sales")
+    >>> is_topic_pattern("^sales-(eu|us)$"), is_topic_pattern("sales")
     (True, False)
     """
     return topic.startswith("^")
