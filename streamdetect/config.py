@@ -362,7 +362,9 @@ class ThresholdConfig:
     recent mean, for a drifting level) or ``"quantile"`` (rolling empirical quantile). ``risk`` is
     the target probability that a normal window crosses it (the alert budget per window).
     Calibration ends after ``n_init`` scores, or once the scores span ``calibration_span`` seconds
-    of event time and number at least 100.
+    of event time and number at least 100. SPOT's peaks are the scores above the ``level`` quantile
+    of the last ``window`` normal scores (at most ``max_excess`` of them); ``window`` is also the
+    quantile method's window.
     """
 
     method: Literal["spot", "dspot", "quantile"] = "spot"
@@ -371,7 +373,7 @@ class ThresholdConfig:
     n_init: int = 2000
     calibration_span: float = 86_400.0
     max_excess: int = 2000
-    window: int = 20_000
+    window: int = 50_000
     depth: int = 50
 
     def __post_init__(self) -> None:

@@ -13,10 +13,15 @@ All three learn from the stream of pre-update scores in mini-batches and expose 
   sets because it is a probability, not a log-likelihood;
 * ``to_state()`` / :func:`threshold_from_state`: a plain, versioned dict.
 
-SPOT follows Siffer et al. (KDD 2017): a high empirical quantile ``t`` of the first ``n_init``
-scores, a generalised Pareto fit of the excesses over ``t`` (Grimshaw's maximum likelihood), and
-the risk-``q`` quantile ``z_q = t + sigma/gamma ((q n / N_t)^-gamma - 1)``. DSPOT runs SPOT on the
-score minus the mean of the last ``depth`` normal scores, for a score level that wanders.
+SPOT follows Siffer et al. (KDD 2017): a high empirical quantile ``t`` of the scores, a
+generalised Pareto fit of the excesses over ``t`` (Grimshaw's maximum likelihood), and the
+risk-``q`` quantile ``z_q = t + sigma/gamma ((q n / N_t)^-gamma - 1)``. Unlike the paper, ``t`` is
+not fixed by the first ``n_init`` scores: every refit takes it afresh from the last ``window``
+normal scores, as in a moving-window peaks-over-threshold estimate (McNeil and Frey, 2000). A
+model that keeps learning moves its score level, and a ``t`` fixed on the first day's scores
+ends up below the bulk of later ones: the "tail" fit is then the body of the distribution.
+DSPOT runs SPOT on the score minus the mean of the last ``depth`` normal scores, for a score
+level that wanders within the window.
 
 >>> import numpy as np
 >>> from streamdetect.config import ThresholdConfig
@@ -37,19 +42,17 @@ from typing import Any, Protocol
 
 import numpy as np
 from river import stats as river_stats
-from scipy.optimize import brentq
+from scipy.optimize import brentq, minimize, minimize_scalar
 
 from streamdetect.config import ConfigError, ThresholdConfig
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: SPOT's peaks come from its window of recent scores (1 is still read)
 _EPS = 1e-8
 _GRID = 32
-_REFIT_FRACTION = 64.0  # SPOT refits its tail once the new peaks are this fraction of those kept
+_REFIT_FRACTION = 16.0  # SPOT refits its tail once the new scores are this fraction of its window
 _CALIBRATION_ROUNDS = 3
 _MIN_PEAKS = 30
 _LR_CRITICAL = 3.841  # chi-square(1) at 95 %: the shape parameter must earn its place
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
-_MAX_CENSOR_BUDGET = 3.0
 _GROSS_IQR = 10.0  # calibration scores beyond Q3 + 10 IQR are gross outliers
 _SHAPE_PRIOR_SD = 0.2  # prior on the tail's shape: few score tails are heavier than gamma = 0.4
 
@@ -85,10 +88,11 @@ def _gpd_log_likelihood(y: np.ndarray, gamma: float, sigma: float) -> float:
     n = len(y)
     if gamma == 0.0:
         return float(-n * math.log(sigma) - y.sum() / sigma)
-    z = 1.0 + gamma * y / sigma
-    if np.any(z <= 0):
+    z = gamma * y / sigma
+    if np.any(z <= -1.0):
         return -math.inf
-    return float(-n * math.log(sigma) - (1.0 + 1.0 / gamma) * np.log(z).sum())
+    # log1p: a shape within rounding of 0 must give the exponential's likelihood, not log(1) = 0.
+    return float(-n * math.log(sigma) - (1.0 + 1.0 / gamma) * np.log1p(z).sum())
 
 
 def _grimshaw_w(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -219,21 +223,103 @@ def shrunk_gpd(excesses: np.ndarray) -> tuple[float, float]:
         return gamma, sigma
 
 
+def _log_kept(limits: np.ndarray, gamma: float, sigma: float) -> np.ndarray:
+    """log P(Y <= limit) for each limit (``-inf`` where none of the tail is kept)."""
+    if gamma == 0.0:
+        log_sf = -limits / sigma
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = gamma * limits / sigma
+            log_sf = np.where(z > -1.0, -np.log1p(np.maximum(z, -1.0 + 1e-300)) / gamma, -np.inf)
+    with np.errstate(divide="ignore"):
+        return np.asarray(np.log(-np.expm1(log_sf)))
+
+
+def _truncated_log_likelihood(
+    y: np.ndarray, limits: np.ndarray, counts: np.ndarray, gamma: float, sigma: float
+) -> float:
+    """Log-likelihood of excesses ``y`` of which ``counts[i]`` could only be seen up to ``limits[i]``."""
+    ll = _gpd_log_likelihood(y, gamma, sigma)
+    if not math.isfinite(ll):
+        return -math.inf
+    return ll - float(counts @ _log_kept(limits, gamma, sigma))
+
+
+def fit_truncated_gpd(
+    excesses: np.ndarray, limits: float | np.ndarray, start: tuple[float, float] | None = None
+) -> tuple[float, float]:
+    """:func:`shrunk_gpd` for excesses each observed only up to its limit (right-truncated).
+
+    SPOT keeps the scores above its alert threshold out of the tail fit, so what it fits is a
+    truncated sample, each score truncated at the threshold it was judged against. Fitted as if
+    complete, such a sample looks bounded, the threshold falls towards the largest score kept, more
+    scores lie beyond it, and the fit thins further: on a score distribution that widened, the
+    alarm rate stayed hundreds of times the risk. The truncated likelihood
+    ``sum log f(y_i) - sum log F(limit_i)`` extrapolates the tail from its shape below the limits
+    instead. The shape's normal prior (sd 0.2) is :func:`shrunk_gpd`'s, here as an exact posterior
+    mode, and the exponential tail is kept unless the likelihood-ratio test asks for a shape.
+    ``start`` (a previous fit's shape and scale) only saves iterations.
+
+    >>> import numpy as np
+    >>> y = np.random.default_rng(0).exponential(2.0, 20000)   # Exp(scale 2), seen up to 3
+    >>> seen = y[y <= 3.0]
+    >>> round(shrunk_gpd(seen)[1], 1), round(fit_truncated_gpd(seen, 3.0)[1], 1)
+    (1.9, 2.0)
+    >>> round(shrunk_gpd(seen)[0], 1), fit_truncated_gpd(seen, 3.0)[0]   # bounded, if read as complete
+    (-0.6, 0.0)
+    """
+    y = np.asarray(excesses, dtype=np.float64)
+    c = np.broadcast_to(np.asarray(limits, dtype=np.float64), y.shape)
+    keep = np.isfinite(y) & (y > 0)
+    y, c = y[keep], c[keep]
+    finite = np.isfinite(c)
+    if len(y) < _MIN_PEAKS or not finite.any() or np.any(y > c):
+        return shrunk_gpd(y)
+    gamma, sigma = start if start is not None and start[1] > 0 else shrunk_gpd(y)
+    u, counts = np.unique(c[finite], return_counts=True)
+    counts = counts.astype(np.float64)
+    precision = 1.0 / (2.0 * _SHAPE_PRIOR_SD**2)
+
+    def cost(theta: np.ndarray) -> float:
+        ll = _truncated_log_likelihood(y, u, counts, float(theta[0]), math.exp(theta[1]))
+        return math.inf if not math.isfinite(ll) else -(ll - precision * float(theta[0]) ** 2)
+
+    def cost_exponential(log_sigma: float) -> float:
+        ll = _truncated_log_likelihood(y, u, counts, 0.0, math.exp(log_sigma))
+        return math.inf if not math.isfinite(ll) else -ll
+
+    log_mean = math.log(float(y.mean()))
+    exponential = minimize_scalar(cost_exponential, bounds=(log_mean - 5.0, log_mean + 10.0), method="bounded")
+    # Shape and log-scale to 1e-3 are far finer than the sampling error of a thousand peaks.
+    x0 = np.array([gamma, math.log(sigma)])
+    simplex = x0 + np.array([[0.0, 0.0], [0.02, 0.0], [0.0, 0.02]])
+    shaped = minimize(
+        cost, x0, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-5, "initial_simplex": simplex}
+    )
+    gamma, log_sigma = float(shaped.x[0]), float(shaped.x[1])
+    gain = _truncated_log_likelihood(y, u, counts, gamma, math.exp(log_sigma)) + float(exponential.fun)
+    if not 2.0 * gain >= _LR_CRITICAL:
+        return 0.0, math.exp(float(exponential.x))
+    return gamma, math.exp(log_sigma)
+
+
 def _tail_quantile(t: float, gamma: float, sigma: float, risk: float, n: float, n_peaks: float) -> float:
     """The score exceeded with probability ``risk`` (the POT quantile formula)."""
     r = risk * n / n_peaks
     if gamma == 0.0:
         return t - sigma * math.log(r)
-    return t + sigma / gamma * (r ** (-gamma) - 1.0)
+    # expm1: for a shape within rounding of 0, r ** -gamma - 1 would round to 0 and z_q to t.
+    return t + sigma * math.expm1(-gamma * math.log(r)) / gamma
 
 
 def _tail_probability(excess: np.ndarray, gamma: float, sigma: float, peak_rate: float) -> np.ndarray:
     """P(S > t + excess) for excess >= 0, from the GPD fit."""
     if gamma == 0.0:
         return np.asarray(peak_rate * np.exp(-excess / sigma))
-    base = np.maximum(1.0 + gamma * excess / sigma, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.asarray(peak_rate * np.power(base, -1.0 / gamma))
+    z = gamma * excess / sigma
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_sf = np.where(z > -1.0, -np.log1p(np.maximum(z, -1.0 + 1e-300)) / gamma, -np.inf)
+    return np.asarray(peak_rate * np.exp(log_sf))
 
 
 # --------------------------------------------------------------------------- recent scores
@@ -294,10 +380,14 @@ class _ScoreWindow:
 
     def survival(self, scores: np.ndarray) -> np.ndarray:
         """Empirical P(S >= s) with the usual +1 correction, so it is never exactly 0."""
+        above = self.n - np.searchsorted(self.sorted(), scores, side="left")
+        return np.asarray((above + 1.0) / (self.n + 1.0))
+
+    def sorted(self) -> np.ndarray:
+        """The scores in increasing order (the window's own copy: do not modify it)."""
         if self._sorted is None:
             self._sorted = np.sort(self.values[: self.n])
-        above = self.n - np.searchsorted(self._sorted, scores, side="left")
-        return np.asarray((above + 1.0) / (self.n + 1.0))
+        return self._sorted
 
     def to_state(self) -> list[float]:
         return self.recent().tolist()
@@ -320,21 +410,54 @@ def _as_scores(scores: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- SPOT
 
 
+class _Limits:
+    """The alert threshold each stretch of a window's scores was kept under, oldest first, as
+    ``[limit, count]`` runs (z_q changes only at a refit, so there are few runs)."""
+
+    def __init__(self) -> None:
+        self.runs: list[list[float]] = []
+
+    def push(self, limit: float, count: int, window_n: int) -> None:
+        """Record ``count`` scores kept under ``limit``; the window now holds ``window_n``."""
+        if count:
+            if self.runs and self.runs[-1][0] == limit:
+                self.runs[-1][1] += count
+            else:
+                self.runs.append([limit, float(count)])
+        excess = sum(c for _, c in self.runs) - window_n  # scores the window has let go
+        while excess > 0 and self.runs:
+            drop = min(excess, self.runs[0][1])
+            self.runs[0][1] -= drop
+            excess -= drop
+            if self.runs[0][1] == 0:
+                self.runs.pop(0)
+
+    def to_state(self) -> list[list[float | None]]:
+        return [[None if math.isinf(limit) else limit, count] for limit, count in self.runs]
+
+    @classmethod
+    def from_state(cls, runs: list[list[Any]]) -> _Limits:
+        obj = cls()
+        obj.runs = [[math.inf if limit is None else float(limit), float(count)] for limit, count in runs]
+        return obj
+
+
 class SPOT:
-    """Streaming peaks-over-threshold (Siffer et al., 2017) with a bounded buffer of peaks.
+    """Streaming peaks-over-threshold (Siffer et al., 2017) over a moving window of normal scores.
 
     Parameters
     ----------
     risk
         Probability that a normal score crosses the threshold (the alert budget per window).
     level
-        Quantile of the calibration scores above which scores are peaks (0.98 in the paper).
+        Quantile of the recent normal scores above which scores are peaks (0.98 in the paper).
     n_init
         Scores collected before the first fit; no score is flagged before.
     max_excess
-        Most recent peaks kept for the fit.
+        Most peaks in a fit: with more, the peaks threshold rises to keep the largest ones.
     window
-        Recent scores kept for empirical probabilities below the peaks threshold.
+        Recent normal scores kept: the peaks threshold is their ``level`` quantile at every refit,
+        the peaks are those above it, and below it probabilities are their empirical ranks.
 
     Examples
     --------
@@ -359,21 +482,20 @@ class SPOT:
         self.n_init = n_init
         self.max_excess = max_excess
         self.recent_ = _ScoreWindow(max(window, n_init))
-        self.init_t_: float | None = None
-        self.peaks_ = _ScoreWindow(max_excess)
+        self.t_: float | None = None
         self.n_ = 0.0
         self.n_peaks_ = 0.0
+        self.rate_ = 0.0
         self.gamma_ = 0.0
         self.sigma_ = 1.0
         self.z_ = math.inf
         self.n_fits_ = 0
-        self._n_imputed = 0
-        self._censor_budget = 0.0
-        self._peaks_since_fit = 0
+        self._limits = _Limits()
+        self._since_fit = 0
 
     @property
     def is_calibrated(self) -> bool:
-        return self.init_t_ is not None
+        return self.t_ is not None
 
     @property
     def threshold(self) -> float:
@@ -399,112 +521,105 @@ class SPOT:
             if self.recent_.n >= self.n_init:
                 self._calibrate(self.recent_.recent())
             return
-        # Alarms (scores above z_q) never enter the fit with their values: a long anomaly would
-        # fatten the tail it is judged against. But dropping them altogether also censors the
-        # clean scores beyond z_q, and the fit then spirals down (a thinner tail, a lower z_q, more
-        # censored). So the alarms are treated as censored observations, known only to exceed
-        # z_q, and imputed from the fitted tail beyond z_q (an EM step for censored data); their
-        # number is held to the rate clean data would produce (a small, capped budget of q per
-        # score), so a long anomaly cannot inflate it.
+        # Alarms (scores above z_q) never enter the window: a long anomaly would fatten the tail it
+        # is judged against. What the window keeps is then a sample truncated at z_q (each score
+        # at the z_q it was judged against), and the tail is fitted as one.
         normal = x[x <= self.z_]
         self.recent_.push(normal)
-        t = self.init_t_
-        assert t is not None
-        self._censor_budget = min(self._censor_budget + self.risk * len(x), _MAX_CENSOR_BUDGET)
-        censored = min(len(x) - len(normal), int(self._censor_budget))
-        self._censor_budget -= censored
-        peaks = np.concatenate([normal[normal > t] - t, self._impute_beyond_z(censored)])
-        self.n_ += len(normal) + censored
-        if len(peaks):
-            self.n_peaks_ += len(peaks)
-            self.peaks_.push(peaks)
-            # A refit costs a pass of logarithms over every peak kept for each of 2 x _GRID grid points:
-            # it waits for new peaks worth 1/64 of those kept (a fit of 2,000 peaks lags by at
-            # most 31 of them); meanwhile z_q follows the counts under the last fit.
-            self._peaks_since_fit += len(peaks)
-            if self._peaks_since_fit >= self.peaks_.n / _REFIT_FRACTION:
-                self._fit()
-            else:
-                self._set_quantile()
-
-    def _impute_beyond_z(self, m: int) -> np.ndarray:
-        """``m`` excesses over ``t`` drawn (deterministically) from the fitted tail beyond ``z_q``."""
-        if m <= 0:
-            return np.empty(0)
-        assert self.init_t_ is not None
-        # A golden-ratio sequence of uniforms: deterministic, and spread evenly over the tail.
-        u = ((self._n_imputed + np.arange(1, m + 1)) * _GOLDEN) % 1.0
-        self._n_imputed += m
-        over = self.z_ - self.init_t_
-        scale = self.sigma_ + self.gamma_ * over  # the GPD of the excess over z_q (threshold stability)
-        if self.gamma_ == 0.0:
-            extra = -scale * np.log1p(-u)
-        else:
-            extra = scale / self.gamma_ * ((1.0 - u) ** (-self.gamma_) - 1.0)
-        return np.asarray(over + np.maximum(extra, 0.0))
+        self._limits.push(self.z_, len(normal), self.recent_.n)
+        # A refit sorts nothing (the window keeps a sorted copy) but passes logarithms over its
+        # peaks a few hundred times: it waits for new scores worth 1/64 of the window.
+        self._since_fit += len(normal)
+        if self._since_fit >= self.recent_.n / _REFIT_FRACTION:
+            start = (self.gamma_, self.sigma_) if self.n_peaks_ else None
+            self._fit(self.recent_.recent(), self._limits.runs, self.recent_.sorted(), start)
 
     def _calibrate(self, x: np.ndarray) -> None:
         x = x[np.isfinite(x)]
+        limit = math.inf
         q1, q3 = np.quantile(x, [0.25, 0.75])
-        if q3 > q1:
+        if q3 > q1 and x.max() > q3 + _GROSS_IQR * (q3 - q1):
             # A handful of gross anomalies would otherwise mask themselves by fattening the fit.
-            x = x[x <= q3 + _GROSS_IQR * (q3 - q1)]
+            limit = float(q3 + _GROSS_IQR * (q3 - q1))
+            x = x[x <= limit]
         for _ in range(_CALIBRATION_ROUNDS):
-            # A generalised Pareto fit needs a few dozen peaks: with few calibration scores, take
-            # the peaks threshold lower than `level` rather than fit the tail to a handful.
-            level = min(self.level, 1.0 - _MIN_PEAKS / max(len(x), 1))
-            t = float(np.quantile(x, max(level, 0.5)))
-            self.init_t_ = t
-            self.n_ = float(len(x))
-            peaks = x[x > t] - t
-            self.n_peaks_ = float(len(peaks))
-            self.peaks_ = _ScoreWindow(self.max_excess)
-            self.peaks_.push(peaks)
-            self._fit()
+            self._fit(x, [[limit, float(len(x))]], np.sort(x), None)
             # Anomalies in the calibration sample would fatten the tail they are judged against.
             # Drop the scores beyond the level that even one of n clean scores reaches only with
             # probability 0.1 (not beyond z_q itself: about q n clean scores lie there by definition).
-            assert self.init_t_ is not None
-            outlying = _tail_quantile(
-                self.init_t_, self.gamma_, self.sigma_, min(self.risk, 0.1 / len(x)), self.n_, max(self.n_peaks_, 1.0)
-            )
+            assert self.t_ is not None
+            outlying = _tail_quantile(self.t_, self.gamma_, self.sigma_, min(self.risk, 0.1 / len(x)), 1.0, self.rate_)
             normal = x <= outlying
             if normal.all():
                 break
-            x = x[normal]
+            x, limit = x[normal], outlying
+        # The window goes on from the cleaned sample, so later refits do not take the outliers back.
+        self.recent_ = _ScoreWindow(self.recent_.size)
+        self.recent_.push(x)
+        self._limits = _Limits()
+        self._limits.push(limit, len(x), self.recent_.n)
 
-    def _fit(self) -> None:
-        t = self.init_t_
-        assert t is not None
-        y = self.peaks_.values[: self.peaks_.n]
-        if len(y) == 0 or self.n_peaks_ <= 0:
-            # No peak above t at all (e.g. constant scores): nothing in the tail is normal.
-            self.gamma_, self.sigma_, self.z_ = 0.0, _EPS, t + _EPS
-            return
-        self.gamma_, self.sigma_ = shrunk_gpd(y)
-        self.sigma_ = max(self.sigma_, _EPS)
-        self._set_quantile()
+    def _fit(self, x: np.ndarray, runs: list[list[float]], s: np.ndarray, start: tuple[float, float] | None) -> None:
+        """The peaks threshold, the tail fit and z_q from normal scores ``x`` (oldest first), kept
+        in ``[limit, count]`` runs each only up to its limit; ``s`` is ``x`` sorted; ``start``
+        a previous fit to start the search from."""
+        n = len(s)
+        # A generalised Pareto fit needs a few dozen peaks: with few scores, take the peaks
+        # threshold lower than `level` rather than fit the tail to a handful.
+        level = min(self.level, 1.0 - _MIN_PEAKS / max(n, 1))
+        t = float(np.quantile(s, max(level, 0.5)))
+        first = int(np.searchsorted(s, t, side="right"))
+        if n - first > self.max_excess:
+            first = n - self.max_excess
+            t = float(s[first - 1])
+        limits = np.array([limit for limit, _ in runs], dtype=np.float64)
+        counts = np.array([count for _, count in runs], dtype=np.float64)
+        peak = x > t
+        # Peaks per run: a cumulative count read at the runs' boundaries.
+        ends = np.cumsum(counts).astype(np.int64)
+        peaks_before = np.concatenate([[0], np.cumsum(peak)])
+        run_peaks = np.diff(np.concatenate([[0], peaks_before[ends]])).astype(np.float64)
+        y, peak_limits = x[peak] - t, np.repeat(limits, run_peaks.astype(np.int64)) - t
+        self.t_, self.n_, self.n_peaks_ = t, float(n), float(len(y))
         self.n_fits_ += 1
-        self._peaks_since_fit = 0
+        self._since_fit = 0
+        if len(y) == 0:
+            # No peak above t at all (e.g. constant scores): nothing in the tail is normal.
+            self.gamma_, self.sigma_, self.z_, self.rate_ = 0.0, _EPS, t + _EPS, 0.0
+            return
+        gamma, sigma = fit_truncated_gpd(y, peak_limits, start)
+        self.gamma_, self.sigma_ = gamma, max(sigma, _EPS)
+        self.rate_ = self._tail_rate(limits, counts, run_peaks, t)
+        z = _tail_quantile(t, self.gamma_, self.sigma_, self.risk, 1.0, self.rate_)
+        self.z_ = z if np.isfinite(z) else float(s[-1])
 
-    def _set_quantile(self) -> None:
-        """z_q from the fitted tail and the current counts."""
-        t = self.init_t_
-        assert t is not None
-        z = _tail_quantile(t, self.gamma_, self.sigma_, self.risk, self.n_, self.n_peaks_)
-        self.z_ = z if np.isfinite(z) else float(self.peaks_.values[: self.peaks_.n].max()) + t
+    def _tail_rate(self, limits: np.ndarray, counts: np.ndarray, peaks: np.ndarray, t: float) -> float:
+        """P(S > t) for clean scores: the peaks' share, plus the clean scores that the limits hid.
+
+        A stretch of ``m`` scores kept up to a limit that keeps a fraction ``F`` of the tail came
+        from ``m / (1 - p (1 - F))`` clean ones, of which ``p F`` are its peaks: ``p`` solves
+        ``sum peaks = p sum F m / (1 - p (1 - F))`` (a few fixed-point steps; stretches whose
+        limit is below ``t`` say nothing about ``p``)."""
+        useful = limits > t
+        if not peaks[useful].sum():
+            return 0.0
+        kept = np.exp(_log_kept(limits[useful] - t, self.gamma_, self.sigma_))
+        m, peaks = counts[useful], peaks[useful]
+        p = peaks.sum() / m.sum()
+        for _ in range(8):
+            p = float(peaks.sum() / (kept * m / (1.0 - p * (1.0 - kept))).sum())
+        return min(p, 1.0)
 
     def probability(self, scores: Any) -> np.ndarray:
         x = _as_scores(scores)
         if self.recent_.n == 0:
             return np.full(len(x), 0.5)
         survival = self.recent_.survival(x)
-        t = self.init_t_
+        t = self.t_
         if t is not None and self.n_peaks_ > 0:
             tail = x > t
             if tail.any():
-                rate = self.n_peaks_ / self.n_
-                survival[tail] = _tail_probability(x[tail] - t, self.gamma_, self.sigma_, rate)
+                survival[tail] = _tail_probability(x[tail] - t, self.gamma_, self.sigma_, self.rate_)
         return np.clip(1.0 - survival, 0.0, 1.0)
 
     def _params(self) -> dict[str, Any]:
@@ -522,32 +637,37 @@ class SPOT:
             "version": STATE_VERSION,
             "params": self._params(),
             "recent": self.recent_.to_state(),
-            "init_t": self.init_t_,
-            "peaks": self.peaks_.to_state(),
+            "t": self.t_,
             "n": self.n_,
             "n_peaks": self.n_peaks_,
+            "rate": self.rate_,
             "gamma": self.gamma_,
             "sigma": self.sigma_,
             "z": None if math.isinf(self.z_) else self.z_,
             "n_fits": self.n_fits_,
-            "n_imputed": self._n_imputed,
-            "censor_budget": self._censor_budget,
-            "peaks_since_fit": self._peaks_since_fit,
+            "limits": self._limits.to_state(),
+            "since_fit": self._since_fit,
         }
 
     def _load(self, state: Mapping[str, Any]) -> None:
         self.recent_ = _ScoreWindow.from_state(self.recent_.size, state["recent"])
-        self.init_t_ = state["init_t"]
-        self.peaks_ = _ScoreWindow.from_state(self.max_excess, state["peaks"])
+        self.n_fits_ = int(state["n_fits"])
+        if state["version"] == 1:
+            # A fixed peaks threshold and its own buffer of peaks: refit from the window instead,
+            # its scores taken as kept under the last z_q.
+            if state["init_t"] is not None:
+                self._limits.push(float(state["z"]), self.recent_.n, self.recent_.n)
+                self._fit(self.recent_.recent(), self._limits.runs, self.recent_.sorted(), None)
+            return
+        self._limits = _Limits.from_state(state["limits"])
+        self.t_ = state["t"]
         self.n_ = float(state["n"])
         self.n_peaks_ = float(state["n_peaks"])
+        self.rate_ = float(state["rate"])
         self.gamma_ = float(state["gamma"])
         self.sigma_ = float(state["sigma"])
         self.z_ = math.inf if state["z"] is None else float(state["z"])
-        self.n_fits_ = int(state["n_fits"])
-        self._n_imputed = int(state["n_imputed"])
-        self._censor_budget = float(state["censor_budget"])
-        self._peaks_since_fit = int(state.get("peaks_since_fit", 0))  # states from before refit on every peak
+        self._since_fit = int(state["since_fit"])
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> SPOT:
@@ -735,6 +855,6 @@ _KINDS: dict[str, type[SPOT] | type[QuantileThreshold]] = {"spot": SPOT, "dspot"
 def threshold_from_state(state: Mapping[str, Any]) -> SPOT | DSPOT | QuantileThreshold:
     """Rebuild a threshold saved with ``to_state()``."""
     kind = state.get("kind")
-    if kind not in _KINDS or state.get("version") != STATE_VERSION:
+    if kind not in _KINDS or state.get("version") not in (1, STATE_VERSION):
         raise ConfigError(f"unknown threshold state (kind {kind!r}, version {state.get('version')!r})")
     return _KINDS[kind].from_state(state)
