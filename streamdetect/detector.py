@@ -162,21 +162,76 @@ class _Pending:
     X: list[np.ndarray] = field(default_factory=list)
     weight: list[np.ndarray] = field(default_factory=list)
     score: list[np.ndarray] = field(default_factory=list)
-    calm: list[np.ndarray] = field(default_factory=list)
     n: int = 0
 
-    def add(self, X: np.ndarray, weight: np.ndarray, score: np.ndarray, calm: np.ndarray) -> None:
+    def add(self, X: np.ndarray, weight: np.ndarray, score: np.ndarray) -> None:
         self.X.append(X)
         self.weight.append(weight)
         self.score.append(score)
-        self.calm.append(calm)
         self.n += len(X)
 
-    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        out = (np.concatenate(self.X), np.concatenate(self.weight), np.concatenate(self.score),
-               np.concatenate(self.calm))
-        self.X, self.weight, self.score, self.calm, self.n = [], [], [], [], 0
+    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = (np.concatenate(self.X), np.concatenate(self.weight), np.concatenate(self.score))
+        self.X, self.weight, self.score, self.n = [], [], [], 0
         return out
+
+
+class _HeldScores:
+    """Scores on their way to the threshold, each held until the windows of its key that follow it
+    within ``span_ms`` have been scored, and dropped if one of them was flagged.
+
+    An anomaly rarely starts with an alert: its first windows score high without crossing the
+    threshold, and learning them fattens the very tail that sets it (on the generator, labelled
+    windows were 29 % of the scores the threshold's peaks came from). The windows just after an
+    alert are kept out already (``calm``); this keeps out those just before one too.
+    """
+
+    def __init__(self, span_ms: int) -> None:
+        self.span_ms = span_ms
+        self.key_id = np.zeros(0, dtype=np.int64)
+        self.start_ms = np.zeros(0, dtype=np.int64)
+        self.score = np.zeros(0)
+        self.calm = np.zeros(0, dtype=bool)
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, key_id: np.ndarray, start_ms: np.ndarray, score: np.ndarray, calm: np.ndarray) -> None:
+        self._parts.append((key_id, start_ms, score, calm))
+
+    def _gather(self) -> None:
+        if self._parts:
+            parts = [(self.key_id, self.start_ms, self.score, self.calm), *self._parts]
+            columns = (np.concatenate(col) for col in zip(*parts, strict=True))
+            self.key_id, self.start_ms, self.score, self.calm = columns
+            self._parts = []
+
+    def flagged(self, key_ids: np.ndarray, start_ms: int) -> None:
+        """Keys flagged in the window starting at ``start_ms``: their windows just before it go."""
+        self._gather()
+        before = (self.start_ms >= start_ms - self.span_ms) & (self.start_ms < start_ms)
+        self.calm[before & np.isin(self.key_id, key_ids)] = False
+
+    def release(self, scored_until_ms: int) -> np.ndarray:
+        """The calm scores of the windows whose followers are all scored (the last window scored
+        starts at ``scored_until_ms``), which leave the hold."""
+        self._gather()
+        ready = self.start_ms + self.span_ms <= scored_until_ms
+        out = self.score[ready & self.calm]
+        keep = ~ready
+        self.key_id, self.start_ms, self.score, self.calm = (
+            self.key_id[keep], self.start_ms[keep], self.score[keep], self.calm[keep]
+        )
+        return out
+
+    def to_state(self) -> dict[str, list[Any]]:
+        self._gather()
+        return {"key_id": self.key_id.tolist(), "start_ms": self.start_ms.tolist(), "score": self.score.tolist(),
+                "calm": self.calm.tolist()}  # fmt: skip
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        self._parts = [
+            (np.array(state["key_id"], dtype=np.int64), np.array(state["start_ms"], dtype=np.int64),
+             np.array(state["score"], dtype=np.float64), np.array(state["calm"], dtype=bool))
+        ]  # fmt: skip
 
 
 _NEVER_FLAGGED = 1 << 40
@@ -406,6 +461,8 @@ class Detector:
         for name, (dtype, _) in _PER_KEY.items():
             setattr(self, "_" + name, np.zeros(0, dtype=dtype))
         self._cooldown = 2 * cfg.features.context_windows
+        step_ms = round(1000 * (cfg.windows.hop or cfg.windows.size))
+        self._held = _HeldScores(self._cooldown * step_ms)
         # A value series' samples are levels (a window of several is their mean); counts add up.
         self._samples_are_levels = cfg.events.value_series
         ev = cfg.events
@@ -721,6 +778,7 @@ class Detector:
             deviating = np.abs(feats.scan_z[mature]) >= self.config.features.freeze_z
             self._track_episodes(rnd, key_ids, flags, deviating, score, probability, messages, now_ms)
             if flags.any():
+                self._held.flagged(key_ids[flags], rnd.start_ms)
                 messages.extend(self._alerts(rnd, feats, mature, X, score, threshold, probability, flags, now_ms))
             rounds.append(
                 _RoundScores(
@@ -738,7 +796,8 @@ class Detector:
             self.windows_scored += len(mature)
             # A key flagged for long enough has a new normal: its baselines follow (above), but
             # the mixture does not learn the transitional vectors, only what comes after.
-            self._pending.add(X, (~flags).astype(np.float64), score, calm)
+            self._pending.add(X, (~flags).astype(np.float64), score)
+            self._held.add(key_ids, np.full(len(key_ids), rnd.start_ms, dtype=np.int64), score, calm)
             drift = self._learn_when_due(rnd.end_ms)
         self.features.update(rnd, feats, learn, new_normal)
         return drift
@@ -770,7 +829,7 @@ class Detector:
         calibration_due = self._calibration_due(now_ms)
         if self._pending.n < self.config.model.learn_batch and not calibration_due:
             return False
-        drift = self._learn()
+        drift = self._learn(now_ms - self.windows.config.size_ms)
         if calibration_due:
             self.threshold.calibrate()
         return drift
@@ -865,7 +924,8 @@ class Detector:
             rounds.append(scored)
             self._unsettled.append(scored)
             self.windows_scored += len(rows)
-            self._pending.add(X, np.ones(len(rows)), score, calm)
+            self._pending.add(X, np.ones(len(rows)), score)
+            self._held.add(b.key_id[rows], starts, score, calm)
         return done, needs_numpy, self._learn_when_due(last_end) if step_due else False
 
     def _calibration_time(self) -> tuple[float, int]:
@@ -966,16 +1026,17 @@ class Detector:
             model.fit(Xs[keep])
         self.model = model
 
-    def _learn(self) -> bool:
+    def _learn(self, scored_until_ms: int) -> bool:
+        """Learn the pending windows; the last window scored starts at ``scored_until_ms``."""
         self._settle_probabilities()
-        X, weight, score, calm = self._pending.take()
+        X, weight, score = self._pending.take()
         if (weight == 0).mean() > self.config.regime_change_fraction:
             # So many flagged windows at once is a new regime, not a burst of anomalies.
             weight = np.ones_like(weight)
             self.regime_changes += 1
         if weight.sum() > 0:
             self.model.partial_fit(X, sample_weight=weight)
-        self.threshold.learn(score[calm])
+        self.threshold.learn(self._held.release(scored_until_ms))
         drift = bool(self.drift.update(score))
         if drift:
             self.model.boost(self.config.drift.boost, self.config.drift.boost_half_life)
@@ -1113,8 +1174,8 @@ class Detector:
                 "X": np.concatenate(pending.X).tolist() if pending.X else [],
                 "weight": np.concatenate(pending.weight).tolist() if pending.weight else [],
                 "score": np.concatenate(pending.score).tolist() if pending.score else [],
-                "calm": np.concatenate(pending.calm).tolist() if pending.calm else [],
             },
+            "held": self._held.to_state(),
             **{name: getattr(self, "_" + name).tolist() for name in _PER_KEY},
             "windows_scored": self.windows_scored,
             "regime_changes": self.regime_changes,
@@ -1146,8 +1207,13 @@ class Detector:
                 np.array(p["X"], dtype=np.float64).reshape(-1, d),
                 np.array(p["weight"], dtype=np.float64),
                 np.array(p["score"], dtype=np.float64),
-                np.array(p["calm"], dtype=bool),
             )
+        if "held" in state:
+            det._held.load(state["held"])
+        elif p["X"]:  # a state from before the hold: its pending windows go to the threshold as they were
+            score, calm = np.array(p["score"], dtype=np.float64), np.array(p["calm"], dtype=bool)
+            never = np.full(len(score), np.iinfo(np.int64).min // 2, dtype=np.int64)
+            det._held.add(np.zeros(len(score), dtype=np.int64), never, score, calm)
         # One length for the per-key arrays (states from before the units and episodes lack some).
         saved: dict[str, np.ndarray] = {
             name: np.array(state.get(name, []), dtype=dtype) for name, (dtype, _) in _PER_KEY.items()

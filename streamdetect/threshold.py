@@ -290,12 +290,16 @@ def fit_truncated_gpd(
 
     log_mean = math.log(float(y.mean()))
     exponential = minimize_scalar(cost_exponential, bounds=(log_mean - 5.0, log_mean + 10.0), method="bounded")
-    # Shape and log-scale to 1e-3 are far finer than the sampling error of a thousand peaks.
     x0 = np.array([gamma, math.log(sigma)])
+    if not math.isfinite(cost(x0)):  # a previous fit whose bounded tail ends below a new peak
+        gamma, sigma = shrunk_gpd(y)
+        x0 = np.array([gamma, math.log(sigma)])
+    # Shape and log-scale to 1e-3 are far finer than the sampling error of a thousand peaks.
     simplex = x0 + np.array([[0.0, 0.0], [0.02, 0.0], [0.0, 0.02]])
-    shaped = minimize(
-        cost, x0, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-5, "initial_simplex": simplex}
-    )
+    with np.errstate(invalid="ignore"):  # Nelder-Mead subtracts the infinite cost of a step out of bounds
+        shaped = minimize(
+            cost, x0, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-5, "initial_simplex": simplex}
+        )
     gamma, log_sigma = float(shaped.x[0]), float(shaped.x[1])
     gain = _truncated_log_likelihood(y, u, counts, gamma, math.exp(log_sigma)) + float(exponential.fun)
     if not 2.0 * gain >= _LR_CRITICAL:

@@ -660,3 +660,52 @@ def test_a_series_round_of_single_samples_is_left_as_it_is_beside_one_of_several
     assert out.count.tolist() == [1.0, 1.0, 1.0, 1.0]
     assert out.revenue.tolist() == [10.0, 10.0, 10.0, 10.0]
     assert out.distinct_skus.tolist() == [1.0005, 1.0005, 1.0, 1.0]
+
+
+def test_the_windows_just_before_an_alert_do_not_teach_the_threshold(monkeypatch):
+    """An anomaly's first windows score high without crossing the threshold; learned, they fatten
+    the tail that sets it. Every score the threshold learns is of a window whose key was not
+    flagged in the windows that followed it (within the cooldown), nor in those just before."""
+    from streamdetect import threshold as th
+
+    learned: list[np.ndarray] = []
+    original = th.SPOT.learn
+
+    def spy(self, scores):
+        learned.append(np.asarray(scores, dtype=np.float64).copy())
+        original(self, scores)
+
+    monkeypatch.setattr(th.SPOT, "learn", spy)
+    values, _ = stream()
+    outs = run(values)
+    sw = [o.scored for o in outs if len(o.scored)]
+    key = np.array([k["store_id"] for s in sw for k in s.keys])
+    start = np.concatenate([s.start_ms for s in sw])
+    score = np.concatenate([s.score for s in sw])
+    flagged = np.concatenate([s.is_anomaly for s in sw])
+    assert flagged.sum() >= 3
+    span = 2 * SMALL.features.context_windows * 60_000
+    near_flag = np.zeros(len(score), dtype=bool)
+    for i in np.flatnonzero(flagged):
+        near_flag |= (key == key[i]) & (start >= start[i] - span) & (start <= start[i] + span)
+    taught = np.concatenate(learned)
+    assert len(taught) > 1000
+    # Scores are floats of distinct windows: none of those near a flag is among those taught.
+    assert not np.isin(score[near_flag & ~flagged], taught).any()
+    assert np.isin(score[~near_flag][:2000], taught).mean() > 0.5
+
+
+def test_held_scores_wait_for_the_windows_after_them():
+    from streamdetect.detector import _HeldScores
+
+    held = _HeldScores(span_ms=3_000)
+    ids = np.array([0, 1], dtype=np.int64)
+    for t in range(0, 6_000, 1_000):  # keys 0 and 1, one window a second
+        held.add(ids, np.full(2, t, dtype=np.int64), np.array([t + 0.0, t + 0.5]), np.ones(2, dtype=bool))
+    held.flagged(np.array([1]), 5_000)  # key 1 flagged in the window at 5 s
+    out = held.release(scored_until_ms=5_000)  # windows up to 2 s have all their followers
+    assert out.tolist() == [0.0, 0.5, 1000.0, 1000.5, 2000.0]  # key 1 at 2 s is just before the flag
+    assert held.release(scored_until_ms=5_000).tolist() == []
+    restored = _HeldScores(span_ms=3_000)
+    restored.load(orjson.loads(orjson.dumps(held.to_state())))
+    assert restored.release(10_000).tolist() == held.release(10_000).tolist() == [3000.0, 4000.0, 5000.0, 5000.5]
