@@ -15,11 +15,14 @@ All three learn from the stream of pre-update scores in mini-batches and expose 
 
 SPOT follows Siffer et al. (KDD 2017): a high empirical quantile ``t`` of the scores, a
 generalised Pareto fit of the excesses over ``t`` (Grimshaw's maximum likelihood), and the
-risk-``q`` quantile ``z_q = t + sigma/gamma ((q n / N_t)^-gamma - 1)``. Unlike the paper, ``t`` is
-not fixed by the first ``n_init`` scores: every refit takes it afresh from the last ``window``
-normal scores, as in a moving-window peaks-over-threshold estimate (McNeil and Frey, 2000). A
-model that keeps learning moves its score level, and a ``t`` fixed on the first day's scores
-ends up below the bulk of later ones: the "tail" fit is then the body of the distribution.
+risk-``q`` quantile ``z_q = t + sigma/gamma ((q n / N_t)^-gamma - 1)``. Two departures from the
+paper. ``t`` is not fixed by the first ``n_init`` scores: every refit takes it afresh from the last
+``window`` normal scores, as in a moving-window peaks-over-threshold estimate (McNeil and Frey,
+2000); a model that keeps learning moves its score level, and a ``t`` fixed on the first day's
+scores ends up below the bulk of later ones, where the "tail" fit is the body of the
+distribution. And since alarms never enter the window, what it holds is a sample truncated at
+``z_q``: the tail is fitted by the truncated likelihood (:func:`fit_truncated_gpd`), which a
+complete-sample fit would read as a bounded tail.
 DSPOT runs SPOT on the score minus the mean of the last ``depth`` normal scores, for a score
 level that wanders within the window.
 
@@ -532,7 +535,7 @@ class SPOT:
         self.recent_.push(normal)
         self._limits.push(self.z_, len(normal), self.recent_.n)
         # A refit sorts nothing (the window keeps a sorted copy) but passes logarithms over its
-        # peaks a few hundred times: it waits for new scores worth 1/64 of the window.
+        # peaks some fifty times: it waits for new scores worth 1/16 of the window.
         self._since_fit += len(normal)
         if self._since_fit >= self.recent_.n / _REFIT_FRACTION:
             start = (self.gamma_, self.sigma_) if self.n_peaks_ else None
