@@ -551,6 +551,8 @@ class SPOT:
             x = x[x <= limit]
         for _ in range(_CALIBRATION_ROUNDS):
             self._fit(x, [[limit, float(len(x))]], np.sort(x), None)
+            if not self.rate_:  # no peak at all (constant scores): nothing to call outlying
+                break
             # Anomalies in the calibration sample would fatten the tail they are judged against.
             # Drop the scores beyond the level that even one of n clean scores reaches only with
             # probability 0.1 (not beyond z_q itself: about q n clean scores lie there by definition).
@@ -597,6 +599,9 @@ class SPOT:
         gamma, sigma = fit_truncated_gpd(y, peak_limits, start)
         self.gamma_, self.sigma_ = gamma, max(sigma, _EPS)
         self.rate_ = self._tail_rate(limits, counts, run_peaks, t)
+        if not self.rate_:  # pragma: no cover - a peak above t was kept under a limit above t
+            self.z_ = t + _EPS
+            return
         z = _tail_quantile(t, self.gamma_, self.sigma_, self.risk, 1.0, self.rate_)
         self.z_ = z if np.isfinite(z) else float(s[-1])
 

@@ -376,3 +376,15 @@ def test_a_version_1_spot_state_is_refitted_on_load():
     restored = threshold_from_state(old)
     assert restored.is_calibrated
     assert restored.threshold == pytest.approx(fresh.threshold, rel=0.1)
+
+
+@pytest.mark.parametrize("method", ["spot", "dspot"])
+def test_constant_scores_calibrate_without_a_tail(method):
+    # A peer model that scores every window alike (HalfSpaceTrees on a flat NAB series did) leaves
+    # no peak above the peaks threshold: the calibration must not divide by the empty tail.
+    th = make_threshold(ThresholdConfig(method=method, risk=1e-4, n_init=200, window=1000))
+    th.learn(np.full(500, 0.25))
+    assert th.is_calibrated and math.isfinite(th.threshold)
+    assert th.classify(np.array([0.25, 0.5])).tolist() == [False, True]
+    th.learn(np.full(2000, 0.25))
+    assert math.isfinite(th.threshold)
