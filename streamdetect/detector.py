@@ -461,8 +461,7 @@ class Detector:
         for name, (dtype, _) in _PER_KEY.items():
             setattr(self, "_" + name, np.zeros(0, dtype=dtype))
         self._cooldown = 2 * cfg.features.context_windows
-        step_ms = round(1000 * (cfg.windows.hop or cfg.windows.size))
-        self._held = _HeldScores(self._cooldown * step_ms)
+        self._held = _HeldScores(self._cooldown * cfg.windows.hop_ms)
         # A value series' samples are levels (a window of several is their mean); counts add up.
         self._samples_are_levels = cfg.events.value_series
         ev = cfg.events

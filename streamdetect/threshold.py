@@ -226,16 +226,23 @@ def shrunk_gpd(excesses: np.ndarray) -> tuple[float, float]:
         return gamma, sigma
 
 
+def _gpd_log_survival(excess: np.ndarray, gamma: float, sigma: float) -> np.ndarray:
+    """log P(Y > excess) for Y ~ GPD(gamma, sigma); ``-inf`` beyond a bounded tail's end.
+
+    log1p, not a power of ``1 + gamma y / sigma``: for a shape within rounding of 0 the base
+    rounds to 1 and the survival to 1 everywhere.
+    """
+    if gamma == 0.0:
+        return np.asarray(-excess / sigma)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = gamma * excess / sigma
+        return np.asarray(np.where(z > -1.0, -np.log1p(np.maximum(z, -1.0 + 1e-300)) / gamma, -np.inf))
+
+
 def _log_kept(limits: np.ndarray, gamma: float, sigma: float) -> np.ndarray:
     """log P(Y <= limit) for each limit (``-inf`` where none of the tail is kept)."""
-    if gamma == 0.0:
-        log_sf = -limits / sigma
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = gamma * limits / sigma
-            log_sf = np.where(z > -1.0, -np.log1p(np.maximum(z, -1.0 + 1e-300)) / gamma, -np.inf)
     with np.errstate(divide="ignore"):
-        return np.asarray(np.log(-np.expm1(log_sf)))
+        return np.asarray(np.log(-np.expm1(_gpd_log_survival(limits, gamma, sigma))))
 
 
 def _truncated_log_likelihood(
@@ -321,12 +328,7 @@ def _tail_quantile(t: float, gamma: float, sigma: float, risk: float, n: float, 
 
 def _tail_probability(excess: np.ndarray, gamma: float, sigma: float, peak_rate: float) -> np.ndarray:
     """P(S > t + excess) for excess >= 0, from the GPD fit."""
-    if gamma == 0.0:
-        return np.asarray(peak_rate * np.exp(-excess / sigma))
-    z = gamma * excess / sigma
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_sf = np.where(z > -1.0, -np.log1p(np.maximum(z, -1.0 + 1e-300)) / gamma, -np.inf)
-    return np.asarray(peak_rate * np.exp(log_sf))
+    return np.asarray(peak_rate * np.exp(_gpd_log_survival(excess, gamma, sigma)))
 
 
 # --------------------------------------------------------------------------- recent scores
