@@ -401,6 +401,8 @@ def transform_round(
         tot_c = (scan_tot_c[key] if contiguous else 0.0) + c
         tot_e = (scan_tot_e[key] if contiguous else 0.0) + expected_count
         seen_n = (scan_n[key] if contiguous else 0) + 1
+        # Half a clump of continuity correction: counted in clumps, as the level is.
+        half = 0.5 * clump
         best_z = 0.0
         best_c = 0.0
         best_e = 0.0
@@ -409,8 +411,8 @@ def transform_round(
             slot = (scan_pos[key] - lag) % ring
             full = seen_n > lag
             sum_c = tot_c - (scan_ring_c[key, slot] if full else 0.0)
-            sum_e = max(tot_e - (scan_ring_e[key, slot] if full else 0.0), 0.0) + 0.5
-            z = math.log((max(sum_c, 0.0) + 0.5) / sum_e) / math.sqrt(clump / sum_e + phi)
+            sum_e = max(tot_e - (scan_ring_e[key, slot] if full else 0.0), 0.0) + half
+            z = math.log((max(sum_c, 0.0) + half) / sum_e) / math.sqrt(clump / sum_e + phi)
             if j == 0 or abs(z) > abs(best_z):
                 best_z, best_c, best_e = z, sum_c, sum_e
         o[T_SCAN_TOT_C] = tot_c
@@ -419,7 +421,7 @@ def transform_round(
         o[T_SCAN_Z] = best_z
         # What an alert reports: the count over the strongest horizon and what was expected.
         o[T_SCAN_COUNT] = max(best_c, 0.0)
-        o[T_SCAN_EXPECTED] = best_e - 0.5
+        o[T_SCAN_EXPECTED] = best_e - half
     return out
 
 

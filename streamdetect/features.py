@@ -41,7 +41,8 @@ One model serves keys of very different size, so every model feature compares a 
   level shift) visible; the sums restart after an alert.
 * ``count_scan_z`` -- the count of the last L windows against its expectation for each L in
   ``scan_windows`` (5 to 120 by default), as a log ratio over its standard deviation (Poisson
-  plus ``phi``); the horizon with the strongest evidence speaks, so a drop of a quiet store shows
+  plus ``phi``), counted in clumps like the rest (the gaps between a sparse key's batches are
+  ordinary hours, not deficits); the horizon with the strongest evidence speaks, so a drop of a quiet store shows
   after the hour it needs while a busy one shows in minutes. The sums restart after an alert.
 * ``count_trend_z`` (optional) -- the log ratio of exponentially weighted sums of observed and
   expected counts (half-life ``trend_half_life``), divided by its standard deviation under Poisson

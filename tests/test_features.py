@@ -472,3 +472,20 @@ def test_every_module_with_kernels_is_a_kernel_source() -> None:
     users = {p.name for p in package.glob("*.py") if "streamdetect._jit import" in p.read_text()}
     assert users <= set(_jit.KERNEL_SOURCES), users - set(_jit.KERNEL_SOURCES)
     assert all((package / name).is_file() for name in _jit.KERNEL_SOURCES)
+
+
+def test_the_scan_counts_sparse_clumps_in_clumps():
+    # A key whose sales come in rare clumps of 20 (a batch every 40 windows on average): the
+    # hours between two clumps are ordinary. A continuity correction of half a sale (rather than
+    # half a clump) read each such gap as a deficit of six sigma or more.
+    rng = np.random.default_rng(5)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    scan = []
+    for m in range(6000):
+        rnd = make_round(m * MIN, np.array([20 * rng.poisson(1 / 40)]), rng)
+        f = fx.transform(rnd)
+        fx.update(rnd, f, np.ones(1, dtype=bool))
+        if m >= 3000:
+            scan.append(f.values[0, column(fx, "count_scan_z")])
+    assert f.clump[0] > 10.0, f.clump
+    assert np.quantile(scan, 0.001) > -4.0, np.quantile(scan, [0.001, 0.01, 0.5])
