@@ -89,6 +89,7 @@ STATE_ORDER: tuple[str, ...] = (
     "tr_count", "tr_exp_count", "tr_rev", "tr_exp_rev", "tr_exp2_count", "tr_phi", "tr_phi_n",
     "clump_a", "clump_b", "clump_n", "prev_count", "frozen_n",
     "scan_ring_c", "scan_ring_e", "scan_tot_c", "scan_tot_e", "scan_n", "scan_pos", "last_start",
+    "quiet_n", "quiet_total",
 )
 
 # Constants of the formulas (see streamdetect.features for their reasons).
@@ -240,6 +241,30 @@ def _moved(old: float, step: float, target: float) -> float:
 
 
 @_compiled
+def _forget_quiet(quiet_n, quiet_total, key):
+    """Forget a key's silent windows kept aside."""
+    for b in range(quiet_n.shape[1]):
+        quiet_n[key, b] = 0.0
+    quiet_total[key] = 0.0
+
+
+@_compiled
+def _learn_closed(how_count, how_rev, how_n, hod_count, hod_rev, hod_n, quiet_n, key, season_rate, min_bucket):
+    """Learn the silent windows of a key that closed (went quiet until its idle timeout) into the
+    seasonal buckets that hold no estimate yet: a shop's first early-closing Sunday was flagged,
+    as it had to be, but it is what its Sunday evenings look like. A bucket with an estimate keeps
+    it (a silence there is judged as any window is)."""
+    for b in range(quiet_n.shape[1]):
+        k = int(quiet_n[key, b])
+        hb = b % 24
+        for _ in range(k):
+            if how_n[key, b] < min_bucket:
+                _learn_bucket(how_n, how_count, how_rev, key, b, 0.0, 0.0, season_rate, 1.0)
+            if hod_n[key, hb] < min_bucket:
+                _learn_bucket(hod_n, hod_count, hod_rev, key, hb, 0.0, 0.0, season_rate, 1.0)
+
+
+@_compiled
 def transform_round(
     keys, start_ms, hop_ms, hour, how, hod,
     count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
@@ -254,6 +279,7 @@ def transform_round(
     tr_count, tr_exp_count, tr_rev, tr_exp_rev, tr_exp2_count, tr_phi, tr_phi_n,
     clump_a, clump_b, clump_n, prev_count, frozen_n,
     scan_ring_c, scan_ring_e, scan_tot_c, scan_tot_e, scan_n, scan_pos, last_start,
+    quiet_n, quiet_total,
 ):
     """The round's features under the baselines as they are (nothing is written)."""
     n = len(keys)
@@ -430,7 +456,7 @@ def update_round(
     keys, start_ms, hop_ms, hour, how, hod,
     count, revenue, units, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum, distinct_skus,
     feats, learn, new_normal,
-    season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit,
+    season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, min_bucket,
     between_tickets, basket, new_skus, ratios,
     how_count, how_rev, how_n, hod_count, hod_rev, hod_n,
     level, level_rev, level_how, level_rev_how, how_hour, how_hour_n,
@@ -442,6 +468,7 @@ def update_round(
     tr_count, tr_exp_count, tr_rev, tr_exp_rev, tr_exp2_count, tr_phi, tr_phi_n,
     clump_a, clump_b, clump_n, prev_count, frozen_n,
     scan_ring_c, scan_ring_e, scan_tot_c, scan_tot_e, scan_n, scan_pos, last_start,
+    quiet_n, quiet_total,
 ):
     """Fold a round into the baselines (see FeatureExtractor.update); ``feats`` is transform_round's."""
     n_ctx = ctx_count.shape[1]
@@ -454,6 +481,13 @@ def update_round(
         f = feats[i]
         flagged = not learn[i]
         contiguous = last_start[key] == start_ms - hop_ms
+        if quiet_total[key] > 0.0 and (c > 0.0 or not contiguous):
+            if not contiguous:
+                # The key went quiet until its idle timeout: closed for the rest of the day.
+                _learn_closed(
+                    how_count, how_rev, how_n, hod_count, hod_rev, hod_n, quiet_n, key, season_rate, min_bucket
+                )
+            _forget_quiet(quiet_n, quiet_total, key)
 
         # The clump size D from consecutive windows, E[(c_t - c_{t-1})^2] = 2 Var(c) where the rate
         # hardly moves from one window to the next: no baseline is needed, so a baseline that is
@@ -519,6 +553,10 @@ def update_round(
         frozen_n[key] = frozen
         settled = (deviating and frozen > freeze_limit) or new_normal[i]
         if flagged or (deviating and not settled):
+            if c == 0.0:
+                # Not learned: kept aside in case the silence turns out to be closing time.
+                quiet_n[key, how] += 1.0
+                quiet_total[key] += 1.0
             continue
         # Robust learning (an M-estimate, as in robust exponential smoothing): below the freeze,
         # a window weighs 1 / (1 + z^2) by its sustained deviation z, so a change the scan is

@@ -147,7 +147,7 @@ def score_round(
         keys, start_ms, hop_ms, hour, how, hod,
         count, revenue, units, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum, distinct_skus,
         cols, learn, new_normal,
-        season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit,
+        season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, min_bucket,
         between_tickets, basket, new_skus, ratios, *state,
     )  # fmt: skip
     out_values = np.empty((n_mature, d))

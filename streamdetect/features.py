@@ -71,6 +71,12 @@ says to learn from (anomalies do not become the new normal). They learn robustly
 ``1 / (1 + z^2)`` by its ``count_scan_z`` z, and while ``|z| >= freeze_z`` not at all, so that a
 change still building up its evidence is not absorbed; after ``freeze_limit``, or once the
 caller says the key has been flagged for long (``new_normal``), they follow it at full weight.
+A key that goes quiet until its idle timeout (no more windows until it sells again) has closed for
+the day: the empty windows that were not learned (flagged, or frozen) are learned then into the
+seasonal buckets that have no estimate yet, so that a shop's first early-closing Sunday, which pages
+as it must, teaches it what its Sunday evenings look like (otherwise every Sunday would page again,
+and the mixture would learn that an hour without a sale is ordinary). A bucket that has an estimate
+keeps it.
 """
 
 from __future__ import annotations
@@ -471,6 +477,8 @@ class FeatureExtractor:
         "scan_n": (),
         "scan_pos": (),
         "last_start": (),
+        "quiet_n": (_HOURS_PER_WEEK,),
+        "quiet_total": (),
     }
 
     def _allocate(self, capacity: int) -> None:
@@ -684,7 +692,7 @@ class FeatureExtractor:
             rnd.log_units_sum, rnd.log_units_sq_sum, rnd.distinct_skus,
             feats.columns, learn, new_normal if new_normal is not None else np.zeros(len(learn), dtype=bool),
             self._season_rate, self._level_rate, self._ticket_decay, self._phi_rate,
-            float(self.config.freeze_z), self._freeze_limit,
+            float(self.config.freeze_z), self._freeze_limit, self._min_bucket,
             self._single_sales, self._basket_z, self._new_skus_z, self._ratios, *self._state,
         )  # fmt: skip
 

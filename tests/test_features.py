@@ -489,3 +489,29 @@ def test_the_scan_counts_sparse_clumps_in_clumps():
             scan.append(f.values[0, column(fx, "count_scan_z")])
     assert f.clump[0] > 10.0, f.clump
     assert np.quantile(scan, 0.001) > -4.0, np.quantile(scan, [0.001, 0.01, 0.5])
+
+
+def test_a_shop_that_closes_early_on_sundays_is_expected_closed_on_the_second_sunday():
+    # Open 9:00-20:00, on Sundays 9:00-17:00; after closing, the key keeps producing empty windows
+    # until its idle timeout (an hour), then none until it sells again. The first Sunday's early
+    # closing is news (the detector flags it, so those windows are not learned), but once the
+    # key has gone quiet for the night, its silence is what its Sunday evenings look like.
+    rng = np.random.default_rng(11)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    monday = 4 * 1440  # minutes: 1970-01-05 was a Monday
+    scan_col = column(fx, "count_scan_z")
+    second_sunday: list[float] = []
+    for day in range(14):
+        sunday = day % 7 == 6
+        close = 17 * 60 if sunday else 20 * 60
+        for minute in range(9 * 60, close + 60):
+            m = monday + day * 1440 + minute
+            c = rng.poisson(5.0) if minute < close else 0
+            rnd = make_round(m * MIN, np.array([c]), rng)
+            f = fx.transform(rnd)
+            flagged = sunday and day < 7 and minute >= close
+            fx.update(rnd, f, np.array([not flagged]))
+            if day == 13 and minute >= close:
+                second_sunday.append(f.values[0, scan_col])
+                assert f.expected_count[0] < 0.5, (minute, f.expected_count)
+    assert min(second_sunday) > -3.0, min(second_sunday)
