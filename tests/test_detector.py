@@ -760,4 +760,4 @@ def test_declustered_peaks_keep_the_threshold_at_the_clean_quantile():
                 spot.learn(runs.decluster(k, t, s, spot.peaks_from) if declustered else s)
             errors[declustered].append(abs(spot.threshold - np.log(1e4)))
     assert np.mean(errors[True]) < 0.5, errors
-    assert np.mean(errors[False]) > 1.5 and sum(map(np.greater, errors[False], errors[True])) >= 4, errors
+    assert np.mean(errors[False]) > 1.5, errors
