@@ -210,18 +210,17 @@ class _HeldScores:
         before = (self.start_ms >= start_ms - self.span_ms) & (self.start_ms < start_ms)
         self.calm[before & np.isin(self.key_id, key_ids)] = False
 
-    def release(self, scored_until_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(key_id, start_ms, score)`` of the calm windows whose followers are all scored (the
-        last window scored starts at ``scored_until_ms``), which leave the hold, in scoring order."""
+    def release(self, scored_until_ms: int) -> np.ndarray:
+        """The calm scores of the windows whose followers are all scored (the last window scored
+        starts at ``scored_until_ms``), which leave the hold."""
         self._gather()
         ready = self.start_ms + self.span_ms <= scored_until_ms
-        out = ready & self.calm
-        released = self.key_id[out], self.start_ms[out], self.score[out]
+        out = self.score[ready & self.calm]
         keep = ~ready
         self.key_id, self.start_ms, self.score, self.calm = (
             self.key_id[keep], self.start_ms[keep], self.score[keep], self.calm[keep]
         )
-        return released
+        return out
 
     def to_state(self) -> dict[str, list[Any]]:
         self._gather()
@@ -233,61 +232,6 @@ class _HeldScores:
             (np.array(state["key_id"], dtype=np.int64), np.array(state["start_ms"], dtype=np.int64),
              np.array(state["score"], dtype=np.float64), np.array(state["calm"], dtype=bool))
         ]  # fmt: skip
-
-
-
-class _RunMaxima:
-    """Runs declustering of the scores the threshold learns (Coles 2001, section 5.3.2): of a key's
-    consecutive windows above the threshold's peaks threshold, only the largest score is a peak.
-
-    A tail fit assumes independent peaks, and one key's windows are not: its context and scan
-    features carry an episode over many windows. An anomaly that is never flagged (a quiet
-    store's slow drop) then put its every window among the peaks, dozens from one event; on the
-    generator, labelled windows were 31 % of the peaks, and the threshold ran away above the
-    clean scores' quantile (to 74 where it was 41), so that still more went unflagged. As one
-    peak per run, they were 13 %. The threshold's ``risk`` then bounds the rate of runs (false
-    episodes) rather than of windows.
-    """
-
-    def __init__(self, hop_ms: int) -> None:
-        self.hop_ms = hop_ms
-        self._open: dict[int, tuple[float, int]] = {}  # key -> (largest score so far, last start)
-
-    def decluster(
-        self, key_id: np.ndarray, start_ms: np.ndarray, score: np.ndarray, peaks_from: float | None
-    ) -> np.ndarray:
-        """The scores with each run above ``peaks_from`` reduced to its largest (given when the
-        run ends: a run still open waits for the key's next window); all of them without one."""
-        if peaks_from is None:
-            return score
-        above = score > peaks_from
-        open_runs = self._open
-        if not above.any() and not open_runs:
-            return score
-        # The windows that can open, extend or end a run: those above, and any of a key with a run.
-        with_runs = np.concatenate([np.fromiter(open_runs, dtype=np.int64, count=len(open_runs)), key_id[above]])
-        involved = above | np.isin(key_id, with_runs)
-        ended: list[float] = []
-        for i in np.flatnonzero(involved).tolist():
-            key = int(key_id[i])
-            run = open_runs.get(key)
-            if above[i]:
-                start = int(start_ms[i])
-                if run is not None and start - run[1] <= self.hop_ms:
-                    open_runs[key] = (max(run[0], float(score[i])), start)
-                    continue
-                if run is not None:
-                    ended.append(run[0])
-                open_runs[key] = (float(score[i]), start)
-            elif run is not None:
-                ended.append(open_runs.pop(key)[0])
-        return np.concatenate([score[~above], np.array(ended)])
-
-    def to_state(self) -> list[list[float]]:
-        return [[key, top, last] for key, (top, last) in self._open.items()]
-
-    def load(self, runs: list[list[Any]]) -> None:
-        self._open = {int(key): (float(top), int(last)) for key, top, last in runs}
 
 
 _NEVER_FLAGGED = 1 << 40
@@ -518,7 +462,6 @@ class Detector:
             setattr(self, "_" + name, np.zeros(0, dtype=dtype))
         self._cooldown = 2 * cfg.features.context_windows
         self._held = _HeldScores(self._cooldown * cfg.windows.hop_ms)
-        self._runs = _RunMaxima(cfg.windows.hop_ms)
         # A value series' samples are levels (a window of several is their mean); counts add up.
         self._samples_are_levels = cfg.events.value_series
         ev = cfg.events
@@ -1092,8 +1035,7 @@ class Detector:
             self.regime_changes += 1
         if weight.sum() > 0:
             self.model.partial_fit(X, sample_weight=weight)
-        released = self._held.release(scored_until_ms)
-        self.threshold.learn(self._runs.decluster(*released, self.threshold.peaks_from))
+        self.threshold.learn(self._held.release(scored_until_ms))
         drift = bool(self.drift.update(score))
         if drift:
             self.model.boost(self.config.drift.boost, self.config.drift.boost_half_life)
@@ -1233,7 +1175,6 @@ class Detector:
                 "score": np.concatenate(pending.score).tolist() if pending.score else [],
             },
             "held": self._held.to_state(),
-            "peak_runs": self._runs.to_state(),
             **{name: getattr(self, "_" + name).tolist() for name in _PER_KEY},
             "windows_scored": self.windows_scored,
             "regime_changes": self.regime_changes,
@@ -1266,7 +1207,6 @@ class Detector:
                 np.array(p["weight"], dtype=np.float64),
                 np.array(p["score"], dtype=np.float64),
             )
-        det._runs.load(state.get("peak_runs", []))
         if "held" in state:
             det._held.load(state["held"])
         elif p["X"]:  # a state from before the hold: its pending windows go to the threshold as they were

@@ -7,8 +7,6 @@ All three learn from the stream of pre-update scores in mini-batches and expose 
 * ``calibrate()``: end the calibration early, on the scores learned so far (the detector does
   this once a day of scores has passed, for streams too sparse to reach ``n_init`` soon);
 * ``threshold``: the current alert threshold in score units (``inf`` until calibrated);
-* ``peaks_from``: the score above which scores are the tail's peaks (None where no tail is
-  fitted); the detector gives it one peak per run of a key's consecutive windows above it;
 * ``probability(scores)``: ``1 - P(S >= s)`` under the recent score distribution, in [0, 1];
   the tail beyond the peaks threshold comes from the fitted generalised Pareto distribution, so
   it stays informative far past anything in the window, and is comparable across keys and data
@@ -72,9 +70,6 @@ class Threshold(Protocol):
     def is_calibrated(self) -> bool: ...
 
     def classify(self, scores: np.ndarray) -> np.ndarray: ...
-
-    @property
-    def peaks_from(self) -> float | None: ...
 
     def decision(self) -> tuple[float, float] | None: ...
 
@@ -515,11 +510,6 @@ class SPOT:
     def threshold(self) -> float:
         return self.z_
 
-    @property
-    def peaks_from(self) -> float | None:
-        """The score above which scores are peaks (``t``; None until calibrated)."""
-        return self.t_
-
     def classify(self, scores: Any) -> np.ndarray:
         return np.asarray(_as_scores(scores) > self.z_)
 
@@ -738,10 +728,6 @@ class DSPOT(SPOT):
     def threshold(self) -> float:
         return self._local_mean() + self.z_
 
-    @property
-    def peaks_from(self) -> float | None:
-        return None if self.t_ is None else self._local_mean() + self.t_
-
     def classify(self, scores: Any) -> np.ndarray:
         return np.asarray(self._residuals(_as_scores(scores)) > self.z_)
 
@@ -826,11 +812,6 @@ class QuantileThreshold:
             return math.inf
         value = self._quantile.get()
         return math.inf if value is None else float(value)
-
-    @property
-    def peaks_from(self) -> None:
-        """None: a rolling quantile fits no tail, so nothing needs its peaks independent."""
-        return None
 
     def classify(self, scores: Any) -> np.ndarray:
         return np.asarray(_as_scores(scores) > self.threshold)

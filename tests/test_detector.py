@@ -703,34 +703,9 @@ def test_held_scores_wait_for_the_windows_after_them():
     for t in range(0, 6_000, 1_000):  # keys 0 and 1, one window a second
         held.add(ids, np.full(2, t, dtype=np.int64), np.array([t + 0.0, t + 0.5]), np.ones(2, dtype=bool))
     held.flagged(np.array([1]), 5_000)  # key 1 flagged in the window at 5 s
-    key_id, start_ms, out = held.release(scored_until_ms=5_000)  # windows up to 2 s have all their followers
+    out = held.release(scored_until_ms=5_000)  # windows up to 2 s have all their followers
     assert out.tolist() == [0.0, 0.5, 1000.0, 1000.5, 2000.0]  # key 1 at 2 s is just before the flag
-    assert key_id.tolist() == [0, 1, 0, 1, 0] and start_ms.tolist() == [0, 0, 1000, 1000, 2000]
-    assert held.release(scored_until_ms=5_000)[2].tolist() == []
+    assert held.release(scored_until_ms=5_000).tolist() == []
     restored = _HeldScores(span_ms=3_000)
     restored.load(orjson.loads(orjson.dumps(held.to_state())))
-    assert restored.release(10_000)[2].tolist() == held.release(10_000)[2].tolist() == [3000.0, 4000.0, 5000.0, 5000.5]
-
-
-def test_a_run_of_peaks_from_one_key_is_one_peak():
-    # Runs declustering: a key's consecutive windows above the peaks threshold give the threshold
-    # their largest score only, once the run ends; scores below it, and other keys, pass as they are.
-    from streamdetect.detector import _RunMaxima
-
-    runs = _RunMaxima(hop_ms=1_000)
-    key = np.array([0, 1, 0, 1, 0, 1, 0], dtype=np.int64)
-    start = np.array([0, 0, 1_000, 1_000, 2_000, 2_000, 3_000], dtype=np.int64)
-    score = np.array([5.0, 1.0, 7.0, 6.0, 9.0, 2.0, 8.0])
-    out = runs.decluster(key, start, score, peaks_from=4.0)
-    # key 0's run (5, 7, 9, 8) is still open; key 1's single peak (6) ended at 2 s
-    assert sorted(out.tolist()) == [1.0, 2.0, 6.0]
-    restored = _RunMaxima(hop_ms=1_000)
-    restored.load(orjson.loads(orjson.dumps(runs.to_state())))
-    nxt = (np.array([0], dtype=np.int64), np.array([4_000], dtype=np.int64), np.array([3.0]))
-    assert sorted(restored.decluster(*nxt, peaks_from=4.0).tolist()) == [3.0, 9.0]
-    # a gap ends a run too: key 0 above again, but two windows later, starts a new one
-    gap = (np.array([0], dtype=np.int64), np.array([5_000], dtype=np.int64), np.array([5.0]))
-    assert runs.decluster(*gap, peaks_from=4.0).tolist() == [9.0]
-    below = (np.array([0], dtype=np.int64), np.array([6_000], dtype=np.int64), np.array([1.0]))
-    assert runs.decluster(*below, peaks_from=4.0).tolist() == [1.0, 5.0]
-    assert runs.decluster(key[:0], start[:0], score[:0], peaks_from=None).tolist() == []
+    assert restored.release(10_000).tolist() == held.release(10_000).tolist() == [3000.0, 4000.0, 5000.0, 5000.5]
