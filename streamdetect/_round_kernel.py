@@ -80,9 +80,10 @@ def score_round(
 
     ``params`` are FeatureExtractor.kernel_params; ``codes``, ``max_z`` values_round's; ``center``
     and ``scale`` the RobustScaler's; flags are ``score - offset > z`` (Threshold.decision()).
-    Returns None (nothing written) or ``(mature, values, X, score, calm)``: the rows scored, their
-    feature vectors, scaled, their scores, and whether each key has been calm long enough for the
-    threshold to learn its score. Without ``scoring`` (the warm-up, before the mixture is fitted)
+    Returns None (nothing written) or ``(mature, values, X, score, calm, steady)``: the rows scored,
+    their feature vectors, scaled, their scores, whether each key has been calm long enough for the
+    threshold to learn its score, and whether its counts are steady (``|count_scan_z|`` within
+    ``freeze_z``) for the mixture to learn its vector. Without ``scoring`` (the warm-up, before the mixture is fitted)
     the round's features are learned and the mature rows and their vectors returned, the rest
     empty; the per-key flag and episode counters are then neither read nor written.
     """
@@ -131,6 +132,7 @@ def score_round(
 
     # Nothing flagged: from here on the round is written.
     calm = np.empty(n_scored, dtype=np.bool_)
+    steady = np.empty(n_scored, dtype=np.bool_)
     learn = np.ones(n, dtype=np.bool_)
     new_normal = np.zeros(n, dtype=np.bool_)
     for m in range(n_scored):
@@ -142,7 +144,8 @@ def score_round(
         streak = 0 if calm[m] else flag_streak[key]
         flag_streak[key] = streak
         new_normal[i] = streak > relearn_after
-        episode_quiet[key] = 0 if abs(cols[i, T_SCAN_Z]) >= freeze_z else episode_quiet[key] + 1
+        steady[m] = abs(cols[i, T_SCAN_Z]) < freeze_z
+        episode_quiet[key] = episode_quiet[key] + 1 if steady[m] else 0
     update_round(
         keys, start_ms, hop_ms, hour, how, hod,
         count, revenue, units, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum, distinct_skus,
@@ -153,7 +156,7 @@ def score_round(
     out_values = np.empty((n_mature, d))
     for m in range(n_mature):
         out_values[m] = values[mature[m]]
-    return mature, out_values, X, score, calm
+    return mature, out_values, X, score, calm, steady
 
 
 # Why score_rounds stopped (its second result).
@@ -182,7 +185,7 @@ def score_rounds(
     ``from_ms``, -1: since the first of them); or before a round that score_round leaves to numpy.
     A stop that proves early costs a call: the detector checks the conditions again.
 
-    Returns ``(done, why, rows, values, X, score, calm)``: the rounds done, ALL_DONE, STEP_DUE or
+    Returns ``(done, why, rows, values, X, score, calm, steady)``: the rounds done, ALL_DONE, STEP_DUE or
     NEEDS_NUMPY (for round ``first + done``), and score_round's results over the rounds done, with
     ``rows`` indexing the row arrays.
     """
@@ -195,6 +198,7 @@ def score_rounds(
     X = np.empty((n_out, d))
     score = np.empty(n_out)
     calm = np.empty(n_out, dtype=np.bool_)
+    steady = np.empty(n_out, dtype=np.bool_)
     m = 0
     why = ALL_DONE
     r = first
@@ -213,7 +217,7 @@ def score_rounds(
         if done is None:
             why = NEEDS_NUMPY
             break
-        mature, round_values, round_X, round_score, round_calm = done
+        mature, round_values, round_X, round_score, round_calm, round_steady = done
         k = len(mature)
         for j in range(k):
             rows[m + j] = lo + mature[j]
@@ -222,6 +226,7 @@ def score_rounds(
                 X[m + j] = round_X[j]
                 score[m + j] = round_score[j]
                 calm[m + j] = round_calm[j]
+                steady[m + j] = round_steady[j]
         m += k
         r += 1
         end = start + size_ms
@@ -235,4 +240,4 @@ def score_rounds(
             if m >= stop_rows or (span_ms > 0 and end - from_ms >= span_ms and m >= span_rows):
                 why = STEP_DUE
                 break
-    return r - first, why, rows[:m], values[:m], X[:m], score[:m], calm[:m]
+    return r - first, why, rows[:m], values[:m], X[:m], score[:m], calm[:m], steady[:m]

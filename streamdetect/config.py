@@ -279,7 +279,8 @@ class FeatureConfig:
     ``scan_windows`` are the horizons (in windows) ``count_scan_z`` compares counts over.
     While a key's ``count_scan_z`` is beyond ``freeze_z`` its baselines do not learn (a drop or a
     level shift would otherwise be absorbed before it is evidence enough), for at most
-    ``freeze_limit`` seconds or until the key has been flagged for long (a new normal).
+    ``freeze_limit`` seconds or until the key has been flagged for long (a new normal), and the
+    mixture does not learn its windows.
     ``timezone`` (an IANA name) is where the hours of the day and of the week are counted: the
     seasonal baselines follow the shops' clocks, so a change to or from daylight saving time moves
     their opening hour with them instead of an hour against the learned week.

@@ -794,8 +794,10 @@ class Detector:
             )
             self.windows_scored += len(mature)
             # A key flagged for long enough has a new normal: its baselines follow (above), but
-            # the mixture does not learn the transitional vectors, only what comes after.
-            self._pending.add(X, (~flags).astype(np.float64), score)
+            # the mixture does not learn the transitional vectors, only what comes after. Nor
+            # does it learn a key's windows while its counts deviate (the baselines are frozen
+            # then too): a drop still building up its evidence is not what normal looks like.
+            self._pending.add(X, (~flags & ~deviating).astype(np.float64), score)
             self._held.add(key_ids, np.full(len(key_ids), rnd.start_ms, dtype=np.int64), score, calm)
             drift = self._learn_when_due(rnd.end_ms)
         self.features.update(rnd, feats, learn, new_normal)
@@ -888,7 +890,7 @@ class Detector:
             from_ms = -1 if self._warmup_from_ms is None else self._warmup_from_ms
             calibration_ms, calibration_rows = math.inf, 0
         b = batch
-        done, why, rows, values, X, score, calm = score_rounds(
+        done, why, rows, values, X, score, calm, steady = score_rounds(
             first, b.starts, b.size_ms, b.offsets, *buckets,
             b.key_id, b.count, b.revenue, b.units, b.max_ticket, b.log_ticket_sum, b.log_ticket_sq_sum,
             b.log_units_sum, b.log_units_sq_sum, b.distinct_skus,
@@ -923,7 +925,7 @@ class Detector:
             rounds.append(scored)
             self._unsettled.append(scored)
             self.windows_scored += len(rows)
-            self._pending.add(X, np.ones(len(rows)), score)
+            self._pending.add(X, steady.astype(np.float64), score)
             self._held.add(b.key_id[rows], starts, score, calm)
         return done, needs_numpy, self._learn_when_due(last_end) if step_due else False
 

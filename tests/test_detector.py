@@ -695,6 +695,34 @@ def test_the_windows_just_before_an_alert_do_not_teach_the_threshold(monkeypatch
     assert np.isin(score[~near_flag][:2000], taught).mean() > 0.5
 
 
+def test_the_mixture_does_not_learn_a_key_while_its_counts_deviate(monkeypatch):
+    """A key whose count scan is beyond ``freeze_z`` (a drop still building up its evidence, a
+    first early-closing Sunday) freezes its baselines; the mixture does not learn its windows
+    then either, on the compiled path and the numpy one alike."""
+    from streamdetect import detector as dt
+
+    taught: dict[float, float] = {}
+    original = dt._Pending.add
+
+    def spy(self, X, weight, score):
+        taught.update(zip(np.asarray(score).tolist(), np.asarray(weight).tolist(), strict=True))
+        original(self, X, weight, score)
+
+    monkeypatch.setattr(dt._Pending, "add", spy)
+    values, _ = stream()
+    outs = run(values)
+    sw = [o.scored for o in outs if len(o.scored)]
+    names = sw[0].feature_names
+    scan = np.concatenate([s.features[:, names.index("count_scan_z")] for s in sw])
+    score = np.concatenate([s.score for s in sw])
+    flagged = np.concatenate([s.is_anomaly for s in sw])
+    weight = np.array([taught[x] for x in score.tolist()])
+    deviating = np.abs(scan) >= SMALL.features.freeze_z
+    assert (deviating & ~flagged).sum() >= 20
+    assert np.all(weight[deviating] == 0.0)
+    assert np.all(weight[~deviating & ~flagged] == 1.0)
+
+
 def test_held_scores_wait_for_the_windows_after_them():
     from streamdetect.detector import _HeldScores
 
