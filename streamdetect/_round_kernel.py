@@ -83,9 +83,10 @@ def score_round(
     Returns None (nothing written) or ``(mature, values, X, score, calm, steady)``: the rows scored,
     their feature vectors, scaled, their scores, whether each key has been calm long enough for the
     threshold to learn its score, and whether its counts are steady (``|count_scan_z|`` within
-    ``freeze_z``) for the mixture to learn its vector. Without ``scoring`` (the warm-up, before the mixture is fitted)
-    the round's features are learned and the mature rows and their vectors returned, the rest
-    empty; the per-key flag and episode counters are then neither read nor written.
+    ``freeze_z``) for the mixture to learn its vector. Without ``scoring`` (the warm-up, before
+    the mixture is fitted) the round's features are learned and the mature rows and their vectors
+    returned, the rest empty; the per-key flag and episode counters are then neither read nor
+    written.
     """
     (hop_ms, min_bucket, trend_decay, between_tickets, basket, new_skus, scan,
      season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, ratios) = params  # fmt: skip
@@ -185,9 +186,9 @@ def score_rounds(
     ``from_ms``, -1: since the first of them); or before a round that score_round leaves to numpy.
     A stop that proves early costs a call: the detector checks the conditions again.
 
-    Returns ``(done, why, rows, values, X, score, calm, steady)``: the rounds done, ALL_DONE, STEP_DUE or
-    NEEDS_NUMPY (for round ``first + done``), and score_round's results over the rounds done, with
-    ``rows`` indexing the row arrays.
+    Returns ``(done, why, rows, values, X, score, calm, steady)``: the rounds done, ALL_DONE,
+    STEP_DUE or NEEDS_NUMPY (for round ``first + done``), and score_round's results over the rounds
+    done, with ``rows`` indexing the row arrays.
     """
     n_rounds = len(starts)
     total = offsets[n_rounds] - offsets[first]

@@ -42,8 +42,10 @@ One model serves keys of very different size, so every model feature compares a 
 * ``count_scan_z`` -- the count of the last L windows against its expectation for each L in
   ``scan_windows`` (5 to 120 by default), as a log ratio over its standard deviation (Poisson
   plus ``phi``), counted in clumps like the rest (the gaps between a sparse key's batches are
-  ordinary hours, not deficits); the horizon with the strongest evidence speaks, so a drop of a quiet store shows
-  after the hour it needs while a busy one shows in minutes. The sums restart after an alert.
+  ordinary hours, not deficits); the horizon with the strongest evidence speaks, so a drop of a
+  quiet store shows after the hour it needs while a busy one shows in minutes. The sums restart
+  after an alert. While it is beyond ``freeze_z`` the key's windows teach neither its baselines
+  nor the mixture.
 * ``count_trend_z`` (optional) -- the log ratio of exponentially weighted sums of observed and
   expected counts (half-life ``trend_half_life``), divided by its standard deviation under Poisson
   noise *plus* the key's own overdispersion (how much its rate wanders beyond Poisson, learned
