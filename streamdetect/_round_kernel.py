@@ -81,12 +81,12 @@ def score_round(
     ``params`` are FeatureExtractor.kernel_params; ``codes``, ``max_z`` values_round's; ``center``
     and ``scale`` the RobustScaler's; flags are ``score - offset > z`` (Threshold.decision()).
     Returns None (nothing written) or ``(mature, values, X, score, calm, steady)``: the rows scored,
-    their feature vectors, scaled, their scores, whether each key has been calm long enough for the
-    threshold to learn its score, and whether its counts are steady (``|count_scan_z|`` within
-    ``freeze_z``) for the mixture to learn its vector. Without ``scoring`` (the warm-up, before
-    the mixture is fitted) the round's features are learned and the mature rows and their vectors
-    returned, the rest empty; the per-key flag and episode counters are then neither read nor
-    written.
+    their feature vectors, scaled, their scores, whether the threshold may learn each score (its key
+    unflagged for longer than the cooldown, its counts steady), and whether its counts are steady
+    (``|count_scan_z|`` within ``freeze_z``) for the mixture to learn its vector. Without
+    ``scoring`` (the warm-up, before the mixture is fitted) the round's features are learned and
+    the mature rows and their vectors returned, the rest empty; the per-key flag and episode
+    counters are then neither read nor written.
     """
     (hop_ms, min_bucket, trend_decay, between_tickets, basket, new_skus, scan,
      season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, ratios) = params  # fmt: skip
@@ -141,11 +141,12 @@ def score_round(
         key = keys[i]
         since = since_flag[key] + 1
         since_flag[key] = since
-        calm[m] = since > cooldown
-        streak = 0 if calm[m] else flag_streak[key]
+        quiet = since > cooldown
+        steady[m] = abs(cols[i, T_SCAN_Z]) < freeze_z
+        calm[m] = quiet and steady[m]
+        streak = 0 if quiet else flag_streak[key]
         flag_streak[key] = streak
         new_normal[i] = streak > relearn_after
-        steady[m] = abs(cols[i, T_SCAN_Z]) < freeze_z
         episode_quiet[key] = episode_quiet[key] + 1 if steady[m] else 0
     update_round(
         keys, start_ms, hop_ms, hour, how, hod,

@@ -279,8 +279,8 @@ class FeatureConfig:
     ``scan_windows`` are the horizons (in windows) ``count_scan_z`` compares counts over.
     While a key's ``count_scan_z`` is beyond ``freeze_z`` its baselines do not learn (a drop or a
     level shift would otherwise be absorbed before it is evidence enough), for at most
-    ``freeze_limit`` seconds or until the key has been flagged for long (a new normal), and the
-    mixture does not learn its windows.
+    ``freeze_limit`` seconds or until the key has been flagged for long (a new normal), and
+    neither the mixture nor the threshold learns its windows.
     ``timezone`` (an IANA name) is where the hours of the day and of the week are counted: the
     seasonal baselines follow the shops' clocks, so a change to or from daylight saving time moves
     their opening hour with them instead of an hour against the learned week.
@@ -361,7 +361,9 @@ class ThresholdConfig:
 
     ``method``: ``"spot"`` (EVT peaks-over-threshold), ``"dspot"`` (SPOT on scores minus their
     recent mean, for a drifting level) or ``"quantile"`` (rolling empirical quantile). ``risk`` is
-    the target probability that a normal window crosses it (the alert budget per window).
+    the target probability that a normal window whose counts are steady crosses it (the alert
+    budget per window; windows of a key whose counts deviate do not calibrate it, and cross it
+    more often).
     Calibration ends after ``n_init`` scores, or once the scores span ``calibration_span`` seconds
     of event time and number at least 100. SPOT's peaks are the scores above the ``level`` quantile
     of the last ``window`` normal scores (at most ``max_excess`` of them); ``window`` is also the
@@ -369,7 +371,7 @@ class ThresholdConfig:
     """
 
     method: Literal["spot", "dspot", "quantile"] = "spot"
-    risk: float = 1e-4
+    risk: float = 4e-5
     level: float = 0.98
     n_init: int = 2000
     calibration_span: float = 86_400.0

@@ -798,7 +798,9 @@ class Detector:
             # does it learn a key's windows while its counts deviate (the baselines are frozen
             # then too): a drop still building up its evidence is not what normal looks like.
             self._pending.add(X, (~flags & ~deviating).astype(np.float64), score)
-            self._held.add(key_ids, np.full(len(key_ids), rnd.start_ms, dtype=np.int64), score, calm)
+            # Nor does the threshold learn them: an anomaly that never alerts (a quiet store's slow
+            # drop) would otherwise fill the tail it is judged against.
+            self._held.add(key_ids, np.full(len(key_ids), rnd.start_ms, dtype=np.int64), score, calm & ~deviating)
             drift = self._learn_when_due(rnd.end_ms)
         self.features.update(rnd, feats, learn, new_normal)
         return drift

@@ -695,11 +695,12 @@ def test_the_windows_just_before_an_alert_do_not_teach_the_threshold(monkeypatch
     assert np.isin(score[~near_flag][:2000], taught).mean() > 0.5
 
 
-def test_the_mixture_does_not_learn_a_key_while_its_counts_deviate(monkeypatch):
+def test_neither_the_mixture_nor_the_threshold_learns_a_key_while_its_counts_deviate(monkeypatch):
     """A key whose count scan is beyond ``freeze_z`` (a drop still building up its evidence, a
-    first early-closing Sunday) freezes its baselines; the mixture does not learn its windows
-    then either, on the compiled path and the numpy one alike."""
+    first early-closing Sunday) freezes its baselines; the mixture and the threshold do not learn
+    its windows then either, on the compiled path and the numpy one alike."""
     from streamdetect import detector as dt
+    from streamdetect import threshold as th
 
     taught: dict[float, float] = {}
     original = dt._Pending.add
@@ -709,6 +710,14 @@ def test_the_mixture_does_not_learn_a_key_while_its_counts_deviate(monkeypatch):
         original(self, X, weight, score)
 
     monkeypatch.setattr(dt._Pending, "add", spy)
+    thresholded: list[np.ndarray] = []
+    spot_learn = th.SPOT.learn
+
+    def spy_threshold(self, scores):
+        thresholded.append(np.asarray(scores, dtype=np.float64).copy())
+        spot_learn(self, scores)
+
+    monkeypatch.setattr(th.SPOT, "learn", spy_threshold)
     values, _ = stream()
     outs = run(values)
     sw = [o.scored for o in outs if len(o.scored)]
@@ -721,6 +730,9 @@ def test_the_mixture_does_not_learn_a_key_while_its_counts_deviate(monkeypatch):
     assert (deviating & ~flagged).sum() >= 20
     assert np.all(weight[deviating] == 0.0)
     assert np.all(weight[~deviating & ~flagged] == 1.0)
+    learned = np.concatenate(thresholded)
+    assert not np.isin(score[deviating], learned).any()
+    assert np.isin(score[~deviating & ~flagged], learned).mean() > 0.5
 
 
 def test_held_scores_wait_for_the_windows_after_them():

@@ -122,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--calibration", type=int, help="scores after warm-up that calibrate the threshold (default 2000)"
     )
     w.add_argument("--threshold-method", choices=("spot", "dspot", "quantile"), help="threshold method")
-    w.add_argument("--risk", type=float, help="target false-alarm probability per window (default 1e-4)")
+    w.add_argument("--risk", type=float, help="target false-alarm probability per window (default 4e-5)")
     w.add_argument("--features", help="comma-separated feature names for the model")
     p.add_argument("--chunk-size", type=int, default=20_000, help="events per processing batch")
     p.add_argument("--quiet", action="store_true", help="no summary on stderr")
