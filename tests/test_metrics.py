@@ -330,3 +330,11 @@ def test_consumer_lag_is_the_backlog_behind_what_was_processed() -> None:
         50, 40, 0, None]
     assert m.value("streamdetect_consumer_lag_messages", topic="sales-anomalies", partition="0") is None
     assert service.totals.lag == {("sales", 0): 50, ("sales", 1): 40, ("sales", 2): 0}
+    # Batches processed before the next statistics work the backlog off against the last end known.
+    part = service.parts[("sales", 0)]
+    part.next_offset = 140
+    service._refresh_lag(part)
+    assert m.value("streamdetect_consumer_lag_messages", topic="sales", partition="0") == 10
+    part.next_offset = 170  # past that end: new messages since the statistics, none behind them
+    service._refresh_lag(part)
+    assert service.totals.lag[("sales", 0)] == 0

@@ -82,6 +82,7 @@ class PartitionState:
     newest_event_ms: int | None = None
     newest_seen_at: float = 0.0
     sparse_advised: bool = False  # the keys-too-sparse warning was logged (once per assignment)
+    end_offset: int | None = None  # the partition's end at the last statistics
 
     @property
     def key(self) -> TP:
@@ -317,6 +318,7 @@ class Service:
                         dlq_headers(rej.reason, rej.detail, key[0], key[1], int(m.offset() or 0),
                                     ts if ts_type else None))
             ps.next_offset = int(group[-1].offset() or 0) + 1
+            self._refresh_lag(ps)
             t = self.totals
             t.events += len(group)
             t.rejected += len(out.rejected)
@@ -683,6 +685,17 @@ class Service:
             log.warning("kafka client error (librdkafka retries by itself)", extra={"error": str(err),
                                                                                     "code": err.name()})
 
+    def _refresh_lag(self, ps: PartitionState) -> None:
+        """The partition's lag against its end at the last statistics: refreshed after every batch
+        too, so that a gauge read between two statistics (every ``statistics_interval_ms``) does not
+        report a backlog the batches since have worked off (the demo's last frame showed a lag of a
+        thousand with everything consumed)."""
+        if ps.end_offset is None or ps.next_offset is None:
+            return
+        lag = max(0, ps.end_offset - ps.next_offset)
+        self.totals.lag[ps.key] = lag
+        self.metrics.set_lag(ps.topic, ps.partition, lag)
+
     def _on_stats(self, raw: str) -> None:
         try:
             stats = orjson.loads(raw)
@@ -705,10 +718,12 @@ class Service:
                 end = int(pdata.get("ls_offset", -1))
                 if end < 0:
                     end = int(pdata.get("hi_offset", -1))
+                if end >= 0:
+                    ps.end_offset = end
                 if end >= 0 and ps.next_offset is not None:
-                    lag = max(0, end - ps.next_offset)
-                else:
-                    lag = int(pdata.get("consumer_lag", -1))
+                    self._refresh_lag(ps)
+                    continue
+                lag = int(pdata.get("consumer_lag", -1))
                 if lag >= 0:
                     self.totals.lag[(topic, p)] = lag
                     self.metrics.set_lag(topic, p, lag)
