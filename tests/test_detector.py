@@ -662,10 +662,8 @@ def test_a_series_round_of_single_samples_is_left_as_it_is_beside_one_of_several
     assert out.distinct_skus.tolist() == [1.0005, 1.0005, 1.0, 1.0]
 
 
-def test_the_windows_just_before_an_alert_do_not_teach_the_threshold(monkeypatch):
-    """An anomaly's first windows score high without crossing the threshold; learned, they fatten
-    the tail that sets it. Every score the threshold learns is of a window whose key was not
-    flagged in the windows that followed it (within the cooldown), nor in those just before."""
+def spy_on_threshold(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """The batches of scores SPOT learns from here on, as they reach it."""
     from streamdetect import threshold as th
 
     learned: list[np.ndarray] = []
@@ -676,6 +674,14 @@ def test_the_windows_just_before_an_alert_do_not_teach_the_threshold(monkeypatch
         original(self, scores)
 
     monkeypatch.setattr(th.SPOT, "learn", spy)
+    return learned
+
+
+def test_the_windows_just_before_an_alert_do_not_teach_the_threshold(monkeypatch):
+    """An anomaly's first windows score high without crossing the threshold; learned, they fatten
+    the tail that sets it. Every score the threshold learns is of a window whose key was not
+    flagged in the windows that followed it (within the cooldown), nor in those just before."""
+    learned = spy_on_threshold(monkeypatch)
     values, _ = stream()
     outs = run(values)
     sw = [o.scored for o in outs if len(o.scored)]
@@ -700,7 +706,6 @@ def test_neither_the_mixture_nor_the_threshold_learns_a_key_while_its_counts_dev
     first early-closing Sunday) freezes its baselines; the mixture and the threshold do not learn
     its windows then either, on the compiled path and the numpy one alike."""
     from streamdetect import detector as dt
-    from streamdetect import threshold as th
 
     taught: dict[float, float] = {}
     original = dt._Pending.add
@@ -710,14 +715,7 @@ def test_neither_the_mixture_nor_the_threshold_learns_a_key_while_its_counts_dev
         original(self, X, weight, score)
 
     monkeypatch.setattr(dt._Pending, "add", spy)
-    thresholded: list[np.ndarray] = []
-    spot_learn = th.SPOT.learn
-
-    def spy_threshold(self, scores):
-        thresholded.append(np.asarray(scores, dtype=np.float64).copy())
-        spot_learn(self, scores)
-
-    monkeypatch.setattr(th.SPOT, "learn", spy_threshold)
+    thresholded = spy_on_threshold(monkeypatch)
     values, _ = stream()
     outs = run(values)
     sw = [o.scored for o in outs if len(o.scored)]

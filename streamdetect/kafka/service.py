@@ -690,11 +690,12 @@ class Service:
         too, so that a gauge read between two statistics (every ``statistics_interval_ms``) does not
         report a backlog the batches since have worked off (the demo's last frame showed a lag of a
         thousand with everything consumed)."""
-        if ps.end_offset is None or ps.next_offset is None:
-            return
-        lag = max(0, ps.end_offset - ps.next_offset)
-        self.totals.lag[ps.key] = lag
-        self.metrics.set_lag(ps.topic, ps.partition, lag)
+        if ps.end_offset is not None and ps.next_offset is not None:
+            self._set_lag(ps.key, max(0, ps.end_offset - ps.next_offset))
+
+    def _set_lag(self, key: TP, lag: int) -> None:
+        self.totals.lag[key] = lag
+        self.metrics.set_lag(key[0], key[1], lag)
 
     def _on_stats(self, raw: str) -> None:
         try:
@@ -725,5 +726,4 @@ class Service:
                     continue
                 lag = int(pdata.get("consumer_lag", -1))
                 if lag >= 0:
-                    self.totals.lag[(topic, p)] = lag
-                    self.metrics.set_lag(topic, p, lag)
+                    self._set_lag(ps.key, lag)
