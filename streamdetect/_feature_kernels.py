@@ -293,13 +293,13 @@ def transform_round(
         o = out[i]
         # An hour of week is trusted once it held enough windows before this occurrence of the
         # hour: the current occurrence alone would only echo the current hour back.
-        this_hour = how_hour[key] == hour
-        how_ok = how_n[key, how] - (how_hour_n[key] if this_hour else 0.0) >= min_bucket
-        hod_ok = hod_n[key, hod] >= min_bucket
-        fb_c = hod_count[key, hod] if hod_ok else recent_count[key]
-        fb_r = hod_rev[key, hod] if hod_ok else recent_rev[key]
-        h_c = how_count[key, how]
-        h_r = how_rev[key, how]
+        this_hour = how_hour[key] == hour[i]
+        how_ok = how_n[key, how[i]] - (how_hour_n[key] if this_hour else 0.0) >= min_bucket
+        hod_ok = hod_n[key, hod[i]] >= min_bucket
+        fb_c = hod_count[key, hod[i]] if hod_ok else recent_count[key]
+        fb_r = hod_rev[key, hod[i]] if hod_ok else recent_rev[key]
+        h_c = how_count[key, how[i]]
+        h_r = how_rev[key, how[i]]
         # Two seasonal references, each with its own level (today's ratio to it), so that the
         # switch from hour of day to hour of week does not count the day-of-week effect twice.
         expected_count = (h_c if how_ok else fb_c) * math.exp(level_how[key] if how_ok else level[key])
@@ -555,7 +555,7 @@ def update_round(
         if flagged or (deviating and not settled):
             if c == 0.0:
                 # Not learned: kept aside in case the silence turns out to be closing time.
-                quiet_n[key, how] += 1.0
+                quiet_n[key, how[i]] += 1.0
                 quiet_total[key] += 1.0
             continue
         # Robust learning (an M-estimate, as in robust exponential smoothing): below the freeze,
@@ -563,11 +563,11 @@ def update_round(
         # still building evidence for hardly moves the count baselines. A new normal weighs 1.
         weight = 1.0 if settled else 1.0 / (1.0 + scan_z**2)
 
-        _learn_bucket(how_n, how_count, how_rev, key, how, c, r, season_rate, weight)
+        _learn_bucket(how_n, how_count, how_rev, key, how[i], c, r, season_rate, weight)
         # Windows learned in this occurrence of the hour: they do not make it trusted yet.
-        how_hour_n[key] = how_hour_n[key] + 1.0 if how_hour[key] == hour else 1.0
-        how_hour[key] = hour
-        _learn_bucket(hod_n, hod_count, hod_rev, key, hod, c, r, season_rate, weight)
+        how_hour_n[key] = how_hour_n[key] + 1.0 if how_hour[key] == hour[i] else 1.0
+        how_hour[key] = hour[i]
+        _learn_bucket(hod_n, hod_count, hod_rev, key, hod[i], c, r, season_rate, weight)
 
         mature = f[T_MATURE] != 0.0
         if mature:

@@ -177,8 +177,8 @@ def score_rounds(
 ):  # fmt: skip
     """:func:`score_round` over consecutive rounds, from round ``first`` of a batch of them (round
     ``r`` is rows ``offsets[r]:offsets[r + 1]`` of the row arrays, from ``starts[r]`` for
-    ``size_ms``), as far as nothing changes the mixture or the threshold: one call instead of one
-    per round.
+    ``size_ms``; ``hour``, ``how`` and ``hod`` are row arrays too, each on its key's clock), as far
+    as nothing changes the mixture or the threshold: one call instead of one per round.
 
     It stops after the round at which the learning step is due (``stop_rows`` more windows
     scored, or the threshold's calibration: a round ending at ``calibration_ms`` or later once
@@ -208,7 +208,7 @@ def score_rounds(
         lo, hi = offsets[r], offsets[r + 1]
         start = starts[r]
         done = score_round(
-            keys[lo:hi], start, hour[r], how[r], hod[r],
+            keys[lo:hi], start, hour[lo:hi], how[lo:hi], hod[lo:hi],
             count[lo:hi], revenue[lo:hi], units[lo:hi], max_ticket[lo:hi], log_ticket_sum[lo:hi],
             log_ticket_sq_sum[lo:hi], log_units_sum[lo:hi], log_units_sq_sum[lo:hi], distinct_skus[lo:hi],
             params, codes, max_z,

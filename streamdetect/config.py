@@ -16,6 +16,7 @@ streamdetect.config.ConfigError: detector.windows: unknown setting 'sise' (known
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
 import types
@@ -268,6 +269,16 @@ DEFAULT_FEATURES: tuple[str, ...] = (
 )
 
 
+def _require_zone(zone: str, where: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{where}: unknown time zone {zone!r}; give an IANA name such as"
+            " 'Europe/Paris' or 'America/New_York' (or 'UTC')"
+        ) from None
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """Which window features feed the model and how their baselines adapt.
@@ -283,7 +294,9 @@ class FeatureConfig:
     neither the mixture nor the threshold learns its windows.
     ``timezone`` (an IANA name) is where the hours of the day and of the week are counted: the
     seasonal baselines follow the shops' clocks, so a change to or from daylight saving time moves
-    their opening hour with them instead of an hour against the learned week.
+    their opening hour with them instead of an hour against the learned week. ``timezones`` gives
+    keys that keep another clock theirs, by the value of the first key field (a store id to
+    ``America/New_York``); the others keep ``timezone``.
     """
 
     features: tuple[str, ...] = DEFAULT_FEATURES
@@ -295,22 +308,20 @@ class FeatureConfig:
     freeze_z: float = 3.0
     freeze_limit: float = 7200.0
     timezone: str = "UTC"
+    timezones: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "timezones", dict(self.timezones))
         object.__setattr__(self, "scan_windows", tuple(self.scan_windows))
         _require(
             len(self.scan_windows) > 0 and min(self.scan_windows) >= 1,
             "features.scan_windows: give at least one horizon, each >= 1 window, e.g. [5, 15, 30, 60, 120]",
         )
         _require(len(self.features) > 0, "features.features: choose at least one feature")
-        try:
-            zoneinfo.ZoneInfo(self.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(
-                f"features.timezone: unknown time zone {self.timezone!r}; give an IANA name such as"
-                " 'Europe/Paris' or 'America/New_York' (or 'UTC')"
-            ) from None
+        _require_zone(self.timezone, "features.timezone")
+        for value, zone in self.timezones.items():
+            _require_zone(zone, f"features.timezones[{value!r}]")
         _require(self.baseline_half_life > 0, "features.baseline_half_life must be > 0 seconds")
         _require(0 < self.seasonal_rate <= 1, "features.seasonal_rate must be in (0, 1]")
         _require(self.context_windows >= 2, "features.context_windows must be >= 2")
@@ -491,6 +502,18 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[-1] if errors else f"{where}: invalid value {value!r}")
+    # A Mapping setting is a table of strings (the librdkafka pass-through tables, typed dict, are
+    # nested and flattened by streamdetect.settings).
+    if origin is collections.abc.Mapping:
+        if isinstance(value, str):  # an environment variable: "key=value, key=value"
+            pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise ConfigError(f"{where}: expected a table or 'key=value, key=value', got {value!r}")
+            value = {k.strip(): v.strip() for k, _, v in pairs}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        item = typing.get_args(annotation)[1] if typing.get_args(annotation) else str
+        return {str(k): _coerce(v, item, f"{where}[{k!r}]") for k, v in value.items()}
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

@@ -446,6 +446,7 @@ class Detector:
         self.config = cfg = config or DetectorConfig()
         self.windows = WindowAggregator(_window_config(cfg))
         self.features = FeatureExtractor(cfg.features, cfg.windows, unavailable=unavailable_features(cfg.events))
+        self._use_zones()
         self.scaler = RobustScaler()
         self.model = self._new_model()
         self.threshold = make_threshold(cfg.threshold)
@@ -744,9 +745,10 @@ class Detector:
         messages: list[Alert | EpisodeResolved],
         rounds: list[_RoundScores],
     ) -> bool:
-        feats = self.features.transform(rnd)
+        zones = self._zones(rnd.key_id)
+        feats = self.features.transform(rnd, zones)
         if not self.model.is_fitted:
-            self.features.update(rnd, feats, np.ones(len(rnd), dtype=bool))
+            self.features.update(rnd, feats, np.ones(len(rnd), dtype=bool), zones=zones)
             self._warm_up(rnd, feats.values[feats.mature])
             return False
 
@@ -802,7 +804,7 @@ class Detector:
             # drop) would otherwise fill the tail it is judged against.
             self._held.add(key_ids, np.full(len(key_ids), rnd.start_ms, dtype=np.int64), score, calm & ~deviating)
             drift = self._learn_when_due(rnd.end_ms)
-        self.features.update(rnd, feats, learn, new_normal)
+        self.features.update(rnd, feats, learn, new_normal, zones)
         return drift
 
     def _warm_up(self, rnd: ClosedRound, rows: np.ndarray) -> None:
@@ -846,7 +848,7 @@ class Detector:
     ) -> bool:
         """Closed rounds in order: stretches of them through the compiled kernel, the rounds it
         leaves (a flag, the end of an episode, a new key) through :meth:`_process_round`."""
-        buckets = self.features.hour_buckets(closed.starts)
+        buckets = self.features.round_buckets(closed.starts, closed.offsets, self._zones(closed.key_id))
         drift = False
         r = 0
         while r < len(closed):
@@ -956,7 +958,7 @@ class Detector:
         one, key = np.ones(1), np.zeros(1, dtype=np.int64)
         batch = ClosedRounds(np.zeros(1, dtype=np.int64), self.windows.config.size_ms, np.array([0, 1]),
                              key, one, one, one, one, one, one, one, key, one, one, one, one)  # fmt: skip
-        self._compiled_rounds(batch, self.features.hour_buckets(batch.starts), 0, [])
+        self._compiled_rounds(batch, self.features.round_buckets(batch.starts, batch.offsets), 0, [])
 
     def _track_episodes(
         self,
@@ -1186,6 +1188,15 @@ class Detector:
             "fitted_at_ms": self._fitted_at_ms,
         }
 
+    def _use_zones(self) -> None:
+        """Keys get their time zones (``features.timezones``) as the key index assigns their ids."""
+        if self.features.zoned:
+            self.windows.keys.use_zones(self.features.zone_of)
+
+    def _zones(self, key_ids: np.ndarray) -> np.ndarray | None:
+        """The time zone of each key (None where every key keeps ``features.timezone``)."""
+        return self.windows.keys.zones[key_ids] if self.features.zoned else None
+
     @classmethod
     def from_state(cls, state: Mapping[str, Any], config: DetectorConfig | None = None) -> Detector:
         if state.get("version") != STATE_VERSION:
@@ -1196,6 +1207,7 @@ class Detector:
         det.features = FeatureExtractor.from_state(
             state["features"], cfg.features, cfg.windows, unavailable=unavailable_features(cfg.events)
         )
+        det._use_zones()
         det.scaler = RobustScaler.from_state(state["scaler"])
         det.model = StepwiseGMM.from_state(state["model"])
         det.threshold = threshold_from_state(state["threshold"])

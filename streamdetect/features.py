@@ -416,7 +416,11 @@ class FeatureExtractor:
         # The configured features as values_round's codes, where it computes them all.
         codes = [kernels.VALUE_CODES.get(name, -1) for name in self.names]
         self.value_codes = np.array(codes, dtype=np.int64) if min(codes) >= 0 else None
-        self.clock = LocalClock(self.config.timezone)
+        # Clocks: the default zone's first, then each other zone `timezones` names for some keys.
+        zones = [self.config.timezone]
+        zones += sorted(set(self.config.timezones.values()) - {self.config.timezone})
+        self.clocks = [LocalClock(zone) for zone in zones]
+        self._zone_of_value = {value: zones.index(zone) for value, zone in self.config.timezones.items()}
         self._arrays: dict[str, np.ndarray] = {}
         self._allocate(0)
 
@@ -524,11 +528,12 @@ class FeatureExtractor:
         return self._state
 
     # ------------------------------------------------------------------ features
-    def transform(self, rnd: ClosedRound) -> WindowFeatures:
-        """Features of a round of windows under the baselines as they are (nothing is updated)."""
+    def transform(self, rnd: ClosedRound, zones: np.ndarray | None = None) -> WindowFeatures:
+        """Features of a round of windows under the baselines as they are (nothing is updated);
+        ``zones`` is each key's time zone (:meth:`zone_of`), None for ``features.timezone``."""
         self._ensure(rnd.key_id)
         a, k = self._arrays, rnd.key_id
-        local_ms = self.clock.local_ms(rnd.start_ms)
+        local_ms = self._round_local_ms(rnd, zones)
         hour, how, hod = hour_buckets(local_ms)
         c, r = rnd.count, rnd.revenue
         # Seasonal expectations, the key's tickets, baskets and assortment, the context, trend and
@@ -600,10 +605,10 @@ class FeatureExtractor:
             "max_ticket": lambda: rnd.max_ticket,
             "units": lambda: rnd.units,
             "distinct_skus": lambda: rnd.distinct_skus,
-            "hour_sin": lambda: np.full(n, np.sin(angle_h)),
-            "hour_cos": lambda: np.full(n, np.cos(angle_h)),
-            "dow_sin": lambda: np.full(n, np.sin(angle_w)),
-            "dow_cos": lambda: np.full(n, np.cos(angle_w)),
+            "hour_sin": lambda: np.sin(angle_h),
+            "hour_cos": lambda: np.cos(angle_h),
+            "dow_sin": lambda: np.sin(angle_w),
+            "dow_cos": lambda: np.cos(angle_w),
         }
         values = np.empty((n, len(self.names)))
         for j, name in enumerate(self.names):
@@ -668,9 +673,40 @@ class FeatureExtractor:
             columns=cols,
         )
 
-    def hour_buckets(self, start_ms: _Starts) -> tuple[_Starts, _Starts, _Starts]:
-        """:func:`hour_buckets` of windows starting at ``start_ms``, on ``features.timezone``'s clock."""
-        return hour_buckets(self.clock.local_ms(start_ms))
+    def zone_of(self, key: tuple[str, ...]) -> int:
+        """A key's time zone, by the value of its first key field (``features.timezones``); 0 is
+        ``features.timezone``."""
+        return self._zone_of_value.get(key[0], 0) if key else 0
+
+    @property
+    def zoned(self) -> bool:
+        """Whether some keys keep another time zone than ``features.timezone``."""
+        return bool(self._zone_of_value)
+
+    def local_ms(self, start_ms: np.ndarray, zones: np.ndarray | None = None) -> np.ndarray:
+        """Window starts on their keys' wall clocks (``zones`` as :meth:`zone_of`, None: all on
+        ``features.timezone``'s)."""
+        if zones is None or len(self.clocks) == 1:
+            return self.clocks[0].local_ms(start_ms)
+        out = np.empty_like(start_ms)
+        for zone in np.unique(zones).tolist():
+            rows = zones == zone
+            out[rows] = self.clocks[zone].local_ms(start_ms[rows])
+        return out
+
+    def _round_local_ms(self, rnd: ClosedRound, zones: np.ndarray | None) -> np.ndarray:
+        return self.local_ms(np.full(len(rnd), rnd.start_ms, dtype=np.int64), zones)
+
+    def round_buckets(
+        self, starts: np.ndarray, offsets: np.ndarray, zones: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`hour_buckets` of every row of consecutive rounds (round ``r`` starts at
+        ``starts[r]`` and is rows ``offsets[r]:offsets[r + 1]``) on its key's clock."""
+        per_round = np.diff(offsets)
+        if zones is None or len(self.clocks) == 1:
+            hour, how, hod = hour_buckets(self.clocks[0].local_ms(starts))
+            return np.repeat(hour, per_round), np.repeat(how, per_round), np.repeat(hod, per_round)
+        return hour_buckets(self.local_ms(np.repeat(starts, per_round), zones))
 
     def explained_quantity(self, feature: str) -> str:
         """The human-facing quantity an alert reports for a model feature."""
@@ -678,16 +714,22 @@ class FeatureExtractor:
 
     # ------------------------------------------------------------------ learning
     def update(
-        self, rnd: ClosedRound, feats: WindowFeatures, learn: np.ndarray, new_normal: np.ndarray | None = None
+        self,
+        rnd: ClosedRound,
+        feats: WindowFeatures,
+        learn: np.ndarray,
+        new_normal: np.ndarray | None = None,
+        zones: np.ndarray | None = None,
     ) -> None:
-        """Fold a round into the baselines; only rows with ``learn`` move them.
+        """Fold a round into the baselines; only rows with ``learn`` move them (``zones`` as
+        :meth:`transform`'s).
 
         Rows with ``new_normal`` (a key flagged for long) move them even while they deviate.
 
         The short-horizon context records every window (it is what happened, anomalous or not),
         and, like the scan and the trend sums, restarts after a flagged one.
         """
-        hour, how, hod = self.hour_buckets(rnd.start_ms)
+        hour, how, hod = hour_buckets(self._round_local_ms(rnd, zones))
         kernels.update_round(
             rnd.key_id, rnd.start_ms, self.windows.hop_ms, hour, how, hod,
             rnd.count, rnd.revenue, rnd.units, rnd.log_ticket_sum, rnd.log_ticket_sq_sum,

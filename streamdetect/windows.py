@@ -36,7 +36,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -88,6 +88,22 @@ class KeyIndex:
         self._ids: dict[tuple[str, ...], int] = {}
         self.keys: list[tuple[str, ...] | None] = []
         self._free: list[int] = []
+        # Each key's time zone (an index into FeatureExtractor's zones), once a rule is set.
+        self._zone_of: Callable[[tuple[str, ...]], int] | None = None
+        self.zones = np.zeros(0, dtype=np.int64)
+
+    def use_zones(self, zone_of: Callable[[tuple[str, ...]], int]) -> None:
+        """Give every key, held and to come, the time zone ``zone_of`` assigns it (``zones[id]``);
+        an id freed and reused takes its new key's.
+
+        >>> idx = KeyIndex(); idx.ids([("paris",)]).tolist()
+        [0]
+        >>> idx.use_zones(lambda key: 1 if key[0] == "tokyo" else 0); idx.evict([0])
+        >>> idx.ids([("tokyo",), ("oslo",)]).tolist(), idx.zones[:2].tolist()
+        ([0, 1], [1, 0])
+        """
+        self._zone_of = zone_of
+        self.zones = np.array([zone_of(k) if k is not None else 0 for k in self.keys], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -117,6 +133,10 @@ class KeyIndex:
             kid = len(self.keys)
             self.keys.append(key)
         self._ids[key] = kid
+        if self._zone_of is not None:
+            if kid >= len(self.zones):
+                self.zones = np.concatenate([self.zones, np.zeros(max(len(self.zones), 16), dtype=np.int64)])
+            self.zones[kid] = self._zone_of(key)
         return kid
 
     def evict(self, ids: Sequence[int] | np.ndarray) -> None:

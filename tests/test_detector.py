@@ -136,6 +136,37 @@ def test_seasons_follow_the_shops_clock_through_daylight_saving_time():
         from_mapping(DetectorConfig, {"features": {"timezone": "Europe/Pari"}})
 
 
+def test_keys_keep_their_own_time_zones():
+    """Three shops keep Paris time and three New York time; New York moves to daylight saving time
+    on 2026-03-08, Paris three weeks later. On one clock (Paris) the New York shops' learned week
+    is an hour off from then on; with their zone in ``features.timezones`` it is not. Before the
+    change both give the same alerts (the stream holds no anomaly: every alert is false)."""
+    events, _ = generate(GeneratorConfig(stores=6, days=28, seed=3, start="2026-02-16T00:00:00Z",
+                                         anomalies_per_store_week=0.0))
+    new_york = {"store-004", "store-005", "store-006"}
+    zones = {store: zoneinfo.ZoneInfo("America/New_York" if store in new_york else "Europe/Paris")
+             for store in {e["store_id"] for e in events}}
+    values = []
+    for e in events:  # the generator's clock read as each shop's wall clock
+        wall = datetime.fromtimestamp(parse_timestamp(e["ts"]) / 1000, tz=UTC).replace(tzinfo=zones[e["store_id"]])
+        values.append(orjson.dumps({**e, "ts": int(wall.timestamp() * 1000)}))
+    one_clock = {"timezone": "Europe/Paris"}
+    own_clocks = {**one_clock, "timezones": dict.fromkeys(new_york, "America/New_York")}
+    alerts = {}
+    for name, features in (("one", one_clock), ("own", own_clocks)):
+        config = from_mapping(DetectorConfig, {"features": features})
+        alerts[name] = alerts_of(run(values, config, chunk=20_000))
+    before = {name: [a.alert_id for a in found if a.window_start < "2026-03-08"] for name, found in alerts.items()}
+    assert before["one"] == before["own"]
+
+    def new_york_after(found: list[Alert]) -> int:
+        return sum(a.key["store_id"] in new_york and a.window_start >= "2026-03-08" for a in found)
+
+    assert 2 * new_york_after(alerts["own"]) <= new_york_after(alerts["one"])
+    with pytest.raises(ConfigError, match=r"features.timezones\['store-001'\]: unknown time zone 'Mars/Olympus'"):
+        from_mapping(DetectorConfig, {"features": {"timezones": {"store-001": "Mars/Olympus"}}})
+
+
 def test_the_service_clock_bounds_event_times_by_max_ahead():
     det = Detector(SMALL)
     now = parse_timestamp("2026-01-05T10:00:00Z")

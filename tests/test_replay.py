@@ -323,6 +323,10 @@ def test_bad_configuration_fails_with_a_message(tmp_path, events_file, capsys):
     assert "threshold.method" in capsys.readouterr().err
     assert main(["replay", str(events_file), "--timezone", "Mars/Olympus"]) == 2
     assert "features.timezone: unknown time zone 'Mars/Olympus'" in capsys.readouterr().err
+    assert main(["replay", str(events_file), "--timezones", "store-001=Mars/Olympus"]) == 2
+    assert "features.timezones['store-001']: unknown time zone 'Mars/Olympus'" in capsys.readouterr().err
+    assert main(["replay", str(events_file), "--timezones", "store-001"]) == 2
+    assert "expected a table or 'key=value, key=value'" in capsys.readouterr().err
 
 
 def test_keys_too_sparse_for_their_windows_are_reported(tmp_path, capsys, events_file):

@@ -57,11 +57,13 @@ def test_config_file_from_env_variable(tmp_path: Path) -> None:
 def test_env_types_are_coerced() -> None:
     env = {"STREAMDETECT_KAFKA__BATCH_SIZE": "250", "STREAMDETECT_KAFKA__CREATE_TOPICS": "false",
            "STREAMDETECT_KAFKA__INPUT_TOPICS": "a,b", "STREAMDETECT_METRICS__PORT": "0",
-           "STREAMDETECT_DETECTOR__MODEL__WARMUP": "100"}
+           "STREAMDETECT_DETECTOR__MODEL__WARMUP": "100",
+           "STREAMDETECT_DETECTOR__FEATURES__TIMEZONES": "store-7=America/New_York, store-9 = Asia/Tokyo"}
     cfg = load_config(env=env)
     assert cfg.kafka.batch_size == 250 and cfg.kafka.create_topics is False
     assert cfg.kafka.input_topics == ("a", "b")
     assert cfg.metrics.port == 0 and cfg.detector.model.warmup == 100
+    assert cfg.detector.features.timezones == {"store-7": "America/New_York", "store-9": "Asia/Tokyo"}
 
 
 def test_passthrough_tables(tmp_path: Path) -> None:

@@ -115,6 +115,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="IANA time zone of the shops' clocks (e.g. Europe/Paris) for the seasonal hours of day and week"
         " (default UTC)",
     )
+    w.add_argument(
+        "--timezones",
+        help="keys that keep another clock, by their first key field: 'store-7=America/New_York,store-9=Asia/Tokyo'",
+    )
     w.add_argument("--lateness", type=float, help="allowed lateness in seconds (default 120)")
     w.add_argument("--idle-timeout", type=float, help="seconds a silent key keeps producing windows (default 3600)")
     w.add_argument("--warmup", type=int, help="windows before the model is first fitted (default 5000)")
@@ -170,6 +174,7 @@ def build_config(
     put("events", "deduplicate", args.deduplicate)
     put("windows", "size", args.window)
     put("features", "timezone", args.timezone)
+    put("features", "timezones", args.timezones)
     if series_spacing is not None:
         table.setdefault("windows", {}).setdefault("size", series_spacing)
     if as_counts:
