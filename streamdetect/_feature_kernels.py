@@ -79,7 +79,7 @@ from streamdetect.windows import SKETCH_BITS
 
 # The baselines the kernels read and write, in the order of their parameters.
 STATE_ORDER: tuple[str, ...] = (
-    "how_count", "how_rev", "how_n", "hod_count", "hod_rev", "hod_n",
+    "how_count", "how_rev", "how_n", "hod_count", "hod_rev", "hod_n", "qod_count", "qod_n",
     "level", "level_rev", "level_how", "level_rev_how", "how_hour", "how_hour_n",
     "recent_count", "recent_rev", "recent_n",
     "tk_w", "tk_s1", "tk_s2", "tk_tau_a", "tk_tau_b",
@@ -112,6 +112,11 @@ SHARE_CLIP = 1e-3  # no key's share of new SKUs is taken as exactly 0 or 1
 # flushes): a prior of single sales (Poisson) worth this many sales.
 CLUMP_PRIOR_SALES = 20.0
 MAX_CLUMP = 1000.0
+# The shape of the rate within an hour (an opening ramp, the last half hour before closing), from
+# the hour of day's quarters: a quarter's share of its hour, shrunk towards an even share by a
+# prior worth this many sales, so that a quiet key's few sales per quarter do not make a shape.
+QUARTERS_PER_HOUR = 4
+SHAPE_PRIOR_SALES = 20.0
 
 
 
@@ -208,6 +213,50 @@ def _learn_bucket(n, count, rev, key, bucket, c, r, rate_floor, weight):
 
 
 @_compiled
+def _learn_quarter(n, count, key, quarter, c, hour_rate, weight):
+    """A quarter of the hour of day's running mean count, its newest day weighing as much as the
+    hour's (a quarter sees a quarter of the hour's windows); ``n`` stops at the average's
+    effective number of windows, which is what :func:`within_hour_shape` weighs it by. A quarter's
+    first window sets it whatever its weight: a mean started from 0 would keep the weight that
+    window lacked, and quarters of one hour learned with different weights would differ where the
+    rate does not."""
+    rate_floor = 1.0 - (1.0 - hour_rate) ** QUARTERS_PER_HOUR
+    rate = max(1.0 / (n[key, quarter] + 1.0), rate_floor) * weight if n[key, quarter] > 0.0 else 1.0
+    n[key, quarter] = min(n[key, quarter] + 1.0, 2.0 / rate_floor - 1.0)
+    count[key, quarter] += rate * (c - count[key, quarter])
+
+
+@_compiled
+def _hour_of_quarters(count, n, key, hod):
+    """The hour's mean count from its quarters' (each weighed by its windows), so that a quarter
+    is compared with an hour learned the same way."""
+    total = 0.0
+    weight = 0.0
+    for j in range(QUARTERS_PER_HOUR):
+        q = hod * QUARTERS_PER_HOUR + j
+        total += n[key, q] * count[key, q]
+        weight += n[key, q]
+    return total / weight if weight > 0.0 else 0.0
+
+
+@_compiled
+def within_hour_shape(quarter_mean: float, quarter_n: float, hour_mean: float, clump: float) -> float:
+    """A quarter's rate relative to its hour's: its mean count over the hour's, from ``quarter_n``
+    windows, shrunk towards 1 by a prior worth ``SHAPE_PRIOR_SALES`` sales, or as many clumps of
+    ``clump`` sales (an invoice's lines say less about the rate than as many single sales).
+
+    >>> within_hour_shape(0.0, 0.0, 10.0, 1.0), round(within_hour_shape(5.0, 60.0, 10.0, 1.0), 3)
+    (1.0, 0.516)
+    >>> within_hour_shape(0.5, 60.0, 1.0, 1.0)  # a quiet key's shape is shrunk further
+    0.625
+    """
+    if hour_mean <= 0.0:
+        return 1.0
+    prior_n = SHAPE_PRIOR_SALES * clump / hour_mean
+    return (quarter_n * quarter_mean + prior_n * hour_mean) / ((quarter_n + prior_n) * hour_mean)
+
+
+@_compiled
 def _learn_moments(w, s1, s2, key, decay, c, sum1, sum2):
     """The exponentially weighted count, sum and sum of squares of a per-sale log quantity."""
     w[key] = w[key] * decay + c
@@ -266,10 +315,10 @@ def _learn_closed(how_count, how_rev, how_n, hod_count, hod_rev, hod_n, quiet_n,
 
 @_compiled
 def transform_round(
-    keys, start_ms, hop_ms, hour, how, hod,
+    keys, start_ms, hop_ms, hour, how, qod,
     count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
     min_bucket, trend_decay, between_tickets, basket, new_skus, scan,
-    how_count, how_rev, how_n, hod_count, hod_rev, hod_n,
+    how_count, how_rev, how_n, hod_count, hod_rev, hod_n, qod_count, qod_n,
     level, level_rev, level_how, level_rev_how, how_hour, how_hour_n,
     recent_count, recent_rev, recent_n,
     tk_w, tk_s1, tk_s2, tk_tau_a, tk_tau_b,
@@ -295,11 +344,20 @@ def transform_round(
         # hour: the current occurrence alone would only echo the current hour back.
         this_hour = how_hour[key] == hour[i]
         how_ok = how_n[key, how[i]] - (how_hour_n[key] if this_hour else 0.0) >= min_bucket
-        hod_ok = hod_n[key, hod[i]] >= min_bucket
-        fb_c = hod_count[key, hod[i]] if hod_ok else recent_count[key]
-        fb_r = hod_rev[key, hod[i]] if hod_ok else recent_rev[key]
-        h_c = how_count[key, how[i]]
-        h_r = how_rev[key, how[i]]
+        q = qod[i]
+        hod = q // QUARTERS_PER_HOUR
+        hod_ok = hod_n[key, hod] >= min_bucket
+        # Hourly references, shaped within the hour by the hour of day's quarters.
+        # Sales that come in clumps of about D vary D times more than single ones (a compound
+        # Poisson): every count is judged in clumps, c / D against lambda / D.
+        clump = clump_size(clump_a[key], clump_b[key], clump_n[key])
+        shaped = hod_ok and hop_ms < 3_600_000
+        hour_mean = _hour_of_quarters(qod_count, qod_n, key, hod) if shaped else 0.0
+        shape = within_hour_shape(qod_count[key, q], qod_n[key, q], hour_mean, clump) if shaped else 1.0
+        fb_c = hod_count[key, hod] * shape if hod_ok else recent_count[key]
+        fb_r = hod_rev[key, hod] * shape if hod_ok else recent_rev[key]
+        h_c = how_count[key, how[i]] * shape
+        h_r = how_rev[key, how[i]] * shape
         # Two seasonal references, each with its own level (today's ratio to it), so that the
         # switch from hour of day to hour of week does not count the day-of-week effect twice.
         expected_count = (h_c if how_ok else fb_c) * math.exp(level_how[key] if how_ok else level[key])
@@ -405,9 +463,6 @@ def transform_round(
         # busy key, and a z-score that ignored it would page on every busy afternoon.
         tr_e = t_e + 0.5
         o[T_TREND_LOG_RATIO] = math.log((t_c + 0.5) / tr_e)
-        # Sales that come in clumps of about D vary D times more than single ones (a compound
-        # Poisson): every count is judged in clumps, c / D against lambda / D.
-        clump = clump_size(clump_a[key], clump_b[key], clump_n[key])
         o[T_TREND_POISSON_VAR] = (t_e2 + 0.25) / (tr_e * tr_e) * clump
         o[T_CLUMP] = clump
         phi = max(tr_phi[key], PHI_FLOOR) if tr_phi_n[key] > 0 else PHI_PRIOR
@@ -453,12 +508,12 @@ def transform_round(
 
 @_compiled
 def update_round(
-    keys, start_ms, hop_ms, hour, how, hod,
+    keys, start_ms, hop_ms, hour, how, qod,
     count, revenue, units, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum, distinct_skus,
     feats, learn, new_normal,
     season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, min_bucket,
     between_tickets, basket, new_skus, ratios,
-    how_count, how_rev, how_n, hod_count, hod_rev, hod_n,
+    how_count, how_rev, how_n, hod_count, hod_rev, hod_n, qod_count, qod_n,
     level, level_rev, level_how, level_rev_how, how_hour, how_hour_n,
     recent_count, recent_rev, recent_n,
     tk_w, tk_s1, tk_s2, tk_tau_a, tk_tau_b,
@@ -567,7 +622,9 @@ def update_round(
         # Windows learned in this occurrence of the hour: they do not make it trusted yet.
         how_hour_n[key] = how_hour_n[key] + 1.0 if how_hour[key] == hour[i] else 1.0
         how_hour[key] = hour[i]
-        _learn_bucket(hod_n, hod_count, hod_rev, key, hod[i], c, r, season_rate, weight)
+        hod = qod[i] // QUARTERS_PER_HOUR
+        _learn_bucket(hod_n, hod_count, hod_rev, key, hod, c, r, season_rate, weight)
+        _learn_quarter(qod_n, qod_count, key, qod[i], c, season_rate, weight)
 
         mature = f[T_MATURE] != 0.0
         if mature:

@@ -69,7 +69,7 @@ def log_likelihood(x, shift, spread, proj, const):
 
 @compiled
 def score_round(
-    keys, start_ms, hour, how, hod,
+    keys, start_ms, hour, how, quarter,
     count, revenue, units, max_ticket, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum,
     distinct_skus, params, codes, max_z,
     scoring, center, scale, shift, spread, proj, const, offset, z,
@@ -96,7 +96,7 @@ def score_round(
         if keys[i] >= capacity:
             return None
     cols = transform_round(
-        keys, start_ms, hop_ms, hour, how, hod,
+        keys, start_ms, hop_ms, hour, how, quarter,
         count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
         min_bucket, trend_decay, between_tickets, basket, new_skus, scan, *state,
     )  # fmt: skip
@@ -149,7 +149,7 @@ def score_round(
         new_normal[i] = streak > relearn_after
         episode_quiet[key] = episode_quiet[key] + 1 if steady[m] else 0
     update_round(
-        keys, start_ms, hop_ms, hour, how, hod,
+        keys, start_ms, hop_ms, hour, how, quarter,
         count, revenue, units, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum, distinct_skus,
         cols, learn, new_normal,
         season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, min_bucket,
@@ -167,7 +167,7 @@ ALL_DONE, NEEDS_NUMPY, STEP_DUE = 0, 1, 2
 
 @compiled
 def score_rounds(
-    first, starts, size_ms, offsets, hour, how, hod,
+    first, starts, size_ms, offsets, hour, how, quarter,
     keys, count, revenue, units, max_ticket, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum,
     distinct_skus, params, codes, max_z,
     scoring, center, scale, shift, spread, proj, const, offset, z,
@@ -208,7 +208,7 @@ def score_rounds(
         lo, hi = offsets[r], offsets[r + 1]
         start = starts[r]
         done = score_round(
-            keys[lo:hi], start, hour[lo:hi], how[lo:hi], hod[lo:hi],
+            keys[lo:hi], start, hour[lo:hi], how[lo:hi], quarter[lo:hi],
             count[lo:hi], revenue[lo:hi], units[lo:hi], max_ticket[lo:hi], log_ticket_sum[lo:hi],
             log_ticket_sq_sum[lo:hi], log_units_sum[lo:hi], log_units_sq_sum[lo:hi], distinct_skus[lo:hi],
             params, codes, max_z,

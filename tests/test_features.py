@@ -84,6 +84,41 @@ def test_count_z_is_more_confident_once_the_hour_of_week_is_known():
     assert np.all(np.abs(z_known) > 1.2 * np.abs(z_first))
 
 
+def test_expected_count_follows_the_rate_within_the_hour():
+    # A shop that ramps up over its first quarter hour and winds down in its last: the hour's
+    # mean (10 a minute) is a third too high at opening and twice too high before closing.
+    rng = np.random.default_rng(4)
+    quarter_rates = np.array([5.0, 12.0, 13.0, 10.0, 0.0, 0.0, 0.0, 0.0])  # 9:00-9:59, closed 10:00-10:59
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    day = 1440
+    expected: dict[int, list[float]] = {0: [], 3: []}
+    for d in range(4):
+        for m in range(120):  # 9:00 to 10:59
+            start = (d * day + 9 * 60 + m) * MIN
+            rnd = make_round(start, rng.poisson(quarter_rates[m // 15 : m // 15 + 1]), rng)
+            f = fx.transform(rnd)
+            if d == 3 and m // 15 in expected:
+                expected[m // 15].append(float(f.expected["count"][0]))
+            fx.update(rnd, f, np.ones(1, dtype=bool))
+    # By the fourth day the expectation is the quarter's rate, not the hour's (it was 10 in both).
+    assert np.mean(expected[0]) == pytest.approx(5.0, rel=0.25)
+    assert np.mean(expected[3]) == pytest.approx(10.0, rel=0.2)
+    assert np.mean(expected[0]) < 0.7 * np.mean(expected[3])
+
+
+def test_a_key_at_one_event_a_window_has_no_shape_within_the_hour():
+    # A metric sampled once a window (NAB's CloudWatch series): every quarter holds the hour's rate,
+    # whatever weights the first windows were learned with, so the expectation stays the hour's.
+    from streamdetect import _feature_kernels as kernels
+
+    count, n = np.zeros((1, 96)), np.zeros((1, 96))
+    for i, weight in enumerate([0.1, 1.0, 0.3, 1.0, 0.05, 1.0, 1.0, 1.0]):
+        kernels._learn_quarter(n, count, 0, 36 + i % 4, 1.0, 0.25, weight)
+    hour = kernels._hour_of_quarters(count, n, 0, 9)
+    assert hour == 1.0
+    assert [kernels.within_hour_shape(count[0, q], n[0, q], hour, 1.0) for q in range(36, 40)] == [1.0] * 4
+
+
 def test_quiet_store_outage_shows_in_context_features_after_a_few_windows():
     rng = np.random.default_rng(2)
     rates = np.array([1.0])
