@@ -207,15 +207,22 @@ def test_same_input_same_output_byte_for_byte():
     assert s1.tobytes() == s2.tobytes()
 
 
-def test_state_round_trip_mid_stream_continues_identically():
+# Two of stream()'s stores on other clocks: a restored detector must put them back on theirs.
+ZONED = from_mapping(DetectorConfig, {
+    **SMALL_MAPPING, "features": {"timezones": {"store-001": "America/New_York", "store-002": "Asia/Tokyo"}},
+})
+
+
+@pytest.mark.parametrize("config", [SMALL, ZONED], ids=["one clock", "keys on their own clocks"])
+def test_state_round_trip_mid_stream_continues_identically(config):
     values, _ = stream()
     half = len(values) * 3 // 4  # after warm-up and calibration
-    det = Detector(SMALL)
+    det = Detector(config)
     for i in range(0, half, 5000):
         det.process(values[i : min(i + 5000, half)])
     assert det.stats().warmed_up
     state = orjson.loads(orjson.dumps(det.to_state()))
-    clone = Detector.from_state(state, SMALL)
+    clone = Detector.from_state(state, config)
     assert orjson.dumps(clone.to_state()) == orjson.dumps(det.to_state())
     rest = values[half:]
     out_a = [det.process(rest), det.flush()]
