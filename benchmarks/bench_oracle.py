@@ -28,6 +28,7 @@ import statistics
 from collections import defaultdict
 
 import numpy as np
+from bench_accuracy import parse_seeds  # the sibling script (benchmarks/ is on the path when run)
 from scipy import stats
 
 from streamdetect.generate import ANOMALY_TYPES, GeneratorConfig, iter_events
@@ -72,13 +73,6 @@ def oracle_delays(config: GeneratorConfig, alpha: float) -> list[tuple[str, floa
     return out
 
 
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = text.split("-")
-        return list(range(int(lo), int(hi) + 1))
-    return [int(s) for s in text.split(",")]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stores", type=int, default=20)
@@ -88,7 +82,7 @@ def main() -> None:
     args = p.parse_args()
 
     by_type: dict[str, list[float]] = defaultdict(list)
-    for seed in _seeds(args.seeds):
+    for seed in parse_seeds(args.seeds):
         cfg = GeneratorConfig(stores=args.stores, days=args.days, seed=seed)
         for kind, delay in oracle_delays(cfg, args.alpha):
             by_type[kind].append(delay)

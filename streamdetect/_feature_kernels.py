@@ -351,9 +351,10 @@ def transform_round(
         # Sales that come in clumps of about D vary D times more than single ones (a compound
         # Poisson): every count is judged in clumps, c / D against lambda / D.
         clump = clump_size(clump_a[key], clump_b[key], clump_n[key])
-        shaped = hod_ok and hop_ms < 3_600_000
-        hour_mean = _hour_of_quarters(qod_count, qod_n, key, hod) if shaped else 0.0
-        shape = within_hour_shape(qod_count[key, q], qod_n[key, q], hour_mean, clump) if shaped else 1.0
+        shape = 1.0
+        if hod_ok and hop_ms < 3_600_000:
+            hour_mean = _hour_of_quarters(qod_count, qod_n, key, hod)
+            shape = within_hour_shape(qod_count[key, q], qod_n[key, q], hour_mean, clump)
         fb_c = hod_count[key, hod] * shape if hod_ok else recent_count[key]
         fb_r = hod_rev[key, hod] * shape if hod_ok else recent_rev[key]
         h_c = how_count[key, how[i]] * shape

@@ -177,7 +177,7 @@ def score_rounds(
 ):  # fmt: skip
     """:func:`score_round` over consecutive rounds, from round ``first`` of a batch of them (round
     ``r`` is rows ``offsets[r]:offsets[r + 1]`` of the row arrays, from ``starts[r]`` for
-    ``size_ms``; ``hour``, ``how`` and ``hod`` are row arrays too, each on its key's clock), as far
+    ``size_ms``; ``hour``, ``how`` and ``quarter`` are row arrays too, each on its key's clock), as far
     as nothing changes the mixture or the threshold: one call instead of one per round.
 
     It stops after the round at which the learning step is due (``stop_rows`` more windows

@@ -702,6 +702,8 @@ class FeatureExtractor:
         return out
 
     def _round_local_ms(self, rnd: ClosedRound, zones: np.ndarray | None) -> np.ndarray:
+        if zones is None or len(self.clocks) == 1:  # one clock: the round's one start, shifted once
+            return np.full(len(rnd), self.clocks[0].local_ms(rnd.start_ms), dtype=np.int64)
         return self.local_ms(np.full(len(rnd), rnd.start_ms, dtype=np.int64), zones)
 
     def round_buckets(
