@@ -86,7 +86,8 @@ class Demo:
         gen = GeneratorConfig(stores=o.stores, days=o.days, seed=o.seed, malformed_fraction=o.malformed,
                               clean_days=0, anomalies_per_store_week=7.0)
         producer = OutputProducer(producer_config(self.config.kafka))
-        topic = self.config.kafka.input_topics[0]
+        # The first topic given by name (the service may subscribe to patterns beside it).
+        topic = self.config.kafka.named_input_topics[0]
         first_arrival: int | None = None
         started = time.monotonic()
         n = 0

@@ -95,6 +95,33 @@ def test_default_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
     assert lines and all(orjson.loads(line)["level"] for line in lines)
 
 
+def test_a_demo_given_only_topic_patterns_says_what_to_add() -> None:
+    """The demo produces its sales by topic name: with patterns alone it would produce into nothing
+    (a topic named after the regular expression) and wait forever; it refuses at once instead."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMDETECT_")}
+    proc = subprocess.run([*_cli(), "demo", "--input-topic", "^shop-sales-.*", "--duration", "30", "--no-view"],
+                          capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "only patterns (^shop-sales-.*)" in proc.stderr and "--input-topic NAME" in proc.stderr
+    assert "embedded broker" not in proc.stderr  # refused before anything started
+
+
+def test_a_demo_with_a_topic_pattern_beside_a_name_runs(tmp_path: Path) -> None:
+    """A pattern and a topic by name that it matches, the pattern first: the sales go to the named
+    topic and the service, subscribed to both, scores them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMDETECT_")}
+    proc = subprocess.run([*_cli(), "demo", "--input-topic", "^shop-sales-.*", "--input-topic", "shop-sales-eu",
+                           "--duration", "25", "--no-view", "--metrics-port", str(free_port()),
+                           "--log-file", str(tmp_path / "demo.log")],
+                          capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = proc.stdout[proc.stdout.rfind("streamdetect demo"):]
+    consumed = [int(x.replace(",", "")) for x in re.findall(r"consumed\s+([\d,]+)", final)]
+    windows = [int(x.replace(",", "")) for x in re.findall(r"windows scored\s+([\d,]+)", final)]
+    assert consumed and consumed[-1] > 1000, final
+    assert windows and windows[-1] > 0, final
+
+
 def test_the_view_shows_the_end_of_an_episode_apart_from_its_alerts() -> None:
     """The alerts pane lists what the alerts topic carries: an alert by its window and severity, the
     end of its episode as `resolved` with its explanation."""

@@ -72,6 +72,12 @@ def run(args: argparse.Namespace) -> int:
     from streamdetect.settings import load_config
 
     cfg = load_config(args.config, overrides=_demo_overrides(args))
+    if not cfg.kafka.named_input_topics:
+        patterns = ", ".join(cfg.kafka.input_topics)
+        print(f"streamdetect demo: kafka.input_topics holds only patterns ({patterns}); the demo produces its"
+              " sales to a topic by name: give one that a pattern matches beside them (--input-topic NAME)",
+              file=sys.stderr)
+        return 2
     log_file = args.log_file or Path(tempfile.gettempdir()) / "streamdetect-demo.log"
     log_stream = log_file.open("a", encoding="utf-8")
     setup_logging(cfg.log.level, cfg.log.format, stream=log_stream)
