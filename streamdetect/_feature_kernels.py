@@ -315,7 +315,7 @@ def _learn_closed(how_count, how_rev, how_n, hod_count, hod_rev, hod_n, quiet_n,
 
 @_compiled
 def transform_round(
-    keys, start_ms, hop_ms, hour, how, qod,
+    keys, start_ms, hop_ms, hour, how, quarter,
     count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
     min_bucket, trend_decay, between_tickets, basket, new_skus, scan,
     how_count, how_rev, how_n, hod_count, hod_rev, hod_n, qod_count, qod_n,
@@ -344,7 +344,7 @@ def transform_round(
         # hour: the current occurrence alone would only echo the current hour back.
         this_hour = how_hour[key] == hour[i]
         how_ok = how_n[key, how[i]] - (how_hour_n[key] if this_hour else 0.0) >= min_bucket
-        q = qod[i]
+        q = quarter[i]
         hod = q // QUARTERS_PER_HOUR
         hod_ok = hod_n[key, hod] >= min_bucket
         # Hourly references, shaped within the hour by the hour of day's quarters.
@@ -509,7 +509,7 @@ def transform_round(
 
 @_compiled
 def update_round(
-    keys, start_ms, hop_ms, hour, how, qod,
+    keys, start_ms, hop_ms, hour, how, quarter,
     count, revenue, units, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum, distinct_skus,
     feats, learn, new_normal,
     season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, min_bucket,
@@ -623,9 +623,9 @@ def update_round(
         # Windows learned in this occurrence of the hour: they do not make it trusted yet.
         how_hour_n[key] = how_hour_n[key] + 1.0 if how_hour[key] == hour[i] else 1.0
         how_hour[key] = hour[i]
-        hod = qod[i] // QUARTERS_PER_HOUR
+        hod = quarter[i] // QUARTERS_PER_HOUR
         _learn_bucket(hod_n, hod_count, hod_rev, key, hod, c, r, season_rate, weight)
-        _learn_quarter(qod_n, qod_count, key, qod[i], c, season_rate, weight)
+        _learn_quarter(qod_n, qod_count, key, quarter[i], c, season_rate, weight)
 
         mature = f[T_MATURE] != 0.0
         if mature:
