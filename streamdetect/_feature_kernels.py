@@ -89,7 +89,7 @@ STATE_ORDER: tuple[str, ...] = (
     "tr_count", "tr_exp_count", "tr_rev", "tr_exp_rev", "tr_exp2_count", "tr_phi", "tr_phi_n",
     "clump_a", "clump_b", "clump_n", "prev_count", "frozen_n",
     "scan_ring_c", "scan_ring_e", "scan_tot_c", "scan_tot_e", "scan_n", "scan_pos", "last_start",
-    "quiet_n", "quiet_total",
+    "quiet_n", "quiet_total", "dev_day", "dev_run", "dev_cnt_day", "dev_cnt",
 )
 
 # Constants of the formulas (see streamdetect.features for their reasons).
@@ -101,6 +101,15 @@ PHI_PRIOR = 0.01
 PHI_PRIOR_WINDOWS = 120.0
 DOW_VAR = 0.1  # variance of log day-of-week factors (about +-30 %), unknown until a week is seen
 PHI_FLOOR = 0.02  # no expected rate is known better than about +-14 %
+# A new pattern of part of the day (see _recurring): an hour of the day counts as changed on a day
+# once this many seconds of its windows deviated one way, with the short context agreeing by at
+# least RECUR_CONTEXT_Z; from the second such day in a row its deviating windows are learned at
+# RECUR_SPEEDUP times the seasonal rate (in log: an hour moves two thirds), into its hour of the
+# week and into the other days' same hour where their estimate was within RECUR_SHARE_LOG of it.
+RECUR_QUALIFY_S = 1800.0
+RECUR_CONTEXT_Z = 2.0
+RECUR_SPEEDUP = 4.0
+RECUR_SHARE_LOG = 0.25
 # Between-window variance of a per-sale mean (tickets, basket sizes): a prior of no extra
 # variance worth this many windows of evidence.
 TAU_PRIOR_WINDOWS = 5.0
@@ -298,6 +307,42 @@ def _forget_quiet(quiet_n, quiet_total, key):
 
 
 @_compiled
+def _recurring(dev_day, dev_run, dev_cnt_day, dev_cnt, key, hod, day, sign, qualify):
+    """Whether a deviating window (``sign`` its direction) belongs to a new pattern of its hour of
+    the day: the hour deviated that way for ``qualify`` windows on the day before and on the day
+    before that, or on the day before and today. Counts the window towards today's."""
+    if dev_cnt_day[key, hod] != day:
+        dev_cnt_day[key, hod] = day
+        dev_cnt[key, hod] = 0.0
+    dev_cnt[key, hod] += 1.0
+    if dev_cnt[key, hod] == qualify:
+        run = dev_run[key, hod]
+        same = dev_day[key, hod] == day - 1 and run * sign > 0.0
+        dev_run[key, hod] = run + sign if same else sign
+        dev_day[key, hod] = day
+    recent = dev_day[key, hod] == day or dev_day[key, hod] == day - 1
+    return recent and dev_run[key, hod] * sign >= 2.0
+
+
+@_compiled
+def _learn_new_pattern(how_n, how_count, how_rev, hod_n, hod_count, hod_rev, qod_n, qod_count,
+                       key, how, hod, quarter, c, r, rate):
+    """Learn a window of a recurring new pattern at ``rate``: into its hour of the week, its hour
+    of the day and its quarter, and into the other days' same hour where their estimate was close
+    to this day's (days that looked alike at this hour change alike; a Saturday open later does
+    not take a weekday's new closing time)."""
+    own = how_count[key, how]
+    for dow in range(7):
+        b = dow * 24 + hod
+        alike = how_n[key, b] > 0.0 and abs(math.log((how_count[key, b] + 0.5) / (own + 0.5))) <= RECUR_SHARE_LOG
+        if b != how and alike:
+            _learn_bucket(how_n, how_count, how_rev, key, b, c, r, rate, 1.0)
+    _learn_bucket(how_n, how_count, how_rev, key, how, c, r, rate, 1.0)
+    _learn_bucket(hod_n, hod_count, hod_rev, key, hod, c, r, rate, 1.0)
+    _learn_quarter(qod_n, qod_count, key, quarter, c, rate, 1.0)
+
+
+@_compiled
 def _learn_closed(how_count, how_rev, how_n, hod_count, hod_rev, hod_n, quiet_n, key, season_rate, min_bucket):
     """Learn the silent windows of a key that closed (went quiet until its idle timeout) into the
     seasonal buckets that hold no estimate yet: a shop's first early-closing Sunday was flagged,
@@ -328,7 +373,7 @@ def transform_round(
     tr_count, tr_exp_count, tr_rev, tr_exp_rev, tr_exp2_count, tr_phi, tr_phi_n,
     clump_a, clump_b, clump_n, prev_count, frozen_n,
     scan_ring_c, scan_ring_e, scan_tot_c, scan_tot_e, scan_n, scan_pos, last_start,
-    quiet_n, quiet_total,
+    quiet_n, quiet_total, dev_day, dev_run, dev_cnt_day, dev_cnt,
 ):
     """The round's features under the baselines as they are (nothing is written)."""
     n = len(keys)
@@ -524,7 +569,7 @@ def update_round(
     tr_count, tr_exp_count, tr_rev, tr_exp_rev, tr_exp2_count, tr_phi, tr_phi_n,
     clump_a, clump_b, clump_n, prev_count, frozen_n,
     scan_ring_c, scan_ring_e, scan_tot_c, scan_tot_e, scan_n, scan_pos, last_start,
-    quiet_n, quiet_total,
+    quiet_n, quiet_total, dev_day, dev_run, dev_cnt_day, dev_cnt,
 ):
     """Fold a round into the baselines (see FeatureExtractor.update); ``feats`` is transform_round's."""
     n_ctx = ctx_count.shape[1]
@@ -608,6 +653,20 @@ def update_round(
         frozen = frozen_n[key] + 1.0 if deviating else 0.0
         frozen_n[key] = frozen
         settled = (deviating and frozen > freeze_limit) or new_normal[i]
+        hod = quarter[i] // QUARTERS_PER_HOUR
+        if deviating and f[T_COUNT_CONTEXT_Z] * scan_z >= RECUR_CONTEXT_Z * abs(scan_z):
+            # A deviation that comes back at the same hour day after day is a new pattern of the
+            # key's day (new opening hours, quieter evenings), not an anomaly: its hour learns it
+            # fast, and the level does not (the rest of the day did not change). Otherwise such a
+            # change, frozen beyond `freeze_z` and learned into buckets that move a quarter a
+            # week, paged every day (17-72 alert windows an evening in the test's scenario).
+            sign = 1.0 if scan_z > 0.0 else -1.0
+            qualify = max(math.ceil(RECUR_QUALIFY_S * 1000.0 / hop_ms), 1.0)
+            if _recurring(dev_day, dev_run, dev_cnt_day, dev_cnt, key, hod, hour[i] // 24, sign, qualify):
+                fast = 1.0 - (1.0 - season_rate) ** RECUR_SPEEDUP
+                _learn_new_pattern(how_n, how_count, how_rev, hod_n, hod_count, hod_rev, qod_n, qod_count,
+                                   key, how[i], hod, quarter[i], c, r, fast)
+                continue
         if flagged or (deviating and not settled):
             if c == 0.0:
                 # Not learned: kept aside in case the silence turns out to be closing time.
@@ -623,7 +682,6 @@ def update_round(
         # Windows learned in this occurrence of the hour: they do not make it trusted yet.
         how_hour_n[key] = how_hour_n[key] + 1.0 if how_hour[key] == hour[i] else 1.0
         how_hour[key] = hour[i]
-        hod = quarter[i] // QUARTERS_PER_HOUR
         _learn_bucket(hod_n, hod_count, hod_rev, key, hod, c, r, season_rate, weight)
         _learn_quarter(qod_n, qod_count, key, quarter[i], c, season_rate, weight)
 

@@ -84,6 +84,15 @@ seasonal buckets that have no estimate yet, so that a shop's first early-closing
 as it must, teaches it what its Sunday evenings look like (otherwise every Sunday would page again,
 and the mixture would learn that an hour without a sale is ordinary). A bucket that has an estimate
 keeps it.
+
+A deviation that comes back at the same hour of the day on consecutive days (the hour deviated one
+way, by its scan and its short context, for ``RECUR_QUALIFY_S`` on two days in a row, the later of
+them today or yesterday) is a new pattern of the key's day, not an anomaly: new opening hours, evenings that have become
+quiet. Its windows are learned at ``RECUR_SPEEDUP`` times the seasonal rate into that hour's
+buckets, and into the same hour of the other days of the week whose estimate there was close, and
+not into the level (the rest of the day did not change). Frozen and learned only as a new normal
+into buckets that move a quarter a week, a store's evenings fallen to a twelfth paged every
+evening; now from the sixth evening on they do not.
 """
 
 from __future__ import annotations
@@ -219,7 +228,7 @@ _MIN_HALF_LIFE_WINDOWS = 5.0
 _EPOCH_WEEKDAY_HOURS = 3 * 24  # 1970-01-01 was a Thursday; shift so that bucket 0 is Monday 00:00 UTC
 _TICKET_HALF_LIFE_S = 86_400.0
 _PHI_HALF_LIFE_S = 86_400.0
-_INT_ARRAYS = ("ctx_pos", "last_start", "how_hour", "scan_n", "scan_pos")
+_INT_ARRAYS = ("ctx_pos", "last_start", "how_hour", "scan_n", "scan_pos", "dev_day", "dev_cnt_day")
 # Columns of the kernel's output that make up a per-sale mean, the new SKUs, the context and the trend.
 _TICKET_COLUMNS = (kernels.T_TICKET_DEV, kernels.T_TICKET_SALE_VAR, kernels.T_TICKET_VAR, kernels.T_TICKET_SEEN)
 _UNITS_COLUMNS = (kernels.T_UNITS_DEV, kernels.T_UNITS_SALE_VAR, kernels.T_UNITS_VAR, kernels.T_UNITS_SEEN)
@@ -492,6 +501,10 @@ class FeatureExtractor:
         "last_start": (),
         "quiet_n": (_HOURS_PER_WEEK,),
         "quiet_total": (),
+        "dev_day": (24,),
+        "dev_run": (24,),
+        "dev_cnt_day": (24,),
+        "dev_cnt": (24,),
     }
 
     def _allocate(self, capacity: int) -> None:

@@ -785,3 +785,34 @@ def test_held_scores_wait_for_the_windows_after_them():
     restored = _HeldScores(span_ms=3_000)
     restored.load(orjson.loads(orjson.dumps(held.to_state())))
     assert restored.release(10_000).tolist() == held.release(10_000).tolist() == [3000.0, 4000.0, 5000.0, 5000.5]
+
+
+def test_a_lasting_change_of_part_of_the_day_is_learned_within_days():
+    """A store whose evening sales fall to a twelfth for good: the first evenings page, then the
+    change that comes back at the same hours day after day is learned as the store's new evenings.
+    Before, such windows stayed frozen and paged every evening (here 72, 61, 44, 37, 35, 57, 47
+    and 17 alert windows; now 72, 73, 24, 8, 9, then none)."""
+    events, _ = generate(GeneratorConfig(stores=6, days=17, seed=11, anomalies_per_store_week=0, online_share=0))
+    valid = [e for e in events if isinstance(e, dict) and isinstance(e.get("store_id"), str)]
+
+    def when(e: dict) -> int | None:
+        try:
+            return parse_timestamp(e["ts"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    change = parse_timestamp("2026-01-14T00:00:00Z")
+    victim = max({e["store_id"] for e in valid}, key=lambda s: sum(e["store_id"] == s for e in valid))
+    evening, kept = 17 * 3_600_000, []
+    for n, e in enumerate(events):
+        t = when(e) if isinstance(e, dict) and e.get("store_id") == victim else None
+        if t is not None and t >= change and t % 86_400_000 >= evening and n % 12:
+            continue  # from 2026-01-14 on, one evening sale in twelve
+        kept.append(orjson.dumps(e) if not isinstance(e, bytes) else e)
+    per_day: dict[str, int] = {}
+    for a in alerts_of(run(kept, Detector().config)):
+        if a.key["store_id"] == victim and a.window_start >= "2026-01-14":
+            per_day[a.window_start[:10]] = per_day.get(a.window_start[:10], 0) + 1
+    assert per_day.get("2026-01-14", 0) >= 10, per_day  # the change itself is an anomaly
+    # from the sixth evening on, none pages (the weekend's own evenings learn on their first day)
+    assert sum(v for d, v in per_day.items() if d >= "2026-01-19") <= 3, per_day
