@@ -110,6 +110,10 @@ RECUR_QUALIFY_S = 1800.0
 RECUR_CONTEXT_Z = 2.0
 RECUR_SPEEDUP = 4.0
 RECUR_SHARE_LOG = 0.25
+# Only with windows of a quarter hour or shorter: with longer ones an hour of the day is one window
+# or none, too little to tell a new pattern from an anomaly (daily windows would take two days of
+# deviation in a row for one).
+RECUR_MAX_HOP_MS = 900_000
 # Between-window variance of a per-sale mean (tickets, basket sizes): a prior of no extra
 # variance worth this many windows of evidence.
 TAU_PRIOR_WINDOWS = 5.0
@@ -654,7 +658,8 @@ def update_round(
         frozen_n[key] = frozen
         settled = (deviating and frozen > freeze_limit) or new_normal[i]
         hod = quarter[i] // QUARTERS_PER_HOUR
-        if deviating and f[T_COUNT_CONTEXT_Z] * scan_z >= RECUR_CONTEXT_Z * abs(scan_z):
+        sustained = deviating and f[T_COUNT_CONTEXT_Z] * scan_z >= RECUR_CONTEXT_Z * abs(scan_z)
+        if sustained and hop_ms <= RECUR_MAX_HOP_MS:
             # A deviation that comes back at the same hour day after day is a new pattern of the
             # key's day (new opening hours, quieter evenings), not an anomaly: its hour learns it
             # fast, and the level does not (the rest of the day did not change). Otherwise such a
