@@ -313,8 +313,9 @@ def _forget_quiet(quiet_n, quiet_total, key):
 @_compiled
 def _recurring(dev_day, dev_run, dev_cnt_day, dev_cnt, key, hod, day, sign, qualify):
     """Whether a deviating window (``sign`` its direction) belongs to a new pattern of its hour of
-    the day: the hour deviated that way for ``qualify`` windows on the day before and on the day
-    before that, or on the day before and today. Counts the window towards today's."""
+    the day: the hour qualified that way on two days in a row, the later of them today or
+    yesterday. A day qualifies when its ``qualify``-th deviating window at that hour is counted,
+    in that window's direction. Counts the window towards today's."""
     if dev_cnt_day[key, hod] != day:
         dev_cnt_day[key, hod] = day
         dev_cnt[key, hod] = 0.0
@@ -579,6 +580,8 @@ def update_round(
     n_ctx = ctx_count.shape[1]
     ring = scan_ring_c.shape[1]
     d = ticket_decay
+    recur_qualify = max(math.ceil(RECUR_QUALIFY_S * 1000.0 / hop_ms), 1.0)
+    recur_rate = 1.0 - (1.0 - season_rate) ** RECUR_SPEEDUP
     for i in range(len(keys)):
         key = keys[i]
         c = count[i]
@@ -666,11 +669,9 @@ def update_round(
             # change, frozen beyond `freeze_z` and learned into buckets that move a quarter a
             # week, paged every day (17-72 alert windows an evening in the test's scenario).
             sign = 1.0 if scan_z > 0.0 else -1.0
-            qualify = max(math.ceil(RECUR_QUALIFY_S * 1000.0 / hop_ms), 1.0)
-            if _recurring(dev_day, dev_run, dev_cnt_day, dev_cnt, key, hod, hour[i] // 24, sign, qualify):
-                fast = 1.0 - (1.0 - season_rate) ** RECUR_SPEEDUP
+            if _recurring(dev_day, dev_run, dev_cnt_day, dev_cnt, key, hod, hour[i] // 24, sign, recur_qualify):
                 _learn_new_pattern(how_n, how_count, how_rev, hod_n, hod_count, hod_rev, qod_n, qod_count,
-                                   key, how[i], hod, quarter[i], c, r, fast)
+                                   key, how[i], hod, quarter[i], c, r, recur_rate)
                 continue
         if flagged or (deviating and not settled):
             if c == 0.0:

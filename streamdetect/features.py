@@ -87,13 +87,13 @@ keeps it.
 
 A deviation that comes back at the same hour of the day on consecutive days (the hour deviated one
 way, by its scan and its short context, for ``RECUR_QUALIFY_S`` on two days in a row, the later of
-them today or yesterday) is a new pattern of the key's day, not an anomaly: new opening hours, evenings that have become
-quiet. Its windows are learned at ``RECUR_SPEEDUP`` times the seasonal rate into that hour's
-buckets, and into the same hour of the other days of the week whose estimate there was close, and
-not into the level (the rest of the day did not change); with windows of a quarter hour or
-shorter only. Frozen and learned only as a new normal
-into buckets that move a quarter a week, a store's evenings fallen to a twelfth paged every
-evening; now from the sixth evening on they do not.
+them today or yesterday) is a new pattern of the key's day, not an anomaly: new opening hours,
+evenings that have become quiet. Its windows are learned at ``RECUR_SPEEDUP`` times the seasonal
+rate into that hour's buckets, and into the same hour of the other days of the week whose estimate
+there was close, and not into the level (the rest of the day did not change); with windows of a
+quarter hour or shorter only. Frozen and learned only as a new normal into buckets that move a
+quarter a week, a store's evenings fallen to a twelfth paged every evening; now from the sixth
+evening on they do not.
 """
 
 from __future__ import annotations

@@ -26,6 +26,11 @@ def _cli() -> list[str]:
     return [sys.executable, "-c", "import sys; from streamdetect.cli import main; sys.exit(main())"]
 
 
+def _env_without_settings() -> dict[str, str]:
+    """The environment without STREAMDETECT_* settings: no bootstrap servers, the embedded broker."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("STREAMDETECT_")}
+
+
 def _get(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -47,7 +52,7 @@ def _metric(text: str, name: str) -> float:
 def test_default_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
     """The default scenario and speed, no bootstrap servers: alerts within 60 s, then a clean exit."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMDETECT_")}  # no bootstrap servers
+    env = _env_without_settings()
     log = tmp_path / "demo.log"
     proc = subprocess.Popen([*_cli(), "demo", "--duration", "60", "--no-view", "--metrics-port", str(port),
                              "--log-file", str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -98,7 +103,7 @@ def test_default_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
 def test_a_demo_given_only_topic_patterns_says_what_to_add() -> None:
     """The demo produces its sales by topic name: with patterns alone it would produce into nothing
     (a topic named after the regular expression) and wait forever; it refuses at once instead."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMDETECT_")}
+    env = _env_without_settings()
     proc = subprocess.run([*_cli(), "demo", "--input-topic", "^shop-sales-.*", "--duration", "30", "--no-view"],
                           capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -109,7 +114,7 @@ def test_a_demo_given_only_topic_patterns_says_what_to_add() -> None:
 def test_a_demo_with_a_topic_pattern_beside_a_name_runs(tmp_path: Path) -> None:
     """A pattern and a topic by name that it matches, the pattern first: the sales go to the named
     topic and the service, subscribed to both, scores them."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMDETECT_")}
+    env = _env_without_settings()
     proc = subprocess.run([*_cli(), "demo", "--input-topic", "^shop-sales-.*", "--input-topic", "shop-sales-eu",
                            "--duration", "25", "--no-view", "--metrics-port", str(free_port()),
                            "--log-file", str(tmp_path / "demo.log")],

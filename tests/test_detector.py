@@ -15,7 +15,7 @@ from streamdetect.alerts import SEVERITIES, Alert, EpisodeResolved, episode_id, 
 from streamdetect.config import ConfigError, DetectorConfig, ModelConfig, ThresholdConfig, from_mapping
 from streamdetect.detector import Detector, DetectorOutput
 from streamdetect.events import parse_timestamp
-from streamdetect.generate import GeneratorConfig, generate
+from streamdetect.generate import GeneratorConfig, encode_event, generate
 
 SMALL_MAPPING = {"model": {"warmup": 1500, "n_init": 2}, "threshold": {"n_init": 1000, "window": 5000}}
 SMALL = from_mapping(DetectorConfig, SMALL_MAPPING)
@@ -808,7 +808,7 @@ def test_a_lasting_change_of_part_of_the_day_is_learned_within_days():
         t = when(e) if isinstance(e, dict) and e.get("store_id") == victim else None
         if t is not None and t >= change and t % 86_400_000 >= evening and n % 12:
             continue  # from 2026-01-14 on, one evening sale in twelve
-        kept.append(orjson.dumps(e) if not isinstance(e, bytes) else e)
+        kept.append(encode_event(e))
     per_day: dict[str, int] = {}
     for a in alerts_of(run(kept, Detector().config)):
         if a.key["store_id"] == victim and a.window_start >= "2026-01-14":
