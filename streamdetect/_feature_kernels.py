@@ -348,6 +348,21 @@ def _learn_new_pattern(how_n, how_count, how_rev, hod_n, hod_count, hod_rev, qod
 
 
 @_compiled
+def _seasonal_revenue(c, r, f, freeze_z):
+    """The revenue a window teaches the seasonal buckets: its own, unless its mean ticket deviates
+    beyond ``freeze_z`` (a price glitch, a flood of tiny tickets); then its count at the hour's
+    usual revenue per sale. A bucket is a running mean of revenue, and a young one learns fast: a
+    38-minute glitch of prices x100 put the hour of the week at 20 times its revenue, and the
+    same hour paged a week later, and the week after, on normal sales. The ticket features judge
+    such windows; the key's level and ticket moments still learn them (a price change that lasts
+    is learned there first, and reaches the buckets once the tickets no longer deviate)."""
+    if abs(f[T_TICKET_Z]) < freeze_z or c == 0.0:
+        return r
+    e_c = f[T_EXPECTED_COUNT]
+    return c * (f[T_EXPECTED_REV] / e_c if e_c > 0.0 else f[T_TYPICAL_TICKET])
+
+
+@_compiled
 def _learn_closed(how_count, how_rev, how_n, hod_count, hod_rev, hod_n, quiet_n, key, season_rate, min_bucket):
     """Learn the silent windows of a key that closed (went quiet until its idle timeout) into the
     seasonal buckets that hold no estimate yet: a shop's first early-closing Sunday was flagged,
@@ -661,6 +676,7 @@ def update_round(
         frozen_n[key] = frozen
         settled = (deviating and frozen > freeze_limit) or new_normal[i]
         hod = quarter[i] // QUARTERS_PER_HOUR
+        r_season = _seasonal_revenue(c, r, f, freeze_z)
         sustained = deviating and f[T_COUNT_CONTEXT_Z] * scan_z >= RECUR_CONTEXT_Z * abs(scan_z)
         if sustained and hop_ms <= RECUR_MAX_HOP_MS:
             # A deviation that comes back at the same hour day after day is a new pattern of the
@@ -671,7 +687,7 @@ def update_round(
             sign = 1.0 if scan_z > 0.0 else -1.0
             if _recurring(dev_day, dev_run, dev_cnt_day, dev_cnt, key, hod, hour[i] // 24, sign, recur_qualify):
                 _learn_new_pattern(how_n, how_count, how_rev, hod_n, hod_count, hod_rev, qod_n, qod_count,
-                                   key, how[i], hod, quarter[i], c, r, recur_rate)
+                                   key, how[i], hod, quarter[i], c, r_season, recur_rate)
                 continue
         if flagged or (deviating and not settled):
             if c == 0.0:
@@ -684,11 +700,11 @@ def update_round(
         # still building evidence for hardly moves the count baselines. A new normal weighs 1.
         weight = 1.0 if settled else 1.0 / (1.0 + scan_z**2)
 
-        _learn_bucket(how_n, how_count, how_rev, key, how[i], c, r, season_rate, weight)
+        _learn_bucket(how_n, how_count, how_rev, key, how[i], c, r_season, season_rate, weight)
         # Windows learned in this occurrence of the hour: they do not make it trusted yet.
         how_hour_n[key] = how_hour_n[key] + 1.0 if how_hour[key] == hour[i] else 1.0
         how_hour[key] = hour[i]
-        _learn_bucket(hod_n, hod_count, hod_rev, key, hod, c, r, season_rate, weight)
+        _learn_bucket(hod_n, hod_count, hod_rev, key, hod, c, r_season, season_rate, weight)
         _learn_quarter(qod_n, qod_count, key, quarter[i], c, season_rate, weight)
 
         mature = f[T_MATURE] != 0.0

@@ -291,7 +291,9 @@ class FeatureConfig:
     While a key's ``count_scan_z`` is beyond ``freeze_z`` its baselines do not learn (a drop or a
     level shift would otherwise be absorbed before it is evidence enough), for at most
     ``freeze_limit`` seconds or until the key has been flagged for long (a new normal), and
-    neither the mixture nor the threshold learns its windows.
+    neither the mixture nor the threshold learns its windows. A window whose mean ticket is beyond
+    ``freeze_z`` (a price glitch) teaches the seasonal revenue baselines its count at the hour's
+    usual revenue per sale, not its own revenue.
     ``timezone`` (an IANA name) is where the hours of the day and of the week are counted: the
     seasonal baselines follow the shops' clocks, so a change to or from daylight saving time moves
     their opening hour with them instead of an hour against the learned week. ``timezones`` gives

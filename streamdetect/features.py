@@ -78,6 +78,10 @@ says to learn from (anomalies do not become the new normal). They learn robustly
 ``1 / (1 + z^2)`` by its ``count_scan_z`` z, and while ``|z| >= freeze_z`` not at all, so that a
 change still building up its evidence is not absorbed; after ``freeze_limit``, or once the
 caller says the key has been flagged for long (``new_normal``), they follow it at full weight.
+The seasonal buckets keep a running mean of revenue, which one price glitch would own for weeks: a
+window whose mean ticket deviates beyond ``freeze_z`` teaches them its count at the hour's usual
+revenue per sale (a 38-minute glitch of prices x100 in a store's first week had its hour of the
+week page a week later, on normal sales).
 A key that goes quiet until its idle timeout (no more windows until it sells again) has closed for
 the day: the empty windows that were not learned (flagged, or frozen) are learned then into the
 seasonal buckets that have no estimate yet, so that a shop's first early-closing Sunday, which pages

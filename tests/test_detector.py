@@ -816,3 +816,30 @@ def test_a_lasting_change_of_part_of_the_day_is_learned_within_days():
     assert per_day.get("2026-01-14", 0) >= 10, per_day  # the change itself is an anomaly
     # from the sixth evening on, none pages (the weekend's own evenings learn on their first day)
     assert sum(v for d, v in per_day.items() if d >= "2026-01-19") <= 3, per_day
+
+
+def test_a_price_glitch_is_not_remembered_by_its_hour_of_the_week():
+    """A 38-minute glitch pricing every other sale x100, in a store's first week: its windows are
+    alerts, and the same hour a week later, on normal sales, is not. Before, the glitch's revenue
+    was learned into the young hour-of-week bucket (about 20 times its usual revenue) and that hour
+    paged a week later (here 51 alert windows)."""
+    events, _ = generate(GeneratorConfig(stores=6, days=11, seed=11, anomalies_per_store_week=0, online_share=0))
+    valid = [e for e in events if isinstance(e, dict) and isinstance(e.get("store_id"), str)]
+    victim = max({e["store_id"] for e in valid}, key=lambda s: sum(e["store_id"] == s for e in valid))
+    start = parse_timestamp("2026-01-08T14:00:00Z")
+    kept = []
+    for n, e in enumerate(events):
+        if isinstance(e, dict) and e.get("store_id") == victim and n % 2:
+            try:
+                glitch = start <= parse_timestamp(e["ts"]) < start + 38 * 60_000
+            except (KeyError, TypeError, ValueError):
+                glitch = False
+            if glitch:
+                e = {**e, **{f: e[f] * 100 for f in ("unit_price", "amount") if isinstance(e.get(f), int | float)}}
+        kept.append(encode_event(e))
+    per_hour: dict[str, int] = {}
+    for a in alerts_of(run(kept, Detector().config)):
+        if a.key["store_id"] == victim:
+            per_hour[a.window_start[:13]] = per_hour.get(a.window_start[:13], 0) + 1
+    assert per_hour.get("2026-01-08T14", 0) >= 20, per_hour  # the glitch itself
+    assert per_hour.get("2026-01-15T14", 0) + per_hour.get("2026-01-15T15", 0) <= 2, per_hour
