@@ -89,7 +89,7 @@ STATE_ORDER: tuple[str, ...] = (
     "tr_count", "tr_exp_count", "tr_rev", "tr_exp_rev", "tr_exp2_count", "tr_phi", "tr_phi_n",
     "clump_a", "clump_b", "clump_n", "prev_count", "frozen_n",
     "scan_ring_c", "scan_ring_e", "scan_tot_c", "scan_tot_e", "scan_n", "scan_pos", "last_start",
-    "quiet_n", "quiet_total", "dev_day", "dev_run", "dev_cnt_day", "dev_cnt",
+    "quiet_n", "quiet_total", "dev_day", "dev_run", "dev_cnt_day", "dev_cnt", "how_dev",
 )
 
 # Constants of the formulas (see streamdetect.features for their reasons).
@@ -330,6 +330,19 @@ def _recurring(dev_day, dev_run, dev_cnt_day, dev_cnt, key, hod, day, sign, qual
 
 
 @_compiled
+def _stale_hour_of_week(how_dev, key, how, day, sign, qualified):
+    """Whether a deviating window's hour of the week is stale: the hour qualified (see
+    :func:`_recurring`) the same way today and on the same day a week before. ``how_dev`` holds
+    each hour of the week's last qualifying day, ``sign * (2 * (day + 1) + stale)``; ``qualified``
+    says this window made today qualify, which records it."""
+    if qualified:
+        prev = how_dev[key, how]
+        week_before = prev != 0 and (prev > 0) == (sign > 0) and abs(prev) // 2 - 1 == day - 7
+        how_dev[key, how] = int(sign) * (2 * (day + 1) + (1 if week_before else 0))
+    return how_dev[key, how] == int(sign) * (2 * (day + 1) + 1)
+
+
+@_compiled
 def _learn_new_pattern(how_n, how_count, how_rev, hod_n, hod_count, hod_rev, qod_n, qod_count,
                        key, how, hod, quarter, c, r, rate):
     """Learn a window of a recurring new pattern at ``rate``: into its hour of the week, its hour
@@ -393,7 +406,7 @@ def transform_round(
     tr_count, tr_exp_count, tr_rev, tr_exp_rev, tr_exp2_count, tr_phi, tr_phi_n,
     clump_a, clump_b, clump_n, prev_count, frozen_n,
     scan_ring_c, scan_ring_e, scan_tot_c, scan_tot_e, scan_n, scan_pos, last_start,
-    quiet_n, quiet_total, dev_day, dev_run, dev_cnt_day, dev_cnt,
+    quiet_n, quiet_total, dev_day, dev_run, dev_cnt_day, dev_cnt, how_dev,
 ):
     """The round's features under the baselines as they are (nothing is written)."""
     n = len(keys)
@@ -589,7 +602,7 @@ def update_round(
     tr_count, tr_exp_count, tr_rev, tr_exp_rev, tr_exp2_count, tr_phi, tr_phi_n,
     clump_a, clump_b, clump_n, prev_count, frozen_n,
     scan_ring_c, scan_ring_e, scan_tot_c, scan_tot_e, scan_n, scan_pos, last_start,
-    quiet_n, quiet_total, dev_day, dev_run, dev_cnt_day, dev_cnt,
+    quiet_n, quiet_total, dev_day, dev_run, dev_cnt_day, dev_cnt, how_dev,
 ):
     """Fold a round into the baselines (see FeatureExtractor.update); ``feats`` is transform_round's."""
     n_ctx = ctx_count.shape[1]
@@ -685,9 +698,17 @@ def update_round(
             # change, frozen beyond `freeze_z` and learned into buckets that move a quarter a
             # week, paged every day (17-72 alert windows an evening in the test's scenario).
             sign = 1.0 if scan_z > 0.0 else -1.0
-            if _recurring(dev_day, dev_run, dev_cnt_day, dev_cnt, key, hod, hour[i] // 24, sign, recur_qualify):
+            day = hour[i] // 24
+            if _recurring(dev_day, dev_run, dev_cnt_day, dev_cnt, key, hod, day, sign, recur_qualify):
                 _learn_new_pattern(how_n, how_count, how_rev, hod_n, hod_count, hod_rev, qod_n, qod_count,
                                    key, how[i], hod, quarter[i], c, r_season, recur_rate)
+                continue
+            # An hour of the week that deviates the same way week after week was learned wrong
+            # (a first week's level shift, learned while the day of the week was unknown): its
+            # windows are flagged or frozen, so at the seasonal rate it paged for weeks.
+            qualified = dev_cnt_day[key, hod] == day and dev_cnt[key, hod] == recur_qualify
+            if _stale_hour_of_week(how_dev, key, how[i], day, sign, qualified):
+                _learn_bucket(how_n, how_count, how_rev, key, how[i], c, r_season, recur_rate, 1.0)
                 continue
         if flagged or (deviating and not settled):
             if c == 0.0:

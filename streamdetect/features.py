@@ -97,7 +97,10 @@ rate into that hour's buckets, and into the same hour of the other days of the w
 there was close, and not into the level (the rest of the day did not change); with windows of a
 quarter hour or shorter only. Frozen and learned only as a new normal into buckets that move a
 quarter a week, a store's evenings fallen to a twelfth paged every evening; now from the sixth
-evening on they do not.
+evening on they do not. An hour of the week that qualified the same way today and a week before
+was learned wrong (a level shift in a key's first week, learned while its day of the week was
+unknown, pages on that hour every week after, and its windows, flagged or frozen, are not learned
+back): from then on its deviating windows are learned into it at the same fast rate.
 """
 
 from __future__ import annotations
@@ -233,7 +236,7 @@ _MIN_HALF_LIFE_WINDOWS = 5.0
 _EPOCH_WEEKDAY_HOURS = 3 * 24  # 1970-01-01 was a Thursday; shift so that bucket 0 is Monday 00:00 UTC
 _TICKET_HALF_LIFE_S = 86_400.0
 _PHI_HALF_LIFE_S = 86_400.0
-_INT_ARRAYS = ("ctx_pos", "last_start", "how_hour", "scan_n", "scan_pos", "dev_day", "dev_cnt_day")
+_INT_ARRAYS = ("ctx_pos", "last_start", "how_hour", "scan_n", "scan_pos", "dev_day", "dev_cnt_day", "how_dev")
 # Columns of the kernel's output that make up a per-sale mean, the new SKUs, the context and the trend.
 _TICKET_COLUMNS = (kernels.T_TICKET_DEV, kernels.T_TICKET_SALE_VAR, kernels.T_TICKET_VAR, kernels.T_TICKET_SEEN)
 _UNITS_COLUMNS = (kernels.T_UNITS_DEV, kernels.T_UNITS_SALE_VAR, kernels.T_UNITS_VAR, kernels.T_UNITS_SEEN)
@@ -510,6 +513,7 @@ class FeatureExtractor:
         "dev_run": (24,),
         "dev_cnt_day": (24,),
         "dev_cnt": (24,),
+        "how_dev": (_HOURS_PER_WEEK,),
     }
 
     def _allocate(self, capacity: int) -> None:
