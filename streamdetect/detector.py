@@ -1169,7 +1169,7 @@ class Detector:
         return {
             "version": STATE_VERSION,
             "windows": self.windows.to_state(),
-            "features": self.features.to_state(),
+            "features": self.features.to_state(rows=self.windows.keys.capacity),
             "scaler": self.scaler.to_state(),
             "model": self.model.to_state(),
             "threshold": self.threshold.to_state(),

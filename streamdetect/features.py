@@ -105,7 +105,9 @@ back): from then on its deviating windows are learned into it at the same fast r
 
 from __future__ import annotations
 
+import base64
 import time
+import zlib
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -772,11 +774,14 @@ class FeatureExtractor:
         )  # fmt: skip
 
     # ------------------------------------------------------------------ state
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self, rows: int | None = None) -> dict[str, Any]:
+        """The baselines as JSON, each array packed as bytes (see :func:`pack_array`); ``rows``:
+        only the first, the key ids ever assigned (the arrays grow by doubling, and a row no key
+        had holds nothing)."""
         return {
-            "version": 2,
+            "version": 3,
             "names": list(self.names),
-            "arrays": {name: arr.tolist() for name, arr in self._arrays.items()},
+            "arrays": {name: pack_array(arr[:rows]) for name, arr in self._arrays.items()},
         }
 
     @classmethod
@@ -792,7 +797,7 @@ class FeatureExtractor:
             # features were ratios where version 2's are z-scores: a model fitted on those would
             # misread the new ones. The caller starts afresh (the service: a new warm-up).
             raise ValueError("feature state from an older release (version 1): its features cannot be checked")
-        if state.get("version") != 2:
+        if state.get("version") not in (2, 3):
             raise ValueError(f"unsupported feature state version {state.get('version')!r}")
         fx = cls(config, windows, unavailable)
         if tuple(state["names"]) != fx.names:
@@ -800,15 +805,44 @@ class FeatureExtractor:
                 f"the state's features ({', '.join(state['names'])}) are not the configured ones"
                 f" ({', '.join(fx.names)}): its model cannot score them"
             )
-        for name, values in state["arrays"].items():
-            dtype = np.int64 if name in _INT_ARRAYS else np.float64
-            arr = np.array(values, dtype=dtype)
+        for name, arr in saved_arrays(state).items():
             if arr.size == 0:
                 arr = arr.reshape(fx._arrays[name].shape)
             fx._arrays[name] = arr
         # Arrays a state from an older release lacks start from scratch at the right capacity.
         fx._allocate(len(fx._arrays["level"]))
         return fx
+
+
+def pack_array(arr: np.ndarray) -> dict[str, Any]:
+    """An array as JSON: its dtype, shape and bytes (zlib, then base64). A partition's baselines
+    are some 12 KB per key; as lists of numbers, 20,000 keys took 2 s to write out and 4 s to read
+    back, a stall of the service's loop at every checkpoint (each `kafka.checkpoint_interval`).
+
+    >>> a = np.arange(6.0).reshape(2, 3)
+    >>> packed = pack_array(a)
+    >>> packed["dtype"], packed["shape"], np.array_equal(unpack_array(packed), a)
+    ('<f8', [2, 3], True)
+    """
+    data = zlib.compress(np.ascontiguousarray(arr).tobytes(), 1)
+    return {"dtype": arr.dtype.str, "shape": list(arr.shape), "zlib": base64.b64encode(data).decode("ascii")}
+
+
+def unpack_array(packed: dict[str, Any]) -> np.ndarray:
+    """The array :func:`pack_array` packed (writable)."""
+    data = bytearray(zlib.decompress(base64.b64decode(packed["zlib"])))
+    return np.frombuffer(data, dtype=np.dtype(packed["dtype"])).reshape(packed["shape"])
+
+
+def saved_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The baselines of a saved :class:`FeatureExtractor` state, by name: packed arrays (version 3)
+    or lists of numbers (version 2, the releases before 2026-12-01's sixth stop)."""
+    out = {}
+    for name, values in state["arrays"].items():
+        dtype = np.int64 if name in _INT_ARRAYS else np.float64
+        arr = unpack_array(values) if isinstance(values, dict) else np.array(values, dtype=dtype)
+        out[name] = arr.astype(dtype, copy=False)
+    return out
 
 
 def compile_kernels() -> float:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from streamdetect.config import ConfigError, FeatureConfig, WindowConfig
-from streamdetect.features import AVAILABLE_FEATURES, FeatureExtractor
+from streamdetect.features import AVAILABLE_FEATURES, FeatureExtractor, saved_arrays
 from streamdetect.windows import ClosedRound
 
 MIN = 60_000
@@ -210,6 +210,24 @@ def test_state_round_trips_and_evict_resets_a_key():
     fx.evict([1])
     assert not fx.transform(rnd).mature[1]
     assert fx.transform(rnd).mature[0]
+
+
+def test_a_state_holds_the_rows_of_its_keys_and_one_of_the_release_before_restores():
+    """Packed arrays of the keys' rows only: a key new after the restore starts from scratch as
+    it would have; a version-2 state (lists of numbers) restores to the same baselines."""
+    rng = np.random.default_rng(8)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    train(fx, np.array([4.0, 9.0]), 90, rng)
+    state = orjson.loads(orjson.dumps(fx.to_state(rows=2)))
+    assert state["version"] == 3 and state["arrays"]["how_count"]["shape"] == [2, 168]
+    clone = FeatureExtractor.from_state(state)
+    rnd = make_round(90 * MIN, np.array([3, 12, 7]), rng)  # key 2 is new
+    np.testing.assert_array_equal(fx.transform(rnd).values, clone.transform(rnd).values)
+    old = {**state, "version": 2, "arrays": {k: v.tolist() for k, v in saved_arrays(state).items()}}
+    restored = FeatureExtractor.from_state(orjson.loads(orjson.dumps(old)))
+    for name, arr in clone._arrays.items():
+        np.testing.assert_array_equal(restored._arrays[name][:2], arr[:2], err_msg=name)
+        assert restored._arrays[name].dtype == arr.dtype, name
 
 
 def test_scan_sees_a_sustained_drop_that_single_windows_do_not_and_the_level_waits():
