@@ -34,7 +34,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -82,6 +82,11 @@ SCORE_BUCKETS: tuple[float, ...] = (
 BATCH_DURATION_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
+#: Writing out the snapshots of the assigned partitions (serialise, compress, queue): the loop
+#: waits for it at every checkpoint, milliseconds for a few keys, seconds for hundreds of thousands.
+CHECKPOINT_DURATION_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
 #: From the newest event time in a window to the alert being delivered: the window size plus the
 #: allowed lateness dominates (a minute or more), so the buckets reach into hours for replays.
 ALERT_LATENCY_BUCKETS: tuple[float, ...] = (
@@ -114,6 +119,8 @@ METRIC_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "streamdetect_alert_latency_seconds": ("histogram", ()),
     "streamdetect_checkpoints_total": ("counter", ("result",)),
     "streamdetect_last_checkpoint_timestamp_seconds": ("gauge", ()),
+    "streamdetect_checkpoint_duration_seconds": ("histogram", ()),
+    "streamdetect_checkpoint_bytes": ("gauge", ("partition",)),
     "streamdetect_commits_total": ("counter", ("result",)),
     "streamdetect_rebalances_total": ("counter", ("event",)),
     "streamdetect_assigned_partitions": ("gauge", ()),
@@ -286,6 +293,11 @@ class Metrics:
         self.checkpoints = Counter(f"{p}checkpoints", "State checkpoints written, by result.", ["result"], registry=r)
         self.last_checkpoint = Gauge(f"{p}last_checkpoint_timestamp_seconds",
                                      "Unix time of the last successful state checkpoint.", registry=r)
+        self.checkpoint_duration = Histogram(f"{p}checkpoint_duration_seconds",
+                                             "Time to write out one checkpoint's snapshots (serialise, compress).",
+                                             buckets=CHECKPOINT_DURATION_BUCKETS, registry=r)
+        self.checkpoint_bytes = Gauge(f"{p}checkpoint_bytes", "Size of the partition's last snapshot (compressed).",
+                                      ["partition"], registry=r)
         self.commits = Counter(f"{p}commits", "Offset commits, by result.", ["result"], registry=r)
         self.rebalances = Counter(f"{p}rebalances", "Consumer-group rebalance callbacks, by event.", ["event"],
                                   registry=r)
@@ -460,6 +472,12 @@ class Metrics:
         if ok:
             self.last_checkpoint.set(time.time() if ts is None else ts)
 
+    def record_snapshots(self, seconds: float, sizes: Mapping[int, int]) -> None:
+        """Time one checkpoint's writing out of snapshots, and each partition's snapshot size in bytes."""
+        self.checkpoint_duration.observe(seconds)
+        for partition, size in sizes.items():
+            self.checkpoint_bytes.labels(str(partition)).set(size)
+
     def record_rebalance(self, event: str, assigned_count: int) -> None:
         """Count one rebalance callback (``assign``, ``revoke`` or ``lost``) and set the assignment size."""
         self.rebalances.labels(event).inc()
@@ -495,7 +513,8 @@ class Metrics:
             Only drop the lag of these topics; of every topic when ``None``.
         """
         label = str(partition)
-        for gauge in (self.threshold, self.score_drift, self.model_log_likelihood, self.open_episodes):
+        for gauge in (self.threshold, self.score_drift, self.model_log_likelihood, self.open_episodes,
+                      self.checkpoint_bytes):
             self._remove(gauge, label)
         with self._lock:
             n_components = self._components.pop(partition, 0)

@@ -69,6 +69,7 @@ def test_exposition_contains_every_contract_metric() -> None:
     m.observe_stats(0, SimpleNamespace(threshold=20.0, drift_statistic=0.01, mean_log_likelihood=-3.0,
                                        component_weights=[0.5, 0.5], model_updates=3, watermark_ms=None,
                                        open_episodes=0))
+    m.record_snapshots(0.01, {0: 1_000})
     text = m.exposition().decode()
     fams = families(m)
     for name, (kind, labels) in METRIC_NAMES.items():
@@ -198,13 +199,18 @@ def test_kafka_side_records_and_remove_partition() -> None:
     assert m.value("streamdetect_consumer_lag_messages", topic="sales", partition="1") == 42
     assert m.value("streamdetect_consumer_lag_messages", topic="sales", partition="2") is None
     assert m.value("streamdetect_batch_duration_seconds_count") == 1
+    m.record_snapshots(0.3, {1: 52_000, 2: 7_000})
+    assert m.value("streamdetect_checkpoint_duration_seconds_count") == 1
+    assert m.value("streamdetect_checkpoint_duration_seconds_bucket", le="0.25") == 0
+    assert m.value("streamdetect_checkpoint_bytes", partition="1") == 52_000
     assert m.value("streamdetect_alert_latency_seconds_count") == 3
     assert m.value("streamdetect_alert_latency_seconds_bucket", le="0.1") == 1
 
     m.observe_stats(1, _stats(1, [0.5, 0.5]))
     m.remove_partition(1)
     m.remove_partition(1)  # idempotent
-    for name in ("streamdetect_threshold", "streamdetect_score_drift", "streamdetect_model_log_likelihood"):
+    for name in ("streamdetect_threshold", "streamdetect_score_drift", "streamdetect_model_log_likelihood",
+                 "streamdetect_checkpoint_bytes"):
         assert m.value(name, partition="1") is None
     assert m.value("streamdetect_model_component_weight", partition="1", component="0") is None
     assert m.value("streamdetect_consumer_lag_messages", topic="sales", partition="1") is None

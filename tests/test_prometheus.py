@@ -339,6 +339,8 @@ def stack(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 "threshold calibrated": "count(streamdetect_threshold > -Inf < +Inf) > 0",
                 "anomalies found": "sum(streamdetect_anomalies_total) > 0",
                 "checkpoints written": 'sum(streamdetect_checkpoints_total{result="ok"}) > 0',
+                "checkpoints timed": "sum(streamdetect_checkpoint_duration_seconds_count) > 0",
+                "snapshot sizes": "min(streamdetect_checkpoint_bytes) > 0",
                 "lag reported": "count(streamdetect_consumer_lag_messages) > 0",
                 "several scrapes": 'count_over_time(up{job="streamdetect"}[1m]) >= 8',
             }

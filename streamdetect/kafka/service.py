@@ -441,9 +441,11 @@ class Service:
         targets = [ps for ps in self.parts.values() if wanted is None or ps.key in wanted]
         dirty = [ps for ps in targets if ps.dirty and ps.next_offset is not None]
         if dirty:
+            started, sizes = time.perf_counter(), {}
             for ps in dirty:
                 assert ps.next_offset is not None
-                self.store.write(ps.topic, ps.partition, ps.next_offset, ps.detector.to_state())
+                sizes[ps.partition] = self.store.write(ps.topic, ps.partition, ps.next_offset, ps.detector.to_state())
+            self.metrics.record_snapshots(time.perf_counter() - started, sizes)
             offsets = {ps.key: int(ps.next_offset) for ps in dirty if ps.next_offset is not None}
             if self.exactly_once:
                 return self._commit_transaction(targets, offsets)
