@@ -110,6 +110,10 @@ RECUR_QUALIFY_S = 1800.0
 RECUR_CONTEXT_Z = 2.0
 RECUR_SPEEDUP = 4.0
 RECUR_SHARE_LOG = 0.25
+# An hour of the week is stale (see _stale_hour_of_week) once this many seconds of its windows
+# deviated one way on the same day two weeks running: a week apart, a quarter hour of agreement is
+# as telling as half an hour a day apart (half an hour left echoes of a few windows unhealed).
+STALE_QUALIFY_S = 900.0
 # Only with windows of a quarter hour or shorter: with longer ones an hour of the day is one window
 # or none, too little to tell a new pattern from an anomaly (daily windows would take two days of
 # deviation in a row for one).
@@ -331,10 +335,10 @@ def _recurring(dev_day, dev_run, dev_cnt_day, dev_cnt, key, hod, day, sign, qual
 
 @_compiled
 def _stale_hour_of_week(how_dev, key, how, day, sign, qualified):
-    """Whether a deviating window's hour of the week is stale: the hour qualified (see
-    :func:`_recurring`) the same way today and on the same day a week before. ``how_dev`` holds
-    each hour of the week's last qualifying day, ``sign * (2 * (day + 1) + stale)``; ``qualified``
-    says this window made today qualify, which records it."""
+    """Whether a deviating window's hour of the week is stale: ``STALE_QUALIFY_S`` of its windows
+    deviated the same way today and on the same day a week before. ``how_dev`` holds each hour of
+    the week's last qualifying day, ``sign * (2 * (day + 1) + stale)``; ``qualified`` says this
+    window made today qualify, which records it."""
     if qualified:
         prev = how_dev[key, how]
         week_before = prev != 0 and (prev > 0) == (sign > 0) and abs(prev) // 2 - 1 == day - 7
@@ -609,6 +613,7 @@ def update_round(
     ring = scan_ring_c.shape[1]
     d = ticket_decay
     recur_qualify = max(math.ceil(RECUR_QUALIFY_S * 1000.0 / hop_ms), 1.0)
+    stale_qualify = max(math.ceil(STALE_QUALIFY_S * 1000.0 / hop_ms), 1.0)
     recur_rate = 1.0 - (1.0 - season_rate) ** RECUR_SPEEDUP
     for i in range(len(keys)):
         key = keys[i]
@@ -706,7 +711,7 @@ def update_round(
             # An hour of the week that deviates the same way week after week was learned wrong
             # (a first week's level shift, learned while the day of the week was unknown): its
             # windows are flagged or frozen, so at the seasonal rate it paged for weeks.
-            qualified = dev_cnt_day[key, hod] == day and dev_cnt[key, hod] == recur_qualify
+            qualified = dev_cnt_day[key, hod] == day and dev_cnt[key, hod] == stale_qualify
             if _stale_hour_of_week(how_dev, key, how[i], day, sign, qualified):
                 _learn_bucket(how_n, how_count, how_rev, key, how[i], c, r_season, recur_rate, 1.0)
                 continue

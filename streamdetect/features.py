@@ -97,10 +97,11 @@ rate into that hour's buckets, and into the same hour of the other days of the w
 there was close, and not into the level (the rest of the day did not change); with windows of a
 quarter hour or shorter only. Frozen and learned only as a new normal into buckets that move a
 quarter a week, a store's evenings fallen to a twelfth paged every evening; now from the sixth
-evening on they do not. An hour of the week that qualified the same way today and a week before
-was learned wrong (a level shift in a key's first week, learned while its day of the week was
-unknown, pages on that hour every week after, and its windows, flagged or frozen, are not learned
-back): from then on its deviating windows are learned into it at the same fast rate.
+evening on they do not. An hour of the week whose windows deviated one way for a quarter hour
+(``STALE_QUALIFY_S``) today and on the same day a week before was learned wrong (a level shift
+in a key's first week, learned while its day of the week was unknown, pages on that hour every
+week after, and its windows, flagged or frozen, are not learned back): from then on its
+deviating windows are learned into it at the same fast rate.
 """
 
 from __future__ import annotations
