@@ -49,7 +49,9 @@ from streamdetect.features import (
     FeatureExtractor,
     WindowFeatures,
     expected_max_z_table,
+    pack_array,
     unavailable_features,
+    unpack_array,
 )
 from streamdetect.features import compile_kernels as compile_feature_kernels
 from streamdetect.model import StepwiseGMM
@@ -222,16 +224,21 @@ class _HeldScores:
         )
         return out
 
-    def to_state(self) -> dict[str, list[Any]]:
+    def to_state(self) -> dict[str, dict[str, Any]]:
+        """The held scores as packed arrays (a partition of many keys holds hundreds of thousands)."""
         self._gather()
-        return {"key_id": self.key_id.tolist(), "start_ms": self.start_ms.tolist(), "score": self.score.tolist(),
-                "calm": self.calm.tolist()}  # fmt: skip
+        return {"key_id": pack_array(self.key_id), "start_ms": pack_array(self.start_ms),
+                "score": pack_array(self.score), "calm": pack_array(self.calm)}  # fmt: skip
 
     def load(self, state: Mapping[str, Any]) -> None:
-        self._parts = [
-            (np.array(state["key_id"], dtype=np.int64), np.array(state["start_ms"], dtype=np.int64),
-             np.array(state["score"], dtype=np.float64), np.array(state["calm"], dtype=bool))
-        ]  # fmt: skip
+        """Restore :meth:`to_state`'s arrays, or the lists of numbers of the releases before."""
+
+        def column(name: str, dtype: type) -> np.ndarray:
+            values = state[name]
+            return (unpack_array(values) if isinstance(values, dict) else np.array(values)).astype(dtype, copy=False)
+
+        self._parts = [(column("key_id", np.int64), column("start_ms", np.int64), column("score", np.float64),
+                        column("calm", bool))]  # fmt: skip
 
 
 _NEVER_FLAGGED = 1 << 40

@@ -786,6 +786,10 @@ def test_held_scores_wait_for_the_windows_after_them():
     assert held.release(scored_until_ms=5_000).tolist() == []
     restored = _HeldScores(span_ms=3_000)
     restored.load(orjson.loads(orjson.dumps(held.to_state())))
+    older = _HeldScores(span_ms=3_000)  # a release before 2026-12-01's sixth stop saved lists
+    older.load({"key_id": held.key_id.tolist(), "start_ms": held.start_ms.tolist(), "score": held.score.tolist(),
+                "calm": held.calm.tolist()})  # fmt: skip
+    assert older.release(10_000).tolist() == [3000.0, 4000.0, 5000.0, 5000.5]
     assert restored.release(10_000).tolist() == held.release(10_000).tolist() == [3000.0, 4000.0, 5000.0, 5000.5]
 
 
