@@ -50,8 +50,8 @@ from streamdetect.features import (
     WindowFeatures,
     expected_max_z_table,
     pack_array,
+    saved_array,
     unavailable_features,
-    unpack_array,
 )
 from streamdetect.features import compile_kernels as compile_feature_kernels
 from streamdetect.model import StepwiseGMM
@@ -232,13 +232,8 @@ class _HeldScores:
 
     def load(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`to_state`'s arrays, or the lists of numbers of the releases before."""
-
-        def column(name: str, dtype: type) -> np.ndarray:
-            values = state[name]
-            return (unpack_array(values) if isinstance(values, dict) else np.array(values)).astype(dtype, copy=False)
-
-        self._parts = [(column("key_id", np.int64), column("start_ms", np.int64), column("score", np.float64),
-                        column("calm", bool))]  # fmt: skip
+        self._parts = [(saved_array(state["key_id"], np.int64), saved_array(state["start_ms"], np.int64),
+                        saved_array(state["score"], np.float64), saved_array(state["calm"], bool))]  # fmt: skip
 
 
 _NEVER_FLAGGED = 1 << 40

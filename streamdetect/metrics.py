@@ -293,9 +293,11 @@ class Metrics:
         self.checkpoints = Counter(f"{p}checkpoints", "State checkpoints written, by result.", ["result"], registry=r)
         self.last_checkpoint = Gauge(f"{p}last_checkpoint_timestamp_seconds",
                                      "Unix time of the last successful state checkpoint.", registry=r)
-        self.checkpoint_duration = Histogram(f"{p}checkpoint_duration_seconds",
-                                             "Time to write out one checkpoint's snapshots (serialise, compress).",
-                                             buckets=CHECKPOINT_DURATION_BUCKETS, registry=r)
+        self.checkpoint_duration = Histogram(
+            f"{p}checkpoint_duration_seconds",
+            "Time to write out one checkpoint's snapshots (serialise, compress, queue).",
+            buckets=CHECKPOINT_DURATION_BUCKETS, registry=r,
+        )
         self.checkpoint_bytes = Gauge(f"{p}checkpoint_bytes", "Size of the partition's last snapshot (compressed).",
                                       ["partition"], registry=r)
         self.commits = Counter(f"{p}commits", "Offset commits, by result.", ["result"], registry=r)
