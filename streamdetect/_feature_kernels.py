@@ -94,6 +94,10 @@ STATE_ORDER: tuple[str, ...] = (
 
 # Constants of the formulas (see streamdetect.features for their reasons).
 SIGMA_FLOOR = 0.05
+# Where a key's hour of the week and its hour of day (each with its own level) disagree by about
+# this log ratio or less, the difference is read as the noise of the weeks the hour of the week
+# holds, not as that hour's own pattern (measured on the generator: 0.17-0.35 all do as well).
+REFERENCE_NOISE_LOG = 0.25
 MAX_LEVEL = 2.0  # |log| of the key's level against its seasonal pattern (x7.4 either way)
 # Overdispersion of the trend sums (variance of the log rate beyond Poisson noise): a prior worth
 # PHI_PRIOR_WINDOWS windows, then an exponentially weighted estimate over about a day.
@@ -170,6 +174,27 @@ def anscombe_z(count: float, expected: float, phi: float) -> float:
     """
     raw = 2.0 * (math.sqrt(count + 0.375) - math.sqrt(max(expected, 0.0) + 0.375))
     return raw / math.sqrt(1.0 + phi * max(expected, 0.0))
+
+
+@_compiled
+def pooled_expected(week_ref: float, day_ref: float) -> float:
+    """The expected count from the hour of the week's reference and the hour of day's: their
+    average in logs (half a sale added), weighted towards the hour of the week by
+    ``d^2 / (d^2 + s^2)``, ``d`` their log ratio and ``s`` :data:`REFERENCE_NOISE_LOG`.
+
+    The hour of the week holds the hour as it went on one or a few days, that day's mood included;
+    the hour of day pools every day, and today's level carries the day of the week. Where they
+    nearly agree the hour of day is the better estimate (on the generator's second week, the
+    expected count's error in logs had a standard deviation of 0.25 with the hour of the week
+    alone, 0.20 pooled, 0.11 being the rate's own wandering); where they disagree a lot, the
+    hour of the week knows something the other days do not (a shop that closes early on Sundays).
+
+    >>> round(pooled_expected(12.0, 10.0), 2), round(pooled_expected(0.0, 10.0), 2)
+    (10.61, 0.01)
+    """
+    d = math.log((week_ref + 0.5) / (day_ref + 0.5))
+    w = d * d / (d * d + REFERENCE_NOISE_LOG * REFERENCE_NOISE_LOG)
+    return max(math.exp(w * math.log(week_ref + 0.5) + (1.0 - w) * math.log(day_ref + 0.5)) - 0.5, 0.0)
 
 
 @_compiled
@@ -444,6 +469,8 @@ def transform_round(
         # Two seasonal references, each with its own level (today's ratio to it), so that the
         # switch from hour of day to hour of week does not count the day-of-week effect twice.
         expected_count = (h_c if how_ok else fb_c) * math.exp(level_how[key] if how_ok else level[key])
+        if how_ok and hod_ok:
+            expected_count = pooled_expected(expected_count, fb_c * math.exp(level[key]))
         expected_rev = (h_r if how_ok else fb_r) * math.exp(level_rev_how[key] if how_ok else level_rev[key])
         o[T_MATURE] = how_ok or hod_ok
         o[T_HOW_OK] = how_ok

@@ -568,3 +568,22 @@ def test_a_shop_that_closes_early_on_sundays_is_expected_closed_on_the_second_su
                 second_sunday.append(f.values[0, scan_col])
                 assert f.expected_count[0] < 0.5, (minute, f.expected_count)
     assert min(second_sunday) > -3.0, min(second_sunday)
+
+
+def test_one_afternoon_s_mood_is_not_expected_again_a_week_later():
+    # A shop selling 10 a minute, 9:00-20:00, whose first Monday happened to sell 12.5 a minute
+    # from 14:00 to 15:00. The hour of the week holds that one afternoon; the hour of day pools the
+    # week. A week later the hour is expected near the usual 10, not at last Monday's 12.5.
+    rng = np.random.default_rng(5)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    monday = 4 * 1440  # minutes: 1970-01-05 was a Monday
+    expected: list[float] = []
+    for day in range(8):
+        for minute in range(9 * 60, 20 * 60):
+            rate = 12.5 if day == 0 and 14 * 60 <= minute < 15 * 60 else 10.0
+            rnd = make_round((monday + day * 1440 + minute) * MIN, np.array([rng.poisson(rate)]), rng)
+            f = fx.transform(rnd)
+            fx.update(rnd, f, np.ones(1, dtype=bool))
+            if day == 7 and 14 * 60 <= minute < 15 * 60:
+                expected.append(float(f.expected_count[0]))
+    assert 9.0 < np.mean(expected) < 10.8, np.mean(expected)
