@@ -12,15 +12,18 @@ One model serves keys of very different size, so every model feature compares a 
   earlier week, else hour of day, with the day-of-week effect counted as unknown in ``phi``),
   shaped within the hour by the key's quarter hours of the day (a quarter's mean count over its
   hour's, shrunk towards 1 by a prior of ``SHAPE_PRIOR_SALES`` sales counted in clumps), times the
-  key's level today relative to that baseline. Hourly buckets alone put an opening ramp's first
-  minutes, and the half hour before closing, at the hour's mean: a third to twice too high, and
-  where the ramp ended too low (on the generator, 64 of 142 false alerts of physical stores outside
-  a first Sunday fell in a store's first or last hour). Sales that come in clumps (an
-  invoice's lines, a basket scanned at once, a producer's batch) are counted in clumps: ``c / D``
-  against ``lambda / D``, ``D`` the key's index of dispersion (variance over mean of its window
-  counts, learned from consecutive windows, at least 1), so that an ordinary invoice of 24 lines
-  is not a spike and an hour without one is still an outage. Every count feature and the key's
-  level do the same.
+  key's level today relative to that baseline. Once both are known, the hour of week's expectation
+  and the hour of day's (each with its own level) are averaged in logs, the hour of week weighing
+  more as they disagree (``pooled_expected``): one week's hour is one day's realisation of it,
+  that day's mood included, where the hour of day pools every day. Hourly buckets alone put an
+  opening ramp's first minutes, and the half hour before closing, at the hour's mean: a third to
+  twice too high, and where the ramp ended too low (on the generator, 64 of 142 false alerts of
+  physical stores outside a first Sunday fell in a store's first or last hour). Sales that come in
+  clumps (an invoice's lines, a basket scanned at once, a producer's batch) are counted in
+  clumps: ``c / D`` against ``lambda / D``, ``D`` the key's index of dispersion (variance over
+  mean of its window counts, learned from consecutive windows, at least 1), so that an ordinary
+  invoice of 24 lines is not a spike and an hour without one is still an outage. Every count
+  feature and the key's level do the same.
 * ``revenue_ratio`` -- log ratio of revenue to its expectation, smoothed by one typical ticket.
 * ``mean_ticket_z`` / ``max_ticket_z`` -- the window's mean and max log ticket against the key's
   ticket distribution (the max is corrected by the expected maximum of ``c`` normal draws), which
