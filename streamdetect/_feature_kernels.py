@@ -190,7 +190,7 @@ def pooled_expected(week_ref: float, day_ref: float) -> float:
     hour of the week knows something the other days do not (a shop that closes early on Sundays).
 
     >>> round(pooled_expected(12.0, 10.0), 2), round(pooled_expected(0.0, 10.0), 2)
-    (10.61, 0.01)
+    (10.62, 0.01)
     """
     d = math.log((week_ref + 0.5) / (day_ref + 0.5))
     w = d * d / (d * d + REFERENCE_NOISE_LOG * REFERENCE_NOISE_LOG)
