@@ -192,9 +192,10 @@ def pooled_expected(week_ref: float, day_ref: float) -> float:
     >>> round(pooled_expected(12.0, 10.0), 2), round(pooled_expected(0.0, 10.0), 2)
     (10.62, 0.01)
     """
-    d = math.log((week_ref + 0.5) / (day_ref + 0.5))
+    log_day = math.log(day_ref + 0.5)
+    d = math.log(week_ref + 0.5) - log_day
     w = d * d / (d * d + REFERENCE_NOISE_LOG * REFERENCE_NOISE_LOG)
-    return max(math.exp(w * math.log(week_ref + 0.5) + (1.0 - w) * math.log(day_ref + 0.5)) - 0.5, 0.0)
+    return max(math.exp(log_day + w * d) - 0.5, 0.0)
 
 
 @_compiled
