@@ -491,9 +491,8 @@ def test_big_batch_with_bad_event_at_the_end_and_start() -> None:
 
 
 def test_many_bad_values_in_a_big_batch_read_as_one_by_one() -> None:
-    """Bad values scattered and clustered through batches longer than one decode: after the first
-    error the rest is decoded in short pieces (and bad UTF-8 is split where it is), the result is
-    still what each value decoded alone gives."""
+    """Bad values scattered and clustered through a long batch (bad UTF-8 among them): the result
+    is what each value decoded alone gives."""
     rng = np.random.default_rng(3)
     raw = ev()
     bads: list[bytes | None] = [
