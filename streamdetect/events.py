@@ -1089,7 +1089,7 @@ def _decode_each(vals: list[Any], one: Any) -> list[object]:
         except (msgspec.DecodeError, RecursionError, TypeError):
             append(_parse_one(v))  # the reference says what it is (a framed value, not JSON, ...)
             continue
-        if isinstance(v, bytes) and not (v.isascii() or _is_utf8(v)):
+        if isinstance(v, bytes | bytearray) and not (v.isascii() or _is_utf8(v)):
             append(_DecodeFailure("invalid JSON: not UTF-8"))  # the decoder skips the fields not read
             continue
         append(e)
@@ -1115,7 +1115,7 @@ def _decode_structs(vals: list[Any], schema: EventSchema) -> _StructRows:
     return _StructRows(events, failures, attrs)
 
 
-def _is_utf8(b: bytes) -> bool:
+def _is_utf8(b: bytes | bytearray) -> bool:
     try:
         b.decode("utf-8")
     except UnicodeDecodeError:
