@@ -1089,10 +1089,11 @@ def _decode_each(vals: list[Any], one: Any) -> list[object]:
         except (msgspec.DecodeError, RecursionError, TypeError):
             append(_parse_one(v))  # the reference says what it is (a framed value, not JSON, ...)
             continue
-        if isinstance(v, bytes | bytearray) and not (v.isascii() or _is_utf8(v)):
-            append(_DecodeFailure("invalid JSON: not UTF-8"))  # the decoder skips the fields not read
-            continue
-        append(e)
+        # The decoder does not check the text of the fields it skips.
+        if (v.isascii() or _is_utf8(v)) if type(v) is bytes else (isinstance(v, str) or _is_utf8(bytes(v))):
+            append(e)
+        else:
+            append(_DecodeFailure("invalid JSON: not UTF-8"))
     return out
 
 
@@ -1115,7 +1116,7 @@ def _decode_structs(vals: list[Any], schema: EventSchema) -> _StructRows:
     return _StructRows(events, failures, attrs)
 
 
-def _is_utf8(b: bytes | bytearray) -> bool:
+def _is_utf8(b: bytes) -> bool:
     try:
         b.decode("utf-8")
     except UnicodeDecodeError:

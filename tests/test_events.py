@@ -226,7 +226,7 @@ def test_fields_not_read_are_checked_as_json_but_not_built() -> None:
         sale + b"}",
         sale + b'0, "amount": 1e400}',
     ]
-    for copies, kind in ((1, bytes), (10, bytes), (10, bytearray)):  # alone; among others
+    for copies, kind in ((1, bytes), (10, bytes), (10, bytearray), (10, memoryview)):  # alone; among others
         batch, rejected = decode_events([kind(v) for v in values] * copies, SCHEMA)  # type: ignore[misc]
         assert batch.index.tolist() == [i + 5 * c for c in range(copies) for i in (0, 3)]
         assert batch.amount.tolist() == [5.0] * 2 * copies
