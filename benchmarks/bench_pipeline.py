@@ -5,7 +5,10 @@ Decode, validation, windows, features, scoring, threshold and learning, measured
 same run on the same bytes, is a bare ``orjson.loads`` loop: the ceiling for any Python consumer
 that looks at every event. Only the ratio carries across machines.
 
-    python benchmarks/bench_pipeline.py [--stores 20] [--days 4] [--chunk 5000]
+    python benchmarks/bench_pipeline.py [--stores 20] [--days 4] [--chunk 5000] [--malformed 0.01]
+
+``--malformed`` mixes in the generator's broken records (not JSON, a missing field, a wrong type,
+...), as ``bench_e2e.py`` does by default: they go the slow way through decoding and validation.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import orjson  # noqa: E402
 
 from streamdetect.detector import Detector  # noqa: E402
 from streamdetect.events import decode_events  # noqa: E402
-from streamdetect.generate import GeneratorConfig, generate  # noqa: E402
+from streamdetect.generate import GeneratorConfig, encode_event, generate  # noqa: E402
 
 
 def main() -> None:
@@ -31,10 +34,11 @@ def main() -> None:
     p.add_argument("--days", type=int, default=4)
     p.add_argument("--chunk", type=int, default=5000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--malformed", type=float, default=0.0, help="fraction of broken records mixed in")
     args = p.parse_args()
 
-    events, _ = generate(GeneratorConfig(stores=args.stores, days=args.days, seed=1))
-    values = [orjson.dumps(e) for e in events]
+    events, _ = generate(GeneratorConfig(stores=args.stores, days=args.days, seed=1, malformed_fraction=args.malformed))
+    values = [encode_event(e) for e in events]
     warm = len(values) // args.days  # about the first day
     timed = values[warm:]
     print(f"{len(values):,} events ({args.stores} stores x {args.days} days), timing the last {len(timed):,}")
@@ -42,9 +46,12 @@ def main() -> None:
     ceiling, decode, pipeline = [], [], []
     for _ in range(args.repeat):
         t = time.perf_counter()
-        loads = orjson.loads
+        loads, error, not_json = orjson.loads, orjson.JSONDecodeError, 0
         for v in timed:
-            loads(v)
+            try:
+                loads(v)
+            except error:
+                not_json += 1
         ceiling.append(len(timed) / (time.perf_counter() - t))
 
         t = time.perf_counter()
