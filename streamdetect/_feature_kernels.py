@@ -422,10 +422,21 @@ def _learn_closed(how_count, how_rev, how_n, hod_count, hod_rev, hod_n, quiet_n,
 
 
 @_compiled
+def _level_kept(start_ms, last, hop_ms, level_rate):
+    """The share of a key's levels (its ratios to its seasonal references today) kept across a gap
+    in its windows: a key without windows was closed, and its levels revert to its seasonal
+    pattern at their own rate over the windows it missed, as they do over windows that sell as
+    usual. A level is a day's; without this the level that a shop's early closing taught (learned
+    as its new normal) was expected of its next morning: 3.8 sales a minute where it sells 10."""
+    gap = (start_ms - last) / hop_ms - 1.0
+    return (1.0 - level_rate) ** gap if gap > 0.0 else 1.0
+
+
+@_compiled
 def transform_round(
     keys, start_ms, hop_ms, hour, how, quarter,
     count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
-    min_bucket, trend_decay, between_tickets, basket, new_skus, scan,
+    min_bucket, trend_decay, level_rate, between_tickets, basket, new_skus, scan,
     how_count, how_rev, how_n, hod_count, hod_rev, hod_n, qod_count, qod_n,
     level, level_rev, level_how, level_rev_how, how_hour, how_hour_n,
     recent_count, recent_rev, recent_n,
@@ -469,10 +480,13 @@ def transform_round(
         h_r = how_rev[key, how[i]] * shape
         # Two seasonal references, each with its own level (today's ratio to it), so that the
         # switch from hour of day to hour of week does not count the day-of-week effect twice.
-        expected_count = (h_c if how_ok else fb_c) * math.exp(level_how[key] if how_ok else level[key])
+        keep = _level_kept(start_ms, last_start[key], hop_ms, level_rate)
+        lv_c = keep * (level_how[key] if how_ok else level[key])
+        lv_r = keep * (level_rev_how[key] if how_ok else level_rev[key])
+        expected_count = (h_c if how_ok else fb_c) * math.exp(lv_c)
         if how_ok and hod_ok:
-            expected_count = pooled_expected(expected_count, fb_c * math.exp(level[key]))
-        expected_rev = (h_r if how_ok else fb_r) * math.exp(level_rev_how[key] if how_ok else level_rev[key])
+            expected_count = pooled_expected(expected_count, fb_c * math.exp(keep * level[key]))
+        expected_rev = (h_r if how_ok else fb_r) * math.exp(lv_r)
         o[T_MATURE] = how_ok or hod_ok
         o[T_HOW_OK] = how_ok
         o[T_RECENT_OK] = recent_n[key] > 0
@@ -650,6 +664,12 @@ def update_round(
         f = feats[i]
         flagged = not learn[i]
         contiguous = last_start[key] == start_ms - hop_ms
+        if not contiguous:  # a key that was closed (see _level_kept)
+            keep = _level_kept(start_ms, last_start[key], hop_ms, level_rate)
+            level[key] *= keep
+            level_rev[key] *= keep
+            level_how[key] *= keep
+            level_rev_how[key] *= keep
         if quiet_total[key] > 0.0 and (c > 0.0 or not contiguous):
             if not contiguous:
                 # The key went quiet until its idle timeout: closed for the rest of the day.

@@ -98,7 +98,7 @@ def score_round(
     cols = transform_round(
         keys, start_ms, hop_ms, hour, how, quarter,
         count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
-        min_bucket, trend_decay, between_tickets, basket, new_skus, scan, *state,
+        min_bucket, trend_decay, level_rate, between_tickets, basket, new_skus, scan, *state,
     )  # fmt: skip
     values = values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, max_z)
     if values is None:

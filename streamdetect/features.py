@@ -12,8 +12,10 @@ One model serves keys of very different size, so every model feature compares a 
   earlier week, else hour of day, with the day-of-week effect counted as unknown in ``phi``),
   shaped within the hour by the key's quarter hours of the day (a quarter's mean count over its
   hour's, shrunk towards 1 by a prior of ``SHAPE_PRIOR_SALES`` sales counted in clumps), times the
-  key's level today relative to that baseline. Once both are known, the hour of week's expectation
-  and the hour of day's (each with its own level) are averaged in logs, the hour of week weighing
+  key's level today relative to that baseline (which reverts to that baseline at its own rate
+  while the key is closed, without windows: an evening's level is not the next morning's). Once
+  both are known, the hour of week's expectation and the hour of day's (each with its own level)
+  are averaged in logs, the hour of week weighing
   more as they disagree (``pooled_expected``): one week's hour is one day's realisation of it,
   that day's mood included, where the hour of day pools every day. Hourly buckets alone put an
   opening ramp's first minutes, and the half hour before closing, at the hour's mean: a third to
@@ -576,8 +578,8 @@ class FeatureExtractor:
         cols = kernels.transform_round(
             k, rnd.start_ms, self.windows.hop_ms, hour, how, quarter,
             c, r, rnd.log_ticket_sum, rnd.log_units_sum, rnd.distinct_skus,
-            self._min_bucket, self._trend_decay, self._single_sales, self._basket_z, self._new_skus_z,
-            self._scan, *self._state,
+            self._min_bucket, self._trend_decay, self._level_rate, self._single_sales, self._basket_z,
+            self._new_skus_z, self._scan, *self._state,
         )  # fmt: skip
         mature, recent_ok = cols[:, kernels.T_MATURE] != 0.0, cols[:, kernels.T_RECENT_OK] != 0.0
         expected_count, expected_rev = cols[:, kernels.T_EXPECTED_COUNT], cols[:, kernels.T_EXPECTED_REV]

@@ -587,3 +587,23 @@ def test_one_afternoon_s_mood_is_not_expected_again_a_week_later():
             if day == 7 and 14 * 60 <= minute < 15 * 60:
                 expected.append(float(f.expected_count[0]))
     assert 9.0 < np.mean(expected) < 10.8, np.mean(expected)
+
+
+def test_a_level_learned_before_closing_time_is_not_expected_the_next_morning():
+    # A shop selling 10 a minute, 9:00-20:00, whose third evening sells 3 a minute from 18:00 on,
+    # long enough to be its new normal (its level follows). Closed overnight (no windows), it opens
+    # the next morning expected near its usual 10, not at the evening's level (3.8 before).
+    rng = np.random.default_rng(11)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    monday = 4 * 1440  # minutes: 1970-01-05 was a Monday
+    morning: list[float] = []
+    for day in range(4):
+        for minute in range(9 * 60, 20 * 60):
+            evening = day == 2 and minute >= 18 * 60
+            counts = np.array([rng.poisson(3.0 if evening else 10.0)])
+            rnd = make_round((monday + day * 1440 + minute) * MIN, counts, rng)
+            f = fx.transform(rnd)
+            fx.update(rnd, f, np.ones(1, dtype=bool), new_normal=np.array([evening]))
+            if day == 3 and minute < 9 * 60 + 30:
+                morning.append(float(f.expected_count[0]))
+    assert 8.5 < np.mean(morning) < 11.5, np.mean(morning)
