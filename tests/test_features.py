@@ -570,22 +570,29 @@ def test_a_shop_that_closes_early_on_sundays_is_expected_closed_on_the_second_su
     assert min(second_sunday) > -3.0, min(second_sunday)
 
 
+def shop_minutes(days: int, opens: int = 9 * 60, closes: int = 20 * 60):
+    """``(day, minute of the day, window start in ms)`` of a shop open from ``opens`` to ``closes``
+    (minutes of the day) every day from a Monday; closed, it has no windows."""
+    monday = 4 * 1440  # minutes: 1970-01-05 was a Monday
+    for day in range(days):
+        for minute in range(opens, closes):
+            yield day, minute, (monday + day * 1440 + minute) * MIN
+
+
 def test_one_afternoon_s_mood_is_not_expected_again_a_week_later():
     # A shop selling 10 a minute, 9:00-20:00, whose first Monday happened to sell 12.5 a minute
     # from 14:00 to 15:00. The hour of the week holds that one afternoon; the hour of day pools the
     # week. A week later the hour is expected near the usual 10, not at last Monday's 12.5.
     rng = np.random.default_rng(5)
     fx = FeatureExtractor(FeatureConfig(), WindowConfig())
-    monday = 4 * 1440  # minutes: 1970-01-05 was a Monday
     expected: list[float] = []
-    for day in range(8):
-        for minute in range(9 * 60, 20 * 60):
-            rate = 12.5 if day == 0 and 14 * 60 <= minute < 15 * 60 else 10.0
-            rnd = make_round((monday + day * 1440 + minute) * MIN, np.array([rng.poisson(rate)]), rng)
-            f = fx.transform(rnd)
-            fx.update(rnd, f, np.ones(1, dtype=bool))
-            if day == 7 and 14 * 60 <= minute < 15 * 60:
-                expected.append(float(f.expected_count[0]))
+    for day, minute, start in shop_minutes(8):
+        afternoon = 14 * 60 <= minute < 15 * 60
+        rnd = make_round(start, np.array([rng.poisson(12.5 if day == 0 and afternoon else 10.0)]), rng)
+        f = fx.transform(rnd)
+        fx.update(rnd, f, np.ones(1, dtype=bool))
+        if day == 7 and afternoon:
+            expected.append(float(f.expected_count[0]))
     assert 9.0 < np.mean(expected) < 10.8, np.mean(expected)
 
 
@@ -595,15 +602,12 @@ def test_a_level_learned_before_closing_time_is_not_expected_the_next_morning():
     # the next morning expected near its usual 10, not at the evening's level (3.8 before).
     rng = np.random.default_rng(11)
     fx = FeatureExtractor(FeatureConfig(), WindowConfig())
-    monday = 4 * 1440  # minutes: 1970-01-05 was a Monday
     morning: list[float] = []
-    for day in range(4):
-        for minute in range(9 * 60, 20 * 60):
-            evening = day == 2 and minute >= 18 * 60
-            counts = np.array([rng.poisson(3.0 if evening else 10.0)])
-            rnd = make_round((monday + day * 1440 + minute) * MIN, counts, rng)
-            f = fx.transform(rnd)
-            fx.update(rnd, f, np.ones(1, dtype=bool), new_normal=np.array([evening]))
-            if day == 3 and minute < 9 * 60 + 30:
-                morning.append(float(f.expected_count[0]))
+    for day, minute, start in shop_minutes(4):
+        evening = day == 2 and minute >= 18 * 60
+        rnd = make_round(start, np.array([rng.poisson(3.0 if evening else 10.0)]), rng)
+        f = fx.transform(rnd)
+        fx.update(rnd, f, np.ones(1, dtype=bool), new_normal=np.array([evening]))
+        if day == 3 and minute < 9 * 60 + 30:
+            morning.append(float(f.expected_count[0]))
     assert 8.5 < np.mean(morning) < 11.5, np.mean(morning)
