@@ -663,6 +663,9 @@ def update_round(
         r = revenue[i]
         f = feats[i]
         flagged = not learn[i]
+        # What the key has been alerted for: a flagged window, or one of a new normal (alerted and
+        # learned); either restarts the sums below.
+        reported = flagged or new_normal[i]
         contiguous = last_start[key] == start_ms - hop_ms
         if not contiguous:  # a key that was closed (see _level_kept)
             keep = _level_kept(start_ms, last_start[key], hop_ms, level_rate)
@@ -690,15 +693,15 @@ def update_round(
         prev_count[key] = c
 
         # The context ring records every window, anomalous or not; a gap restarts it, and so does
-        # a flagged window: a spike already reported must not keep the next windows alerting
+        # a reported window: a spike already reported must not keep the next windows alerting
         # while it is still in their sum.
-        if flagged or not contiguous:
+        if reported or not contiguous:
             for j in range(n_ctx):
                 ctx_count[key, j] = 0.0
                 ctx_exp_count[key, j] = 0.0
                 ctx_rev[key, j] = 0.0
                 ctx_exp_rev[key, j] = 0.0
-        if not flagged:
+        if not reported:
             # The k - 1 most recent windows (with the current one, the context's k); the ring's
             # last column stays 0 (a layout the saved states share).
             pos = ctx_pos[key] % (n_ctx - 1)
@@ -712,9 +715,10 @@ def update_round(
         scan_ring_c[key, pos] = f[T_SCAN_TOT_C]
         scan_ring_e[key, pos] = f[T_SCAN_TOT_E]
         scan_pos[key] += 1
-        # A flagged window restarts the trend sums and the scan (as a CUSUM restarts after its
-        # alarm): evidence already reported must not keep the key alerting after a short anomaly.
-        if flagged:
+        # A reported window restarts the trend sums and the scan (as a CUSUM restarts after its
+        # alarm): evidence already reported must not keep the key alerting after a short anomaly,
+        # nor the last windows of a long one, learned as its new normal, after it ended.
+        if reported:
             tr_count[key] = 0.0
             tr_exp_count[key] = 0.0
             tr_rev[key] = 0.0

@@ -611,3 +611,21 @@ def test_a_level_learned_before_closing_time_is_not_expected_the_next_morning():
         if day == 3 and minute < 9 * 60 + 30:
             morning.append(float(f.expected_count[0]))
     assert 8.5 < np.mean(morning) < 11.5, np.mean(morning)
+
+
+def test_a_window_of_a_new_normal_restarts_the_sums_as_an_alerted_window_does():
+    # A key flagged for long has a new normal: its windows are learned, and still alerted. Like
+    # any alerted window, each restarts the context, trend and scan sums, or a spike's last
+    # windows, once its new normal, kept the scan up after it ended (seed 2's store-014: its scan
+    # at 5.4 to 2.6 for twenty minutes after a 42-minute spike, alerting on 10 windows).
+    rng = np.random.default_rng(3)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    train(fx, np.array([10.0, 10.0]), 2 * 1440, rng)
+    for m in range(2 * 1440, 2 * 1440 + 40):
+        rnd = make_round(m * MIN, rng.poisson(np.array([40.0, 40.0])), rng)
+        streak = m - 2 * 1440 + 1
+        # key 0 alerted throughout (never learned); key 1 alerted, a new normal past 30 windows
+        fx.update(rnd, fx.transform(rnd), np.array([False, streak > 30]), new_normal=np.array([False, streak > 30]))
+    a = fx._arrays
+    for name in ("scan_tot_c", "tr_count", "ctx_count"):
+        assert np.all(a[name][:2] == 0.0), (name, a[name][:2])
