@@ -70,7 +70,8 @@ def main() -> None:
         assert det.stats().warmed_up, "the detector should be warmed up after the first day"
 
     best = max(pipeline)
-    print(f"peer: orjson.loads per event        {max(ceiling):>12,.0f} events/s")
+    broken = f"  ({not_json:,} of the values not JSON)" if not_json else ""
+    print(f"peer: orjson.loads per event        {max(ceiling):>12,.0f} events/s{broken}")
     print(f"decode + validation (events.py)     {max(decode):>12,.0f} events/s")
     print(f"full pipeline (decode..threshold)   {best:>12,.0f} events/s  ({windows:,} windows scored per run)")
     print(f"ratio pipeline / orjson.loads       {best / max(ceiling):>12.3f}")

@@ -15,9 +15,9 @@ One model serves keys of very different size, so every model feature compares a 
   key's level today relative to that baseline (which reverts to that baseline at its own rate
   while the key is closed, without windows: an evening's level is not the next morning's). Once
   both are known, the hour of week's expectation and the hour of day's (each with its own level)
-  are averaged in logs, the hour of week weighing
-  more as they disagree (``pooled_expected``): one week's hour is one day's realisation of it,
-  that day's mood included, where the hour of day pools every day. Hourly buckets alone put an
+  are averaged in logs, the hour of week weighing more as they disagree (``pooled_expected``):
+  one week's hour is one day's realisation of it, that day's mood included, where the hour of day
+  pools every day. Hourly buckets alone put an
   opening ramp's first minutes, and the half hour before closing, at the hour's mean: a third to
   twice too high, and where the ramp ended too low (on the generator, 64 of 142 false alerts of
   physical stores outside a first Sunday fell in a store's first or last hour). Sales that come in
