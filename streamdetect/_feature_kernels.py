@@ -90,6 +90,7 @@ STATE_ORDER: tuple[str, ...] = (
     "clump_a", "clump_b", "clump_n", "prev_count", "frozen_n",
     "scan_ring_c", "scan_ring_e", "scan_tot_c", "scan_tot_e", "scan_n", "scan_pos", "last_start",
     "quiet_n", "quiet_total", "dev_day", "dev_run", "dev_cnt_day", "dev_cnt", "how_dev",
+    "level_day", "day_learned",
 )
 
 # Constants of the formulas (see streamdetect.features for their reasons).
@@ -247,12 +248,31 @@ def clump_size(clump_a: float, clump_b: float, clump_n: float) -> float:
 
 @_compiled
 def _learn_bucket(n, count, rev, key, bucket, c, r, rate_floor, weight):
-    """A seasonal bucket's running means of count and revenue, moved by the window (at full rate
-    while the bucket is young, then at ``rate_floor``), times the window's robustness weight."""
-    rate = max(1.0 / (n[key, bucket] + 1.0), rate_floor) * weight
-    n[key, bucket] += 1.0
+    """A seasonal bucket's running means of count and revenue, moved by the window at the
+    window's robustness weight over the evidence the bucket holds with it (a young bucket's
+    running mean), at least ``rate_floor`` times that weight.
+
+    ``n`` is that evidence (:func:`_evidence`): a bucket learned from windows that deviated (a
+    level shift in the key's first week, the only occurrence of its hour of the week) is not
+    trusted as if they had been ordinary ones. Counted as whole windows, such an hour was
+    trusted, and a week later expected at the shifted rate, and alerted on for hours.
+    """
+    held = n[key, bucket] + _evidence(weight)
+    rate = max(weight / held, rate_floor * weight)
+    n[key, bucket] = held
     count[key, bucket] += rate * (c - count[key, bucket])
     rev[key, bucket] += rate * (r - rev[key, bucket])
+
+
+@_compiled
+def _evidence(weight):
+    """What a window learned at robustness ``weight`` (``1 / (1 + z^2)``) counts for in a bucket:
+    a whole window while within a standard deviation of its expectation, ``1 / z^2`` beyond.
+
+    >>> _evidence(1.0), _evidence(0.5), round(_evidence(0.2), 2), _evidence(0.0)
+    (1.0, 1.0, 0.25, 0.0)
+    """
+    return 1.0 if weight >= 0.5 else weight / (1.0 - weight)
 
 
 @_compiled
@@ -433,6 +453,16 @@ def _level_kept(start_ms, last, hop_ms, level_rate):
 
 
 @_compiled
+def _learned_today(level_day, day_learned, key, local_hour):
+    """The share of a key's level learned from its windows of today (its local day): a day's
+    sales differ from the day before by a day-of-week factor, which the level learns as the day
+    goes on. As an exponential smoother it is ``1 - prod(1 - step)`` over today's steps, and 0 on
+    a day it has not learned yet (``level_day`` is the local day the level last learned, plus 1;
+    ``local_hour`` counts hours since the epoch on the key's clock)."""
+    return day_learned[key] if level_day[key] == local_hour // 24 + 1 else 0.0
+
+
+@_compiled
 def transform_round(
     keys, start_ms, hop_ms, hour, how, quarter,
     count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
@@ -448,6 +478,7 @@ def transform_round(
     clump_a, clump_b, clump_n, prev_count, frozen_n,
     scan_ring_c, scan_ring_e, scan_tot_c, scan_tot_e, scan_n, scan_pos, last_start,
     quiet_n, quiet_total, dev_day, dev_run, dev_cnt_day, dev_cnt, how_dev,
+    level_day, day_learned,
 ):
     """The round's features under the baselines as they are (nothing is written)."""
     n = len(keys)
@@ -462,7 +493,8 @@ def transform_round(
         # An hour of week is trusted once it held enough windows before this occurrence of the
         # hour: the current occurrence alone would only echo the current hour back.
         this_hour = how_hour[key] == hour[i]
-        how_ok = how_n[key, how[i]] - (how_hour_n[key] if this_hour else 0.0) >= min_bucket
+        # (Evidence is a sum of fractions: this occurrence's own, subtracted, leaves a rounding.)
+        how_ok = how_n[key, how[i]] - (how_hour_n[key] if this_hour else 0.0) >= min_bucket - 1e-9
         q = quarter[i]
         hod = q // QUARTERS_PER_HOUR
         hod_ok = hod_n[key, hod] >= min_bucket
@@ -591,8 +623,11 @@ def transform_round(
         o[T_TREND_POISSON_VAR] = (t_e2 + 0.25) / (tr_e * tr_e) * clump
         o[T_CLUMP] = clump
         phi = max(tr_phi[key], PHI_FLOOR) if tr_phi_n[key] > 0 else PHI_PRIOR
-        # Until the key's hour of week is known, the day-of-week effect is unknown too.
-        phi = phi + (0.0 if how_ok else DOW_VAR)
+        # Until the key's hour of week is known, the day-of-week effect is unknown too: today's
+        # factor, of which the level has learned a share since the day began.
+        if not how_ok:
+            unknown = 1.0 - _learned_today(level_day, day_learned, key, hour[i])
+            phi = phi + DOW_VAR * unknown * unknown
         o[T_PHI] = phi
         o[T_COUNT_Z] = anscombe_z(c / clump, expected_count / clump, phi)
         o[T_COUNT_CONTEXT_Z] = anscombe_z(o[T_CTX_COUNT] / clump, o[T_CTX_EXP_COUNT] / clump, phi)
@@ -649,6 +684,7 @@ def update_round(
     clump_a, clump_b, clump_n, prev_count, frozen_n,
     scan_ring_c, scan_ring_e, scan_tot_c, scan_tot_e, scan_n, scan_pos, last_start,
     quiet_n, quiet_total, dev_day, dev_run, dev_cnt_day, dev_cnt, how_dev,
+    level_day, day_learned,
 ):
     """Fold a round into the baselines (see FeatureExtractor.update); ``feats`` is transform_round's."""
     n_ctx = ctx_count.shape[1]
@@ -779,8 +815,8 @@ def update_round(
         weight = 1.0 if settled else 1.0 / (1.0 + scan_z**2)
 
         _learn_bucket(how_n, how_count, how_rev, key, how[i], c, r_season, season_rate, weight)
-        # Windows learned in this occurrence of the hour: they do not make it trusted yet.
-        how_hour_n[key] = how_hour_n[key] + 1.0 if how_hour[key] == hour[i] else 1.0
+        # The evidence learned in this occurrence of the hour: it does not make it trusted yet.
+        how_hour_n[key] = how_hour_n[key] + _evidence(weight) if how_hour[key] == hour[i] else _evidence(weight)
         how_hour[key] = hour[i]
         _learn_bucket(hod_n, hod_count, hod_rev, key, hod, c, r_season, season_rate, weight)
         _learn_quarter(qod_n, qod_count, key, quarter[i], c, season_rate, weight)
@@ -804,6 +840,9 @@ def update_round(
         half_rev = 2.0 * half  # revenue is smoothed by a clump of unit tickets
         step = level_rate * weight
         if mature:
+            # The share of the level learned today: what is known of today's day-of-week factor.
+            day_learned[key] = 1.0 - (1.0 - _learned_today(level_day, day_learned, key, hour[i])) * (1.0 - step)
+            level_day[key] = hour[i] // 24 + 1
             level[key] = _moved(level[key], step, math.log((c + half) / (f[T_FALLBACK_COUNT] + half)))
             level_rev[key] = _moved(level_rev[key], step, math.log((r + half_rev) / (f[T_FALLBACK_REV] + half_rev)))
         else:

@@ -9,7 +9,11 @@ One model serves keys of very different size, so every model feature compares a 
   overdispersion (how much its rate wanders beyond Poisson noise, learned, at least
   ``_PHI_FLOOR``): a busy key's ordinary ups and downs are not a quiet key's anomaly. The
   expectation is the key's seasonal baseline (hour of week once that hour has been seen in an
-  earlier week, else hour of day, with the day-of-week effect counted as unknown in ``phi``),
+  earlier week, else hour of day, with the day-of-week effect counted as unknown in ``phi`` for
+  as much of today's factor as the key's level has not learned yet; a bucket is trusted by the
+  evidence its windows carry, a window counting whole within a standard deviation of its
+  expectation and as ``1 / z^2`` beyond, so that an hour seen once through a level shift is not
+  a weekly pattern),
   shaped within the hour by the key's quarter hours of the day (a quarter's mean count over its
   hour's, shrunk towards 1 by a prior of ``SHAPE_PRIOR_SALES`` sales counted in clumps), times the
   key's level today relative to that baseline (which reverts to that baseline at its own rate
@@ -244,7 +248,9 @@ _MIN_HALF_LIFE_WINDOWS = 5.0
 _EPOCH_WEEKDAY_HOURS = 3 * 24  # 1970-01-01 was a Thursday; shift so that bucket 0 is Monday 00:00 UTC
 _TICKET_HALF_LIFE_S = 86_400.0
 _PHI_HALF_LIFE_S = 86_400.0
-_INT_ARRAYS = ("ctx_pos", "last_start", "how_hour", "scan_n", "scan_pos", "dev_day", "dev_cnt_day", "how_dev")
+_INT_ARRAYS = (
+    "ctx_pos", "last_start", "how_hour", "scan_n", "scan_pos", "dev_day", "dev_cnt_day", "how_dev", "level_day",
+)
 # Columns of the kernel's output that make up a per-sale mean, the new SKUs, the context and the trend.
 _TICKET_COLUMNS = (kernels.T_TICKET_DEV, kernels.T_TICKET_SALE_VAR, kernels.T_TICKET_VAR, kernels.T_TICKET_SEEN)
 _UNITS_COLUMNS = (kernels.T_UNITS_DEV, kernels.T_UNITS_SALE_VAR, kernels.T_UNITS_VAR, kernels.T_UNITS_SEEN)
@@ -391,8 +397,8 @@ class FeatureExtractor:
     >>> for m in range(30):
     ...     r = rnd(m * 60_000, 5.0); f = fx.transform(r); fx.update(r, f, np.array([True]))
     >>> f = fx.transform(rnd(30 * 60_000, 0.0))
-    >>> bool(f.mature[0]), round(float(f.values[0, 0]), 2)  # (its first week: day of week unknown)
-    (True, -2.63)
+    >>> bool(f.mature[0]), round(float(f.values[0, 0]), 2)  # (its first week: today's factor half known)
+    (True, -2.77)
     """
 
     def __init__(
@@ -522,6 +528,8 @@ class FeatureExtractor:
         "dev_cnt_day": (24,),
         "dev_cnt": (24,),
         "how_dev": (_HOURS_PER_WEEK,),
+        "level_day": (),
+        "day_learned": (),
     }
 
     def _allocate(self, capacity: int) -> None:

@@ -117,8 +117,9 @@ def test_new_keys_beyond_max_keys_are_refused_until_a_key_expires():
 def test_seasons_follow_the_shops_clock_through_daylight_saving_time():
     """Shops that keep Paris time: on 2026-03-29 their opening hours move an hour earlier in UTC.
     Counted in UTC, the learned week is then an hour off at every opening and closing; counted on
-    ``features.timezone`` it is not. Before the change both give the same alerts (the stream holds
-    no anomaly: every alert is false)."""
+    ``features.timezone`` it is not (the stream holds no anomaly: every alert is false). Before the
+    change the two clocks differ only by where a day begins (where the doubt about a day's
+    factor restarts), and alert at about the same rate."""
     paris = zoneinfo.ZoneInfo("Europe/Paris")
     events, _ = generate(GeneratorConfig(stores=6, days=24, seed=3, start="2026-03-09T00:00:00Z",
                                          anomalies_per_store_week=0.0))
@@ -130,8 +131,11 @@ def test_seasons_follow_the_shops_clock_through_daylight_saving_time():
     for tz in ("UTC", "Europe/Paris"):
         alerts = alerts_of(run(values, from_mapping(DetectorConfig, {"features": {"timezone": tz}}), chunk=20_000))
         after_change[tz] = [a.window_start >= "2026-03-29" for a in alerts]
-    n_before = [len(v) - sum(v) for v in after_change.values()]
-    assert n_before[0] == n_before[1]
+    # alerts a day, over the 20 days before the change and the 4 after it
+    rate = {tz: ((len(v) - sum(v)) / 20, sum(v) / 4) for tz, v in after_change.items()}
+    assert max(rate["UTC"][0], rate["Europe/Paris"][0]) <= 1.5 * min(rate["UTC"][0], rate["Europe/Paris"][0])
+    assert rate["UTC"][1] >= 3 * rate["UTC"][0]
+    assert rate["Europe/Paris"][1] <= rate["Europe/Paris"][0]
     assert 2 * sum(after_change["Europe/Paris"]) <= sum(after_change["UTC"])
     with pytest.raises(ConfigError, match="unknown time zone 'Europe/Pari'"):
         from_mapping(DetectorConfig, {"features": {"timezone": "Europe/Pari"}})
@@ -140,8 +144,10 @@ def test_seasons_follow_the_shops_clock_through_daylight_saving_time():
 def test_keys_keep_their_own_time_zones():
     """Three shops keep Paris time and three New York time; New York moves to daylight saving time
     on 2026-03-08, Paris three weeks later. On one clock (Paris) the New York shops' learned week
-    is an hour off from then on; with their zone in ``features.timezones`` it is not. Before the
-    change both give the same alerts (the stream holds no anomaly: every alert is false)."""
+    is an hour off from then on; with their zone in ``features.timezones`` it is not (the stream
+    holds no anomaly: every alert is false). Before the change the two differ by where the New
+    York shops' day begins (on Paris time, at 18:00 in New York: the doubt about a day's factor
+    restarts there, at a short Sunday's closing), so their rates of alerts are compared."""
     events, _ = generate(GeneratorConfig(stores=6, days=28, seed=3, start="2026-02-16T00:00:00Z",
                                          anomalies_per_store_week=0.0))
     new_york = {"store-004", "store-005", "store-006"}
@@ -157,13 +163,15 @@ def test_keys_keep_their_own_time_zones():
     for name, features in (("one", one_clock), ("own", own_clocks)):
         config = from_mapping(DetectorConfig, {"features": features})
         alerts[name] = alerts_of(run(values, config, chunk=20_000))
-    before = {name: [a.alert_id for a in found if a.window_start < "2026-03-08"] for name, found in alerts.items()}
-    assert before["one"] == before["own"]
+    def new_york_alerts(found: list[Alert], after: bool) -> int:
+        return sum(a.key["store_id"] in new_york and (a.window_start >= "2026-03-08") == after for a in found)
 
-    def new_york_after(found: list[Alert]) -> int:
-        return sum(a.key["store_id"] in new_york and a.window_start >= "2026-03-08" for a in found)
-
-    assert 2 * new_york_after(alerts["own"]) <= new_york_after(alerts["one"])
+    # the New York shops' alerts a day, over the 20 days before their change and the 8 after it
+    rate = {name: (new_york_alerts(found, False) / 20, new_york_alerts(found, True) / 8)
+            for name, found in alerts.items()}
+    assert rate["one"][1] >= 3 * rate["one"][0]
+    assert rate["own"][1] <= rate["own"][0]
+    assert 2 * new_york_alerts(alerts["own"], True) <= new_york_alerts(alerts["one"], True)
     with pytest.raises(ConfigError, match=r"features.timezones\['store-001'\]: unknown time zone 'Mars/Olympus'"):
         from_mapping(DetectorConfig, {"features": {"timezones": {"store-001": "Mars/Olympus"}}})
 
@@ -852,15 +860,18 @@ def test_a_price_glitch_is_not_remembered_by_its_hour_of_the_week():
 
 
 def test_an_hour_of_the_week_learned_wrong_heals_once_it_deviates_two_weeks_running():
-    """A store selling a third of its rate from 14:00 to 18:00 on its first Saturday, while its
-    day of the week was unknown, has those hours of the week learned low: the next Saturdays'
-    normal sales page. Once the hour deviated the same way on two Saturdays running it is learned
-    fast, and the fourth Saturday does not page (before: 37, 39, 37 alert windows on the second to
-    fourth Saturdays; now 37, 25, 0)."""
+    """A store selling a third of its rate from 10:00 to 18:00 on its first Saturday, while its
+    day of the week was unknown, has those hours of the week learned low (flagged for long, the
+    shift became its new normal): the next Saturdays' normal sales page. Once the hour deviated
+    the same way on two Saturdays running it is learned fast, and the fourth Saturday does not
+    page (15, 8 and 1 alert windows on the second to fourth Saturdays). (From 14:00 to 18:00, the
+    shift this test first used, it is no longer learned wrong at all: 18 alert windows that day,
+    1 the next Saturday, where the hours once paged 37, 25 and 0 times: the windows it learned,
+    deviating, count as little evidence.)"""
     events, _ = generate(GeneratorConfig(stores=6, days=27, seed=11, anomalies_per_store_week=0, online_share=0))
     valid = [e for e in events if isinstance(e, dict) and isinstance(e.get("store_id"), str)]
     victim = max({e["store_id"] for e in valid}, key=lambda s: sum(e["store_id"] == s for e in valid))
-    start, end = parse_timestamp("2026-01-10T14:00:00Z"), parse_timestamp("2026-01-10T18:00:00Z")
+    start, end = parse_timestamp("2026-01-10T10:00:00Z"), parse_timestamp("2026-01-10T18:00:00Z")
     kept = []
     for n, e in enumerate(events):
         if isinstance(e, dict) and e.get("store_id") == victim and n % 3:
@@ -874,5 +885,5 @@ def test_an_hour_of_the_week_learned_wrong_heals_once_it_deviates_two_weeks_runn
     for a in alerts_of(run(kept, Detector().config)):
         if a.key["store_id"] == victim:
             per_day[a.window_start[:10]] = per_day.get(a.window_start[:10], 0) + 1
-    assert per_day.get("2026-01-24", 0) >= 10, per_day  # the wrong hours still page a while
+    assert per_day.get("2026-01-17", 0) >= 10, per_day  # the wrong hours page a while
     assert per_day.get("2026-01-31", 0) <= 3, per_day
