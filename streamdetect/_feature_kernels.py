@@ -247,17 +247,18 @@ def clump_size(clump_a: float, clump_b: float, clump_n: float) -> float:
 
 
 @_compiled
-def _learn_bucket(n, count, rev, key, bucket, c, r, rate_floor, weight):
+def _learn_bucket(n, count, rev, key, bucket, c, r, rate_floor, weight, evidence=1.0):
     """A seasonal bucket's running means of count and revenue, moved by the window at the
     window's robustness weight over the evidence the bucket holds with it (a young bucket's
     running mean), at least ``rate_floor`` times that weight.
 
-    ``n`` is that evidence (:func:`_evidence`): a bucket learned from windows that deviated (a
-    level shift in the key's first week, the only occurrence of its hour of the week) is not
-    trusted as if they had been ordinary ones. Counted as whole windows, such an hour was
-    trusted, and a week later expected at the shifted rate, and alerted on for hours.
+    ``n`` is that evidence, the window adding ``evidence`` (:func:`_evidence` of its weight once
+    the key's baselines are trustworthy, a whole window before): a bucket learned from windows
+    that deviated (a level shift in the key's first week, the only occurrence of its hour of the
+    week) is not trusted as if they had been ordinary ones. Counted as whole windows, such an
+    hour was trusted, and a week later expected at the shifted rate, and alerted on for hours.
     """
-    held = n[key, bucket] + _evidence(weight)
+    held = n[key, bucket] + evidence
     rate = max(weight / held, rate_floor * weight)
     n[key, bucket] = held
     count[key, bucket] += rate * (c - count[key, bucket])
@@ -814,14 +815,16 @@ def update_round(
         # still building evidence for hardly moves the count baselines. A new normal weighs 1.
         weight = 1.0 if settled else 1.0 / (1.0 + scan_z**2)
 
-        _learn_bucket(how_n, how_count, how_rev, key, how[i], c, r_season, season_rate, weight)
+        mature = f[T_MATURE] != 0.0
+        # A window deviates from a trustworthy expectation or says nothing by its deviation.
+        evidence = _evidence(weight) if mature else 1.0
+        _learn_bucket(how_n, how_count, how_rev, key, how[i], c, r_season, season_rate, weight, evidence)
         # The evidence learned in this occurrence of the hour: it does not make it trusted yet.
-        how_hour_n[key] = how_hour_n[key] + _evidence(weight) if how_hour[key] == hour[i] else _evidence(weight)
+        how_hour_n[key] = how_hour_n[key] + evidence if how_hour[key] == hour[i] else evidence
         how_hour[key] = hour[i]
-        _learn_bucket(hod_n, hod_count, hod_rev, key, hod, c, r_season, season_rate, weight)
+        _learn_bucket(hod_n, hod_count, hod_rev, key, hod, c, r_season, season_rate, weight, evidence)
         _learn_quarter(qod_n, qod_count, key, quarter[i], c, season_rate, weight)
 
-        mature = f[T_MATURE] != 0.0
         if mature:
             # Overdispersion: mean squared log ratio beyond the Poisson part, on mature baselines.
             excess = f[T_TREND_LOG_RATIO] ** 2 - f[T_TREND_POISSON_VAR]

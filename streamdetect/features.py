@@ -11,9 +11,9 @@ One model serves keys of very different size, so every model feature compares a 
   expectation is the key's seasonal baseline (hour of week once that hour has been seen in an
   earlier week, else hour of day, with the day-of-week effect counted as unknown in ``phi`` for
   as much of today's factor as the key's level has not learned yet; a bucket is trusted by the
-  evidence its windows carry, a window counting whole within a standard deviation of its
-  expectation and as ``1 / z^2`` beyond, so that an hour seen once through a level shift is not
-  a weekly pattern),
+  evidence its windows carry, a window of a key with trustworthy baselines counting whole within
+  a standard deviation of its expectation and as ``1 / z^2`` beyond, so that an hour seen once
+  through a level shift is not a weekly pattern),
   shaped within the hour by the key's quarter hours of the day (a quarter's mean count over its
   hour's, shrunk towards 1 by a prior of ``SHAPE_PRIOR_SALES`` sales counted in clumps), times the
   key's level today relative to that baseline (which reverts to that baseline at its own rate
@@ -398,7 +398,7 @@ class FeatureExtractor:
     ...     r = rnd(m * 60_000, 5.0); f = fx.transform(r); fx.update(r, f, np.array([True]))
     >>> f = fx.transform(rnd(30 * 60_000, 0.0))
     >>> bool(f.mature[0]), round(float(f.values[0, 0]), 2)  # (its first week: today's factor half known)
-    (True, -2.77)
+    (True, -2.71)
     """
 
     def __init__(

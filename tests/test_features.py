@@ -630,10 +630,10 @@ def test_a_bucket_learned_from_deviating_windows_holds_little_evidence():
 
     n, count, rev = np.zeros((1, 2)), np.zeros((1, 2)), np.zeros((1, 2))
     for _ in range(60):
-        kernels._learn_bucket(n, count, rev, 0, 0, 5.0, 100.0, 0.01, 0.2)
+        kernels._learn_bucket(n, count, rev, 0, 0, 5.0, 100.0, 0.01, 0.2, kernels._evidence(0.2))
     assert n[0, 0] == pytest.approx(15.0)
     assert count[0, 0] == pytest.approx(5.0, abs=0.3)
-    kernels._learn_bucket(n, count, rev, 0, 1, 5.0, 100.0, 0.01, 0.6)
+    kernels._learn_bucket(n, count, rev, 0, 1, 5.0, 100.0, 0.01, 0.6, kernels._evidence(0.6))
     assert n[0, 1] == 1.0
 
 
