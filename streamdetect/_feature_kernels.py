@@ -816,7 +816,7 @@ def update_round(
         weight = 1.0 if settled else 1.0 / (1.0 + scan_z**2)
 
         mature = f[T_MATURE] != 0.0
-        # A window deviates from a trustworthy expectation or says nothing by its deviation.
+        # A deviation means something only from a trustworthy expectation; before, a window counts whole.
         evidence = _evidence(weight) if mature else 1.0
         _learn_bucket(how_n, how_count, how_rev, key, how[i], c, r_season, season_rate, weight, evidence)
         # The evidence learned in this occurrence of the hour: it does not make it trusted yet.
