@@ -454,13 +454,19 @@ def _level_kept(start_ms, last, hop_ms, level_rate):
 
 
 @_compiled
+def _local_day(local_hour):
+    """The day a window is of, as ``level_day`` records it: days since the epoch on the key's
+    clock (``local_hour`` counts its hours), plus 1 so that 0 means none yet."""
+    return local_hour // 24 + 1
+
+
+@_compiled
 def _learned_today(level_day, day_learned, key, local_hour):
     """The share of a key's level learned from its windows of today (its local day): a day's
     sales differ from the day before by a day-of-week factor, which the level learns as the day
     goes on. As an exponential smoother it is ``1 - prod(1 - step)`` over today's steps, and 0 on
-    a day it has not learned yet (``level_day`` is the local day the level last learned, plus 1;
-    ``local_hour`` counts hours since the epoch on the key's clock)."""
-    return day_learned[key] if level_day[key] == local_hour // 24 + 1 else 0.0
+    a day it has not learned yet (``level_day`` is the :func:`_local_day` the level last learned)."""
+    return day_learned[key] if level_day[key] == _local_day(local_hour) else 0.0
 
 
 @_compiled
@@ -845,7 +851,7 @@ def update_round(
         if mature:
             # The share of the level learned today: what is known of today's day-of-week factor.
             day_learned[key] = 1.0 - (1.0 - _learned_today(level_day, day_learned, key, hour[i])) * (1.0 - step)
-            level_day[key] = hour[i] // 24 + 1
+            level_day[key] = _local_day(hour[i])
             level[key] = _moved(level[key], step, math.log((c + half) / (f[T_FALLBACK_COUNT] + half)))
             level_rev[key] = _moved(level_rev[key], step, math.log((r + half_rev) / (f[T_FALLBACK_REV] + half_rev)))
         else:
