@@ -197,7 +197,7 @@ class WindowConfig:
     is the allowed lateness, the most a clock may run ahead before its events make on-time ones
     late, but at least a minute, for producers whose clocks are not kept in sync.
 
-    At most ``max_keys`` keys are held at once (each costs some 15 KB): an event of a new key
+    At most ``max_keys`` keys are held at once (each costs some 17 KB): an event of a new key
     beyond that is refused (``key_limit``), so that a key field gone wrong (an order id where the
     store was meant) cannot exhaust the memory; keys free their place after ``key_ttl``.
     """
@@ -287,7 +287,10 @@ class FeatureConfig:
     weight of the newest week in the hour-of-week baseline; ``context_windows`` is how many recent
     windows the short-horizon context features sum over; ``trend_half_life`` (seconds) is the
     half-life of the exponentially weighted sums behind the longer-horizon trend features;
-    ``scan_windows`` are the horizons (in windows) ``count_scan_z`` compares counts over.
+    ``scan_windows`` are the horizons (in windows) ``count_scan_z`` compares counts over: up to
+    four hours of 1-minute windows by default, so that a quiet key's change that lasts an
+    afternoon gathers the evidence it needs (the longest sets the ring each key keeps, 16 bytes a
+    window).
     While a key's ``count_scan_z`` is beyond ``freeze_z`` its baselines do not learn (a drop or a
     level shift would otherwise be absorbed before it is evidence enough), for at most
     ``freeze_limit`` seconds or until the key has been flagged for long (a new normal), and
@@ -306,7 +309,7 @@ class FeatureConfig:
     seasonal_rate: float = 0.25
     context_windows: int = 5
     trend_half_life: float = 1200.0
-    scan_windows: tuple[int, ...] = (5, 15, 30, 60, 120)
+    scan_windows: tuple[int, ...] = (5, 15, 30, 60, 120, 240)
     freeze_z: float = 3.0
     freeze_limit: float = 7200.0
     timezone: str = "UTC"
@@ -318,7 +321,7 @@ class FeatureConfig:
         object.__setattr__(self, "scan_windows", tuple(self.scan_windows))
         _require(
             len(self.scan_windows) > 0 and min(self.scan_windows) >= 1,
-            "features.scan_windows: give at least one horizon, each >= 1 window, e.g. [5, 15, 30, 60, 120]",
+            "features.scan_windows: give at least one horizon, each >= 1 window, e.g. [5, 15, 30, 60, 120, 240]",
         )
         _require(len(self.features) > 0, "features.features: choose at least one feature")
         _require_zone(self.timezone, "features.timezone")

@@ -54,7 +54,8 @@ One model serves keys of very different size, so every model feature compares a 
   windows, which makes sustained small deviations (a store selling nothing at a quiet hour, a
   level shift) visible; the sums restart after an alert.
 * ``count_scan_z`` -- the count of the last L windows against its expectation for each L in
-  ``scan_windows`` (5 to 120 by default), as a log ratio over its standard deviation (Poisson
+  ``scan_windows`` (5 to 240 by default: a quiet key's change that lasts an afternoon gathers
+  its evidence over hours), as a log ratio over its standard deviation (Poisson
   plus ``phi``), counted in clumps like the rest (the gaps between a sparse key's batches are
   ordinary hours, not deficits); the horizon with the strongest evidence speaks, so a drop of a
   quiet store shows after the hour it needs while a busy one shows in minutes. The sums restart
@@ -379,6 +380,14 @@ def hour_buckets(start_ms: _Starts) -> tuple[_Starts, _Starts, _Starts]:
     """
     hour = start_ms // 3_600_000
     return hour, (hour + _EPOCH_WEEKDAY_HOURS) % _HOURS_PER_WEEK, (start_ms // 900_000) % 96
+
+
+# Per-key sums laid out by a configured length (a ring of the scan's longest horizon, of the
+# context's windows): a state saved under another length restarts them, all of a group together.
+_RESIZED_SUMS: tuple[tuple[str, ...], ...] = (
+    ("scan_ring_c", "scan_ring_e", "scan_tot_c", "scan_tot_e", "scan_n", "scan_pos"),
+    ("ctx_count", "ctx_exp_count", "ctx_rev", "ctx_exp_rev", "ctx_pos"),
+)
 
 
 class FeatureExtractor:
@@ -819,10 +828,17 @@ class FeatureExtractor:
                 f"the state's features ({', '.join(state['names'])}) are not the configured ones"
                 f" ({', '.join(fx.names)}): its model cannot score them"
             )
-        for name, arr in saved_arrays(state).items():
+        saved = saved_arrays(state)
+        for name, arr in saved.items():
             if arr.size == 0:
-                arr = arr.reshape(fx._arrays[name].shape)
-            fx._arrays[name] = arr
+                saved[name] = arr.reshape((0, *fx._arrays[name].shape[1:]))
+        for group in _RESIZED_SUMS:
+            # Saved under other horizons (`scan_windows`, `context_windows`): those sums restart,
+            # as after an alert, and the rest of the baselines carry on.
+            if any(saved[n].shape[1:] != fx._arrays[n].shape[1:] for n in group if n in saved):
+                for n in group:
+                    saved.pop(n, None)
+        fx._arrays.update(saved)
         # Arrays a state from an older release lacks start from scratch at the right capacity.
         fx._allocate(len(fx._arrays["level"]))
         return fx

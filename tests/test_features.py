@@ -232,6 +232,30 @@ def test_a_state_holds_the_rows_of_its_keys_and_one_of_the_release_before_restor
         assert restored._arrays[name].dtype == arr.dtype, name
 
 
+def test_a_state_saved_under_other_horizons_restores_with_its_scan_and_context_restarted():
+    """A checkpoint of a release (or a configuration) with other ``scan_windows`` or
+    ``context_windows``: the baselines carry on, the sums laid out by those lengths restart."""
+    rng = np.random.default_rng(9)
+    before = FeatureConfig(scan_windows=(5, 15, 30, 60, 120), context_windows=5)
+    fx = FeatureExtractor(before, WindowConfig())
+    train(fx, np.array([4.0, 9.0]), 90, rng)
+    state = orjson.loads(orjson.dumps(fx.to_state(rows=2)))
+    after = FeatureConfig(scan_windows=(5, 15, 30, 60, 120, 240), context_windows=8)
+    clone = FeatureExtractor.from_state(state, after, WindowConfig())
+    assert clone._arrays["scan_ring_c"].shape == (2, 241) and clone._arrays["ctx_count"].shape == (2, 8)
+    for name in ("how_count", "hod_count", "level", "tk_s1", "last_start"):
+        np.testing.assert_array_equal(clone._arrays[name], fx._arrays[name][:2], err_msg=name)
+    assert not clone._arrays["scan_n"].any() and not clone._arrays["ctx_pos"].any()
+    assert fx._arrays["scan_n"][:2].all()
+    # It scores and learns on: the scan sums build up again from the next window.
+    for m in range(90, 95):
+        rnd = make_round(m * MIN, rng.poisson(np.array([4.0, 9.0])), rng)
+        f = clone.transform(rnd)
+        clone.update(rnd, f, np.ones(2, dtype=bool))
+        assert f.mature.all() and np.isfinite(f.values).all()
+    assert (clone._arrays["scan_n"] == 5).all()
+
+
 def test_scan_sees_a_sustained_drop_that_single_windows_do_not_and_the_level_waits():
     rng = np.random.default_rng(7)
     rates = np.array([1.0, 1.0])
