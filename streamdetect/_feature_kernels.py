@@ -897,8 +897,8 @@ def update_round(
 _COMPUTED = 100
 (
     V_MAX_TICKET_Z, V_COUNT_TREND_Z, V_COUNT_RATIO_SEASONAL, V_REVENUE_TREND_RATIO, V_COUNT, V_REVENUE,
-    V_LOG_COUNT, V_LOG_REVENUE, V_MEAN_TICKET, V_MAX_TICKET, V_UNITS, V_DISTINCT_SKUS,
-) = range(_COMPUTED, _COMPUTED + 12)  # fmt: skip
+    V_LOG_COUNT, V_LOG_REVENUE, V_MEAN_TICKET, V_MAX_TICKET, V_UNITS, V_DISTINCT_SKUS, V_PRICE_RATIO,
+) = range(_COMPUTED, _COMPUTED + 13)  # fmt: skip
 VALUE_CODES: dict[str, int] = {
     "count_z": T_COUNT_Z,
     "revenue_ratio": T_REVENUE_RATIO,
@@ -920,6 +920,7 @@ VALUE_CODES: dict[str, int] = {
     "max_ticket": V_MAX_TICKET,
     "units": V_UNITS,
     "distinct_skus": V_DISTINCT_SKUS,
+    "price_ratio": V_PRICE_RATIO,
 }
 # Blom's expected maximum of c standard normals, ndtri((c - 0.375) / (c + 0.25)), for whole counts
 # below this; values_round leaves a round with a larger or fractional count to numpy.
@@ -927,7 +928,7 @@ MAX_Z_COUNTS = 1 << 16
 
 
 @_compiled
-def values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, max_z):
+def values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, price_dev, max_z):
     """The model's feature vectors of a round (``codes``: VALUE_CODES of the configured features, in
     order), as FeatureExtractor.transform computes them, non-finite values replaced as there; None
     where a count is fractional or not below ``len(max_z)``."""
@@ -971,6 +972,8 @@ def values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, 
                 v = max_ticket[i]
             elif code == V_UNITS:
                 v = units[i]
+            elif code == V_PRICE_RATIO:
+                v = price_dev[i]
             else:
                 v = distinct_skus[i]
             if math.isnan(v):

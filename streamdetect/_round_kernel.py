@@ -71,7 +71,7 @@ def log_likelihood(x, shift, spread, proj, const):
 def score_round(
     keys, start_ms, hour, how, quarter,
     count, revenue, units, max_ticket, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum,
-    distinct_skus, params, codes, max_z,
+    distinct_skus, price_dev, params, codes, max_z,
     scoring, center, scale, shift, spread, proj, const, offset, z,
     since_flag, flag_streak, episode_alerts, episode_quiet, cooldown, relearn_after,
     state,
@@ -100,7 +100,7 @@ def score_round(
         count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
         min_bucket, trend_decay, level_rate, between_tickets, basket, new_skus, scan, *state,
     )  # fmt: skip
-    values = values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, max_z)
+    values = values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, price_dev, max_z)
     if values is None:
         return None
     n_mature = 0
@@ -169,7 +169,7 @@ ALL_DONE, NEEDS_NUMPY, STEP_DUE = 0, 1, 2
 def score_rounds(
     first, starts, size_ms, offsets, hour, how, quarter,
     keys, count, revenue, units, max_ticket, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum,
-    distinct_skus, params, codes, max_z,
+    distinct_skus, price_dev, params, codes, max_z,
     scoring, center, scale, shift, spread, proj, const, offset, z,
     since_flag, flag_streak, episode_alerts, episode_quiet, cooldown, relearn_after,
     stop_rows, span_ms, span_rows, from_ms, calibration_ms, calibration_rows,
@@ -211,7 +211,7 @@ def score_rounds(
             keys[lo:hi], start, hour[lo:hi], how[lo:hi], quarter[lo:hi],
             count[lo:hi], revenue[lo:hi], units[lo:hi], max_ticket[lo:hi], log_ticket_sum[lo:hi],
             log_ticket_sq_sum[lo:hi], log_units_sum[lo:hi], log_units_sq_sum[lo:hi], distinct_skus[lo:hi],
-            params, codes, max_z,
+            price_dev[lo:hi], params, codes, max_z,
             scoring, center, scale, shift, spread, proj, const, offset, z,
             since_flag, flag_streak, episode_alerts, episode_quiet, cooldown, relearn_after,
             state,

@@ -197,7 +197,7 @@ class WindowConfig:
     is the allowed lateness, the most a clock may run ahead before its events make on-time ones
     late, but at least a minute, for producers whose clocks are not kept in sync.
 
-    At most ``max_keys`` keys are held at once (each costs some 17 KB): an event of a new key
+    At most ``max_keys`` keys are held at once (each costs some 20 KB): an event of a new key
     beyond that is refused (``key_limit``), so that a key field gone wrong (an order id where the
     store was meant) cannot exhaust the memory; keys free their place after ``key_ttl``.
     """
@@ -266,6 +266,7 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "count_context_z",
     "revenue_context_ratio",
     "count_scan_z",
+    "price_ratio",
 )
 
 

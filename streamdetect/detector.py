@@ -467,6 +467,9 @@ class Detector:
         self._held = _HeldScores(self._cooldown * cfg.windows.hop_ms)
         # A value series' samples are levels (a window of several is their mean); counts add up.
         self._samples_are_levels = cfg.events.value_series
+        # Per-SKU prices, where the model reads them (not of a count or value series: see
+        # features.unavailable_features).
+        self._prices = "price_ratio" in self.features.names
         ev = cfg.events
         self._alert_names = VALUE_SERIES_NAMES if ev.value_series else {}
         self._alert_quantities: tuple[str, ...] = (
@@ -561,8 +564,10 @@ class Detector:
             batch = self._refuse_duplicates(batch, rejected)
         if len(self.windows.keys) + len(batch) > self.config.windows.max_keys:
             batch = self._refuse_new_keys(batch, rejected)
-        # A value series' amounts are rescaled per key: the key ids serve both.
-        key_ids = self.windows.keys.ids(batch.keys) if self._samples_are_levels and len(batch) else None
+        # A value series' amounts are rescaled per key, and sales are priced per key: the key ids
+        # serve both.
+        per_key = self._samples_are_levels or self._prices
+        key_ids = self.windows.keys.ids(batch.keys) if per_key and len(batch) else None
         late = self.windows.add(
             batch.ts_ms,
             batch.keys,
@@ -572,6 +577,7 @@ class Detector:
             count=batch.count,
             key_ids=key_ids,
             is_return=batch.is_return,
+            price_dev=self._price_deviations(batch, key_ids),
         )
         if len(late):
             wm = self.windows.watermark_ms
@@ -716,6 +722,15 @@ class Detector:
             detected_at_ms=now_ms if now_ms is not None else at_ms,
         )
 
+    def _price_deviations(self, batch: EventBatch, key_ids: np.ndarray | None) -> np.ndarray | None:
+        """Each sale's log ratio to its SKU's usual unit price (None: the features do not read it)."""
+        if not self._prices or key_ids is None:
+            return None
+        sku = batch.sku_hash
+        if batch.is_return is not None:  # a return is not a sale at a price
+            sku = np.where(batch.is_return, np.uint64(0), sku)
+        return self.features.price_deviations(key_ids, batch.ts_ms, sku, batch.amount, batch.quantity)
+
     def _in_units(self, batch: EventBatch, kid: np.ndarray | None) -> np.ndarray:
         """The amounts; a value series' samples (``kid``: their key ids) shifted by
         ``events.value_offset`` (floored at zero) and rescaled per key when its first sample is below 1.
@@ -725,7 +740,7 @@ class Detector:
         factor is fixed per key at its first non-zero sample (so the result does not depend on the
         batching); alerts report values in the series' own units.
         """
-        if kid is None:  # not a value series, or no event
+        if not self._samples_are_levels or kid is None:  # not a value series, or no event
             return batch.amount
         amount = batch.amount
         offset = self.config.events.value_offset
@@ -900,6 +915,7 @@ class Detector:
             first, b.starts, b.size_ms, b.offsets, *buckets,
             b.key_id, b.count, b.revenue, b.units, b.max_ticket, b.log_ticket_sum, b.log_ticket_sq_sum,
             b.log_units_sum, b.log_units_sq_sum, b.distinct_skus,
+            b.price_dev if b.price_dev is not None else np.zeros(len(b.count)),
             self.features.kernel_params, codes, expected_max_z_table(),
             fitted, center, scale, shift, spread, proj, const, *decision,
             self._since_flag, self._flag_streak, self._episode_alerts, self._episode_quiet,

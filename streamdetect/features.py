@@ -61,6 +61,17 @@ One model serves keys of very different size, so every model feature compares a 
   quiet store shows after the hour it needs while a busy one shows in minutes. The sums restart
   after an alert. While it is beyond ``freeze_z`` the key's windows teach neither its baselines
   nor the mixture.
+* ``price_ratio`` -- the log ratio of the window's sale farthest from its SKU's usual unit price
+  (``amount / quantity``) to that price, 0 where no sale's SKU has a trusted reference. A sale rung
+  up at a hundredth of its price is an ordinary ticket among a key's many (the mean ticket hardly
+  moves where items cost from cents to hundreds) and unusual only for its SKU. Each key keeps a
+  reference price for the SKUs it sells most (a sketch of 128, see
+  :mod:`streamdetect._price_kernels`), learned sale by sale as events arrive: trusted once a
+  few more sales held its price than not and it has held for an hour (a glitch's prices, rounded
+  to the same cents, do not become one), worn by each sale at another price (a price more than
+  three times away is not learned), so that a glitch among normal sales leaves it, a repricing
+  replaces it within some twenty sales, and a SKU sold at all sorts of prices (customer tiers)
+  reads nothing. Left out for count and value series and for events without a SKU.
 * ``count_trend_z`` (optional) -- the log ratio of exponentially weighted sums of observed and
   expected counts (half-life ``trend_half_life``), divided by its standard deviation under Poisson
   noise *plus* the key's own overdispersion (how much its rate wanders beyond Poisson, learned
@@ -130,6 +141,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from streamdetect import _feature_kernels as kernels
+from streamdetect import _price_kernels as prices
 from streamdetect.config import ConfigError, EventSchema, FeatureConfig, WindowConfig
 from streamdetect.windows import ClosedRound
 
@@ -158,6 +170,7 @@ AVAILABLE_FEATURES: tuple[str, ...] = (
     "revenue_context_ratio",
     "count_trend_z",
     "count_scan_z",
+    "price_ratio",
     "revenue_trend_ratio",
     "count_ratio_recent",
     "count_ratio_seasonal",
@@ -203,12 +216,13 @@ _EXPLAINED_AS: dict[str, str] = {
     "count_trend_z": "count_recent_hour",
     "count_scan_z": "count_scan",
     "revenue_trend_ratio": "revenue_recent_hour",
+    "price_ratio": "price_vs_usual",
 }
 
 # What needs single sales (baskets, assortment, the largest ticket): a count series has totals only.
 PER_EVENT_FEATURES: frozenset[str] = frozenset({
     "units_per_event_z", "units_per_event_ratio", "units", "distinct_skus_z", "distinct_skus_ratio", "distinct_skus",
-    "max_ticket_z", "max_ticket",
+    "max_ticket_z", "max_ticket", "price_ratio",
 })
 # What describes sales rather than values: in a value series every window holds exactly one
 # sample by construction, so the counts say nothing there (and their jitter would only add noise).
@@ -219,7 +233,7 @@ PER_SALE_FEATURES: frozenset[str] = PER_EVENT_FEATURES | {
 # What needs amounts: a count series without values has none.
 REVENUE_FEATURES: frozenset[str] = frozenset({
     "revenue_ratio", "mean_ticket_z", "max_ticket_z", "revenue_context_ratio", "revenue_trend_ratio",
-    "revenue_ratio_recent", "revenue", "log_revenue", "mean_ticket", "max_ticket",
+    "revenue_ratio_recent", "revenue", "log_revenue", "mean_ticket", "max_ticket", "price_ratio",
 })
 
 
@@ -251,6 +265,7 @@ _TICKET_HALF_LIFE_S = 86_400.0
 _PHI_HALF_LIFE_S = 86_400.0
 _INT_ARRAYS = (
     "ctx_pos", "last_start", "how_hour", "scan_n", "scan_pos", "dev_day", "dev_cnt_day", "how_dev", "level_day",
+    "price_tag",
 )
 # Columns of the kernel's output that make up a per-sale mean, the new SKUs, the context and the trend.
 _TICKET_COLUMNS = (kernels.T_TICKET_DEV, kernels.T_TICKET_SALE_VAR, kernels.T_TICKET_VAR, kernels.T_TICKET_SEEN)
@@ -539,6 +554,12 @@ class FeatureExtractor:
         "how_dev": (_HOURS_PER_WEEK,),
         "level_day": (),
         "day_learned": (),
+        # Per-SKU reference prices (see _price_kernels), read and learned sale by sale as events
+        # arrive, not by the window kernels.
+        "price_tag": (prices.SLOTS,),
+        "price_ref": (prices.SLOTS,),
+        "price_n": (prices.SLOTS,),
+        "price_since": (prices.SLOTS,),
     }
 
     def _allocate(self, capacity: int) -> None:
@@ -575,6 +596,27 @@ class FeatureExtractor:
             self._new_skus_z, self._scan, self._season_rate, self._level_rate, self._ticket_decay,
             self._phi_rate, float(self.config.freeze_z), self._freeze_limit, self._ratios,
         )  # fmt: skip
+
+    def price_deviations(
+        self, key_ids: np.ndarray, ts_ms: np.ndarray, sku_hash: np.ndarray, amount: np.ndarray, quantity: np.ndarray
+    ) -> np.ndarray:
+        """Each sale's log ratio of its unit price (``amount / quantity``) to its SKU's usual one, 0
+        where the SKU has no trusted reference yet (or the sale no SKU, or no positive price);
+        the references learn the sales, in order (see :mod:`streamdetect._price_kernels`).
+
+        >>> fx = FeatureExtractor()
+        >>> ids, sku, ts = np.zeros(5, dtype=np.int64), np.full(5, np.uint64(77)), np.arange(5) * 1_800_000
+        >>> amount, quantity = np.array([4.0, 4.0, 8.0, 4.0, 400.0]), np.array([1, 1, 2, 1, 1.0])
+        >>> fx.price_deviations(ids, ts, sku, amount, quantity).round(2)  # trusted after an hour
+        array([0.  , 0.  , 0.  , 0.  , 4.61])
+        """
+        self._ensure(key_ids)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_price = np.where((amount > 0) & (quantity > 0), np.log(amount / quantity), np.nan)
+        a = self._arrays
+        return prices.price_deviations(
+            key_ids, ts_ms, sku_hash, log_price, a["price_tag"], a["price_ref"], a["price_n"], a["price_since"]
+        )
 
     @property
     def state_arrays(self) -> tuple[np.ndarray, ...]:
@@ -645,6 +687,7 @@ class FeatureExtractor:
             "revenue_context_ratio": lambda: cols[:, kernels.T_REVENUE_CONTEXT_RATIO],
             "count_trend_z": lambda: trend_log_ratio / np.sqrt(trend_poisson_var + phi),
             "count_scan_z": lambda: scan_z,
+            "price_ratio": lambda: rnd.price_dev if rnd.price_dev is not None else np.zeros(n),
             "revenue_trend_ratio": lambda: np.log((tr_rev + typical_ticket) / (tr_exp_rev + typical_ticket)),
             "count_ratio_recent": lambda: np.log((c + 1.0) / (np.where(recent_ok, a["recent_count"][k], c) + 1.0)),
             "count_ratio_seasonal": lambda: np.log((c + 1.0) / (expected_count + 1.0)),
@@ -682,6 +725,8 @@ class FeatureExtractor:
             "count_recent_hour": tr_count,
             "revenue_recent_hour": tr_rev,
             "count_scan": cols[:, kernels.T_SCAN_COUNT],
+            # The sale farthest from its SKU's usual price, as a multiple of that price.
+            "price_vs_usual": np.exp(rnd.price_dev) if rnd.price_dev is not None else np.ones(n),
             "returns": returns,
             "refunds": refunds,
         }
@@ -709,6 +754,7 @@ class FeatureExtractor:
                 "count_recent_hour": tr_exp_count,
                 "revenue_recent_hour": tr_exp_rev,
                 "count_scan": cols[:, kernels.T_SCAN_EXPECTED],
+                "price_vs_usual": np.ones(n),
             }
 
         return WindowFeatures(

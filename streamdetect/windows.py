@@ -180,6 +180,9 @@ class ClosedRound:
     # Returns in the window and their summed amount (None: the round's source counts none).
     returns: np.ndarray | None = None
     refunds: np.ndarray | None = None
+    # The log ratio of the window's sale farthest from its SKU's usual unit price to that price
+    # (0 where no sale had a trusted reference; None: the round's source reads no prices).
+    price_dev: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.key_id)
@@ -206,6 +209,7 @@ class ClosedRounds:
     log_units_sq_sum: np.ndarray
     returns: np.ndarray
     refunds: np.ndarray
+    price_dev: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -213,10 +217,8 @@ class ClosedRounds:
     def round(self, r: int) -> ClosedRound:
         lo, hi = int(self.offsets[r]), int(self.offsets[r + 1])
         start = int(self.starts[r])
-        return ClosedRound(
-            start, start + self.size_ms,
-            *(getattr(self, name)[lo:hi] for name in _ROUND_ROWS),
-        )  # fmt: skip
+        rows: list[Any] = [None if (a := getattr(self, name)) is None else a[lo:hi] for name in _ROUND_ROWS]
+        return ClosedRound(start, start + self.size_ms, *rows)
 
     def round_of(self, rows: np.ndarray) -> np.ndarray:
         """The round of each row."""
@@ -229,12 +231,17 @@ _NO_TIME = int(np.iinfo(np.int64).min)  # before any event time
 _FIELDS = (
     "count", "revenue", "max_ticket", "units",
     "log_ticket_sum", "log_ticket_sq_sum", "log_units_sum", "log_units_sq_sum", "returns", "refunds",
+    "price_up", "price_down",
 )
 # Per-field grid 2^-k of the fixed-point values: sums stay exact up to 2^(53-k) per window, i.e.
 # 1.4e11 of revenue or units at a resolution of 1.5e-5, and 3e7 / 5e8 of log sums (millions of
 # events) at 4e-9 / 6e-8.
-_FIXED_POINT = np.array([1.0, 2.0**16, 2.0**16, 2.0**16, 2.0**28, 2.0**24, 2.0**28, 2.0**24, 1.0, 2.0**16])[:, None]
-_SUMMED = tuple(i for i, name in enumerate(_FIELDS) if name != "max_ticket")  # the maximum is not a sum
+_FIXED_POINT = np.array(
+    [1.0, 2.0**16, 2.0**16, 2.0**16, 2.0**28, 2.0**24, 2.0**28, 2.0**24, 1.0, 2.0**16, 2.0**28, 2.0**28]
+)[:, None]
+# Maxima, not sums: the largest ticket, and the largest price deviation each way.
+_MAXIMA = tuple(_FIELDS.index(name) for name in ("max_ticket", "price_up", "price_down"))
+_SUMMED = tuple(i for i in range(len(_FIELDS)) if i not in _MAXIMA)
 _FIRST_RETURN = _FIELDS.index("returns")  # the returns' fields come last: the sales' are before them
 _SALES_SUMMED = tuple(i for i in _SUMMED if i < _FIRST_RETURN)  # all a batch without returns adds to
 
@@ -396,6 +403,7 @@ class WindowAggregator:
         count: np.ndarray | None = None,
         key_ids: np.ndarray | None = None,
         is_return: np.ndarray | None = None,
+        price_dev: np.ndarray | None = None,
     ) -> np.ndarray:
         """Add valid events (in arrival order); return the positions of the late ones.
 
@@ -403,6 +411,8 @@ class WindowAggregator:
         their tickets count as that many tickets of the mean amount. ``key_ids`` are the keys' ids
         (``self.keys.ids(keys)``) when the caller has looked them up already. Rows marked in
         ``is_return`` are returns of ``amount`` (magnitudes): counted apart, not as sales.
+        ``price_dev`` is each sale's log ratio to its SKU's usual unit price (0: none known); a
+        window keeps the largest each way.
 
         An event is late when every window it belongs to had already closed at its arrival, by
         the watermark of the events before it (so the verdict does not depend on batching).
@@ -441,10 +451,11 @@ class WindowAggregator:
         log_units = np.log1p(np.maximum(quantity, 0.0) / np.maximum(sales, 1.0))
         log_units_sum = sales * log_units
         returned = np.zeros(n) if is_return is None else np.asarray(is_return, dtype=np.float64)
+        dev = np.zeros(n) if price_dev is None else np.asarray(price_dev, dtype=np.float64)
         per_event = np.stack([
             sales, ticket, mean_ticket, quantity,
             log_sum, log_sum * log_ticket, log_units_sum, log_units_sum * log_units,
-            returned, returned * np.abs(amount),
+            returned, returned * np.abs(amount), np.maximum(dev, 0.0), np.maximum(-dev, 0.0),
         ])
         word, bit = sku_bits(sku_hash)
         summed = _SALES_SUMMED if is_return is None else _SUMMED  # the returns' sums stay 0 without any
@@ -487,8 +498,9 @@ class WindowAggregator:
         sums = np.empty((len(_FIELDS), m))
         for f in summed:
             sums[f] = np.bincount(inverse, weights=per_event[f], minlength=m)
-        maxima = np.full(m, -np.inf)
-        np.maximum.at(maxima, inverse, per_event[2])
+        maxima = np.full((len(_MAXIMA), m), -np.inf)
+        for j, f in enumerate(_MAXIMA):
+            np.maximum.at(maxima[j], inverse, per_event[f])
         orbits = np.zeros((m, _WORDS), dtype=np.uint64)
         np.bitwise_or.at(orbits, (inverse, word), bit)
         last = np.full(m, _NO_TIME, dtype=np.int64)
@@ -498,7 +510,8 @@ class WindowAggregator:
         vals = self._open.values
         for f in summed:
             vals[f, slots] += sums[f]
-        vals[2, slots] = np.maximum(vals[2, slots], maxima)
+        for j, f in enumerate(_MAXIMA):
+            vals[f, slots] = np.maximum(vals[f, slots], maxima[j])
         self._open.bits[slots] |= orbits
         self._open.last_ms[slots] = np.maximum(self._open.last_ms[slots], last)
 
@@ -634,6 +647,7 @@ class WindowAggregator:
             log_units_sq_sum=vals[7],
             returns=vals[8],
             refunds=vals[9],
+            price_dev=np.where(vals[10] >= vals[11], vals[10], -vals[11]),
         )
 
     def _evict_stale(self, now_ms: int) -> np.ndarray:

@@ -890,3 +890,37 @@ def test_an_hour_of_the_week_learned_wrong_heals_once_it_deviates_two_weeks_runn
             per_day[a.window_start[:10]] = per_day.get(a.window_start[:10], 0) + 1
     assert per_day.get("2026-01-17", 0) >= 10, per_day  # the wrong hours page a while
     assert per_day.get("2026-01-31", 0) <= 3, per_day
+
+
+def test_one_sale_at_a_hundredth_of_its_skus_price_is_an_alert_at_once():
+    """A single sale rung up at 1 % of its price in a store's third day: an ordinary ticket among a
+    store's many (its mean ticket hardly moves), an alert in its own minute by its SKU's usual price,
+    which the explanation reports. The same stream without it has no alert there."""
+    events, _ = generate(GeneratorConfig(stores=4, days=4, seed=11, anomalies_per_store_week=0, online_share=0))
+    valid = [e for e in events if isinstance(e, dict) and isinstance(e.get("store_id"), str)]
+    victim = max({e["store_id"] for e in valid}, key=lambda s: sum(e["store_id"] == s for e in valid))
+    best_seller = max({e["sku"] for e in valid if e["store_id"] == victim},
+                      key=lambda k: sum(e.get("sku") == k for e in valid))  # fmt: skip
+    at = parse_timestamp("2026-01-07T15:00:00Z")
+    glitched, kept = None, []
+    for e in events:
+        if glitched is None and isinstance(e, dict) and e.get("store_id") == victim and e.get("sku") == best_seller:
+            try:
+                t = parse_timestamp(e["ts"])
+            except (KeyError, TypeError, ValueError):
+                t = 0
+            if t >= at and isinstance(e.get("unit_price"), float) and isinstance(e.get("amount"), float):
+                glitched = format_time(t // 60_000 * 60_000)
+                e = {**e, "unit_price": e["unit_price"] / 100, "amount": e["amount"] / 100}
+        kept.append(encode_event(e))
+    assert glitched is not None
+
+    def alerts_at(values: list[bytes]) -> list[Alert]:
+        return [a for a in alerts_of(run(values, Detector().config))
+                if a.key["store_id"] == victim and a.window_start == glitched]  # fmt: skip
+
+    alerts = alerts_at(kept)
+    assert alerts, glitched
+    top = alerts[0].contributions[0]
+    assert top.feature == "price_vs_usual" and top.observed == pytest.approx(0.01, rel=0.05), top
+    assert alerts_at([encode_event(e) for e in events]) == []

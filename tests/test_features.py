@@ -709,3 +709,110 @@ def test_a_window_of_a_new_normal_restarts_the_sums_as_an_alerted_window_does():
     a = fx._arrays
     for name in ("scan_tot_c", "tr_count", "ctx_count"):
         assert np.all(a[name][:2] == 0.0), (name, a[name][:2])
+
+
+class Sku:
+    """A key's per-SKU price references, fed sales ``every_ms`` apart on a clock of its own."""
+
+    def __init__(self) -> None:
+        from streamdetect._price_kernels import SLOTS
+
+        self.table = (np.zeros((1, SLOTS), dtype=np.int64), *np.zeros((3, 1, SLOTS)))
+        self.clock = 0
+
+    def sell(self, prices: list[float], skus: list[int], every_ms: int = 600_000) -> np.ndarray:
+        from streamdetect._price_kernels import price_deviations
+
+        ts = self.clock + np.arange(len(prices), dtype=np.int64) * every_ms
+        self.clock = int(ts[-1]) + every_ms
+        keys = np.zeros(len(prices), dtype=np.int64)
+        return price_deviations(keys, ts, np.array(skus, dtype=np.uint64), np.log(np.array(prices)), *self.table)
+
+
+def test_a_sale_far_from_its_skus_usual_price_reads_as_such_and_does_not_move_it():
+    key = Sku()
+    dev = key.sell([10.0] * 8 + [0.1, 1000.0, 10.0], [7] * 11)  # a sale every 10 minutes
+    assert np.allclose(dev[:8], 0.0)  # trusted once sales have held its price for an hour
+    assert dev[8] == pytest.approx(np.log(0.01)) and dev[9] == pytest.approx(np.log(100.0))
+    assert dev[10] == pytest.approx(0.0)  # the reference did not learn the glitches
+
+
+def test_tickets_at_scattered_wrong_prices_never_make_a_reference():
+    """A SKU first sold at all sorts of tiny prices (a flood of tiny tickets) is not trusted at
+    them: its normal sales afterwards read nothing rather than a hundred times too much."""
+    rng = np.random.default_rng(0)
+    key = Sku()
+    tiny = list(20.0 * rng.uniform(0.005, 0.02, 30))
+    assert np.allclose(key.sell(tiny + [20.0] * 6, [9] * 36), 0.0)
+
+
+def test_a_repricing_is_learned_and_a_glitch_among_normal_sales_is_not():
+    from streamdetect._price_kernels import CAP
+
+    key = Sku()
+    key.sell([10.0] * 30, [3] * 30)
+    dev = key.sell([50.0] * 40, [3] * 40)
+    worn = int(CAP) - 2  # sales until fewer than TRUST are left of the reference's evidence
+    assert np.allclose(dev[:worn], np.log(5.0))  # reported while the old price is trusted
+    assert np.allclose(dev[worn:], 0.0)  # then the new price is learned, and trusted in its turn
+    assert key.sell([10.0], [3])[0] == pytest.approx(np.log(0.2))
+    # interleaved with sales at the usual price, a wrong price never becomes the SKU's
+    key = Sku()
+    key.sell([10.0] * 30, [3] * 30)
+    dev = key.sell([50.0, 10.0] * 20, [3] * 40)
+    assert np.allclose(dev[::2], np.log(5.0)) and np.allclose(dev[1::2], 0.0)
+
+
+def test_a_sku_sold_at_all_sorts_of_prices_reads_little_and_a_glitch_leaves_no_reference():
+    """Customer price tiers (a log-normal spread of 0.3): trusted only by the chance of a few
+    close prices in a row, and briefly; a half-hour glitch's cent-rounded prices, identical, do
+    not make a reference (they did not hold for an hour) that the normal sales then contradict."""
+    rng = np.random.default_rng(4)
+    key = Sku()
+    normal = lambda k: list(np.round(2.7 * np.exp(rng.normal(0.0, 0.3, k)), 2))  # noqa: E731
+    before = key.sell(normal(300), [5] * 300)
+    assert np.count_nonzero(before) <= 6 and np.abs(before).max() < np.log(2.0), before[before != 0]
+    key.sell([0.03] * 10, [5] * 10, every_ms=180_000)  # a glitch at a hundredth, half an hour
+    after = key.sell(normal(300), [5] * 300)
+    assert np.abs(after).max() < np.log(2.0), after[after != 0]
+
+
+def test_price_deviations_do_not_depend_on_batching_and_skip_sales_without_sku_or_price():
+    rng = np.random.default_rng(1)
+    n = 3000
+    skus = np.minimum(rng.zipf(1.3, n), 399)  # a few best-sellers and a long tail
+    prices = np.exp(rng.normal(2.0, 1.0, 400))[skus] * np.where(rng.random(n) < 0.01, 100.0, 1.0)
+    whole = Sku().sell(list(prices), list(skus), every_ms=60_000)
+    key = Sku()
+    parts = np.concatenate([key.sell(list(prices[i : i + 7]), list(skus[i : i + 7]), every_ms=60_000)
+                            for i in range(0, n, 7)])  # fmt: skip
+    assert np.array_equal(whole, parts)
+    assert (np.abs(whole) > 4).sum() >= 10  # the glitched sales of SKUs the sketch holds
+    assert np.allclose(Sku().sell([5.0] * 10 + [0.05], [0] * 11), 0.0)
+
+
+def test_the_skus_a_key_sells_most_keep_their_references_among_many_rare_ones():
+    """Two best-sellers amid a stream of rare SKUs passing through their buckets: the
+    best-sellers' glitches are still read."""
+    rng = np.random.default_rng(2)
+    best = [1, 2]
+    skus, prices = [], []
+    for _ in range(400):
+        skus += [best[rng.integers(2)], int(rng.integers(1000, 100_000))]
+        prices += [10.0 if skus[-2] == 1 else 30.0, 5.0]
+    key = Sku()
+    key.sell(prices, skus, every_ms=60_000)
+    assert np.allclose(key.sell([0.1, 0.3], best), [np.log(0.01), np.log(0.01)])
+
+
+def test_a_window_keeps_its_sale_farthest_from_its_skus_price():
+    from streamdetect.windows import WindowAggregator
+
+    agg = WindowAggregator(WindowConfig())
+    ts = np.array([1_000, 2_000, 3_000, 61_000])
+    agg.add(ts, [("s",)] * 4, amount=np.ones(4), quantity=np.ones(4), sku_hash=np.ones(4, dtype=np.uint64),
+            price_dev=np.array([0.5, -4.0, 0.0, 2.0]))  # fmt: skip
+    agg.advance(10 * MIN)
+    rounds = agg.close_rounds()
+    assert rounds is not None and rounds.price_dev is not None
+    assert rounds.price_dev[rounds.count > 0].tolist() == [-4.0, 2.0]
