@@ -15,11 +15,12 @@ most stay while rare ones come and go. A sale at another price wears one sale of
 evidence (and one more than a factor ``e ** ADOPT`` away is not learned), one at the reference's
 price adds one, up to ``CAP``: a glitch that hits some of a SKU's sales between normal ones leaves a
 well-known reference trusted, a lasting new price (a repricing) replaces it after about ``CAP``
-sales, and a SKU sold at all sorts of prices (customer tiers, tickets at wrong prices) is never
-trusted, so it reads nothing.
+sales, and a SKU sold at all sorts of prices (customer tiers, tickets at wrong prices) is seldom
+trusted, and then for a sale or two, so it reads little.
 
 Sales are taken one by one in arrival order, so the deviations do not depend on how the stream is
-batched.
+batched. (A sale that proves late, its windows closed, has taught its SKU's reference all the same:
+its price was one the SKU sold at.)
 """
 
 from __future__ import annotations
