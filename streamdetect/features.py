@@ -71,7 +71,7 @@ One model serves keys of very different size, so every model feature compares a 
   to the same cents, do not become one), worn by each sale at another price (a price more than
   three times away is not learned), so that a glitch among normal sales leaves it, a repricing
   replaces it within some twenty sales, and a SKU sold at all sorts of prices (customer tiers)
-  reads nothing. Left out for count and value series and for events without a SKU.
+  reads little (seldom trusted, and briefly). Left out for count and value series and for events without a SKU.
 * ``count_trend_z`` (optional) -- the log ratio of exponentially weighted sums of observed and
   expected counts (half-life ``trend_half_life``), divided by its standard deviation under Poisson
   noise *plus* the key's own overdispersion (how much its rate wanders beyond Poisson, learned
