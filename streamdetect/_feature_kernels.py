@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from streamdetect._jit import compiled as _compiled
+from streamdetect._price_kernels import ADOPT as PLAUSIBLE_PRICE
 from streamdetect.windows import SKETCH_BITS
 
 # Columns of transform_round's output (one row per window of the round).
@@ -973,7 +974,12 @@ def values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, 
             elif code == V_UNITS:
                 v = units[i]
             elif code == V_PRICE_RATIO:
-                v = price_dev[i]
+                d = price_dev[i]  # only beyond a plausible price counts (_price_kernels.beyond_plausible)
+                v = 0.0
+                if d > PLAUSIBLE_PRICE:
+                    v = d - PLAUSIBLE_PRICE
+                elif d < -PLAUSIBLE_PRICE:
+                    v = d + PLAUSIBLE_PRICE
             else:
                 v = distinct_skus[i]
             if math.isnan(v):

@@ -41,6 +41,18 @@ SAME = math.log(1.05)  # prices this close count as one
 HOLD_MS = 3_600_000.0  # how long sales must have held a price before its reference is trusted
 
 
+def beyond_plausible(dev: np.ndarray) -> np.ndarray:
+    """The part of each log price ratio beyond ``ADOPT`` (a factor three): within it a sale's price
+    is one its SKU may well have (a customer's tier, a discount, a repricing), beyond it one that
+    it should not (a decimal slip, another item's price).
+
+    >>> beyond_plausible(np.log(np.array([0.01, 0.5, 1.0, 2.0, 10.0]))).round(2).tolist()
+    [-3.51, 0.0, 0.0, 0.0, 1.2]
+    """
+    out: np.ndarray = np.where(dev > ADOPT, dev - ADOPT, np.where(dev < -ADOPT, dev + ADOPT, 0.0))
+    return out
+
+
 @compiled
 def price_deviations(key_ids, ts_ms, sku_hash, log_price, tag, ref, n, since):
     """Each sale's log price ratio to its SKU's trusted reference (0 where none), learning the
@@ -94,9 +106,8 @@ def price_deviations(key_ids, ts_ms, sku_hash, log_price, tag, ref, n, since):
             if abs(dev) <= ADOPT:
                 ref[k, slot] += dev / (n[k, slot] + 1.0)
             n[k, slot] -= 1.0
-        elif abs(dev) <= ADOPT:
-            ref[k, slot] += dev / 2.0
-        else:  # nothing was left of the reference: the new price is the SKU's now
-            ref[k, slot] = lp
+        else:  # nothing was left of the reference: the new price is the SKU's now (halfway to
+            # it when close), and its hour of holding starts again
+            ref[k, slot] = ref[k, slot] + dev / 2.0 if abs(dev) <= ADOPT else lp
             since[k, slot] = ts_ms[i]
     return out

@@ -62,7 +62,9 @@ One model serves keys of very different size, so every model feature compares a 
   after an alert. While it is beyond ``freeze_z`` the key's windows teach neither its baselines
   nor the mixture.
 * ``price_ratio`` -- the log ratio of the window's sale farthest from its SKU's usual unit price
-  (``amount / quantity``) to that price, 0 where no sale's SKU has a trusted reference. A sale rung
+  (``amount / quantity``) to that price, beyond a factor three (``ADOPT``; within it a price is one
+  the SKU may well have: a customer's tier, a discount, a repricing), 0 where no sale's SKU has a
+  trusted reference or none is that far. A sale rung
   up at a hundredth of its price is an ordinary ticket among a key's many (the mean ticket hardly
   moves where items cost from cents to hundreds) and unusual only for its SKU. Each key keeps a
   reference price for the SKUs it sells most (a sketch of 128, see
@@ -687,7 +689,7 @@ class FeatureExtractor:
             "revenue_context_ratio": lambda: cols[:, kernels.T_REVENUE_CONTEXT_RATIO],
             "count_trend_z": lambda: trend_log_ratio / np.sqrt(trend_poisson_var + phi),
             "count_scan_z": lambda: scan_z,
-            "price_ratio": lambda: rnd.price_dev if rnd.price_dev is not None else np.zeros(n),
+            "price_ratio": lambda: np.zeros(n) if rnd.price_dev is None else prices.beyond_plausible(rnd.price_dev),
             "revenue_trend_ratio": lambda: np.log((tr_rev + typical_ticket) / (tr_exp_rev + typical_ticket)),
             "count_ratio_recent": lambda: np.log((c + 1.0) / (np.where(recent_ok, a["recent_count"][k], c) + 1.0)),
             "count_ratio_seasonal": lambda: np.log((c + 1.0) / (expected_count + 1.0)),

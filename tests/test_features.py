@@ -763,6 +763,19 @@ def test_a_repricing_is_learned_and_a_glitch_among_normal_sales_is_not():
     assert np.allclose(dev[::2], np.log(5.0)) and np.allclose(dev[1::2], 0.0)
 
 
+def test_a_price_that_wore_its_reference_out_is_trusted_only_after_holding_for_an_hour():
+    """A trusted reference worn out by sales at half as much again moves to the new price; the
+    new price is read from only once it has held for an hour, as a first price is."""
+    key = Sku()
+    key.sell([10.0] * 8, [7] * 8)  # trusted: an hour and more at 10
+    dev = key.sell([15.0] * 20, [7] * 20, every_ms=60_000)
+    assert dev[0] == pytest.approx(np.log(1.5))  # read while the old reference holds
+    assert np.allclose(dev[8:], 0.0)  # then worn out: the new price is not yet trusted
+    assert key.sell([0.15], [7], every_ms=60_000)[0] == 0.0
+    key.sell([15.0] * 60, [7] * 60, every_ms=60_000)
+    assert key.sell([0.15], [7])[0] == pytest.approx(np.log(0.01), abs=0.05)
+
+
 def test_a_sku_sold_at_all_sorts_of_prices_reads_little_and_a_glitch_leaves_no_reference():
     """Customer price tiers (a log-normal spread of 0.3): trusted only by the chance of a few
     close prices in a row, and briefly; a half-hour glitch's cent-rounded prices, identical, do
@@ -816,3 +829,22 @@ def test_a_window_keeps_its_sale_farthest_from_its_skus_price():
     rounds = agg.close_rounds()
     assert rounds is not None and rounds.price_dev is not None
     assert rounds.price_dev[rounds.count > 0].tolist() == [-4.0, 2.0]
+
+
+def test_the_price_feature_is_the_part_beyond_a_factor_three_and_the_alert_reports_it_whole():
+    """Within a factor three a price is one the SKU may well have (a customer's tier, a discount):
+    the feature reads 0 there and the distance beyond it past; ``price_vs_usual`` reports the
+    sale's whole ratio."""
+    import dataclasses
+
+    from streamdetect._price_kernels import ADOPT
+
+    rng = np.random.default_rng(0)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    train(fx, np.full(5, 3.0), 30, rng)
+    dev = np.log(np.array([1.0, 0.5, 2.9, 0.01, 10.0]))
+    rnd = dataclasses.replace(make_round(30 * MIN, np.full(5, 3.0), rng), price_dev=dev)
+    f = fx.transform(rnd)
+    got = f.values[:, column(fx, "price_ratio")]
+    np.testing.assert_allclose(got, [0.0, 0.0, 0.0, np.log(0.01) + ADOPT, np.log(10.0) - ADOPT])
+    np.testing.assert_allclose(f.observed["price_vs_usual"], [1.0, 0.5, 2.9, 0.01, 10.0])
