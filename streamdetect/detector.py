@@ -489,9 +489,10 @@ class Detector:
         self._windows_empty = 0
         self._window_events = 0.0
 
-    def _new_model(self) -> StepwiseGMM:
+    def _new_model(self, min_variance: tuple[float, ...] | float = 0.0) -> StepwiseGMM:
         m = self.config.model
         return StepwiseGMM(
+            min_variance=min_variance,
             n_components=m.n_components,
             max_components=m.max_components,
             step_exponent=m.step_exponent,
@@ -1038,14 +1039,15 @@ class Detector:
         self._warmup_rows, self._warmup_n = [], 0
         self.scaler.fit(X)
         Xs = self.scaler.transform(X)
-        model = self._new_model()
+        min_variance = tuple(self.scaler.min_variance(X))
+        model = self._new_model(min_variance)
         model.fit(Xs)
         trim = self.config.trim_fraction
         if trim > 0:
             # Anomalies in the warm-up would otherwise become part of the baseline.
             scores = model.anomaly_score(Xs)
             keep = scores <= np.quantile(scores, 1.0 - trim)
-            model = self._new_model()
+            model = self._new_model(min_variance)
             model.fit(Xs[keep])
         self.model = model
 

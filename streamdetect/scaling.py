@@ -7,8 +7,11 @@ percentiles: unmoved by the few anomalies a warm-up may contain, and not fooled 
 sit on one value most of the time (an assortment ratio is exactly 0 whenever a window has one
 sale), where a MAD would be near 0 and blow the feature up. The features already come in units of
 noise (z-scores) or of relative change (log ratios), so no scale is taken below ``0.1``: a feature
-that barely moves in the warm-up (the count of a series with one sample per window) would
-otherwise turn baseline jitter of a few hundredths into alerts.
+that does not move in the warm-up (the count of a series with one sample per window) would
+otherwise turn baseline jitter of a few hundredths into alerts. (A feature that moves at all is
+standardised once more by the mixture, by its own warm-up spread, so its resolution follows that
+spread: a temperature's log ratio with 2 % noise keeps it. The floor sets the resolution of a
+feature that was constant throughout the warm-up.)
 
 Examples
 --------
@@ -53,6 +56,23 @@ class RobustScaler:
             raise RuntimeError("RobustScaler is not fitted: call fit() on the warm-up rows first")
         out = (np.asarray(X, dtype=np.float64) - self.center_) / self.scale_
         return np.clip(out, -_CLIP, _CLIP, out=out)
+
+    def min_variance(self, X: np.ndarray) -> np.ndarray:
+        """The least variance a model of ``transform(X)`` should allow along each feature: the
+        floor's resolution (0.1 of the feature's own units) where ``X`` sits on one value in all
+        but its winsorised tails, 0 elsewhere. Such a feature has shown no noise to measure, only
+        a few excursions (a SKU's price ratio, 0 in nearly every window): a model that took its
+        spread from them would read the next excursion as hundreds of standard deviations.
+
+        >>> X = np.column_stack([np.r_[np.zeros(995), np.full(5, 0.5)], np.linspace(0.0, 0.05, 1000)])
+        >>> RobustScaler().fit(X).min_variance(X).tolist()
+        [1.0, 0.0]
+        """
+        if self.scale_ is None:
+            raise RuntimeError("RobustScaler is not fitted: call fit() on the warm-up rows first")
+        lo, hi = np.percentile(np.asarray(X, dtype=np.float64), [_WINSOR, 100.0 - _WINSOR], axis=0)
+        out: np.ndarray = np.where(lo == hi, (_MIN_SCALE / self.scale_) ** 2, 0.0)
+        return out
 
     def to_state(self) -> dict[str, Any]:
         return {

@@ -202,6 +202,24 @@ def test_no_alerts_during_warm_up_and_alerts_after():
     assert alerts_of(outs), "the injected anomalies should raise alerts"
 
 
+def test_a_feature_on_one_value_through_the_warm_up_gets_the_scalers_resolution_and_no_other():
+    """``price_ratio`` is 0 in every window of the generator's clean warm-up (prices hold): its
+    components' spread is 0.1 of its units, the resolution the scaler gives a feature that showed
+    no noise, not a spread taken from a few excursions; the features that moved keep the spread
+    the mixture learns (a fraction of their own)."""
+    values, _ = stream()
+    det = Detector(SMALL)
+    for i in range(0, len(values), 5000):
+        det.process(values[i : i + 5000])
+        if det.model.is_fitted:
+            break
+    assert det.model.is_fitted and det.scaler.scale_ is not None
+    var = np.diagonal(det.model.covariances_, axis1=1, axis2=2) * det.scaler.scale_**2  # feature units
+    price = det.feature_names.index("price_ratio")
+    assert var[:, price] == pytest.approx(0.01, rel=0.05)
+    assert det.model.min_variance[price] > 0 and sum(det.model.min_variance) == det.model.min_variance[price]
+
+
 def test_output_does_not_depend_on_batch_size():
     # Window sums are exact (fixed point), so another batching gives the same bytes.
     values, _ = stream()

@@ -113,7 +113,8 @@ def _compiled_coefficients(batch: Any, stats: Any, reg_covar: float) -> np.ndarr
     from streamdetect.model import _em
 
     coef = np.empty((len(stats.s0), batch.stack.shape[0]))
-    ok = _em._em_kernels.coefficients(stats.s0, stats.mean, stats.scatter, reg_covar, *batch.pairs, batch.doubled, coef)
+    reg = _em._diagonal(reg_covar, stats.mean.shape[1])
+    ok = _em._em_kernels.coefficients(stats.s0, stats.mean, stats.scatter, reg, *batch.pairs, batch.doubled, coef)
     return coef if ok else None
 
 
@@ -546,6 +547,8 @@ def test_constructor_validation() -> None:
         {"step_exponent": 0.5},
         {"step_floor": 0.0},
         {"reg_covar": -1.0},
+        {"min_variance": -0.1},
+        {"min_variance": [0.1, float("nan")]},
         {"warmup": 1},
     ):
         with pytest.raises(ValueError):
@@ -557,3 +560,29 @@ def test_state_of_a_model_that_has_seen_nothing_round_trips():
     m = StepwiseGMM(n_components=2, seed=1)
     clone = StepwiseGMM.from_state(orjson.loads(orjson.dumps(m.to_state())))
     assert not clone.is_fitted and clone.get_params() == m.get_params()
+
+
+def test_a_feature_that_barely_moved_in_the_warm_up_keeps_the_variance_floor_given() -> None:
+    """A feature at 0 in all warm-up rows but for rounding noise: without a floor in input units
+    the internal standardisation makes its components' spread that noise, and a move of 0.3
+    costs thousands; with ``min_variance`` 0.01 it is three standard deviations."""
+    rng = np.random.default_rng(3)
+    X = np.column_stack([rng.normal(size=3000), rng.normal(0.0, 1e-4, 3000)])
+    moved = np.array([[0.0, 0.3], [0.0, 0.0]])
+    bare = StepwiseGMM(n_components=2, reg_covar=0.05, warmup=3000, seed=0).fit(X)
+    floored = StepwiseGMM(n_components=2, reg_covar=0.05, min_variance=[0.0, 0.01], warmup=3000, seed=0).fit(X)
+
+    def surprise(model: StepwiseGMM) -> float:  # log-likelihood lost by the move
+        return float(np.diff(model.score_samples(moved))[0])
+
+    assert surprise(bare) > 1000.0
+    assert surprise(floored) == pytest.approx(0.5 * 3.0**2, rel=0.05)
+    assert np.all(np.diagonal(floored.covariances_, axis1=1, axis2=2)[:, 1] >= 0.01 * (1 - 1e-9))
+    assert floored.covariances_[:, 0, 0] == pytest.approx(bare.covariances_[:, 0, 0], rel=0.05)  # the other left alone
+    clone = StepwiseGMM.from_state(orjson.loads(orjson.dumps(floored.to_state())))
+    assert clone.min_variance == (0.0, 0.01)
+    np.testing.assert_array_equal(clone.score_samples(moved), floored.score_samples(moved))
+    floored.partial_fit(X[:500])
+    assert np.all(np.diagonal(floored.covariances_, axis1=1, axis2=2)[:, 1] >= 0.01 * (1 - 1e-9))
+    with pytest.raises(ValueError, match="min_variance has 3 values for 2 features"):
+        StepwiseGMM(n_components=2, min_variance=[0.0, 0.01, 0.0], warmup=3000).fit(X)

@@ -52,13 +52,14 @@ class Derived(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- Cholesky / M-step
-def _repair_covariance(cov: np.ndarray, reg_covar: float) -> np.ndarray:
+def _repair_covariance(cov: np.ndarray, reg_covar: np.ndarray) -> np.ndarray:
     """Make one symmetric matrix positive definite: jitter retries, then an eigenvalue clamp (§2.3)."""
     d = cov.shape[0]
+    reg = float(np.min(reg_covar))
     cov = np.where(np.isfinite(cov), cov, 0.0)
     cov = 0.5 * (cov + cov.T)
     scale = max(float(np.trace(cov)) / d, 1.0)
-    base = max(reg_covar, 1e-12) * scale
+    base = max(reg, 1e-12) * scale
     eye = np.eye(d)
     for j in range(1, _JITTER_TRIES + 1):
         candidate = cov + (10.0**j) * base * eye
@@ -68,13 +69,13 @@ def _repair_covariance(cov: np.ndarray, reg_covar: float) -> np.ndarray:
             continue
         return candidate
     vals, vecs = np.linalg.eigh(cov)
-    floor = max(_MIN_EIGENVALUE * scale, reg_covar)
+    floor = max(_MIN_EIGENVALUE * scale, reg)
     fixed: np.ndarray = (vecs * np.maximum(vals, floor)) @ vecs.T
     return 0.5 * (fixed + fixed.T)
 
 
 def _compute_precision_cholesky(
-    covariances: np.ndarray, reg_covar: float, copy: bool = True
+    covariances: np.ndarray, reg_covar: np.ndarray, copy: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cholesky factors of the precisions, ``P_k = L_k^{-T}`` with ``Sigma_k = L_k L_k^T``.
 
@@ -105,8 +106,10 @@ def _compute_precision_cholesky(
     return prec_chol, covariances, repaired
 
 
-def _m_step(stats: Statistics, reg_covar: float, log_det_shift: float = 0.0) -> Derived:
+def _m_step(stats: Statistics, reg_covar: float | np.ndarray, log_det_shift: float = 0.0) -> Derived:
     """theta = theta_bar(s): weights, means, covariances and the scoring precomputations.
+
+    ``reg_covar`` is added to every covariance's diagonal: one number, or one per feature.
 
     ``log_det_shift`` is added to every ``log_det`` (the Jacobian of a change of units, so that
     log-likelihoods come out in the caller's units). One compiled loop (``_em_kernels.m_step``);
@@ -114,6 +117,7 @@ def _m_step(stats: Statistics, reg_covar: float, log_det_shift: float = 0.0) -> 
     """
     s0, mean, scatter = stats
     K, d = mean.shape
+    reg_covar = _diagonal(reg_covar, d)
     log_weights, log_det = np.empty(K), np.empty(K)
     cov, prec_chol, mean_prec = np.empty((K, d, d)), np.empty((K, d, d)), np.empty((K, d))
     if not _em_kernels.m_step(s0, mean, scatter, reg_covar, log_weights, cov, prec_chol, log_det, mean_prec):
@@ -123,7 +127,12 @@ def _m_step(stats: Statistics, reg_covar: float, log_det_shift: float = 0.0) -> 
     return _derive(log_weights, mean.copy(), cov, prec_chol, log_det, mean_prec, np.zeros(K, dtype=bool))
 
 
-def _m_step_numpy(stats: Statistics, reg_covar: float, log_det_shift: float = 0.0) -> Derived:
+def _diagonal(reg_covar: float | np.ndarray, d: int) -> np.ndarray:
+    """``reg_covar`` as one float per feature."""
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(reg_covar, dtype=np.float64), (d,)))
+
+
+def _m_step_numpy(stats: Statistics, reg_covar: float | np.ndarray, log_det_shift: float = 0.0) -> Derived:
     """:func:`_m_step` with numpy, repairing a covariance that is not positive definite."""
     s0, mean, scatter = stats
     s0c = np.maximum(s0, 1e-300)
@@ -132,6 +141,7 @@ def _m_step_numpy(stats: Statistics, reg_covar: float, log_det_shift: float = 0.
     cov += cov.transpose(0, 2, 1)
     cov *= 0.5
     d = mean.shape[1]
+    reg_covar = _diagonal(reg_covar, d)
     idx = np.arange(d)
     cov[:, idx, idx] += reg_covar
     prec_chol, cov, repaired = _compute_precision_cholesky(cov, reg_covar, copy=False)
@@ -313,9 +323,10 @@ def _coefficients(batch: Products, derived: Derived) -> np.ndarray:
     return coef
 
 
-def _coefficients_of_moments(batch: Products, moments: np.ndarray, reg_covar: float) -> np.ndarray:
+def _coefficients_of_moments(batch: Products, moments: np.ndarray, reg_covar: float | np.ndarray) -> np.ndarray:
     """:func:`_coefficients` of the M-step of :func:`_statistics_of_products_moments`: statistics,
     M-step and coefficients in one compiled loop; numpy's M-step where a covariance needs repair."""
+    reg_covar = _diagonal(reg_covar, moments.shape[1] - len(batch.doubled) - 1)
     coef = np.empty((len(moments), batch.stack.shape[0]))
     total = float(moments[:, -1].sum())
     if _em_kernels.coefficients_of_moments(moments, total, _TINY, reg_covar, *batch.pairs, batch.doubled, coef):
@@ -413,7 +424,7 @@ def _em(
     ZT1: np.ndarray,
     weight: np.ndarray,
     n_components: int,
-    reg_covar: float,
+    reg_covar: float | np.ndarray,
     rng: np.random.Generator,
     n_init: int,
     max_iter: int,
@@ -428,6 +439,7 @@ def _em(
     unweighted = bool((weight == 1.0).all())  # then the responsibilities need no multiplying
     ZT = ZT1[:-1]
     Z = ZT.T
+    reg_covar = _diagonal(reg_covar, len(ZT))
     batch = _outer_products(ZT)
     stackT = batch.stack.T
     for _ in range(n_init):

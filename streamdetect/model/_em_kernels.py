@@ -48,12 +48,12 @@ def _factor(cov, L, Linv):
 @compiled
 def _covariance(s0c, scatter_k, reg_covar, cov):
     """The M-step's covariance of one component: its scatter over its mass, symmetrised, plus
-    ``reg_covar`` on the diagonal (the operations of ``_em._m_step``, in its order)."""
+    ``reg_covar[i]`` on the diagonal (the operations of ``_em._m_step``, in its order)."""
     d = len(cov)
     for i in range(d):
         for j in range(d):
             cov[i, j] = (scatter_k[i, j] / s0c + scatter_k[j, i] / s0c) * 0.5
-        cov[i, i] += reg_covar
+        cov[i, i] += reg_covar[i]
 
 
 @compiled
@@ -113,7 +113,7 @@ def coefficients(s0, mean, scatter, reg_covar, pair_i, pair_j, doubled, coef):
     >>> scatter = s0[:, None, None] * np.array([[[1.0, 0.5], [0.5, 2.0]], [[0.5, 0.0], [0.0, 0.5]]])
     >>> i, j = np.triu_indices(2)
     >>> coef = np.empty((2, 6))
-    >>> coefficients(s0, mean, scatter, 0.0, i, j, np.where(i == j, 1.0, 2.0), coef)
+    >>> coefficients(s0, mean, scatter, np.zeros(2), i, j, np.where(i == j, 1.0, 2.0), coef)
     True
     >>> z = np.array([0.5, 0.5])  # stack column: z_i z_j (i <= j), z, 1
     >>> from scipy.stats import multivariate_normal as mvn

@@ -7,7 +7,7 @@ live in :mod:`streamdetect.model._em`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -109,6 +109,12 @@ class StepwiseGMM:
         tracking a drifting stream. :meth:`boost` raises it for a while.
     reg_covar : float
         Added to the covariance diagonals (standardised units), >= 0.
+    min_variance : float or sequence of float
+        The least variance a component may have along each feature, in input units (one number,
+        or one per feature), >= 0: what ``reg_covar`` cannot say where a feature barely moved in
+        the warm-up, which the internal standardisation blows up (a feature at one value for
+        all but a few rows would make any later move of a few hundredths hundreds of standard
+        deviations). Where it is larger than ``reg_covar`` in standardised units it replaces it.
     warmup : int
         Vectors buffered before the first fit (>= 2).
     n_init : int
@@ -150,6 +156,7 @@ class StepwiseGMM:
         step_exponent: float = 0.6,
         step_floor: float = 2e-3,
         reg_covar: float = 1e-6,
+        min_variance: float | Sequence[float] = 0.0,
         warmup: int = 1000,
         n_init: int = 3,
         max_iter: int = 100,
@@ -169,6 +176,9 @@ class StepwiseGMM:
             raise ValueError(f"step_floor must be in (0, 1), got {step_floor!r}")
         if not (reg_covar >= 0.0 and math.isfinite(reg_covar)):
             raise ValueError(f"reg_covar must be a finite number >= 0, got {reg_covar!r}")
+        floor = np.asarray(min_variance, dtype=np.float64)
+        if floor.ndim > 1 or not (np.isfinite(floor).all() and (floor >= 0.0).all()):
+            raise ValueError(f"min_variance must be a number >= 0 or a sequence of them, got {min_variance!r}")
         for name, value, low in (("warmup", warmup, 2), ("n_init", n_init, 1), ("max_iter", max_iter, 1),
                                  ("learn_batch", learn_batch, 1)):  # fmt: skip
             if not (isinstance(value, int | np.integer) and value >= low):
@@ -180,6 +190,7 @@ class StepwiseGMM:
         self.step_exponent = float(step_exponent)
         self.step_floor = float(step_floor)
         self.reg_covar = float(reg_covar)
+        self.min_variance: float | tuple[float, ...] = float(floor) if floor.ndim == 0 else tuple(floor.tolist())
         self.warmup = int(warmup)
         self.n_init = int(n_init)
         self.max_iter = int(max_iter)
@@ -304,7 +315,7 @@ class StepwiseGMM:
         results = {}
         log_n = math.log(wsum)
         for K in candidates:
-            res = _em(ZT1, w, K, self.reg_covar, rng, self.n_init, self.max_iter, self.tol)
+            res = _em(ZT1, w, K, self._reg_diagonal(), rng, self.n_init, self.max_iter, self.tol)
             results[K] = res
             self.bic_[K] = -2.0 * res.mean_log_likelihood * wsum + _n_parameters(K, d) * log_n
         K = self._choose_k(results, wsum, d)
@@ -385,10 +396,18 @@ class StepwiseGMM:
         self._maybe_reseed(ZT1, -ll, w, eta, wsum)
         return out
 
+    def _reg_diagonal(self) -> np.ndarray:
+        """What each covariance diagonal gets, in the internal units: ``reg_covar``, or
+        ``min_variance`` where that is more."""
+        floor = np.asarray(self.min_variance, dtype=np.float64)
+        if floor.ndim and len(floor) != len(self._scale):
+            raise ValueError(f"min_variance has {len(floor)} values for {len(self._scale)} features")
+        return np.ascontiguousarray(np.maximum(self.reg_covar, floor / self._scale**2))
+
     def _update_derived(self) -> None:
         assert self._stats is not None
         # log-likelihoods come out in input units: fold the coordinate change into log|Sigma|
-        derived = _m_step(self._stats, self.reg_covar, -float(np.log(self._scale).sum()))
+        derived = _m_step(self._stats, self._reg_diagonal(), -float(np.log(self._scale).sum()))
         self.n_repairs_ += int(derived.repaired.sum())
         self._derived = derived
 
@@ -655,6 +674,7 @@ class StepwiseGMM:
             "step_exponent": self.step_exponent,
             "step_floor": self.step_floor,
             "reg_covar": self.reg_covar,
+            "min_variance": list(self.min_variance) if isinstance(self.min_variance, tuple) else self.min_variance,
             "warmup": self.warmup,
             "n_init": self.n_init,
             "max_iter": self.max_iter,
