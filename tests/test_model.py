@@ -586,3 +586,12 @@ def test_a_feature_that_barely_moved_in_the_warm_up_keeps_the_variance_floor_giv
     assert np.all(np.diagonal(floored.covariances_, axis1=1, axis2=2)[:, 1] >= 0.01 * (1 - 1e-9))
     with pytest.raises(ValueError, match="min_variance has 3 values for 2 features"):
         StepwiseGMM(n_components=2, min_variance=[0.0, 0.01, 0.0], warmup=3000).fit(X)
+
+
+def test_a_state_saved_before_min_variance_existed_restores_without_a_floor(data: np.ndarray) -> None:
+    m = StepwiseGMM(n_components=2, warmup=500, seed=0).fit(data[:500])
+    state = orjson.loads(orjson.dumps(m.to_state()))
+    del state["params"]["min_variance"]
+    old = StepwiseGMM.from_state(state)
+    assert old.min_variance == 0.0
+    np.testing.assert_array_equal(old.score_samples(data[500:600]), m.score_samples(data[500:600]))
