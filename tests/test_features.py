@@ -848,3 +848,16 @@ def test_the_price_feature_is_the_part_beyond_a_factor_three_and_the_alert_repor
     got = f.values[:, column(fx, "price_ratio")]
     np.testing.assert_allclose(got, [0.0, 0.0, 0.0, np.log(0.01) + ADOPT, np.log(10.0) - ADOPT])
     np.testing.assert_allclose(f.observed["price_vs_usual"], [1.0, 0.5, 2.9, 0.01, 10.0])
+
+
+def test_the_compiled_round_counts_the_price_beyond_a_factor_three_as_numpy_does():
+    from streamdetect import _feature_kernels as kernels
+    from streamdetect._price_kernels import beyond_plausible
+
+    dev = np.log(np.array([1.0, 0.5, 2.9, 0.01, 10.0, 1e-6]))
+    n = len(dev)
+    one = np.ones(n)
+    codes = np.array([kernels.VALUE_CODES["price_ratio"]], dtype=np.int64)
+    got = kernels.values_round(np.zeros((n, kernels.T_COLUMNS)), codes, one, one, one, one, one, dev, np.zeros(8))
+    np.testing.assert_array_equal(got[:, 0], beyond_plausible(dev))
+    assert not np.signbit(got[:3, 0]).any()  # a plain 0, not -0.0, within the factor
