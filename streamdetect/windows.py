@@ -242,6 +242,7 @@ _FIXED_POINT = np.array(
 # Maxima, not sums: the largest ticket, and the largest price deviation each way.
 _MAXIMA = tuple(_FIELDS.index(name) for name in ("max_ticket", "price_up", "price_down"))
 _SUMMED = tuple(i for i in range(len(_FIELDS)) if i not in _MAXIMA)
+_TICKET_MAXIMUM = _MAXIMA[:1]  # all a batch without prices takes the maximum of (the others stay 0)
 _FIRST_RETURN = _FIELDS.index("returns")  # the returns' fields come last: the sales' are before them
 _SALES_SUMMED = tuple(i for i in _SUMMED if i < _FIRST_RETURN)  # all a batch without returns adds to
 
@@ -459,6 +460,7 @@ class WindowAggregator:
         ])
         word, bit = sku_bits(sku_hash)
         summed = _SALES_SUMMED if is_return is None else _SUMMED  # the returns' sums stay 0 without any
+        maxed = _TICKET_MAXIMUM if price_dev is None else _MAXIMA
         if is_return is not None:
             # A return is not a sale: it leaves the sales' sums, maximum and SKUs alone.
             per_event[:_FIRST_RETURN] *= 1.0 - returned
@@ -472,7 +474,7 @@ class WindowAggregator:
             if not ok.any():
                 continue
             accepted |= ok
-            self._accumulate(key_ids[ok], start[ok], per_event[:, ok], word[ok], bit[ok], ts[ok], summed)
+            self._accumulate(key_ids[ok], start[ok], per_event[:, ok], word[ok], bit[ok], ts[ok], summed, maxed)
 
         late = np.flatnonzero(~accepted)
         self.late_events += len(late)
@@ -490,6 +492,7 @@ class WindowAggregator:
         bit: np.ndarray,
         ts: np.ndarray,
         summed: tuple[int, ...] = _SUMMED,
+        maxed: tuple[int, ...] = _MAXIMA,
     ) -> None:
         # Reduce the batch per window first, then touch each open window once.
         code = key_ids * (1 << 31) + (starts // self.config.hop_ms - (starts.min() // self.config.hop_ms))
@@ -498,8 +501,8 @@ class WindowAggregator:
         sums = np.empty((len(_FIELDS), m))
         for f in summed:
             sums[f] = np.bincount(inverse, weights=per_event[f], minlength=m)
-        maxima = np.full((len(_MAXIMA), m), -np.inf)
-        for j, f in enumerate(_MAXIMA):
+        maxima = np.full((len(maxed), m), -np.inf)
+        for j, f in enumerate(maxed):
             np.maximum.at(maxima[j], inverse, per_event[f])
         orbits = np.zeros((m, _WORDS), dtype=np.uint64)
         np.bitwise_or.at(orbits, (inverse, word), bit)
@@ -510,7 +513,7 @@ class WindowAggregator:
         vals = self._open.values
         for f in summed:
             vals[f, slots] += sums[f]
-        for j, f in enumerate(_MAXIMA):
+        for j, f in enumerate(maxed):
             vals[f, slots] = np.maximum(vals[f, slots], maxima[j])
         self._open.bits[slots] |= orbits
         self._open.last_ms[slots] = np.maximum(self._open.last_ms[slots], last)

@@ -128,8 +128,13 @@ def _m_step(stats: Statistics, reg_covar: float | np.ndarray, log_det_shift: flo
 
 
 def _diagonal(reg_covar: float | np.ndarray, d: int) -> np.ndarray:
-    """``reg_covar`` as one float per feature."""
-    return np.ascontiguousarray(np.broadcast_to(np.asarray(reg_covar, dtype=np.float64), (d,)))
+    """``reg_covar`` as one float per feature (an array of them is taken as it is, not copied)."""
+    reg = np.asarray(reg_covar, dtype=np.float64)
+    if reg.ndim == 0:
+        return np.full(d, float(reg))
+    if reg.shape != (d,):
+        raise ValueError(f"reg_covar has shape {reg.shape} for {d} features")
+    return reg
 
 
 def _m_step_numpy(stats: Statistics, reg_covar: float | np.ndarray, log_det_shift: float = 0.0) -> Derived:

@@ -402,7 +402,8 @@ class StepwiseGMM:
         floor = np.asarray(self.min_variance, dtype=np.float64)
         if floor.ndim and len(floor) != len(self._scale):
             raise ValueError(f"min_variance has {len(floor)} values for {len(self._scale)} features")
-        return np.ascontiguousarray(np.maximum(self.reg_covar, floor / self._scale**2))
+        out: np.ndarray = np.maximum(self.reg_covar, floor / self._scale**2)
+        return out
 
     def _update_derived(self) -> None:
         assert self._stats is not None
