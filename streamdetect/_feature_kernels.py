@@ -75,8 +75,11 @@ from streamdetect.windows import SKETCH_BITS
     T_COUNT_CONTEXT_Z,
     T_REVENUE_RATIO,
     T_REVENUE_CONTEXT_RATIO,
+    T_SILENT_WINDOWS,
+    T_SILENT_EXPECTED,
+    T_SILENCE_LOG_P,
     T_COLUMNS,
-) = range(51)
+) = range(54)
 
 # The baselines the kernels read and write, in the order of their parameters.
 STATE_ORDER: tuple[str, ...] = (
@@ -471,10 +474,44 @@ def _learned_today(level_day, day_learned, key, local_hour):
 
 
 @_compiled
+def _silent_run(ring_c, pos, tot_c, seen_n):
+    """How many windows, the current one included, the key has sold nothing in: the longest run
+    its scan ring can tell (``seen_n`` windows since the sums restarted, at most the ring less one).
+
+    ``ring_c`` holds the running count total as it stood after each of the last windows, so the
+    count of the last ``L`` windows is ``tot_c`` less the total ``L`` windows ago; that count only
+    grows with ``L``, so the run's end is found by bisection, not by walking a quiet night back.
+    """
+    ring = len(ring_c)
+    lo = 1  # the current window, empty
+    hi = min(seen_n, ring - 1)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if tot_c - (ring_c[(pos - mid) % ring] if seen_n > mid else 0.0) > 0.0:
+            hi = mid - 1
+        else:
+            lo = mid
+    return lo
+
+
+@_compiled
+def nb_zero_log_p(mean, phi):
+    """``log P(0)`` of a count of mean ``mean`` whose rate wanders with squared coefficient of
+    variation ``phi`` (negative binomial; Poisson at ``phi`` 0): how unlikely an empty run is.
+
+    >>> round(nb_zero_log_p(10.0, 0.0), 6), round(nb_zero_log_p(10.0, 0.1), 4)
+    (-10.0, -6.9315)
+    """
+    if phi <= 0.0:
+        return -mean
+    return -math.log1p(phi * mean) / phi
+
+
+@_compiled
 def transform_round(
     keys, start_ms, hop_ms, hour, how, quarter,
     count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
-    min_bucket, trend_decay, level_rate, between_tickets, basket, new_skus, scan,
+    min_bucket, trend_decay, level_rate, between_tickets, basket, new_skus, scan, overlap,
     how_count, how_rev, how_n, hod_count, hod_rev, hod_n, qod_count, qod_n,
     level, level_rev, level_how, level_rev_how, how_hour, how_hour_n,
     recent_count, recent_rev, recent_n,
@@ -488,7 +525,8 @@ def transform_round(
     quiet_n, quiet_total, dev_day, dev_run, dev_cnt_day, dev_cnt, how_dev,
     level_day, day_learned,
 ):
-    """The round's features under the baselines as they are (nothing is written)."""
+    """The round's features under the baselines as they are (nothing is written); ``overlap`` is
+    the window's size over its hop (1 for tumbling windows)."""
     n = len(keys)
     out = np.empty((n, T_COLUMNS))
     n_ctx = ctx_count.shape[1]
@@ -664,6 +702,20 @@ def transform_round(
             z = math.log((max(sum_c, 0.0) + half) / sum_e) / math.sqrt(clump / sum_e + phi)
             if j == 0 or abs(z) > abs(best_z):
                 best_z, best_c, best_e = z, sum_c, sum_e
+        silent = 0
+        silent_e = 0.0
+        log_p = 0.0
+        if c == 0.0 and seen_n >= 2:
+            silent = _silent_run(scan_ring_c[key], scan_pos[key], tot_c, seen_n)
+            slot = (scan_pos[key] - silent) % ring
+            silent_e = max(tot_e - (scan_ring_e[key, slot] if seen_n > silent else 0.0), 0.0)
+            # Hopping windows overlap: a run of them spans overlap - 1 + silent hops, not
+            # overlap * silent, and only the sales expected over that span went missing.
+            silent_e *= (overlap - 1.0 + silent) / (overlap * silent)
+            log_p = nb_zero_log_p(silent_e / clump, phi)
+        o[T_SILENT_WINDOWS] = silent
+        o[T_SILENT_EXPECTED] = silent_e
+        o[T_SILENCE_LOG_P] = log_p
         o[T_SCAN_TOT_C] = tot_c
         o[T_SCAN_TOT_E] = tot_e
         o[T_SCAN_N] = seen_n

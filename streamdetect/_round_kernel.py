@@ -30,6 +30,7 @@ import numpy as np
 from streamdetect._feature_kernels import (
     T_MATURE,
     T_SCAN_Z,
+    T_SILENCE_LOG_P,
     transform_round,
     update_round,
     values_round,
@@ -72,14 +73,15 @@ def score_round(
     keys, start_ms, hour, how, quarter,
     count, revenue, units, max_ticket, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum,
     distinct_skus, price_dev, params, codes, max_z,
-    scoring, center, scale, shift, spread, proj, const, offset, z,
+    scoring, center, scale, shift, spread, proj, const, offset, z, silence_log_risk,
     since_flag, flag_streak, episode_alerts, episode_quiet, cooldown, relearn_after,
     state,
 ):  # fmt: skip
     """One round through features, scaling, scoring and learning; see the module docstring.
 
     ``params`` are FeatureExtractor.kernel_params; ``codes``, ``max_z`` values_round's; ``center``
-    and ``scale`` the RobustScaler's; flags are ``score - offset > z`` (Threshold.decision()).
+    and ``scale`` the RobustScaler's; flags are ``score - offset > z`` (Threshold.decision()) and
+    a run of empty windows whose log probability is below ``silence_log_risk`` (-inf: never).
     Returns None (nothing written) or ``(mature, values, X, score, calm, steady)``: the rows scored,
     their feature vectors, scaled, their scores, whether the threshold may learn each score (its key
     unflagged for longer than the cooldown, its counts steady), and whether its counts are steady
@@ -89,7 +91,7 @@ def score_round(
     counters are then neither read nor written.
     """
     (hop_ms, min_bucket, trend_decay, between_tickets, basket, new_skus, scan,
-     season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, ratios) = params  # fmt: skip
+     season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, ratios, overlap) = params  # fmt: skip
     n = len(keys)
     capacity = min(len(state[0]), len(since_flag)) if scoring else len(state[0])
     for i in range(n):
@@ -98,7 +100,7 @@ def score_round(
     cols = transform_round(
         keys, start_ms, hop_ms, hour, how, quarter,
         count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
-        min_bucket, trend_decay, level_rate, between_tickets, basket, new_skus, scan, *state,
+        min_bucket, trend_decay, level_rate, between_tickets, basket, new_skus, scan, overlap, *state,
     )  # fmt: skip
     values = values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, price_dev, max_z)
     if values is None:
@@ -128,6 +130,8 @@ def score_round(
                 X[m, j] = min(max((values[i, j] - center[j]) / scale[j], -_SCALED_CLIP), _SCALED_CLIP)
             score[m] = -log_likelihood(X[m], shift, spread, proj, const)
             if not score[m] - offset <= z:  # flagged, or NaN: a score the model cannot explain
+                return None
+            if cols[i, T_SILENCE_LOG_P] < silence_log_risk:  # an improbable run of empty windows
                 return None
         m += 1
 
@@ -170,7 +174,7 @@ def score_rounds(
     first, starts, size_ms, offsets, hour, how, quarter,
     keys, count, revenue, units, max_ticket, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum,
     distinct_skus, price_dev, params, codes, max_z,
-    scoring, center, scale, shift, spread, proj, const, offset, z,
+    scoring, center, scale, shift, spread, proj, const, offset, z, silence_log_risk,
     since_flag, flag_streak, episode_alerts, episode_quiet, cooldown, relearn_after,
     stop_rows, span_ms, span_rows, from_ms, calibration_ms, calibration_rows,
     state,
@@ -212,7 +216,7 @@ def score_rounds(
             count[lo:hi], revenue[lo:hi], units[lo:hi], max_ticket[lo:hi], log_ticket_sum[lo:hi],
             log_ticket_sq_sum[lo:hi], log_units_sum[lo:hi], log_units_sq_sum[lo:hi], distinct_skus[lo:hi],
             price_dev[lo:hi], params, codes, max_z,
-            scoring, center, scale, shift, spread, proj, const, offset, z,
+            scoring, center, scale, shift, spread, proj, const, offset, z, silence_log_risk,
             since_flag, flag_streak, episode_alerts, episode_quiet, cooldown, relearn_after,
             state,
         )  # fmt: skip

@@ -1,6 +1,8 @@
 """The alert record that streamdetect publishes, and its deterministic identity.
 
-An alert is one scored window whose anomaly score crossed the threshold. Its ``alert_id`` is a
+An alert is one scored window whose anomaly score crossed the threshold, or whose key has sold
+nothing for longer than its count model finds plausible (``triggers`` says which; a silence that
+the mixture's score has not yet caught carries a score below the threshold). Its ``alert_id`` is a
 hash of the key and the window bounds only, so reprocessing the same input (a replay, or the
 at-least-once redelivery after a crash) yields the same id and consumers can deduplicate.
 Consecutive alerts of one key belong to one *episode* (an outage of three hours is one incident,
@@ -24,6 +26,8 @@ True
 True
 >>> a.contributions[0].describe()
 'revenue 4.1 sd below windows of its kind (0 where 812.5 was expected)'
+>>> a.triggers, Alert.from_json(orjson.dumps({k: v for k, v in a.to_dict().items() if k != "triggers"})).triggers
+(['score'], ['score'])
 >>> r = EpisodeResolved.build(key={"store_id": "s1"}, episode_start_ms=0, episode_end_ms=180_000, alerts=3,
 ...     peak_score=31.2, peak_severity="major", resolved_at_ms=780_000, calm_windows=10, reason="calm",
 ...     model_version="gmm-k3", detected_at_ms=781_000)
@@ -45,8 +49,8 @@ from typing import Any
 import orjson
 
 __all__ = [
-    "RESOLUTION_REASONS", "SEVERITIES", "VALUE_SERIES_NAMES", "Alert", "Contribution", "EpisodeResolved", "alert_id",
-    "episode_id", "format_time", "message_key", "read_message", "resolution_id",
+    "RESOLUTION_REASONS", "SEVERITIES", "VALUE_SERIES_NAMES", "Alert", "Contribution", "EpisodeResolved", "Silence",
+    "alert_id", "episode_id", "format_time", "message_key", "read_message", "resolution_id",
 ]
 
 SEVERITIES = ("warning", "major", "critical")
@@ -112,6 +116,24 @@ class Contribution:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """A key's run of windows without a sale that its count model finds too unlikely to be chance:
+    ``windows`` long, ``expected`` sales expected over it, ``chance`` its probability.
+
+    >>> Silence(windows=7, expected=41.3, chance=2.1e-6).describe()
+    'no sale in the last 7 windows where 41.3 were expected (a chance of 2.1e-06)'
+    """
+
+    windows: int
+    expected: float
+    chance: float
+
+    def describe(self) -> str:
+        return (f"no sale in the last {self.windows} window{'s' if self.windows != 1 else ''}"
+                f" where {self.expected:.3g} were expected (a chance of {self.chance:.2g})")
+
+
 class _Record:
     """What every record of the alerts stream does: plain dict, JSON, Kafka message key."""
 
@@ -147,6 +169,9 @@ class Alert(_Record):
     episode_start: str = ""
     episode_alert: int = 0
     status: str = "firing"
+    # Which tests fired: "score" (the mixture's score crossed the threshold) and/or "silence" (the
+    # key's run of windows without a sale is less likely than the risk under its count model).
+    triggers: list[str] = field(default_factory=lambda: ["score"])
 
     @classmethod
     def build(
@@ -165,9 +190,15 @@ class Alert(_Record):
         detected_at_ms: int,
         episode_start_ms: int | None = None,
         episode_alert: int = 1,
+        crossed: bool = True,
+        silence: Silence | None = None,
     ) -> Alert:
-        """``episode_start_ms`` is the episode's first window (this window when None)."""
+        """``episode_start_ms`` is the episode's first window (this window when None); ``crossed``
+        whether the score crossed the threshold; ``silence`` the improbable run of empty windows
+        that flagged the window too (or alone)."""
         first = window_start_ms if episode_start_ms is None else episode_start_ms
+        triggers = (["score"] if crossed else []) + (["silence"] if silence is not None else [])
+        said = ([silence.describe()] if silence is not None else []) + [c.describe() for c in contributions]
         return cls(
             alert_id=alert_id(key, window_start_ms, window_end_ms),
             key=key,
@@ -181,10 +212,11 @@ class Alert(_Record):
             contributions=contributions,
             model_version=model_version,
             detected_at=format_time(detected_at_ms),
-            explanation="; ".join(c.describe() for c in contributions),
+            explanation="; ".join(said),
             episode_id=episode_id(key, first),
             episode_start=format_time(first),
             episode_alert=episode_alert,
+            triggers=triggers,
         )
 
     @classmethod

@@ -450,7 +450,11 @@ class DetectorConfig:
     batch is learned anyway (a regime change, not a burst of anomalies). ``relearn_after``: a key
     flagged for more than this many consecutive windows is learned again (its new normal).
     ``trim_fraction``: share of the highest-scoring warm-up windows left out of the first fit, so
-    anomalies in the warm-up do not become the baseline.
+    anomalies in the warm-up do not become the baseline. ``silence_alerts``: a key whose run of
+    windows without a sale is less likely than ``threshold.risk`` under its own count model alerts
+    even before the mixture's score crosses the threshold (a store that stops selling, caught in
+    the fewest windows its rate allows); value series never (an empty window there is a missing
+    sample, not a zero).
     """
 
     events: EventSchema = field(default_factory=EventSchema)
@@ -463,6 +467,7 @@ class DetectorConfig:
     relearn_after: int = 30
     trim_fraction: float = 0.01
     max_contributions: int = 3
+    silence_alerts: bool = True
 
     def __post_init__(self) -> None:
         _require(0 < self.regime_change_fraction <= 1, "detector.regime_change_fraction must be in (0, 1]")

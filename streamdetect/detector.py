@@ -10,7 +10,9 @@ One :class:`Detector` serves one stream (one Kafka partition, or one replayed fi
    (:mod:`streamdetect.features`), standardised (:mod:`streamdetect.scaling`);
 4. score-then-learn: the negative log-likelihood under the stepwise-EM mixture
    (:mod:`streamdetect.model`) is compared with an adaptive threshold
-   (:mod:`streamdetect.threshold`); windows above it become alerts with an explanation;
+   (:mod:`streamdetect.threshold`); windows above it become alerts with an explanation, and so
+   does an empty window whose key's run of them its count model finds less likely than
+   ``threshold.risk`` (``silence_alerts``: an outage, caught in the fewest windows its rate allows);
 5. the model, the threshold and the drift monitor (:mod:`streamdetect.drift`) learn from the
    scores and windows in fixed-size batches; flagged windows are not learned unless so many are
    flagged that it is a regime change, or a key stays flagged for long (its new normal).
@@ -41,7 +43,15 @@ from typing import Any
 import numpy as np
 
 from streamdetect._round_kernel import NEEDS_NUMPY, STEP_DUE, score_rounds
-from streamdetect.alerts import SEVERITIES, VALUE_SERIES_NAMES, Alert, Contribution, EpisodeResolved, format_time
+from streamdetect.alerts import (
+    SEVERITIES,
+    VALUE_SERIES_NAMES,
+    Alert,
+    Contribution,
+    EpisodeResolved,
+    Silence,
+    format_time,
+)
 from streamdetect.config import DetectorConfig, EventSchema, WindowConfig
 from streamdetect.drift import ScoreDriftMonitor
 from streamdetect.events import NO_ID, EventBatch, Rejected, RejectReason, decode_events, decode_records
@@ -467,6 +477,11 @@ class Detector:
         self._held = _HeldScores(self._cooldown * cfg.windows.hop_ms)
         # A value series' samples are levels (a window of several is their mean); counts add up.
         self._samples_are_levels = cfg.events.value_series
+        # Below this log probability a key's run of empty windows flags its window (-inf: never;
+        # a value series' empty window is a missing sample).
+        self._silence_log_risk = (
+            math.log(cfg.threshold.risk) if cfg.silence_alerts and not cfg.events.value_series else -math.inf
+        )
         # Per-SKU prices, where the model reads them (not of a count or value series: see
         # features.unavailable_features).
         self._prices = "price_ratio" in self.features.names
@@ -777,7 +792,10 @@ class Detector:
         if len(mature):
             X = self.scaler.transform(feats.values[mature])
             score = self.model.anomaly_score(X)
-            flags = self.threshold.classify(score)
+            crossed = self.threshold.classify(score)
+            log_p = feats.silence_log_p[mature]
+            silent = log_p < self._silence_log_risk
+            flags = crossed | silent
             threshold = float(self.threshold.threshold)
             key_ids = rnd.key_id[mature]
             self._grow_per_key(int(key_ids.max()) + 1)
@@ -794,11 +812,15 @@ class Detector:
             new_normal[mature] = streak > self.config.relearn_after
             learn[mature] = ~flags | new_normal[mature]
             probability = self.threshold.probability(score)
+            # A window is as unusual as the stronger of its two tests says.
+            probability = np.where(silent, np.maximum(probability, -np.expm1(log_p)), probability)
             deviating = np.abs(feats.scan_z[mature]) >= self.config.features.freeze_z
             self._track_episodes(rnd, key_ids, flags, deviating, score, probability, messages, now_ms)
             if flags.any():
                 self._held.flagged(key_ids[flags], rnd.start_ms)
-                messages.extend(self._alerts(rnd, feats, mature, X, score, threshold, probability, flags, now_ms))
+                messages.extend(
+                    self._alerts(rnd, feats, mature, X, score, threshold, probability, flags, crossed, now_ms)
+                )
             rounds.append(
                 _RoundScores(
                     key_ids=key_ids,
@@ -918,7 +940,7 @@ class Detector:
             b.log_units_sum, b.log_units_sq_sum, b.distinct_skus,
             b.price_dev if b.price_dev is not None else np.zeros(len(b.count)),
             self.features.kernel_params, codes, expected_max_z_table(),
-            fitted, center, scale, shift, spread, proj, const, *decision,
+            fitted, center, scale, shift, spread, proj, const, *decision, self._silence_log_risk,
             self._since_flag, self._flag_streak, self._episode_alerts, self._episode_quiet,
             self._cooldown, self.config.relearn_after,
             stop_rows, span_ms, span_rows, from_ms, calibration_ms, calibration_rows,
@@ -1077,8 +1099,11 @@ class Detector:
         threshold: float,
         probability: np.ndarray,
         flags: np.ndarray,
+        crossed: np.ndarray,
         now_ms: int | None,
     ) -> list[Alert]:
+        """The alerts of a round's flagged windows (``flags``; ``crossed``: those whose score crossed
+        the threshold, the others flagged by their silence alone)."""
         cfg = self.config
         rows = np.flatnonzero(flags)
         expl = self.model.explain(X[rows])
@@ -1129,6 +1154,15 @@ class Detector:
             if "revenue" in self._alert_quantities:
                 name = "expected_" + self._alert_names.get("revenue", "revenue")
                 window_features[name] = own_units("revenue", float(feats.expected_revenue[pos]))
+            silence = None
+            if feats.silence_log_p[pos] < self._silence_log_risk:
+                silence = Silence(
+                    windows=int(feats.silent_windows[pos]),
+                    expected=float(feats.silent_expected[pos]),
+                    chance=math.exp(float(feats.silence_log_p[pos])),
+                )
+                window_features["silent_windows"] = float(silence.windows)
+                window_features["expected_count_silent"] = silence.expected
             out.append(
                 Alert.build(
                     key=key,
@@ -1144,6 +1178,8 @@ class Detector:
                     detected_at_ms=detected,
                     episode_start_ms=int(self._episode_start[kid]) if self._episode_start[kid] >= 0 else None,
                     episode_alert=int(self._episode_alerts[kid]),
+                    crossed=bool(crossed[row]),
+                    silence=silence,
                 )
             )
         return out

@@ -321,6 +321,11 @@ class WindowFeatures:
     trend_log_ratio: np.ndarray  # log(observed / expected) of the weighted count sums
     scan_z: np.ndarray  # count_scan_z
     clump: np.ndarray  # the key's index of dispersion D (counts are judged in clumps of D)
+    # The key's current run of windows without a sale (0 where this one has some), the sales
+    # expected over it, and its log probability under the key's count model.
+    silent_windows: np.ndarray
+    silent_expected: np.ndarray
+    silence_log_p: np.ndarray
     # The per-sale means and the new SKUs, from which update() learns what a window's sales share
     # (None where no configured feature needs them).
     ticket: _SaleMean
@@ -456,6 +461,7 @@ class FeatureExtractor:
                 " add e.g. revenue_ratio for values, count_z for counts"
             )
         hop_s = self.windows.hop_ms / 1000.0
+        self._overlap = float(self.windows.size_ms / self.windows.hop_ms)  # 1 for tumbling windows
         windows_per_hour = max(3600.0 / hop_s, 1.0)
         self._min_bucket = float(min(_MIN_BUCKET, _MIN_OCCURRENCES * windows_per_hour))
 
@@ -596,7 +602,7 @@ class FeatureExtractor:
         return (
             self.windows.hop_ms, self._min_bucket, self._trend_decay, self._single_sales, self._basket_z,
             self._new_skus_z, self._scan, self._season_rate, self._level_rate, self._ticket_decay,
-            self._phi_rate, float(self.config.freeze_z), self._freeze_limit, self._ratios,
+            self._phi_rate, float(self.config.freeze_z), self._freeze_limit, self._ratios, self._overlap,
         )  # fmt: skip
 
     def price_deviations(
@@ -640,7 +646,7 @@ class FeatureExtractor:
             k, rnd.start_ms, self.windows.hop_ms, hour, how, quarter,
             c, r, rnd.log_ticket_sum, rnd.log_units_sum, rnd.distinct_skus,
             self._min_bucket, self._trend_decay, self._level_rate, self._single_sales, self._basket_z,
-            self._new_skus_z, self._scan, *self._state,
+            self._new_skus_z, self._scan, self._overlap, *self._state,
         )  # fmt: skip
         mature, recent_ok = cols[:, kernels.T_MATURE] != 0.0, cols[:, kernels.T_RECENT_OK] != 0.0
         expected_count, expected_rev = cols[:, kernels.T_EXPECTED_COUNT], cols[:, kernels.T_EXPECTED_REV]
@@ -769,6 +775,9 @@ class FeatureExtractor:
             trend_log_ratio=trend_log_ratio,
             scan_z=scan_z,
             clump=clump,
+            silent_windows=cols[:, kernels.T_SILENT_WINDOWS],
+            silent_expected=cols[:, kernels.T_SILENT_EXPECTED],
+            silence_log_p=cols[:, kernels.T_SILENCE_LOG_P],
             ticket=ticket,
             units=units,
             new_skus=new_skus,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zoneinfo
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import cache
 
@@ -283,13 +284,31 @@ def test_outage_of_a_busy_store_is_detected_with_an_explanation():
         v for v, e, t in zip(values, decoded, times, strict=True)
         if not (e["store_id"] == victim and t0 <= t < t0 + 3_600_000)
     ]
-    alerts = [a for a in alerts_of(run(kept)) if a.key["store_id"] == victim]
-    hits = [a for a in alerts if t0 <= parse_timestamp(a.window_start) < t0 + 3_600_000]
-    assert hits, "an hour without sales at the busiest hour must raise an alert"
-    first = hits[0]
-    assert first.contributions and first.explanation
+    def first_hit(config: DetectorConfig) -> Alert:
+        alerts = [a for a in alerts_of(run(kept, config)) if a.key["store_id"] == victim]
+        hits = [a for a in alerts if t0 <= parse_timestamp(a.window_start) < t0 + 3_600_000]
+        assert hits, "an hour without sales at the busiest hour must raise an alert"
+        return hits[0]
+
+    # The mixture alone: the score crosses the threshold, explained by the counts.
+    by_score = first_hit(replace(SMALL, silence_alerts=False))
+    assert by_score.triggers == ["score"] and by_score.score > by_score.threshold
+    assert by_score.contributions and by_score.explanation
+    assert any(c.feature.startswith("count") and c.z < 0 for c in by_score.contributions)
+    assert 0.0 <= by_score.probability <= 1.0
+
+    # With the silence test (the default) the run of empty windows pages as soon as the key's
+    # count model finds it less likely than the risk: no later than the mixture, and saying so.
+    first = first_hit(SMALL)
+    assert parse_timestamp(first.window_start) <= parse_timestamp(by_score.window_start)
+    assert "silence" in first.triggers
+    run_length = (parse_timestamp(first.window_start) - t0) // 60_000 + 1
+    assert first.features["silent_windows"] == run_length
+    assert first.features["expected_count_silent"] > 0
+    windows = f"{run_length} window{'s' if run_length != 1 else ''}"
+    assert first.explanation.startswith(f"no sale in the last {windows} where ")
+    assert 1.0 - first.probability < SMALL.threshold.risk  # as unusual as its silence
     assert any(c.feature.startswith("count") and c.z < 0 for c in first.contributions)
-    assert 0.0 <= first.probability <= 1.0 and first.score > first.threshold
 
 
 def test_stats_and_config_defaults():

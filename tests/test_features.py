@@ -861,3 +861,50 @@ def test_the_compiled_round_counts_the_price_beyond_a_factor_three_as_numpy_does
     got = kernels.values_round(np.zeros((n, kernels.T_COLUMNS)), codes, one, one, one, one, one, dev, np.zeros(8))
     np.testing.assert_array_equal(got[:, 0], beyond_plausible(dev))
     assert not np.signbit(got[:3, 0]).any()  # a plain 0, not -0.0, within the factor
+
+
+def test_a_run_of_empty_windows_is_judged_by_how_unlikely_it_is_for_its_key():
+    # Three keys at 10, 1 and 0.05 sales a minute go silent for half an hour. The busy key's run
+    # is beyond a risk of 4e-5 within two windows, the middling key's within about a quarter hour
+    # (at 1 a minute, a dozen empty minutes are already rare), the quiet key's never: an empty
+    # half hour is ordinary at one sale in twenty minutes.
+    rng = np.random.default_rng(8)
+    rates = np.array([10.0, 1.0, 0.05])
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    train(fx, rates, 240, rng)
+    sold = make_round(240 * MIN, np.array([3, 3, 3]), rng)
+    before = fx.transform(sold)
+    fx.update(sold, before, np.ones(3, dtype=bool))
+    assert np.all(before.silent_windows == 0) and np.all(before.silence_log_p == 0.0)
+    runs, expected, log_p = [], [], []
+    for m in range(241, 271):
+        rnd = make_round(m * MIN, np.zeros(3), rng)
+        f = fx.transform(rnd)
+        fx.update(rnd, f, np.ones(3, dtype=bool))
+        runs.append(f.silent_windows)
+        expected.append(f.silent_expected)
+        log_p.append(f.silence_log_p)
+    runs_, expected_, log_p_ = np.array(runs), np.array(expected), np.array(log_p)
+    assert runs_.tolist() == [[m, m, m] for m in range(1, 31)]  # from the last window with a sale
+    assert expected_[-1, 0] == pytest.approx(300.0, rel=0.3)
+    assert np.all(np.diff(log_p_, axis=0) <= 0.0)  # the longer the run, the less likely
+    beyond = log_p_ < np.log(4e-5)
+    first = [int(np.argmax(beyond[:, k])) + 1 if beyond[:, k].any() else None for k in range(3)]
+    assert first[0] is not None and first[0] <= 2
+    assert first[1] is not None and 5 <= first[1] <= 20, first
+    assert first[2] is None, log_p_[-1]
+
+
+def test_a_run_of_hopping_windows_expects_only_the_sales_of_the_span_it_covers():
+    # Five-minute windows every minute: 15 empty ones cover 19 minutes, not 75, and at 10 sales
+    # a minute about 190 sales went missing, not the 700 or so their windows' expectations add up to.
+    rng = np.random.default_rng(9)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig(size=300, hop=60))
+    rate = np.array([50.0])  # sales a five-minute window
+    train(fx, rate, 240, rng)
+    for m in range(240, 255):
+        rnd = make_round(m * MIN, np.zeros(1), rng)
+        f = fx.transform(rnd)
+        fx.update(rnd, f, np.ones(1, dtype=bool))
+    assert f.silent_windows[0] == 15
+    assert f.silent_expected[0] == pytest.approx(190.0, rel=0.2)
