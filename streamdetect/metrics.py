@@ -103,6 +103,7 @@ METRIC_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "streamdetect_windows_scored_total": ("counter", ()),
     "streamdetect_anomalies_total": ("counter", ("severity",)),
     "streamdetect_anomaly_episodes_total": ("counter", ()),
+    "streamdetect_silence_alerts_total": ("counter", ()),
     "streamdetect_anomaly_episodes_resolved_total": ("counter", ("reason",)),
     "streamdetect_open_anomaly_episodes": ("gauge", ("partition",)),
     "streamdetect_alerts_produced_total": ("counter", ()),
@@ -258,6 +259,9 @@ class Metrics:
         self.anomaly_episodes = Counter(f"{p}anomaly_episodes",
                                         "Episodes of consecutive anomalous windows of one key started.",
                                         registry=r)
+        self.silence_alerts = Counter(f"{p}silence_alerts",
+                                      "Anomalous windows flagged by their key's improbable run of empty windows"
+                                      " alone (the score below the threshold).", registry=r)
         self.episodes_resolved = Counter(f"{p}anomaly_episodes_resolved",
                                          "Episodes of alerts that ended, by reason (calm: the key had no alert for"
                                          " a while; expired: the key fell silent and was forgotten).",
@@ -359,6 +363,8 @@ class Metrics:
             self.anomalies.labels(str(alert.severity)).inc()
             if getattr(alert, "episode_alert", 1) == 1:
                 self.anomaly_episodes.inc()
+            if getattr(alert, "triggers", ("score",)) == ["silence"]:
+                self.silence_alerts.inc()
         for resolution in getattr(output, "resolved", ()):
             self.episodes_resolved.labels(str(resolution.reason)).inc()
         scored = output.scored
