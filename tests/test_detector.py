@@ -262,16 +262,11 @@ def test_state_round_trip_mid_stream_continues_identically(config):
     assert np.array_equal(out_a[0].scored.score, out_b[0].scored.score)
 
 
-def test_outage_of_a_busy_store_is_detected_with_an_explanation():
-    values, _ = stream()
-    outs = run(values)
-    det_keys = {a.key["store_id"] for a in alerts_of(outs)}
-    assert det_keys
-    # Inject a synthetic outage: after warm-up, one store's events disappear for an hour.
+def with_an_outage(values: list[bytes]) -> tuple[list[bytes], str, int]:
+    """``values`` less the busiest store's events of an hour, its busiest, on a late day (after
+    the warm-up): ``(values kept, the store, the hour's start)``."""
     decoded = [orjson.loads(v) for v in values]
     stores = sorted({e["store_id"] for e in decoded})
-    from streamdetect.events import parse_timestamp
-
     times = np.array([parse_timestamp(e["ts"]) for e in decoded])
     counts = {s: sum(e["store_id"] == s for e in decoded) for s in stores}
     victim = max(stores, key=counts.__getitem__)
@@ -279,11 +274,21 @@ def test_outage_of_a_busy_store_is_detected_with_an_explanation():
     busiest_hour = int(np.bincount((times[mine] // 3_600_000) % 24, minlength=24).argmax())
     t0 = int(np.quantile(times, 0.9))
     t0 -= t0 % 86_400_000
-    t0 += busiest_hour * 3_600_000  # the victim's busiest hour on a late day
+    t0 += busiest_hour * 3_600_000
     kept = [
         v for v, e, t in zip(values, decoded, times, strict=True)
         if not (e["store_id"] == victim and t0 <= t < t0 + 3_600_000)
     ]
+    return kept, victim, t0
+
+
+def test_outage_of_a_busy_store_is_detected_with_an_explanation():
+    values, _ = stream()
+    outs = run(values)
+    det_keys = {a.key["store_id"] for a in alerts_of(outs)}
+    assert det_keys
+    kept, victim, t0 = with_an_outage(values)
+
     def first_hit(config: DetectorConfig) -> Alert:
         alerts = [a for a in alerts_of(run(kept, config)) if a.key["store_id"] == victim]
         hits = [a for a in alerts if t0 <= parse_timestamp(a.window_start) < t0 + 3_600_000]
@@ -686,7 +691,7 @@ def test_the_compiled_round_gives_what_the_python_round_gives(monkeypatch, metho
             "features": {} if features is None else {"features": features},
         },
     )
-    values, _ = stream()
+    values = with_an_outage(stream()[0])[0]  # an outage: rounds flagged by their silence alone
     compiled_rounds = 0
     original = Detector._compiled_rounds
 
@@ -708,9 +713,13 @@ def test_the_compiled_round_gives_what_the_python_round_gives(monkeypatch, metho
     assert compiled_rounds > 1000
 
     def identity(a: Alert) -> tuple:
-        return a.alert_id, a.key, a.window_start, a.severity, a.episode_alert
+        return a.alert_id, a.key, a.window_start, a.severity, a.episode_alert, a.triggers
 
     assert [identity(a) for a in alerts_of(fast)] == [identity(a) for a in alerts_of(plain)] != []
+    # Rounds flagged by a key's silence alone are among those the compiled path hands over (under
+    # SPOT; the quantile threshold, lower, has the outage's score cross first).
+    assert any(a.triggers == ["silence"] for a in alerts_of(fast)) or method != "spot"
+    assert any("silence" in a.triggers for a in alerts_of(fast))
 
     def ends(outs: list[DetectorOutput]) -> list[tuple]:
         return [(r.resolution_id, r.resolved_at, r.calm_windows, r.alerts, r.reason) for o in outs for r in o.resolved]
