@@ -454,7 +454,7 @@ class DetectorConfig:
     windows without a sale is less likely than ``threshold.risk`` under its own count model alerts
     even before the mixture's score crosses the threshold (a store that stops selling, caught in
     the fewest windows its rate allows); value series never (an empty window there is a missing
-    sample, not a zero).
+    sample, not a zero). ``silence_risk`` is that chance (``threshold.risk`` when left out).
     """
 
     events: EventSchema = field(default_factory=EventSchema)
@@ -468,12 +468,17 @@ class DetectorConfig:
     trim_fraction: float = 0.01
     max_contributions: int = 3
     silence_alerts: bool = True
+    silence_risk: float | None = None
 
     def __post_init__(self) -> None:
         _require(0 < self.regime_change_fraction <= 1, "detector.regime_change_fraction must be in (0, 1]")
         _require(self.relearn_after >= 1, "detector.relearn_after must be >= 1 window")
         _require(0 <= self.trim_fraction < 0.5, "detector.trim_fraction must be in [0, 0.5)")
         _require(self.max_contributions >= 1, "detector.max_contributions must be >= 1")
+        _require(
+            self.silence_risk is None or 0 < self.silence_risk < 0.5,
+            "detector.silence_risk must be in (0, 0.5), e.g. 4e-5; leave it out to use threshold.risk",
+        )
 
 
 _T = TypeVar("_T")

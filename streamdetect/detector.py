@@ -479,8 +479,9 @@ class Detector:
         self._samples_are_levels = cfg.events.value_series
         # Below this log probability a key's run of empty windows flags its window (-inf: never;
         # a value series' empty window is a missing sample).
+        silence_risk = cfg.silence_risk if cfg.silence_risk is not None else cfg.threshold.risk
         self._silence_log_risk = (
-            math.log(cfg.threshold.risk) if cfg.silence_alerts and not cfg.events.value_series else -math.inf
+            math.log(silence_risk) if cfg.silence_alerts and not cfg.events.value_series else -math.inf
         )
         # Per-SKU prices, where the model reads them (not of a count or value series: see
         # features.unavailable_features).

@@ -313,6 +313,11 @@ def test_outage_of_a_busy_store_is_detected_with_an_explanation():
     windows = f"{run_length} window{'s' if run_length != 1 else ''}"
     assert first.explanation.startswith(f"no sale in the last {windows} where ")
     assert 1.0 - first.probability < SMALL.threshold.risk  # as unusual as its silence
+    # A larger chance allowed for a silence (detector.silence_risk) pages no later.
+    sooner = first_hit(replace(SMALL, silence_risk=1e-2))
+    assert "silence" in sooner.triggers and sooner.window_start <= first.window_start
+    with pytest.raises(ConfigError, match=r"detector\.silence_risk must be in"):
+        replace(SMALL, silence_risk=0.0)
     assert any(c.feature.startswith("count") and c.z < 0 for c in first.contributions)
 
 
