@@ -451,10 +451,10 @@ class DetectorConfig:
     flagged for more than this many consecutive windows is learned again (its new normal).
     ``trim_fraction``: share of the highest-scoring warm-up windows left out of the first fit, so
     anomalies in the warm-up do not become the baseline. ``silence_alerts``: a key whose run of
-    windows without a sale is less likely than ``threshold.risk`` under its own count model alerts
-    even before the mixture's score crosses the threshold (a store that stops selling, caught in
-    the fewest windows its rate allows); value series never (an empty window there is a missing
-    sample, not a zero). ``silence_risk`` is that chance (``threshold.risk`` when left out).
+    windows without a sale is less likely than ``silence_risk`` (``threshold.risk`` when left out)
+    under its own count model alerts even before the mixture's score crosses the threshold (a store
+    that stops selling, caught in the fewest windows its rate allows); value series never (an empty
+    window there is a missing sample, not a zero).
     """
 
     events: EventSchema = field(default_factory=EventSchema)

@@ -12,7 +12,7 @@ One :class:`Detector` serves one stream (one Kafka partition, or one replayed fi
    (:mod:`streamdetect.model`) is compared with an adaptive threshold
    (:mod:`streamdetect.threshold`); windows above it become alerts with an explanation, and so
    does an empty window whose key's run of them its count model finds less likely than
-   ``threshold.risk`` (``silence_alerts``: an outage, caught in the fewest windows its rate allows);
+   ``silence_risk`` (``silence_alerts``: an outage, caught in the fewest windows its rate allows);
 5. the model, the threshold and the drift monitor (:mod:`streamdetect.drift`) learn from the
    scores and windows in fixed-size batches; flagged windows are not learned unless so many are
    flagged that it is a regime change, or a key stays flagged for long (its new normal).
