@@ -516,14 +516,15 @@ def zero_log_p(mean, phi):
         return -mean
     s2 = math.log1p(phi)
     s = math.sqrt(s2)
-    best = -math.inf
-    terms = np.empty(len(_GH_NODES))
-    for i in range(len(_GH_NODES)):
-        terms[i] = _GH_LOG_WEIGHTS[i] - mean * math.exp(s * _GH_NODES[i] - 0.5 * s2)
-        best = max(best, terms[i])
+    best = -math.inf  # a running log-sum-exp of the nodes' terms
     total = 0.0
     for i in range(len(_GH_NODES)):
-        total += math.exp(terms[i] - best)
+        term = _GH_LOG_WEIGHTS[i] - mean * math.exp(s * _GH_NODES[i] - 0.5 * s2)
+        if term > best:
+            total = total * math.exp(best - term) + 1.0
+            best = term
+        else:
+            total += math.exp(term - best)
     return best + math.log(total)
 
 

@@ -820,7 +820,7 @@ class Detector:
             if flags.any():
                 self._held.flagged(key_ids[flags], rnd.start_ms)
                 messages.extend(
-                    self._alerts(rnd, feats, mature, X, score, threshold, probability, flags, crossed, now_ms)
+                    self._alerts(rnd, feats, mature, X, score, threshold, probability, crossed, silent, now_ms)
                 )
             rounds.append(
                 _RoundScores(
@@ -1099,14 +1099,14 @@ class Detector:
         score: np.ndarray,
         threshold: float,
         probability: np.ndarray,
-        flags: np.ndarray,
         crossed: np.ndarray,
+        silent: np.ndarray,
         now_ms: int | None,
     ) -> list[Alert]:
-        """The alerts of a round's flagged windows (``flags``; ``crossed``: those whose score crossed
-        the threshold, the others flagged by their silence alone)."""
+        """The alerts of a round's flagged windows: those whose score ``crossed`` the threshold and
+        those ``silent`` (an improbable run of empty windows), either or both."""
         cfg = self.config
-        rows = np.flatnonzero(flags)
+        rows = np.flatnonzero(crossed | silent)
         expl = self.model.explain(X[rows])
         severities = [SEVERITIES[i] for i in _severity(1.0 - probability[rows], cfg.threshold.risk).tolist()]
         # Without a wall clock (replays), the event time at which the window closed: the same
@@ -1156,7 +1156,7 @@ class Detector:
                 name = "expected_" + self._alert_names.get("revenue", "revenue")
                 window_features[name] = own_units("revenue", float(feats.expected_revenue[pos]))
             silence = None
-            if feats.silence_log_p[pos] < self._silence_log_risk:
+            if silent[row]:
                 silence = Silence(
                     windows=int(feats.silent_windows[pos]),
                     expected=float(feats.silent_expected[pos]),
