@@ -15,6 +15,7 @@ The view redraws once a second with plain ANSI escapes (no extra dependency).
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import sys
 import threading
@@ -254,11 +255,15 @@ def render(s: dict[str, Any], width: int = 100) -> str:
         f"consumed {s['consumed']:>10,}  ({s['consume_rate']:8,.0f}/s)     lag {s['lag']:>7,}",
         f"windows scored  {s['windows']:>10,}     rejected (DLQ) {s['rejected']:>8,}     alerts {s['alerts']:>6,}",
         "",
-        f"{bold}partition  warmed up  threshold   windows  lag{reset}",
+        f"{bold}partition    warmed up  threshold   windows  lag{reset}",
     ]
     for p, info in s["partitions"].items():
-        warm = "yes" if info["warmed_up"] else f"{yellow}warming{reset}"
-        lines.append(f"{p:>9}  {warm:>9}  {info['threshold']:>9.3g}  {info['windows']:>8,}  {info['lag']:>5,}")
+        # An infinite threshold is one still calibrating on its first scores: nothing can cross it.
+        calibrated = math.isfinite(info["threshold"])
+        warm = ("yes" if calibrated else "calibrating") if info["warmed_up"] else "warming"
+        warm = f"{warm:>11}" if warm == "yes" else f"{yellow}{warm:>11}{reset}"
+        threshold = f"{info['threshold']:>9.3g}" if calibrated else f"{'-':>9}"
+        lines.append(f"{p:>9}  {warm}  {threshold}  {info['windows']:>8,}  {info['lag']:>5,}")
     lines += ["", f"{bold}latest alerts{reset}"]
     if not s["recent_alerts"]:
         lines.append(f"{dim}(none yet: the detector warms up first){reset}")

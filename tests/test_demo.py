@@ -85,7 +85,7 @@ def test_default_demo_shows_alerts_within_a_minute(tmp_path: Path) -> None:
     assert windows and windows[-1] > 1000, final
     assert "latest alerts" in final and re.search(r" sd (above|below) ", final)  # an alert with its explanation
     # the final frame still lists the partitions the service held (not an empty table)
-    assert re.search(r"^\s+\d+\s+\S*(yes|warming)", final, re.M), final
+    assert re.search(r"^\s+\d+\s+\S*(yes|calibrating|warming)", final, re.M), final
     # the metrics endpoint served the same story, and liveness was reported
     assert scraped["streamdetect_events_consumed_total"] > 10_000
     assert scraped["streamdetect_windows_scored_total"] > 0 and scraped["streamdetect_alerts_produced_total"] > 0
@@ -150,3 +150,23 @@ def test_the_view_shows_the_end_of_an_episode_apart_from_its_alerts() -> None:
     assert resolved < critical  # newest first
     assert lines[resolved].startswith("1970-01-01T00:13:00Z  store-003") and end.explanation in lines[resolved]
     assert lines[critical].startswith("1970-01-01T00:01:00Z  store-003")
+
+
+def test_the_view_says_which_partitions_still_calibrate_their_threshold() -> None:
+    """A partition past its warm-up whose threshold has not seen enough scores yet (an infinite
+    threshold: nothing crosses it) reads `calibrating` with no threshold, not `yes` and `inf`."""
+    from streamdetect.demo import render
+
+    partitions = {
+        0: {"warmed_up": False, "threshold": float("inf"), "windows": 10, "lag": 5},
+        1: {"warmed_up": True, "threshold": float("inf"), "windows": 200, "lag": 0},
+        2: {"warmed_up": True, "threshold": 39.8, "windows": 3_000, "lag": 0},
+    }
+    snapshot = {"elapsed": 5.0, "sim_time": 780_000, "generator_done": False, "metrics_url": None, "produced": 10,
+                "produce_rate": 1.0, "consumed": 10, "consume_rate": 1.0, "lag": 0, "windows": 3, "rejected": 0,
+                "alerts": 0, "partitions": partitions, "recent_alerts": []}
+    text = re.sub(r"\x1b\[[0-9;]*m", "", render(snapshot, width=200))
+    rows = {int(m.group(1)): m.group(2).split() for m in re.finditer(r"^\s+(\d)\s+(.*)$", text, re.M)}
+    assert rows == {0: ["warming", "-", "10", "5"], 1: ["calibrating", "-", "200", "0"],
+                    2: ["yes", "39.8", "3,000", "0"]}
+    assert "inf" not in text
