@@ -119,7 +119,8 @@ class Contribution:
 @dataclass(frozen=True, slots=True)
 class Silence:
     """A key's run of windows without a sale that its count model finds too unlikely to be chance:
-    ``windows`` long, ``expected`` sales expected over it, ``chance`` its probability.
+    ``windows`` long, ``expected`` sales expected over it, ``chance`` its probability. The run is
+    counted since the key's last alert (which restarts it, as it restarts the scan).
 
     >>> Silence(windows=7, expected=41.3, chance=2.1e-6).describe()
     'no sale in the last 7 windows where 41.3 were expected (a chance of 2.1e-06)'
