@@ -127,11 +127,20 @@ def test_a_demo_with_a_topic_pattern_beside_a_name_runs(tmp_path: Path) -> None:
     assert windows and windows[-1] > 0, final
 
 
+def _rendered(**state: object) -> str:
+    """The view of a snapshot (``state`` overrides a quiet one's entries), without its colours."""
+    from streamdetect.demo import render
+
+    snapshot = {"elapsed": 5.0, "sim_time": 780_000, "generator_done": False, "metrics_url": None, "produced": 10,
+                "produce_rate": 1.0, "consumed": 10, "consume_rate": 1.0, "lag": 0, "windows": 3, "rejected": 0,
+                "alerts": 0, "partitions": {}, "recent_alerts": [], **state}
+    return re.sub(r"\x1b\[[0-9;]*m", "", render(snapshot, width=200))
+
+
 def test_the_view_shows_the_end_of_an_episode_apart_from_its_alerts() -> None:
     """The alerts pane lists what the alerts topic carries: an alert by its window and severity, the
     end of its episode as `resolved` with its explanation."""
     from streamdetect.alerts import Alert, EpisodeResolved
-    from streamdetect.demo import render
 
     key = {"store_id": "store-003"}
     alert = Alert.build(key=key, window_start_ms=60_000, window_end_ms=120_000, score=40.0, threshold=20.0,
@@ -140,10 +149,7 @@ def test_the_view_shows_the_end_of_an_episode_apart_from_its_alerts() -> None:
     end = EpisodeResolved.build(key=key, episode_start_ms=60_000, episode_end_ms=120_000, alerts=1, peak_score=40.0,
                                 peak_severity="critical", resolved_at_ms=780_000, calm_windows=11, reason="calm",
                                 model_version="m", detected_at_ms=780_000)
-    snapshot = {"elapsed": 5.0, "sim_time": 780_000, "generator_done": False, "metrics_url": None, "produced": 10,
-                "produce_rate": 1.0, "consumed": 10, "consume_rate": 1.0, "lag": 0, "windows": 3, "rejected": 0,
-                "alerts": 1, "partitions": {}, "recent_alerts": [alert, end]}
-    text = re.sub(r"\x1b\[[0-9;]*m", "", render(snapshot, width=200))
+    text = _rendered(alerts=1, recent_alerts=[alert, end])
     lines = text.splitlines()
     resolved = next(i for i, line in enumerate(lines) if "resolved" in line)
     critical = next(i for i, line in enumerate(lines) if "critical" in line)
@@ -155,17 +161,12 @@ def test_the_view_shows_the_end_of_an_episode_apart_from_its_alerts() -> None:
 def test_the_view_says_which_partitions_still_calibrate_their_threshold() -> None:
     """A partition past its warm-up whose threshold has not seen enough scores yet (an infinite
     threshold: nothing crosses it) reads `calibrating` with no threshold, not `yes` and `inf`."""
-    from streamdetect.demo import render
-
     partitions = {
         0: {"warmed_up": False, "threshold": float("inf"), "windows": 10, "lag": 5},
         1: {"warmed_up": True, "threshold": float("inf"), "windows": 200, "lag": 0},
         2: {"warmed_up": True, "threshold": 39.8, "windows": 3_000, "lag": 0},
     }
-    snapshot = {"elapsed": 5.0, "sim_time": 780_000, "generator_done": False, "metrics_url": None, "produced": 10,
-                "produce_rate": 1.0, "consumed": 10, "consume_rate": 1.0, "lag": 0, "windows": 3, "rejected": 0,
-                "alerts": 0, "partitions": partitions, "recent_alerts": []}
-    text = re.sub(r"\x1b\[[0-9;]*m", "", render(snapshot, width=200))
+    text = _rendered(partitions=partitions)
     rows = {int(m.group(1)): m.group(2).split() for m in re.finditer(r"^\s+(\d)\s+(.*)$", text, re.M)}
     assert rows == {0: ["warming", "-", "10", "5"], 1: ["calibrating", "-", "200", "0"],
                     2: ["yes", "39.8", "3,000", "0"]}
