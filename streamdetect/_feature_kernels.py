@@ -78,8 +78,9 @@ from streamdetect.windows import SKETCH_BITS
     T_SILENT_WINDOWS,
     T_SILENT_EXPECTED,
     T_SILENCE_LOG_P,
+    T_EMPTY_RUN,
     T_COLUMNS,
-) = range(54)
+) = range(55)
 
 # The baselines the kernels read and write, in the order of their parameters.
 STATE_ORDER: tuple[str, ...] = (
@@ -94,7 +95,7 @@ STATE_ORDER: tuple[str, ...] = (
     "clump_a", "clump_b", "clump_n", "prev_count", "frozen_n",
     "scan_ring_c", "scan_ring_e", "scan_tot_c", "scan_tot_e", "scan_n", "scan_pos", "last_start",
     "quiet_n", "quiet_total", "dev_day", "dev_run", "dev_cnt_day", "dev_cnt", "how_dev",
-    "level_day", "day_learned",
+    "level_day", "day_learned", "empty_n",
 )
 
 # Constants of the formulas (see streamdetect.features for their reasons).
@@ -544,7 +545,7 @@ def transform_round(
     clump_a, clump_b, clump_n, prev_count, frozen_n,
     scan_ring_c, scan_ring_e, scan_tot_c, scan_tot_e, scan_n, scan_pos, last_start,
     quiet_n, quiet_total, dev_day, dev_run, dev_cnt_day, dev_cnt, how_dev,
-    level_day, day_learned,
+    level_day, day_learned, empty_n,
 ):
     """The round's features under the baselines as they are (nothing is written); ``overlap`` is
     the window's size over its hop (1 for tumbling windows)."""
@@ -737,6 +738,8 @@ def transform_round(
         o[T_SILENT_WINDOWS] = silent
         o[T_SILENT_EXPECTED] = silent_e
         o[T_SILENCE_LOG_P] = log_p
+        # The whole run, which no alert restarts (what an alert reports of a long silence).
+        o[T_EMPTY_RUN] = (empty_n[key] if contiguous else 0) + 1 if c == 0.0 else 0
         o[T_SCAN_TOT_C] = tot_c
         o[T_SCAN_TOT_E] = tot_e
         o[T_SCAN_N] = seen_n
@@ -765,7 +768,7 @@ def update_round(
     clump_a, clump_b, clump_n, prev_count, frozen_n,
     scan_ring_c, scan_ring_e, scan_tot_c, scan_tot_e, scan_n, scan_pos, last_start,
     quiet_n, quiet_total, dev_day, dev_run, dev_cnt_day, dev_cnt, how_dev,
-    level_day, day_learned,
+    level_day, day_learned, empty_n,
 ):
     """Fold a round into the baselines (see FeatureExtractor.update); ``feats`` is transform_round's."""
     n_ctx = ctx_count.shape[1]
@@ -832,6 +835,7 @@ def update_round(
         scan_ring_c[key, pos] = f[T_SCAN_TOT_C]
         scan_ring_e[key, pos] = f[T_SCAN_TOT_E]
         scan_pos[key] += 1
+        empty_n[key] = np.int64(f[T_EMPTY_RUN])
         # A reported window restarts the trend sums and the scan (as a CUSUM restarts after its
         # alarm): evidence already reported must not keep the key alerting after a short anomaly,
         # nor the last windows of a long one, learned as its new normal, after it ended.

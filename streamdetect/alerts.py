@@ -119,18 +119,25 @@ class Contribution:
 @dataclass(frozen=True, slots=True)
 class Silence:
     """A key's run of windows without a sale that its count model finds too unlikely to be chance:
-    ``windows`` long, ``expected`` sales expected over it, ``chance`` its probability. The run is
-    counted since the key's last alert (which restarts it, as it restarts the scan).
+    ``windows`` long, ``expected`` sales expected over it, ``chance`` its probability. The run
+    judged is counted since the key's last alert (which restarts it, as it restarts the scan);
+    ``total`` is the whole run, longer where an earlier alert fell within it.
 
     >>> Silence(windows=7, expected=41.3, chance=2.1e-6).describe()
     'no sale in the last 7 windows where 41.3 were expected (a chance of 2.1e-06)'
+    >>> Silence(windows=16, expected=23.9, chance=1.2e-6, total=29).describe()
+    'no sale in the last 29 windows; 23.9 were expected in the last 16 of them (a chance of 1.2e-06)'
     """
 
     windows: int
     expected: float
     chance: float
+    total: int = 0
 
     def describe(self) -> str:
+        if self.total > self.windows:
+            return (f"no sale in the last {self.total} windows; {self.expected:.3g} were expected in the"
+                    f" last {self.windows} of them (a chance of {self.chance:.2g})")
         return (f"no sale in the last {self.windows} window{'s' if self.windows != 1 else ''}"
                 f" where {self.expected:.3g} were expected (a chance of {self.chance:.2g})")
 

@@ -1161,9 +1161,11 @@ class Detector:
                     windows=int(feats.silent_windows[pos]),
                     expected=float(feats.silent_expected[pos]),
                     chance=math.exp(float(feats.silence_log_p[pos])),
+                    total=int(feats.empty_windows[pos]),
                 )
                 window_features["silent_windows"] = float(silence.windows)
                 window_features["expected_count_silent"] = silence.expected
+                window_features["silent_windows_total"] = float(silence.total)
             out.append(
                 Alert.build(
                     key=key,

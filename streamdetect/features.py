@@ -267,7 +267,7 @@ _TICKET_HALF_LIFE_S = 86_400.0
 _PHI_HALF_LIFE_S = 86_400.0
 _INT_ARRAYS = (
     "ctx_pos", "last_start", "how_hour", "scan_n", "scan_pos", "dev_day", "dev_cnt_day", "how_dev", "level_day",
-    "price_tag",
+    "price_tag", "empty_n",
 )
 # Columns of the kernel's output that make up a per-sale mean, the new SKUs, the context and the trend.
 _TICKET_COLUMNS = (kernels.T_TICKET_DEV, kernels.T_TICKET_SALE_VAR, kernels.T_TICKET_VAR, kernels.T_TICKET_SEEN)
@@ -321,11 +321,13 @@ class WindowFeatures:
     trend_log_ratio: np.ndarray  # log(observed / expected) of the weighted count sums
     scan_z: np.ndarray  # count_scan_z
     clump: np.ndarray  # the key's index of dispersion D (counts are judged in clumps of D)
-    # The key's current run of windows without a sale (0 where this one has some), the sales
-    # expected over it, and its log probability under the key's count model.
+    # The key's current run of windows without a sale since its last alert (0 where this one has
+    # some), the sales expected over it, and its log probability under the key's count model; and
+    # the whole run, which no alert restarts.
     silent_windows: np.ndarray
     silent_expected: np.ndarray
     silence_log_p: np.ndarray
+    empty_windows: np.ndarray
     # The per-sale means and the new SKUs, from which update() learns what a window's sales share
     # (None where no configured feature needs them).
     ticket: _SaleMean
@@ -562,6 +564,7 @@ class FeatureExtractor:
         "how_dev": (_HOURS_PER_WEEK,),
         "level_day": (),
         "day_learned": (),
+        "empty_n": (),
         # Per-SKU reference prices (see _price_kernels), read and learned sale by sale as events
         # arrive, not by the window kernels.
         "price_tag": (prices.SLOTS,),
@@ -778,6 +781,7 @@ class FeatureExtractor:
             silent_windows=cols[:, kernels.T_SILENT_WINDOWS],
             silent_expected=cols[:, kernels.T_SILENT_EXPECTED],
             silence_log_p=cols[:, kernels.T_SILENCE_LOG_P],
+            empty_windows=cols[:, kernels.T_EMPTY_RUN],
             ticket=ticket,
             units=units,
             new_skus=new_skus,

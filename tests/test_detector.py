@@ -308,7 +308,7 @@ def test_outage_of_a_busy_store_is_detected_with_an_explanation():
     assert parse_timestamp(first.window_start) <= parse_timestamp(by_score.window_start)
     assert "silence" in first.triggers
     run_length = (parse_timestamp(first.window_start) - t0) // 60_000 + 1
-    assert first.features["silent_windows"] == run_length
+    assert first.features["silent_windows"] == run_length == first.features["silent_windows_total"]
     assert first.features["expected_count_silent"] > 0
     windows = f"{run_length} window{'s' if run_length != 1 else ''}"
     assert first.explanation.startswith(f"no sale in the last {windows} where ")

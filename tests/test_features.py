@@ -895,6 +895,29 @@ def test_a_run_of_empty_windows_is_judged_by_how_unlikely_it_is_for_its_key():
     assert first[2] is None, log_p_[-1]
 
 
+def test_an_alert_restarts_the_run_the_silence_test_judges_not_the_run_reported():
+    # A key at 1 sale a minute goes silent for 20 minutes and is alerted for its 8th empty window
+    # (learn False): the run judged starts again after it (the evidence already reported), the
+    # whole run goes on (what a later alert reports), and a sale ends both. A state saved in the
+    # middle of the run carries it on.
+    rng = np.random.default_rng(10)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    train(fx, np.array([1.0]), 240, rng)
+    judged, whole = [], []
+    for m in range(240, 261):
+        if m == 250:
+            fx = FeatureExtractor.from_state(orjson.loads(orjson.dumps(fx.to_state())), FeatureConfig(), WindowConfig())
+        rnd = make_round(m * MIN, np.array([0.0 if m < 260 else 3.0]), rng)
+        f = fx.transform(rnd)
+        fx.update(rnd, f, np.array([m != 247]))
+        judged.append(int(f.silent_windows[0]))
+        whole.append(int(f.empty_windows[0]))
+    assert whole == [*range(1, 21), 0]
+    # The window after the alert is the first of the restarted sums, with none before it to judge
+    # a run by; the next judges two windows, and so on.
+    assert judged == [*range(1, 9), 0, *range(2, 13), 0], str(judged)
+
+
 def test_a_run_of_hopping_windows_expects_only_the_sales_of_the_span_it_covers():
     # Five-minute windows every minute: 15 empty ones cover 19 minutes, not 75, and at 10 sales
     # a minute about 190 sales went missing, not the 700 or so their windows' expectations add up to.
