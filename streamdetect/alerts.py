@@ -28,6 +28,8 @@ True
 'revenue 4.1 sd below windows of its kind (0 where 812.5 was expected)'
 >>> a.triggers, Alert.from_json(orjson.dumps({k: v for k, v in a.to_dict().items() if k != "triggers"})).triggers
 (['score'], ['score'])
+>>> Alert.from_json(orjson.dumps({k: v for k, v in a.to_dict().items() if k != "reference"})).reference
+''
 >>> r = EpisodeResolved.build(key={"store_id": "s1"}, episode_start_ms=0, episode_end_ms=180_000, alerts=3,
 ...     peak_score=31.2, peak_severity="major", resolved_at_ms=780_000, calm_windows=10, reason="calm",
 ...     model_version="gmm-k3", detected_at_ms=781_000)
@@ -180,6 +182,11 @@ class Alert(_Record):
     # Which tests fired: "score" (the mixture's score crossed the threshold) and/or "silence" (the
     # key's run of windows without a sale is less likely than the risk under its count model).
     triggers: list[str] = field(default_factory=lambda: ["score"])
+    # What the window's expectations were taken from (streamdetect.features.REFERENCES):
+    # "hour_of_week" once the key's weekly pattern at this hour is known, "hour_of_day" before
+    # (a key's first week: a day with other hours than those seen reads as an anomaly), "recent"
+    # before any hour is; "" in records written before the field existed.
+    reference: str = ""
 
     @classmethod
     def build(
@@ -200,10 +207,12 @@ class Alert(_Record):
         episode_alert: int = 1,
         crossed: bool = True,
         silence: Silence | None = None,
+        reference: str = "",
     ) -> Alert:
         """``episode_start_ms`` is the episode's first window (this window when None); ``crossed``
         whether the score crossed the threshold; ``silence`` the improbable run of empty windows
-        that flagged the window too (or alone)."""
+        that flagged the window too (or alone); ``reference`` what the window's expectations were
+        taken from."""
         first = window_start_ms if episode_start_ms is None else episode_start_ms
         triggers = (["score"] if crossed else []) + (["silence"] if silence is not None else [])
         said = ([silence.describe()] if silence is not None else []) + [c.describe() for c in contributions]
@@ -225,6 +234,7 @@ class Alert(_Record):
             episode_start=format_time(first),
             episode_alert=episode_alert,
             triggers=triggers,
+            reference=reference,
         )
 
     @classmethod

@@ -56,6 +56,7 @@ from streamdetect.config import DetectorConfig, EventSchema, WindowConfig
 from streamdetect.drift import ScoreDriftMonitor
 from streamdetect.events import NO_ID, EventBatch, Rejected, RejectReason, decode_events, decode_records
 from streamdetect.features import (
+    REFERENCES,
     FeatureExtractor,
     WindowFeatures,
     expected_max_z_table,
@@ -1183,6 +1184,7 @@ class Detector:
                     episode_alert=int(self._episode_alerts[kid]),
                     crossed=bool(crossed[row]),
                     silence=silence,
+                    reference=REFERENCES[int(feats.reference[pos])],
                 )
             )
         return out

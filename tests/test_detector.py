@@ -307,6 +307,7 @@ def test_outage_of_a_busy_store_is_detected_with_an_explanation():
     first = first_hit(SMALL)
     assert parse_timestamp(first.window_start) <= parse_timestamp(by_score.window_start)
     assert "silence" in first.triggers
+    assert first.reference == by_score.reference == "hour_of_day"  # four days: no week seen yet
     run_length = (parse_timestamp(first.window_start) - t0) // 60_000 + 1
     assert first.features["silent_windows"] == run_length == first.features["silent_windows_total"]
     assert first.features["expected_count_silent"] > 0

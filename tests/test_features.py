@@ -918,6 +918,27 @@ def test_an_alert_restarts_the_run_the_silence_test_judges_not_the_run_reported(
     assert judged == [*range(1, 9), 0, *range(2, 13), 0], str(judged)
 
 
+def test_a_window_says_what_its_expectations_were_taken_from():
+    # A new key is judged against its recent windows; once an hour of the day has held enough
+    # windows, against that hour on the other days; once an earlier week has shown the hour of
+    # the week, against it.
+    from streamdetect.features import REFERENCES
+
+    rng = np.random.default_rng(12)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    rate = np.array([2.0])
+
+    def reference_at(minute: int) -> str:
+        rnd = make_round(minute * MIN, rng.poisson(rate), rng)
+        return REFERENCES[int(fx.transform(rnd).reference[0])]
+
+    assert reference_at(0) == "recent"
+    train(fx, rate, 2 * 24 * 60, rng)  # two days
+    assert reference_at(2 * 24 * 60) == "hour_of_day"
+    train(fx, rate, 6 * 24 * 60, rng, start_minute=2 * 24 * 60)  # to the end of the eighth day
+    assert reference_at(8 * 24 * 60) == "hour_of_week"
+
+
 def test_a_run_of_hopping_windows_expects_only_the_sales_of_the_span_it_covers():
     # Five-minute windows every minute: 15 empty ones cover 19 minutes, not 75, and at 10 sales
     # a minute about 190 sales went missing, not the 700 or so their windows' expectations add up to.
