@@ -39,12 +39,15 @@ True
 3 alerts from 1970-01-01T00:00:00Z to 1970-01-01T00:03:00Z; no alert nor sustained deviation in the 10 windows since
 >>> read_message(r.to_json()) == r, read_message(a.to_json()) == a
 (True, True)
+>>> later = {"added_by_a_later_release": 1}  # read as this release knows it
+>>> read_message(orjson.dumps({**r.to_dict(), **later})) == r, read_message(orjson.dumps({**a.to_dict(), **later})) == a
+(True, True)
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -244,7 +247,8 @@ class Alert(_Record):
 
     @classmethod
     def _from_dict(cls, data: dict[str, Any]) -> Alert:
-        data["contributions"] = [Contribution(**c) for c in data.get("contributions", [])]
+        data = _known(cls, data)
+        data["contributions"] = [Contribution(**_known(Contribution, c)) for c in data.get("contributions", [])]
         return cls(**data)
 
 
@@ -318,5 +322,12 @@ def read_message(raw: bytes | str) -> Alert | EpisodeResolved:
     (records written before resolutions existed have none and are alerts)."""
     data = orjson.loads(raw)
     if data.get("status") == "resolved":
-        return EpisodeResolved(**data)
+        return EpisodeResolved(**_known(EpisodeResolved, data))
     return Alert._from_dict(data)
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``data`` that ``cls`` has: a record written by a later release, with fields
+    this one does not know, still reads (as a consumer must while its producers are upgraded)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
