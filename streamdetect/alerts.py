@@ -54,11 +54,15 @@ from typing import Any
 import orjson
 
 __all__ = [
-    "RESOLUTION_REASONS", "SEVERITIES", "VALUE_SERIES_NAMES", "Alert", "Contribution", "EpisodeResolved", "Silence",
-    "alert_id", "episode_id", "format_time", "message_key", "read_message", "resolution_id",
+    "REFERENCES", "RESOLUTION_REASONS", "SEVERITIES", "VALUE_SERIES_NAMES", "Alert", "Contribution", "EpisodeResolved",
+    "Silence", "alert_id", "episode_id", "format_time", "message_key", "read_message", "resolution_id",
 ]
 
 SEVERITIES = ("warning", "major", "critical")
+# What a window's expectations were taken from, from the least to the most the key has shown:
+# its recent windows (no seasonal bucket trusted yet), the same hour on other days (the weekly
+# pattern at this hour not known yet: a key's first week), or the same hour of the week.
+REFERENCES = ("recent", "hour_of_day", "hour_of_week")
 # Why an episode ended: its key was calm for long enough, or the key fell silent for `key_ttl` and
 # its state was dropped (nothing more will be said of it).
 RESOLUTION_REASONS = ("calm", "expired")
@@ -185,7 +189,7 @@ class Alert(_Record):
     # Which tests fired: "score" (the mixture's score crossed the threshold) and/or "silence" (the
     # key's run of windows without a sale is less likely than the risk under its count model).
     triggers: list[str] = field(default_factory=lambda: ["score"])
-    # What the window's expectations were taken from (streamdetect.features.REFERENCES):
+    # What the window's expectations were taken from (REFERENCES):
     # "hour_of_week" once the key's weekly pattern at this hour is known, "hour_of_day" before
     # (a key's first week: a day with other hours than those seen reads as an anomaly), "recent"
     # before any hour is; "" in records written before the field existed.

@@ -44,6 +44,7 @@ import numpy as np
 
 from streamdetect._round_kernel import NEEDS_NUMPY, STEP_DUE, score_rounds
 from streamdetect.alerts import (
+    REFERENCES,
     SEVERITIES,
     VALUE_SERIES_NAMES,
     Alert,
@@ -56,7 +57,6 @@ from streamdetect.config import DetectorConfig, EventSchema, WindowConfig
 from streamdetect.drift import ScoreDriftMonitor
 from streamdetect.events import NO_ID, EventBatch, Rejected, RejectReason, decode_events, decode_records
 from streamdetect.features import (
-    REFERENCES,
     FeatureExtractor,
     WindowFeatures,
     expected_max_z_table,

@@ -151,7 +151,6 @@ __all__ = [
     "AVAILABLE_FEATURES",
     "PER_EVENT_FEATURES",
     "PER_SALE_FEATURES",
-    "REFERENCES",
     "REVENUE_FEATURES",
     "FeatureExtractor",
     "LocalClock",
@@ -159,11 +158,6 @@ __all__ = [
     "compile_kernels",
     "unavailable_features",
 ]
-
-# What a window's expectations were taken from, from the least to the most the key has shown:
-# its recent windows (no seasonal bucket trusted yet), the same hour on other days (the weekly
-# pattern at this hour not known yet: a key's first week), or the same hour of the week.
-REFERENCES: tuple[str, ...] = ("recent", "hour_of_day", "hour_of_week")
 
 AVAILABLE_FEATURES: tuple[str, ...] = (
     "count_z",
@@ -348,7 +342,7 @@ class WindowFeatures:
 
     @cached_property
     def reference(self) -> np.ndarray:
-        """Each window's index into :data:`REFERENCES` (built when an alert asks)."""
+        """Each window's index into :data:`streamdetect.alerts.REFERENCES` (built when an alert asks)."""
         cols = self.columns
         return np.where(cols[:, kernels.T_HOW_OK] != 0.0, 2, np.where(cols[:, kernels.T_MATURE] != 0.0, 1, 0))
 

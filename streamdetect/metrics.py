@@ -47,7 +47,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from streamdetect import __version__
-from streamdetect.alerts import RESOLUTION_REASONS, SEVERITIES
+from streamdetect.alerts import REFERENCES, RESOLUTION_REASONS, SEVERITIES
 
 __all__ = [
     "ALERT_LATENCY_BUCKETS",
@@ -101,7 +101,7 @@ METRIC_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "streamdetect_events_late_total": ("counter", ()),
     "streamdetect_returns_total": ("counter", ()),
     "streamdetect_windows_scored_total": ("counter", ()),
-    "streamdetect_anomalies_total": ("counter", ("severity",)),
+    "streamdetect_anomalies_total": ("counter", ("severity", "reference")),
     "streamdetect_anomaly_episodes_total": ("counter", ()),
     "streamdetect_silence_alerts_total": ("counter", ()),
     "streamdetect_anomaly_episodes_resolved_total": ("counter", ("reason",)),
@@ -254,8 +254,9 @@ class Metrics:
         self.returns = Counter(f"{p}returns", "Sales events read as returns (a negative quantity or amount).",
                                registry=r)
         self.windows_scored = Counter(f"{p}windows_scored", "Windows closed and scored.", registry=r)
-        self.anomalies = Counter(f"{p}anomalies", "Anomalous windows detected, by severity.", ["severity"],
-                                 registry=r)
+        self.anomalies = Counter(f"{p}anomalies", "Anomalous windows detected, by severity and by what their"
+                                 " expectations were taken from (hour_of_day: the key's weekly pattern not known yet).",
+                                 ["severity", "reference"], registry=r)
         self.anomaly_episodes = Counter(f"{p}anomaly_episodes",
                                         "Episodes of consecutive anomalous windows of one key started.",
                                         registry=r)
@@ -320,7 +321,8 @@ class Metrics:
         for reason in REJECT_REASONS:
             self.events_rejected.labels(reason)
         for severity in SEVERITIES:
-            self.anomalies.labels(severity)
+            for reference in REFERENCES:
+                self.anomalies.labels(severity, reference)
         for reason in RESOLUTION_REASONS:
             self.episodes_resolved.labels(reason)
         for event in REBALANCE_EVENTS:
@@ -360,7 +362,7 @@ class Metrics:
         if returns:
             self.returns.inc(returns)
         for alert in output.alerts:
-            self.anomalies.labels(str(alert.severity)).inc()
+            self.anomalies.labels(str(alert.severity), str(alert.reference)).inc()
             if getattr(alert, "episode_alert", 1) == 1:
                 self.anomaly_episodes.inc()
             if getattr(alert, "triggers", ("score",)) == ["silence"]:

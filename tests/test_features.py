@@ -922,7 +922,7 @@ def test_a_window_says_what_its_expectations_were_taken_from():
     # A new key is judged against its recent windows; once an hour of the day has held enough
     # windows, against that hour on the other days; once an earlier week has shown the hour of
     # the week, against it.
-    from streamdetect.features import REFERENCES
+    from streamdetect.alerts import REFERENCES
 
     rng = np.random.default_rng(12)
     fx = FeatureExtractor(FeatureConfig(), WindowConfig())

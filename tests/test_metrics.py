@@ -97,7 +97,8 @@ def test_registries_are_independent() -> None:
 
 def _output(scores: list[float], severities: list[str], reasons: list[str], drift: bool = False) -> SimpleNamespace:
     return SimpleNamespace(
-        alerts=[SimpleNamespace(severity=s, episode_alert=1 + i % 2, triggers=["silence"] if i == 1 else ["score"])
+        alerts=[SimpleNamespace(severity=s, episode_alert=1 + i % 2, triggers=["silence"] if i == 1 else ["score"],
+                                reference="hour_of_day" if i == 1 else "hour_of_week")
                 for i, s in enumerate(severities)],
         rejected=[SimpleNamespace(reason=r) for r in reasons],
         scored=SimpleNamespace(score=np.array(scores), event_time_ms=np.arange(len(scores)) * 1000 + 1_700_000_000_000),
@@ -120,8 +121,10 @@ def test_observe_output_counts_everything() -> None:
     assert m.value("streamdetect_windows_scored_total") == 3
     assert m.value("streamdetect_anomaly_score_count") == 2  # NaN is not observed
     assert m.value("streamdetect_anomaly_score_bucket", le="2.5") == 1
-    assert m.value("streamdetect_anomalies_total", severity="critical") == 1
-    assert m.value("streamdetect_anomalies_total", severity="warning") == 0
+    assert m.value("streamdetect_anomalies_total", severity="critical", reference="hour_of_week") == 1
+    assert m.value("streamdetect_anomalies_total", severity="major", reference="hour_of_day") == 1
+    assert m.value("streamdetect_anomalies_total", severity="major", reference="hour_of_week") == 0
+    assert m.value("streamdetect_anomalies_total", severity="warning", reference="recent") == 0  # pre-created
     assert m.value("streamdetect_anomaly_episodes_total") == 1  # the major alert continues the episode
     assert m.value("streamdetect_silence_alerts_total") == 1  # the major alert, by its silence alone
     assert m.value("streamdetect_anomaly_episodes_resolved_total", reason="calm") == 2
