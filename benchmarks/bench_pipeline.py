@@ -43,7 +43,7 @@ def main() -> None:
     timed = values[warm:]
     print(f"{len(values):,} events ({args.stores} stores x {args.days} days), timing the last {len(timed):,}")
 
-    ceiling, decode, pipeline = [], [], []
+    ceiling, decode, pipeline, pipeline_cpu = [], [], [], []
     for _ in range(args.repeat):
         t = time.perf_counter()
         loads, error, not_json = orjson.loads, orjson.JSONDecodeError, 0
@@ -62,11 +62,12 @@ def main() -> None:
         det = Detector()
         for i in range(0, warm, args.chunk):
             det.process(values[i : min(i + args.chunk, warm)])
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         windows = 0
         for i in range(0, len(timed), args.chunk):
             windows += len(det.process(timed[i : i + args.chunk]).scored)
         pipeline.append(len(timed) / (time.perf_counter() - t))
+        pipeline_cpu.append(len(timed) / (time.process_time() - cpu))
         assert det.stats().warmed_up, "the detector should be warmed up after the first day"
 
     best = max(pipeline)
@@ -74,6 +75,9 @@ def main() -> None:
     print(f"peer: orjson.loads per event        {max(ceiling):>12,.0f} events/s{broken}")
     print(f"decode + validation (events.py)     {max(decode):>12,.0f} events/s")
     print(f"full pipeline (decode..threshold)   {best:>12,.0f} events/s  ({windows:,} windows scored per run)")
+    # The process's own CPU time leaves out what a shared machine's other tenants take (its wall
+    # clock does not): the two agree on a quiet machine, and only the wall clock judges the target.
+    print(f"  the same in this process's CPU time {max(pipeline_cpu):>12,.0f} events/s")
     print(f"ratio pipeline / orjson.loads       {best / max(ceiling):>12.3f}")
     print(f"target >= 300,000 events/s: {'met' if best >= 300_000 else 'NOT met'}")
 
