@@ -177,6 +177,9 @@ def test_a_signed_series_is_shifted_on_defaults(tmp_path, capsys):
     # With --episode-ends the file is the alerts topic's stream: each episode's end after its alerts,
     # and the summary counts the episodes; evaluate skips the ends.
     assert "alerts " in err and " episodes (" in err
+    # ... and how many alerts were judged before the series' weekly pattern was known (reference).
+    early = sum(a["reference"] != "hour_of_week" for a in alerts)
+    assert f"; {early:,} alerts judged before the key's weekly pattern was known)" in err, err
     both = tmp_path / "both.jsonl"
     assert main(["replay", str(src), "--time-field", "timestamp", "--value-field", "value",
                  "--alerts", str(both), "--episode-ends", "--quiet"]) == 0

@@ -431,7 +431,8 @@ def run(args: argparse.Namespace) -> int:
 
     reasons: Counter[str] = Counter()
     first_detail: dict[str, str] = {}  # what was wrong with the first event rejected for each reason
-    totals = {"events": 0, "valid": 0, "returns": 0, "windows": 0, "alerts": 0, "resolved": 0, "drift": 0}
+    totals = {"events": 0, "valid": 0, "returns": 0, "windows": 0, "alerts": 0, "resolved": 0, "drift": 0,
+              "without_week": 0}
     kept: list[ScoredWindows] = []
     kept_alerts: list[Any] = []
     offset = 0
@@ -442,6 +443,7 @@ def run(args: argparse.Namespace) -> int:
         totals["returns"] += out.n_returns
         totals["windows"] += len(out.scored)
         totals["alerts"] += len(out.alerts)
+        totals["without_week"] += sum(a.reference != "hour_of_week" for a in out.alerts)
         totals["resolved"] += len(out.resolved)
         totals["drift"] += int(out.drift_detected)
         for r in out.rejected:
@@ -521,7 +523,8 @@ def run(args: argparse.Namespace) -> int:
             + f", rejected {sum(reasons.values()):,}"
             + (f": {', '.join(f'{k} {v:,}' for k, v in sorted(reasons.items()))}" if reasons else "")
             + f") | windows scored {totals['windows']:,} | alerts {totals['alerts']:,}"
-            + (f" in {totals['resolved'] + stats.open_episodes:,} episodes ({stats.open_episodes:,} still open)"
+            + (f" in {totals['resolved'] + stats.open_episodes:,} episodes ({stats.open_episodes:,} still open;"
+               f" {totals['without_week']:,} alerts judged before the key's weekly pattern was known)"
                if totals["alerts"] else "")
             + f" | drift events {totals['drift']} | threshold {stats.threshold:.4g}"
             f" | {elapsed:.1f} s, {totals['events'] / max(elapsed, 1e-9):,.0f} events/s",
