@@ -976,3 +976,38 @@ def test_one_sale_at_a_hundredth_of_its_skus_price_is_an_alert_at_once():
     top = alerts[0].contributions[0]
     assert top.feature == "price_vs_usual" and top.observed == pytest.approx(0.01, rel=0.05), top
     assert alerts_at([encode_event(e) for e in events]) == []
+
+
+def test_the_alerts_stream_matches_its_published_schema():
+    """docs/alerts.schema.json describes every record the alerts stream carries (alerts, with a
+    silence among them, and the ends of their episodes), field for field with the classes."""
+    import dataclasses
+    from pathlib import Path
+
+    import jsonschema
+
+    from streamdetect.alerts import REFERENCES, Contribution
+
+    schema = orjson.loads((Path(__file__).parent.parent / "docs" / "alerts.schema.json").read_bytes())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    defs = schema["$defs"]
+    for cls, props in ((Alert, defs["alert"]["properties"]), (EpisodeResolved, defs["resolved"]["properties"]),
+                       (Contribution, defs["alert"]["properties"]["contributions"]["items"]["properties"])):
+        assert set(props) == {f.name for f in dataclasses.fields(cls)}, cls
+    assert defs["alert"]["properties"]["reference"]["enum"] == ["", *REFERENCES]
+    assert defs["severity"]["enum"] == list(SEVERITIES)
+
+    kept, _, _ = with_an_outage(stream()[0])
+    records = [orjson.loads(m.to_json()) for o in run(kept) for m in o.messages]
+    kinds = {(r["status"], tuple(r.get("triggers", ()))) for r in records}
+    assert ("resolved", ()) in kinds and any("silence" in t for _, t in kinds), kinds
+    for r in records:
+        validator.validate(r)
+    alert = next(r for r in records if r["status"] == "firing")
+    legacy = {k: v for k, v in alert.items() if k not in ("status", "triggers", "reference")}
+    validator.validate(legacy)  # a record from before those fields existed
+    validator.validate({**alert, "added_by_a_later_release": 1})
+    for broken in ({k: v for k, v in alert.items() if k != "alert_id"}, {**alert, "severity": "urgent"},
+                   {**alert, "window_start": "2026-01-05 10:00"}, {**alert, "triggers": []}):
+        assert not validator.is_valid(broken), broken
