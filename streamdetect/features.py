@@ -12,12 +12,16 @@ One model serves keys of very different size, so every model feature compares a 
   earlier week, else hour of day, with the day-of-week effect counted as unknown in ``phi`` for
   as much of today's factor as the key's level has not learned yet; a bucket is trusted by the
   evidence its windows carry, a window of a key with trustworthy baselines counting whole within
-  a standard deviation of its expectation and as ``1 / z^2`` beyond, so that an hour seen once
-  through a level shift is not a weekly pattern),
+  ``ROBUST_SCALE`` (2.385) standard deviations of its expectation and as ``(2.385 / z)^2``
+  beyond, so that an hour seen once through a level shift is not a weekly pattern),
   shaped within the hour by the key's quarter hours of the day (a quarter's mean count over its
   hour's, shrunk towards 1 by a prior of ``SHAPE_PRIOR_SALES`` sales counted in clumps), times the
   key's level today relative to that baseline (which reverts to that baseline at its own rate
-  while the key is closed, without windows: an evening's level is not the next morning's). Once
+  while the key is closed, without windows: an evening's level is not the next morning's; it
+  learns from each window's smoothed log ratio plus that log's average shortfall for a Poisson
+  count of the expected mean, ``log_count_gap``, so that it settles where the expectation is the
+  mean count: learned from the log ratios alone, a key selling about one sale a window was
+  expected 25-30 % below its rate). Once
   both are known, the hour of week's expectation and the hour of day's (each with its own level)
   are averaged in logs, the hour of week weighing more as they disagree (``pooled_expected``):
   one week's hour is one day's realisation of it, that day's mood included, where the hour of day
@@ -98,7 +102,8 @@ close together) in one compiled loop over its rows (:mod:`streamdetect._feature_
 baselines are a recurrence over its windows, and as numpy expressions a round of a few keys was
 some 250 small-array operations); baselines are updated afterwards, and only from windows the caller
 says to learn from (anomalies do not become the new normal). They learn robustly: a window weighs
-``1 / (1 + z^2)`` by its ``count_scan_z`` z, and while ``|z| >= freeze_z`` not at all, so that a
+``1 / (1 + (z / 2.385)^2)`` by its ``count_scan_z`` z (Cauchy's weight at its usual tuning,
+``robust_weight``), and while ``|z| >= freeze_z`` not at all, so that a
 change still building up its evidence is not absorbed; after ``freeze_limit``, or once the
 caller says the key has been flagged for long (``new_normal``), they follow it at full weight.
 The seasonal buckets keep a running mean of revenue, which one price glitch would own for weeks: a
@@ -437,7 +442,7 @@ class FeatureExtractor:
     ...     r = rnd(m * 60_000, 5.0); f = fx.transform(r); fx.update(r, f, np.array([True]))
     >>> f = fx.transform(rnd(30 * 60_000, 0.0))
     >>> bool(f.mature[0]), round(float(f.values[0, 0]), 2)  # (its first week: today's factor half known)
-    (True, -2.71)
+    (True, -2.77)
     """
 
     def __init__(

@@ -312,7 +312,9 @@ def test_trend_z_restarts_after_a_flagged_window_and_allows_for_overdispersion()
         rnd = make_round(m * MIN, rng.poisson(rates * wander), rng)
         fx.update(rnd, fx.transform(rnd), np.ones(2, dtype=bool))
     phi = fx._arrays["tr_phi"][:2]
-    assert phi[0] > 3 * phi[1] > 0  # the wandering key is overdispersed, the other is not
+    # The wandering key is overdispersed (0.05); the other's counts vary as Poisson's do, and its
+    # level is unbiased, so the squared log ratios beyond Poisson's variance average about zero.
+    assert phi[0] > 0.03 and abs(phi[1]) < 0.003, phi
     # The same sustained excess (x1.5 for 20 minutes) is stronger evidence for the steady key.
     for m in range(train_minutes, train_minutes + 20):
         expected = fx.transform(make_round(m * MIN, rates, rng)).expected_count
@@ -624,9 +626,13 @@ def expected_a_week_later(day: int, hours: tuple[int, int], rate: float, seed: i
 def test_one_afternoon_s_mood_is_not_expected_again_a_week_later():
     # A shop selling 10 a minute, 9:00-20:00, whose first Monday happened to sell 12.5 a minute
     # from 14:00 to 15:00. The hour of the week holds that one afternoon; the hour of day pools the
-    # week. A week later the hour is expected near the usual 10, not at last Monday's 12.5.
+    # week. A week later the hour is expected near the usual 10, not at last Monday's 12.5: nearer
+    # the one than the other, and less than 40 % of the afternoon's excess carried over against the
+    # same shop without it (30 %; 37 % while the key's level learned with its small-count bias, whose
+    # expectations sat 5 % low and kept this one under 10.8).
     expected = expected_a_week_later(day=0, hours=(14, 15), rate=12.5, seed=5)
-    assert 9.0 < expected < 10.8, expected
+    usual = expected_a_week_later(day=0, hours=(14, 15), rate=10.0, seed=5)
+    assert 9.0 < expected < 11.25 and expected - usual < 0.4 * (12.5 - 10.0), (expected, usual)
 
 
 def test_a_level_learned_before_closing_time_is_not_expected_the_next_morning():
