@@ -238,6 +238,14 @@ def _between_variance(excess_sum: float, weight_sum: float) -> float:
 
 
 @_compiled
+def dispersion_index(clump_a: float, clump_b: float) -> float:
+    """The key's Var(c) / E(c) of its window counts as measured (see :func:`clump_size`), with a
+    prior of ``CLUMP_PRIOR_SALES`` sales that come one by one: about 1 for Poisson sales, about 0
+    for a series of one sample a window."""
+    return (clump_a + CLUMP_PRIOR_SALES) / (clump_b + CLUMP_PRIOR_SALES)
+
+
+@_compiled
 def clump_size(clump_a: float, clump_b: float, clump_n: float) -> float:
     """The key's index of dispersion D = Var(c) / E(c) of its window counts, from the sums of
     squared differences of consecutive counts (``clump_a``, E[(c_t - c_{t-1})^2] = 2 Var(c)) and of
@@ -249,7 +257,7 @@ def clump_size(clump_a: float, clump_b: float, clump_n: float) -> float:
     >>> clump_size(0.0, 0.0, 0.0), round(clump_size(1600.0, 100.0, 400.0), 1)
     (1.0, 11.6)
     """
-    d = (clump_a + CLUMP_PRIOR_SALES) / (clump_b + CLUMP_PRIOR_SALES)
+    d = dispersion_index(clump_a, clump_b)
     lower = d * (1.0 - 2.0 * math.sqrt(2.0 / max(clump_n, 8.0)))
     return min(max(lower, 1.0), MAX_CLUMP)
 
@@ -395,6 +403,7 @@ def _log_count_gap_table(lo: float, hi: float, n: int) -> np.ndarray:
 _GAP_LOG_LO, _GAP_LOG_HI, _GAP_POINTS = -6.0, 9.0, 301
 _GAP_STEP = (_GAP_LOG_HI - _GAP_LOG_LO) / (_GAP_POINTS - 1)
 _GAP = _log_count_gap_table(_GAP_LOG_LO, _GAP_LOG_HI, _GAP_POINTS)
+_GAP_MEAN_LO = math.exp(_GAP_LOG_LO)
 
 
 @_compiled
@@ -409,7 +418,7 @@ def log_count_gap(mean: float) -> float:
         return 0.0
     x = (math.log(mean) - _GAP_LOG_LO) / _GAP_STEP
     if x <= 0.0:  # linear in the mean below the table
-        return _GAP[0] * mean / math.exp(_GAP_LOG_LO)
+        return _GAP[0] * mean / _GAP_MEAN_LO
     if x >= _GAP_POINTS - 1:  # the delta method's 1 / (2 m), exact enough out here
         return 0.5 * mean / (mean + 0.5) ** 2
     j = int(x)
@@ -1005,7 +1014,7 @@ def update_round(
         step = level_rate * weight
         # How Poisson the key's counts are in clumps: Var(c) / E(c) over D, 0 for a series of one
         # sample a window, whose count has no Jensen gap to correct.
-        poisson = min((clump_a[key] + CLUMP_PRIOR_SALES) / (clump_b[key] + CLUMP_PRIOR_SALES) / f[T_CLUMP], 1.0)
+        poisson = min(dispersion_index(clump_a[key], clump_b[key]) / f[T_CLUMP], 1.0)
         if mature:
             # The share of the level learned today: what is known of today's day-of-week factor.
             day_learned[key] = 1.0 - (1.0 - _learned_today(level_day, day_learned, key, hour[i])) * (1.0 - step)
