@@ -1155,7 +1155,7 @@ class Detector:
                 window_features["expected_count"] = float(feats.expected_count[pos])
             if "revenue" in self._alert_quantities:
                 name = "expected_" + self._alert_names.get("revenue", "revenue")
-                window_features[name] = own_units("revenue", float(feats.expected_revenue[pos]))
+                window_features[name] = own_units("revenue", float(feats.expected["revenue"][pos]))
             silence = None
             if silent[row]:
                 silence = Silence(

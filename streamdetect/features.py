@@ -322,7 +322,6 @@ class WindowFeatures:
     observed: dict[str, np.ndarray]  # human-facing quantities (see _EXPLAINED_AS)
     expected_of: Callable[[], dict[str, np.ndarray]] = field(repr=False)
     expected_count: np.ndarray
-    expected_revenue: np.ndarray
     trend_log_ratio: np.ndarray  # log(observed / expected) of the weighted count sums
     scan_z: np.ndarray  # count_scan_z
     clump: np.ndarray  # the key's index of dispersion D (counts are judged in clumps of D)
@@ -350,6 +349,35 @@ class WindowFeatures:
         """Each window's index into :data:`streamdetect.alerts.REFERENCES` (built when an alert asks)."""
         cols = self.columns
         return np.where(cols[:, kernels.T_HOW_OK] != 0.0, 2, np.where(cols[:, kernels.T_MATURE] != 0.0, 1, 0))
+
+
+def expected_revenue(columns: np.ndarray, level_revenue: np.ndarray, poisson: np.ndarray) -> np.ndarray:
+    """The revenue a window was expected to bring, as alerts report it: the expected count at the
+    trusted reference's revenue per sale, weighed against the revenue level's expectation
+    (``level_revenue``) by how Poisson the key's counts are (``poisson``: 1 for sales, 0 for a
+    series of one sample a window, whose value only the revenue level follows).
+
+    The revenue level is a running mean of ``log((r + D) / (R + D))``, and the log of a window's
+    revenue (a few heavy-tailed tickets, or none) averages well below the log of its mean: on the
+    generator's stores the level's expectation was 0.24-0.96 of the revenue taken (0.80 summed),
+    the expected count at the bucket's revenue per sale (a ratio of two running means, which has
+    no such gap) 0.74-1.22, as the count's own expectation was (0.985 summed). The features keep
+    the level's ratios (the mixture learns their distribution, offset and all); what an alert says
+    was expected is in the user's units.
+
+    >>> cols = np.zeros((2, kernels.T_COLUMNS))
+    >>> cols[:, kernels.T_EXPECTED_COUNT] = 2.0
+    >>> cols[:, kernels.T_FALLBACK_COUNT], cols[:, kernels.T_FALLBACK_REV] = 4.0, 100.0
+    >>> expected_revenue(cols, np.array([20.0, 20.0]), np.array([1.0, 0.0])).tolist()
+    [50.0, 20.0]
+    """
+    how = columns[:, kernels.T_HOW_OK] != 0.0
+    ref_count = np.where(how, columns[:, kernels.T_HOW_COUNT], columns[:, kernels.T_FALLBACK_COUNT])
+    ref_revenue = np.where(how, columns[:, kernels.T_HOW_REV], columns[:, kernels.T_FALLBACK_REV])
+    known = ref_count > 0.0
+    per_sale = np.divide(ref_revenue, ref_count, out=np.zeros(len(ref_count)), where=known)
+    share = np.where(known, poisson, 0.0)
+    return share * columns[:, kernels.T_EXPECTED_COUNT] * per_sale + (1.0 - share) * level_revenue
 
 
 @cache
@@ -764,17 +792,20 @@ class FeatureExtractor:
             return np.exp(dsr_base) * (c + 1.0) - 1.0 if self._ratios else rnd.distinct_skus
 
         def expected() -> dict[str, np.ndarray]:  # only alerts need these: computed on demand
+            revenue = expected_revenue(cols, expected_rev, self._poisson_share(k, clump))
+            # The context's and the trend's sums carry the same bias as the window's expectation.
+            bias = np.divide(revenue, expected_rev, out=np.ones(n), where=expected_rev > 0.0)
             return {
                 "count": expected_count,
-                "revenue": expected_rev,
+                "revenue": revenue,
                 "mean_ticket": np.where(has_tickets, np.expm1(mu), mean_ticket),
                 "max_ticket": np.where(has_tickets, np.expm1(mu + sigma * expected_max_z), rnd.max_ticket),
                 "units_per_sale": expected_units(),
                 "distinct_skus": expected_distinct(),
                 "count_recent_windows": ctx_e,
-                "revenue_recent_windows": ctx_er,
+                "revenue_recent_windows": ctx_er * bias,
                 "count_recent_hour": tr_exp_count,
-                "revenue_recent_hour": tr_exp_rev,
+                "revenue_recent_hour": tr_exp_rev * bias,
                 "count_scan": cols[:, kernels.T_SCAN_EXPECTED],
                 "price_vs_usual": np.ones(n),
             }
@@ -785,7 +816,6 @@ class FeatureExtractor:
             observed=observed,
             expected_of=expected,
             expected_count=expected_count,
-            expected_revenue=expected_rev,
             trend_log_ratio=trend_log_ratio,
             scan_z=scan_z,
             clump=clump,
@@ -819,6 +849,14 @@ class FeatureExtractor:
             rows = zones == zone
             out[rows] = self.clocks[zone].local_ms(start_ms[rows])
         return out
+
+    def _poisson_share(self, key_ids: np.ndarray, clump: np.ndarray) -> np.ndarray:
+        """How Poisson each key's counts are in clumps (as its level learns them): 1 for sales, 0
+        for a series of one sample a window."""
+        a = self._arrays
+        # The kernel's Python function: the arithmetic holds for arrays as it does for numbers.
+        dispersion_index = getattr(kernels.dispersion_index, "py_func", kernels.dispersion_index)
+        return np.minimum(dispersion_index(a["clump_a"][key_ids], a["clump_b"][key_ids]) / clump, 1.0)
 
     def _round_local_ms(self, rnd: ClosedRound, zones: np.ndarray | None) -> np.ndarray:
         if zones is None or len(self.clocks) == 1:  # one clock: the round's one start, shifted once

@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
+from streamdetect import _feature_kernels as kernels
 from streamdetect.config import ConfigError, FeatureConfig, WindowConfig
 from streamdetect.features import AVAILABLE_FEATURES, FeatureExtractor, saved_arrays
 from streamdetect.windows import ClosedRound
@@ -111,8 +112,6 @@ def test_expected_count_follows_the_rate_within_the_hour():
 def test_a_key_at_one_event_a_window_has_no_shape_within_the_hour():
     # A metric sampled once a window (NAB's CloudWatch series): every quarter holds the hour's rate,
     # whatever weights the first windows were learned with, so the expectation stays the hour's.
-    from streamdetect import _feature_kernels as kernels
-
     count, n = np.zeros((1, 96)), np.zeros((1, 96))
     for i, weight in enumerate([0.1, 1.0, 0.3, 1.0, 0.05, 1.0, 1.0, 1.0]):
         kernels._learn_quarter(n, count, 0, 36 + i % 4, 1.0, 0.25, weight)
@@ -507,8 +506,6 @@ def test_kernels_take_the_state_arrays_in_state_order() -> None:
     # The extractor passes its arrays positionally in STATE_ORDER: a kernel whose parameter list
     # drifted from it would read one baseline as another without any error.
     import inspect
-
-    from streamdetect import _feature_kernels as kernels
 
     n = len(kernels.STATE_ORDER)
     for kernel in (kernels.transform_round, kernels.update_round):
@@ -958,3 +955,34 @@ def test_a_run_of_hopping_windows_expects_only_the_sales_of_the_span_it_covers()
         fx.update(rnd, f, np.ones(1, dtype=bool))
     assert f.silent_windows[0] == 15
     assert f.silent_expected[0] == pytest.approx(190.0, rel=0.2)
+
+
+def test_an_alert_expects_the_revenue_a_key_takes_however_few_its_sales():
+    """The revenue level's log ratios average below the log of the mean revenue (a few tickets,
+    or none, a window): an alert reports the expected count at the reference's revenue per sale
+    instead. A series of one sample a window keeps the level's expectation (its value level)."""
+    rng = np.random.default_rng(4)
+    rates = np.array([0.4, 1.5, 20.0])
+    fx = FeatureExtractor()
+    train(fx, rates, 3 * 1440, rng)
+    reported, level, taken, count, sold = (np.zeros(3) for _ in range(5))
+    for m in range(3 * 1440, 4 * 1440):
+        rnd = make_round(m * MIN, rng.poisson(rates), rng)
+        feats = fx.transform(rnd)
+        reported += feats.expected["revenue"]
+        level += feats.columns[:, kernels.T_EXPECTED_REV]
+        taken += rnd.revenue
+        count += feats.expected_count
+        sold += rnd.count
+        fx.update(rnd, feats, np.ones(3, dtype=bool))
+    # Per sale as taken; the quietest key's expected count is itself some 10 % high.
+    assert np.all(np.abs(reported / taken / (count / sold) - 1.0) < 0.05), (reported / taken, count / sold)
+    assert np.all(np.abs(reported / taken - 1.0) < 0.15), reported / taken
+    assert level[0] / taken[0] < 0.8, level / taken  # what it reported before
+
+    values = FeatureExtractor()
+    for m in range(2 * 1440):  # one sample a window: count 1, its value as the revenue
+        rnd = make_round(m * MIN, np.ones(1), rng)
+        feats = values.transform(rnd)
+        values.update(rnd, feats, np.ones(1, dtype=bool))
+    assert feats.expected["revenue"][0] == pytest.approx(feats.columns[0, kernels.T_EXPECTED_REV], rel=1e-3)
