@@ -228,6 +228,7 @@ class Demo:
             "lag": sum(v["lag"] for v in parts.values()),
             "generator_done": c.done,
             "metrics_url": self.metrics_url,
+            "phase": svc.phase if svc is not None else "starting",
         }
 
     def _draw(self, final: bool = False) -> None:
@@ -257,6 +258,8 @@ def render(s: dict[str, Any], width: int = 100) -> str:
         "",
         f"{bold}partition    warmed up  threshold   windows  lag{reset}",
     ]
+    if not s["partitions"]:  # nothing assigned yet: say what the service is doing meanwhile
+        lines.append(f"{dim}(the service is {s.get('phase', 'starting')}){reset}")
     for p, info in s["partitions"].items():
         # An infinite threshold is one still calibrating on its first scores: nothing can cross it.
         calibrated = math.isfinite(info["threshold"])

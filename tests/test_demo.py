@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -171,3 +172,13 @@ def test_the_view_says_which_partitions_still_calibrate_their_threshold() -> Non
     assert rows == {0: ["warming", "-", "10", "5"], 1: ["calibrating", "-", "200", "0"],
                     2: ["yes", "39.8", "3,000", "0"]}
     assert "inf" not in text
+
+
+def test_the_view_says_what_the_service_does_before_it_holds_a_partition() -> None:
+    """A first run compiles the detector's kernels for half a minute before it joins the group:
+    the view says so instead of showing nothing consumed and no partition without a word."""
+    compiling = _rendered(consumed=0, phase="compiling the detector's kernels (cached after the first run)")
+    assert "(the service is compiling the detector's kernels" in compiling
+    running = _rendered(partitions={0: {"warmed_up": False, "threshold": math.inf, "windows": 0, "lag": 0}},
+                        phase="consuming")
+    assert "the service is" not in running and "warming" in running

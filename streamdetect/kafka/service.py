@@ -141,6 +141,9 @@ class Service:
         self.exactly_once = self.kcfg.processing == "exactly_once"
         self.parts: dict[TP, PartitionState] = {}
         self.totals = ServiceTotals()
+        # What the service is doing before it reads (for a view: a first run compiles its kernels
+        # for half a minute, then the consumer group's join takes seconds more).
+        self.phase = "starting"
         self._stash: list[Message] = []
         self._stop = threading.Event()
         self._stop_hard = threading.Event()
@@ -212,7 +215,9 @@ class Service:
                 self.producer.init_transactions()
                 self._begin()
             # Before joining the group: compiling the kernels afresh takes seconds.
+            self.phase = "compiling the detector's kernels (cached after the first run)"
             log.info("kernels ready", extra={"seconds": round(compile_kernels(), 3)})
+            self.phase = "joining the consumer group"
             self._consumer = Consumer(cconf)
             self.consumer.subscribe(list(k.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                     on_lost=self._on_lost)
@@ -616,6 +621,7 @@ class Service:
         return out
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.phase = "consuming"
         keys = [(tp.topic, tp.partition) for tp in partitions]
         states = self._restore(keys) if keys else {}
         self.parts.update(states)
