@@ -79,8 +79,9 @@ from streamdetect.windows import SKETCH_BITS
     T_SILENT_EXPECTED,
     T_SILENCE_LOG_P,
     T_EMPTY_RUN,
+    T_POISSON_SHARE,
     T_COLUMNS,
-) = range(55)
+) = range(56)
 
 # The baselines the kernels read and write, in the order of their parameters.
 STATE_ORDER: tuple[str, ...] = (
@@ -243,6 +244,18 @@ def dispersion_index(clump_a: float, clump_b: float) -> float:
     prior of ``CLUMP_PRIOR_SALES`` sales that come one by one: about 1 for Poisson sales, about 0
     for a series of one sample a window."""
     return (clump_a + CLUMP_PRIOR_SALES) / (clump_b + CLUMP_PRIOR_SALES)
+
+
+@_compiled
+def poisson_share(clump_a: float, clump_b: float, clump: float) -> float:
+    """How Poisson the key's counts are in clumps of ``clump``: its Var(c) / E(c) (see
+    :func:`dispersion_index`) over ``clump``, at most 1; 0 for a series of one sample a window,
+    whose count has no Jensen gap to correct.
+
+    >>> poisson_share(0.0, 0.0, 1.0), round(poisson_share(0.0, 1e6, 1.0), 6)
+    (1.0, 2e-05)
+    """
+    return min(dispersion_index(clump_a, clump_b) / clump, 1.0)
 
 
 @_compiled
@@ -776,6 +789,7 @@ def transform_round(
         o[T_TREND_LOG_RATIO] = math.log((t_c + 0.5) / tr_e)
         o[T_TREND_POISSON_VAR] = (t_e2 + 0.25) / (tr_e * tr_e) * clump
         o[T_CLUMP] = clump
+        o[T_POISSON_SHARE] = poisson_share(clump_a[key], clump_b[key], clump)
         phi = max(tr_phi[key], PHI_FLOOR) if tr_phi_n[key] > 0 else PHI_PRIOR
         # Until the key's hour of week is known, the day-of-week effect is unknown too: today's
         # factor, of which the level has learned a share since the day began.
@@ -1012,9 +1026,8 @@ def update_round(
         half = 0.5 * f[T_CLUMP]
         half_rev = 2.0 * half  # revenue is smoothed by a clump of unit tickets
         step = level_rate * weight
-        # How Poisson the key's counts are in clumps: Var(c) / E(c) over D, 0 for a series of one
-        # sample a window, whose count has no Jensen gap to correct.
-        poisson = min(dispersion_index(clump_a[key], clump_b[key]) / f[T_CLUMP], 1.0)
+        # How Poisson the key's counts are, with this window's pair counted in.
+        poisson = poisson_share(clump_a[key], clump_b[key], f[T_CLUMP])
         if mature:
             # The share of the level learned today: what is known of today's day-of-week factor.
             day_learned[key] = 1.0 - (1.0 - _learned_today(level_day, day_learned, key, hour[i])) * (1.0 - step)

@@ -792,7 +792,7 @@ class FeatureExtractor:
             return np.exp(dsr_base) * (c + 1.0) - 1.0 if self._ratios else rnd.distinct_skus
 
         def expected() -> dict[str, np.ndarray]:  # only alerts need these: computed on demand
-            revenue = expected_revenue(cols, expected_rev, self._poisson_share(k, clump))
+            revenue = expected_revenue(cols, expected_rev, cols[:, kernels.T_POISSON_SHARE])
             # The context's and the trend's sums carry the same bias as the window's expectation.
             bias = np.divide(revenue, expected_rev, out=np.ones(n), where=expected_rev > 0.0)
             return {
@@ -849,14 +849,6 @@ class FeatureExtractor:
             rows = zones == zone
             out[rows] = self.clocks[zone].local_ms(start_ms[rows])
         return out
-
-    def _poisson_share(self, key_ids: np.ndarray, clump: np.ndarray) -> np.ndarray:
-        """How Poisson each key's counts are in clumps (as its level learns them): 1 for sales, 0
-        for a series of one sample a window."""
-        a = self._arrays
-        # The kernel's Python function: the arithmetic holds for arrays as it does for numbers.
-        dispersion_index = getattr(kernels.dispersion_index, "py_func", kernels.dispersion_index)
-        return np.minimum(dispersion_index(a["clump_a"][key_ids], a["clump_b"][key_ids]) / clump, 1.0)
 
     def _round_local_ms(self, rnd: ClosedRound, zones: np.ndarray | None) -> np.ndarray:
         if zones is None or len(self.clocks) == 1:  # one clock: the round's one start, shifted once
