@@ -501,6 +501,9 @@ class SPOT:
         self.n_fits_ = 0
         self._limits = _Limits()
         self._since_fit = 0
+        # Calibration scores still in the window, and the normal scores learned since.
+        self._provisional = 0
+        self._since_calibration = 0
 
     @property
     def is_calibrated(self) -> bool:
@@ -539,9 +542,34 @@ class SPOT:
         # A refit sorts nothing (the window keeps a sorted copy) but passes logarithms over its
         # peaks some fifty times: it waits for new scores worth 1/16 of the window.
         self._since_fit += len(normal)
+        if self._provisional:
+            self._since_calibration += len(normal)
+            if self._since_calibration >= self._provisional and self._drop_calibration():
+                return
         if self._since_fit >= self.recent_.n / _REFIT_FRACTION:
             start = (self.gamma_, self.sigma_) if self.n_peaks_ else None
             self._fit(self.recent_.recent(), self._limits.runs, self.recent_.sorted(), start)
+
+    def _drop_calibration(self) -> bool:
+        """Let the calibration's scores go once as many have been learned since, and refit;
+        whether any were still in the window.
+
+        They were scored by the mixture as its warm-up fitted it, before any stepwise update:
+        the heaviest tail the model will have (a short series' first day of scores held a 2-key
+        count series' threshold at 41-50 for a week where its later scores alone put it near
+        30). The first alerts still need a calibrated threshold, so the sample serves until then.
+        """
+        overwritten = max(self._provisional + self._since_calibration - self.recent_.size, 0)
+        held = max(self._provisional - overwritten, 0)
+        self._provisional = 0
+        if not held:
+            return False
+        kept = self.recent_.recent()[held:]
+        self.recent_ = _ScoreWindow(self.recent_.size)
+        self.recent_.push(kept)
+        self._limits.push(self.z_, 0, self.recent_.n)
+        self._fit(self.recent_.recent(), self._limits.runs, self.recent_.sorted(), None)
+        return True
 
     def _calibrate(self, x: np.ndarray) -> None:
         x = x[np.isfinite(x)]
@@ -569,6 +597,8 @@ class SPOT:
         self.recent_.push(x)
         self._limits = _Limits()
         self._limits.push(limit, len(x), self.recent_.n)
+        self._provisional = len(x)
+        self._since_calibration = 0
 
     def _fit(self, x: np.ndarray, runs: list[list[float]], s: np.ndarray, start: tuple[float, float] | None) -> None:
         """The peaks threshold, the tail fit and z_q from normal scores ``x`` (oldest first), kept
@@ -661,6 +691,8 @@ class SPOT:
             "n_fits": self.n_fits_,
             "limits": self._limits.to_state(),
             "since_fit": self._since_fit,
+            "provisional": self._provisional,
+            "since_calibration": self._since_calibration,
         }
 
     def _load(self, state: Mapping[str, Any]) -> None:
@@ -682,6 +714,9 @@ class SPOT:
         self.sigma_ = float(state["sigma"])
         self.z_ = math.inf if state["z"] is None else float(state["z"])
         self._since_fit = int(state["since_fit"])
+        # A state saved before the calibration sample was provisional keeps it.
+        self._provisional = int(state.get("provisional", 0))
+        self._since_calibration = int(state.get("since_calibration", 0))
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> SPOT:

@@ -348,6 +348,27 @@ def test_spot_follows_a_score_distribution_that_moves_after_calibration(shift, s
     assert abs(spot.n_peaks_ / spot.n_ - 0.02) < 0.002  # the peaks are the window's top 2 %
 
 
+def test_the_calibration_scores_leave_the_window_once_as_many_are_learned_since():
+    """The calibration's scores come from the mixture as its warm-up fitted it, before any
+    stepwise update: the heaviest tail the model will have. Kept in a window of 50,000, a short
+    series' first day of them set its threshold for weeks (a two-store count series of 5-minute
+    windows: a two-hour drop to a third went unflagged in 4 of 20 draws, where 0-1 of 20 once
+    they leave). They serve until as many scores have been learned since, then leave: here a
+    calibration of Exp(3) scores, then settled Exp(1) ones, whose 1e-3 quantile is 6.9."""
+    rng = np.random.default_rng(6)
+    spot = SPOT(risk=1e-3, n_init=1000, window=50000)
+    spot.learn(rng.exponential(3.0, 1000))
+    assert 14.0 < spot.threshold < 30.0  # 3 ln(1000) = 20.7
+    for _ in range(9):
+        spot.learn(rng.exponential(1.0, 100))
+    assert spot.threshold > 12.0  # 900 since: the calibration still serves
+    clone = SPOT.from_state(orjson.loads(orjson.dumps(spot.to_state())))
+    batch = rng.exponential(1.0, 100)
+    spot.learn(batch)
+    clone.learn(batch)
+    assert 5.0 < spot.threshold < 9.5, spot.threshold
+    assert clone.threshold == spot.threshold and spot.recent_.n == 1000
+
 def test_a_truncated_sample_is_fitted_as_one():
     # Excesses of Exp(scale 2) seen only below 3, in two stretches with different limits.
     rng = np.random.default_rng(6)
