@@ -135,6 +135,13 @@ RECUR_MAX_HOP_MS = 900_000
 # Between-window variance of a per-sale mean (tickets, basket sizes): a prior of no extra
 # variance worth this many windows of evidence.
 TAU_PRIOR_WINDOWS = 5.0
+# What a window's tickets are (the kernels' `tickets`): single sales, whose spread within a
+# window and what they share can be seen; rows of one sample each (a value series); rows of
+# several sales at their mean ticket (a count series).
+TICKETS_SINGLE, TICKETS_SAMPLES, TICKETS_ROWS = 0, 1, 2
+# An aggregated series' per-sale variance (see `_row_variance`): a prior of the moments' variance
+# worth this many rows.
+ROW_PRIOR = 5.0
 # Intra-window correlation of new SKUs (a beta-binomial's rho): a prior of none, worth this many
 # extra sales.
 SHARE_RHO_PRIOR = 20.0
@@ -229,6 +236,30 @@ def _mean_variance(per_sale_var: float, between_var: float, n: float) -> float:
     """
     n_safe = max(n, 1.0)
     return per_sale_var / n_safe + between_var * (1.0 - 1.0 / n_safe)
+
+
+@_compiled
+def _row_variance(row_sum: float, row_weight: float, moments_var: float) -> float:
+    """The per-sale variance of an aggregated series, whose row of ``c`` sales carries their mean
+    only: the mean of ``c (m - mu)^2`` over its rows (each has expectation ``v`` whatever ``c``),
+    with a prior of the moments' variance worth ``ROW_PRIOR`` rows.
+
+    The moments (:func:`_moments`) see a row as ``c`` sales of one ticket, so for them the sales
+    vary as much as the rows' means do, about ``v / c``: a series of 6 orders a row read its
+    per-sale variance as a sixth of what it is, and every row's mean ticket 2.4 times as far out
+    as it lies.
+
+    >>> round(_row_variance(4 * 0.25, 4.0, 0.04), 3), round(_row_variance(400 * 0.25, 400.0, 0.04), 3)
+    (0.133, 0.247)
+    """
+    return max((row_sum + ROW_PRIOR * moments_var) / (row_weight + ROW_PRIOR), SIGMA_FLOOR * SIGMA_FLOOR)
+
+
+@_compiled
+def _learn_rows(row_sum, row_weight, key, decay, seen, dev, c):
+    """What :func:`_row_variance` reads: a row's ``c dev^2``, exponentially weighted like the moments."""
+    row_sum[key] = row_sum[key] * decay + (c * dev * dev if seen else 0.0)
+    row_weight[key] = row_weight[key] * decay + (1.0 if seen else 0.0)
 
 
 @_compiled
@@ -632,7 +663,7 @@ def zero_log_p(mean, phi):
 def transform_round(
     keys, start_ms, hop_ms, hour, how, quarter,
     count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
-    min_bucket, trend_decay, level_rate, between_tickets, basket, new_skus, scan, overlap,
+    min_bucket, trend_decay, level_rate, tickets, basket, new_skus, scan, overlap,
     how_count, how_rev, how_n, hod_count, hod_rev, hod_n, qod_count, qod_n,
     level, level_rev, level_how, level_rev_how, how_hour, how_hour_n,
     recent_count, recent_rev, recent_n,
@@ -700,9 +731,13 @@ def transform_round(
         # exponentially weighted over a day), allowing for what a window's sales share.
         c_safe = max(c, 1.0)
         has_tickets, mu, var = _moments(tk_w[key], tk_s1[key], tk_s2[key])
+        if tickets == TICKETS_ROWS:
+            # Rows of several sales: their means are all there is (`_row_variance`; the state
+            # that holds what single sales share holds them).
+            var = _row_variance(tk_tau_a[key], tk_tau_b[key], var)
         sigma = math.sqrt(var)
         sale_var = sigma * sigma
-        tau2 = _between_variance(tk_tau_a[key], tk_tau_b[key]) if between_tickets else 0.0
+        tau2 = _between_variance(tk_tau_a[key], tk_tau_b[key]) if tickets == TICKETS_SINGLE else 0.0
         o[T_HAS_TICKETS] = has_tickets
         o[T_MU] = mu
         o[T_SIGMA] = sigma
@@ -856,7 +891,7 @@ def update_round(
     count, revenue, units, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum, distinct_skus,
     feats, learn, new_normal,
     season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, min_bucket,
-    between_tickets, basket, new_skus, ratios,
+    tickets, basket, new_skus, ratios,
     how_count, how_rev, how_n, hod_count, hod_rev, hod_n, qod_count, qod_n,
     level, level_rev, level_how, level_rev_how, how_hour, how_hour_n,
     recent_count, recent_rev, recent_n,
@@ -1051,9 +1086,11 @@ def update_round(
         recent_rev[key] += rate * (r - recent_rev[key])
 
         _learn_moments(tk_w, tk_s1, tk_s2, key, d, c, log_ticket_sum[i], log_ticket_sq_sum[i])
-        if between_tickets:
+        if tickets == TICKETS_SINGLE:
             seen = f[T_TICKET_SEEN] != 0.0 and c >= 2
             _learn_shared(tk_tau_a, tk_tau_b, key, d, seen, f[T_TICKET_DEV], f[T_TICKET_SALE_VAR], c)
+        elif tickets == TICKETS_ROWS:
+            _learn_rows(tk_tau_a, tk_tau_b, key, d, f[T_TICKET_SEEN] != 0.0, f[T_TICKET_DEV], c)
         if basket:
             _learn_moments(uq_w, uq_s1, uq_s2, key, d, c, log_units_sum[i], log_units_sq_sum[i])
             seen = f[T_UNITS_SEEN] != 0.0 and c >= 2

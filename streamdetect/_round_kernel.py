@@ -90,7 +90,7 @@ def score_round(
     the mature rows and their vectors returned, the rest empty; the per-key flag and episode
     counters are then neither read nor written.
     """
-    (hop_ms, min_bucket, trend_decay, between_tickets, basket, new_skus, scan,
+    (hop_ms, min_bucket, trend_decay, tickets, basket, new_skus, scan,
      season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, ratios, overlap) = params  # fmt: skip
     n = len(keys)
     capacity = min(len(state[0]), len(since_flag)) if scoring else len(state[0])
@@ -100,7 +100,7 @@ def score_round(
     cols = transform_round(
         keys, start_ms, hop_ms, hour, how, quarter,
         count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
-        min_bucket, trend_decay, level_rate, between_tickets, basket, new_skus, scan, overlap, *state,
+        min_bucket, trend_decay, level_rate, tickets, basket, new_skus, scan, overlap, *state,
     )  # fmt: skip
     values = values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, price_dev, max_z)
     if values is None:
@@ -157,7 +157,7 @@ def score_round(
         count, revenue, units, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum, distinct_skus,
         cols, learn, new_normal,
         season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, min_bucket,
-        between_tickets, basket, new_skus, ratios, *state,
+        tickets, basket, new_skus, ratios, *state,
     )  # fmt: skip
     out_values = np.empty((n_mature, d))
     for m in range(n_mature):

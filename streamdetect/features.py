@@ -489,8 +489,13 @@ class FeatureExtractor:
         # An aggregated series lacks what single sales carry: those features are left out.
         self.names: tuple[str, ...] = tuple(f for f in self.config.features if f not in unavailable)
         # In an aggregated series a row's sales all carry its mean ticket: the spread of tickets
-        # within a window, and so what a window's sales share, cannot be seen there.
-        self._single_sales = not (PER_EVENT_FEATURES & unavailable)
+        # within a window, and so what a window's sales share, cannot be seen there; a value
+        # series' row is one sample, a count series' several sales.
+        self._tickets = (
+            kernels.TICKETS_SINGLE if not PER_EVENT_FEATURES & unavailable
+            else kernels.TICKETS_SAMPLES if unavailable >= PER_SALE_FEATURES
+            else kernels.TICKETS_ROWS
+        )
         # Baselines only the configured features need (each costs a few array passes per round).
         self._basket_z = "units_per_event_z" in self.names
         self._new_skus_z = "distinct_skus_z" in self.names
@@ -642,7 +647,7 @@ class FeatureExtractor:
     def kernel_params(self) -> tuple[Any, ...]:
         """What the kernels take besides a round and the state (``_round_kernel.score_round``'s ``params``)."""
         return (
-            self.windows.hop_ms, self._min_bucket, self._trend_decay, self._single_sales, self._basket_z,
+            self.windows.hop_ms, self._min_bucket, self._trend_decay, self._tickets, self._basket_z,
             self._new_skus_z, self._scan, self._season_rate, self._level_rate, self._ticket_decay,
             self._phi_rate, float(self.config.freeze_z), self._freeze_limit, self._ratios, self._overlap,
         )  # fmt: skip
@@ -687,7 +692,7 @@ class FeatureExtractor:
         cols = kernels.transform_round(
             k, rnd.start_ms, self.windows.hop_ms, hour, how, quarter,
             c, r, rnd.log_ticket_sum, rnd.log_units_sum, rnd.distinct_skus,
-            self._min_bucket, self._trend_decay, self._level_rate, self._single_sales, self._basket_z,
+            self._min_bucket, self._trend_decay, self._level_rate, self._tickets, self._basket_z,
             self._new_skus_z, self._scan, self._overlap, *self._state,
         )  # fmt: skip
         mature, recent_ok = cols[:, kernels.T_MATURE] != 0.0, cols[:, kernels.T_RECENT_OK] != 0.0
@@ -895,7 +900,7 @@ class FeatureExtractor:
             feats.columns, learn, new_normal if new_normal is not None else np.zeros(len(learn), dtype=bool),
             self._season_rate, self._level_rate, self._ticket_decay, self._phi_rate,
             float(self.config.freeze_z), self._freeze_limit, self._min_bucket,
-            self._single_sales, self._basket_z, self._new_skus_z, self._ratios, *self._state,
+            self._tickets, self._basket_z, self._new_skus_z, self._ratios, *self._state,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ state

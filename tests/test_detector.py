@@ -453,6 +453,32 @@ def test_a_count_series_models_counts_and_their_revenue():
     assert a["tk_w"][0] == pytest.approx(7 * det.features._ticket_decay + 5)
 
 
+def test_a_count_series_judges_a_rows_mean_ticket_by_the_spread_of_single_sales():
+    """A row of a count series is ``c`` sales at their mean ticket: their spread one by one is not
+    in it. Taken as ``c`` sales of one ticket, a series of 1-20 orders a row (10.5 on average) read
+    its per-sale variance as the rows' means vary, about a tenth of the tickets', and every row's
+    mean ticket 3.3 times as far out as it lies (the root mean square of the feature was 3.32 on
+    rows of 1-3 orders, 3.27 on rows of 12 or more); learned from the rows, ``c (m - mu)^2`` each,
+    it is 0.99 and 0.96."""
+    rng = np.random.default_rng(3)
+    t0, step, n = 1_767_225_600_000, 300_000, 6 * 288
+    rate = 10.5 + 9.5 * np.sin(2 * np.pi * np.arange(n) / 288)
+    orders = rng.poisson(rate)
+    rows = [{"timestamp": t0 + i * step, "orders": int(k), "revenue": float(rng.gamma(4.0, 5.0, k).sum()),
+             "store_id": "s"} for i, k in enumerate(orders)]
+    cfg = {"events": {"time_field": "timestamp", "count_field": "orders", "value_field": "revenue"},
+           "windows": {"size": 300, "allowed_lateness": 0}}
+    det = Detector(from_mapping(DetectorConfig, cfg))
+    parts = [det.process_records(rows).scored, det.flush().scored]
+    start = np.concatenate([p.start_ms for p in parts])
+    z = np.concatenate([p.features[:, p.feature_names.index("mean_ticket_z")] for p in parts])
+    c = orders[(start - t0) // step]
+    late = start >= t0 + 3 * 288 * step
+    for few in (c[late] <= 3, c[late] >= 12):
+        sd = float(np.sqrt(np.mean(z[late][few & (c[late] > 0)] ** 2)))
+        assert 0.75 < sd < 1.3, sd
+
+
 def test_a_series_of_small_values_is_judged_as_the_same_series_in_larger_units():
     """Latencies in seconds (0.05-0.15) and the same latencies in milliseconds: the value features
     work on log1p, which would flatten the seconds into noise, so a series whose first sample is
