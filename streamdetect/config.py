@@ -292,7 +292,8 @@ class FeatureConfig:
     four hours of 1-minute windows by default, so that a quiet key's change that lasts an
     afternoon gathers the evidence it needs (the longest sets the ring each key keeps, 16 bytes a
     window).
-    While a key's ``count_scan_z`` is beyond ``freeze_z`` its baselines do not learn (a drop or a
+    While a key's ``count_scan_z`` (for its baselines: the same evidence read with a Poisson
+    count's tails, ``_feature_kernels.rate_z``) is beyond ``freeze_z`` its baselines do not learn (a drop or a
     level shift would otherwise be absorbed before it is evidence enough), for at most
     ``freeze_limit`` seconds or until the key has been flagged for long (a new normal), and
     neither the mixture nor the threshold learns its windows. A window whose mean ticket is beyond

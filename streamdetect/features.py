@@ -102,10 +102,16 @@ close together) in one compiled loop over its rows (:mod:`streamdetect._feature_
 baselines are a recurrence over its windows, and as numpy expressions a round of a few keys was
 some 250 small-array operations); baselines are updated afterwards, and only from windows the caller
 says to learn from (anomalies do not become the new normal). They learn robustly: a window weighs
-``1 / (1 + (z / 2.385)^2)`` by its ``count_scan_z`` z (Cauchy's weight at its usual tuning,
+``1 / (1 + (z / 2.385)^2)`` by the scan's z (Cauchy's weight at its usual tuning,
 ``robust_weight``), and while ``|z| >= freeze_z`` not at all, so that a
 change still building up its evidence is not absorbed; after ``freeze_limit``, or once the
 caller says the key has been flagged for long (``new_normal``), they follow it at full weight.
+Both read the scan's evidence with a Poisson count's tails (``rate_z``: a log ratio whose
+Poisson part is taken on Anscombe's symmetrising 2/3 power), not ``count_scan_z``'s log ratio,
+whose long lower tail at small counts kept a quiet key's lulls out of its baselines more than its
+busy spells and put its expected count 13-14 % above its rate; and the freeze's clock restarts
+only once that z has fallen under half of ``freeze_z`` (a drop to a tenth that dipped under it
+now and then was never learned as the new normal).
 The seasonal buckets keep a running mean of revenue, which one price glitch would own for weeks: a
 window whose mean ticket deviates beyond ``freeze_z`` teaches them its count at the hour's usual
 revenue per sale (a 38-minute glitch of prices x100 in a store's first week had its hour of the
@@ -470,7 +476,7 @@ class FeatureExtractor:
     ...     r = rnd(m * 60_000, 5.0); f = fx.transform(r); fx.update(r, f, np.array([True]))
     >>> f = fx.transform(rnd(30 * 60_000, 0.0))
     >>> bool(f.mature[0]), round(float(f.values[0, 0]), 2)  # (its first week: today's factor half known)
-    (True, -2.77)
+    (True, -2.75)
     """
 
     def __init__(
