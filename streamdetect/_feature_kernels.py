@@ -222,9 +222,17 @@ def rate_z(count: float, expected: float, phi: float) -> float:
     """
     poisson_var = 1.0 / expected
     ratio = count / expected
+    return _symmetric_z(ratio, math.log(ratio), poisson_var, phi, math.sqrt(poisson_var + phi))
+
+
+@_compiled
+def _symmetric_z(ratio: float, log_ratio: float, poisson_var: float, phi: float, sd: float) -> float:
+    """:func:`rate_z` from what the scan has computed for the log ratio's z already (``log_ratio``
+    over ``sd = sqrt(poisson_var + phi)``), so that its loop over horizons takes no second
+    logarithm or square root."""
     share = poisson_var / (poisson_var + phi)
     symmetric = 1.5 * (ratio ** (2.0 / 3.0) - 1.0)
-    return (share * symmetric + (1.0 - share) * math.log(ratio)) / math.sqrt(poisson_var + phi)
+    return (share * symmetric + (1.0 - share) * log_ratio) / sd
 
 
 @_compiled
@@ -891,11 +899,15 @@ def transform_round(
             full = seen_n > lag
             sum_c = tot_c - (scan_ring_c[key, slot] if full else 0.0)
             sum_e = max(tot_e - (scan_ring_e[key, slot] if full else 0.0), 0.0) + half
-            z = math.log((max(sum_c, 0.0) + half) / sum_e) / math.sqrt(clump / sum_e + phi)
+            ratio = (max(sum_c, 0.0) + half) / sum_e
+            log_ratio = math.log(ratio)
+            poisson_var = clump / sum_e
+            sd = math.sqrt(poisson_var + phi)
+            z = log_ratio / sd
             if j == 0 or abs(z) > abs(best_z):
                 best_z, best_c, best_e = z, sum_c, sum_e
             # What the baselines learn by: the same evidence with a Poisson count's tails.
-            z_sym = rate_z((max(sum_c, 0.0) + half) / clump, sum_e / clump, phi)
+            z_sym = _symmetric_z(ratio, log_ratio, poisson_var, phi, sd)
             if j == 0 or abs(z_sym) > abs(learn_z):
                 learn_z = z_sym
         silent = 0

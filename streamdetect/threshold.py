@@ -567,7 +567,7 @@ class SPOT:
         kept = self.recent_.recent()[held:]
         self.recent_ = _ScoreWindow(self.recent_.size)
         self.recent_.push(kept)
-        self._limits.push(self.z_, 0, self.recent_.n)
+        self._limits.push(self.z_, 0, self.recent_.n)  # pushing nothing trims the runs to the window
         self._fit(self.recent_.recent(), self._limits.runs, self.recent_.sorted(), None)
         return True
 

@@ -369,6 +369,7 @@ def test_the_calibration_scores_leave_the_window_once_as_many_are_learned_since(
     assert 5.0 < spot.threshold < 9.5, spot.threshold
     assert clone.threshold == spot.threshold and spot.recent_.n == 1000
 
+
 def test_a_truncated_sample_is_fitted_as_one():
     # Excesses of Exp(scale 2) seen only below 3, in two stretches with different limits.
     rng = np.random.default_rng(6)
