@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from streamdetect._gpd_kernels import truncated_log_likelihood
 from streamdetect._round_kernel import NEEDS_NUMPY, STEP_DUE, score_rounds
 from streamdetect.alerts import (
     REFERENCES,
@@ -396,9 +397,9 @@ def _mean_sample(rounds: ClosedRounds) -> ClosedRounds:
 
 def compile_kernels() -> float:
     """Compile (or load from numba's cache) the events', the windows', the features', the
-    mixture's and the detector's kernels; the seconds it took. A service calls it before joining
-    its consumer group: compiling afresh takes seconds, which inside the first batch could outlast
-    the group's ``max.poll.interval.ms``.
+    mixture's, the threshold's and the detector's kernels; the seconds it took. A service calls it
+    before joining its consumer group: compiling afresh takes seconds, which inside the first batch
+    could outlast the group's ``max.poll.interval.ms``.
 
     >>> compile_kernels() >= 0.0
     True
@@ -407,8 +408,8 @@ def compile_kernels() -> float:
     decode_events([b'{"ts": "2024-03-01T12:00:00.000Z", "store_id": "k", "amount": 1}'], EventSchema())
     StepwiseGMM(n_components=1, n_init=1).fit(np.arange(20.0).reshape(10, 2) % 7)  # the batch EM's M-step
     compile_feature_kernels()
+    truncated_log_likelihood(one := np.ones(1), one, one, 0.0, 1.0)  # SPOT's tail refits
     windows = WindowAggregator()
-    one = np.ones(1)
     windows.add(np.zeros(1, dtype=np.int64), [("k",)], amount=one, quantity=one, sku_hash=np.zeros(1, dtype=np.uint64))
     list(windows.pop_closed(flush=True))
     Detector()._compile()

@@ -47,6 +47,7 @@ import numpy as np
 from river import stats as river_stats
 from scipy.optimize import brentq, minimize, minimize_scalar
 
+from streamdetect._gpd_kernels import truncated_log_likelihood
 from streamdetect.config import ConfigError, ThresholdConfig
 
 STATE_VERSION = 2  # 2: SPOT's peaks come from its window of recent scores (1 is still read)
@@ -245,16 +246,6 @@ def _log_kept(limits: np.ndarray, gamma: float, sigma: float) -> np.ndarray:
         return np.asarray(np.log(-np.expm1(_gpd_log_survival(limits, gamma, sigma))))
 
 
-def _truncated_log_likelihood(
-    y: np.ndarray, limits: np.ndarray, counts: np.ndarray, gamma: float, sigma: float
-) -> float:
-    """Log-likelihood of excesses ``y`` of which ``counts[i]`` could only be seen up to ``limits[i]``."""
-    ll = _gpd_log_likelihood(y, gamma, sigma)
-    if not math.isfinite(ll):
-        return -math.inf
-    return ll - float(counts @ _log_kept(limits, gamma, sigma))
-
-
 def fit_truncated_gpd(
     excesses: np.ndarray, limits: float | np.ndarray, start: tuple[float, float] | None = None
 ) -> tuple[float, float]:
@@ -291,11 +282,11 @@ def fit_truncated_gpd(
     precision = 1.0 / (2.0 * _SHAPE_PRIOR_SD**2)
 
     def cost(theta: np.ndarray) -> float:
-        ll = _truncated_log_likelihood(y, u, counts, float(theta[0]), math.exp(theta[1]))
+        ll = truncated_log_likelihood(y, u, counts, float(theta[0]), math.exp(theta[1]))
         return math.inf if not math.isfinite(ll) else -(ll - precision * float(theta[0]) ** 2)
 
     def cost_exponential(log_sigma: float) -> float:
-        ll = _truncated_log_likelihood(y, u, counts, 0.0, math.exp(log_sigma))
+        ll = truncated_log_likelihood(y, u, counts, 0.0, math.exp(log_sigma))
         return math.inf if not math.isfinite(ll) else -ll
 
     log_mean = math.log(float(y.mean()))
@@ -311,7 +302,7 @@ def fit_truncated_gpd(
             cost, x0, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-5, "initial_simplex": simplex}
         )
     gamma, log_sigma = float(shaped.x[0]), float(shaped.x[1])
-    gain = _truncated_log_likelihood(y, u, counts, gamma, math.exp(log_sigma)) + float(exponential.fun)
+    gain = truncated_log_likelihood(y, u, counts, gamma, math.exp(log_sigma)) + float(exponential.fun)
     if not 2.0 * gain >= _LR_CRITICAL:
         return 0.0, math.exp(float(exponential.x))
     return gamma, math.exp(log_sigma)

@@ -382,6 +382,34 @@ def test_a_truncated_sample_is_fitted_as_one():
     assert naive_gamma < -0.2  # read as complete, the same sample looks bounded
 
 
+def test_the_compiled_truncated_likelihood_is_scipys_generalised_pareto():
+    # The kernel against scipy's GPD density and distribution function, shapes either side of 0
+    # (one within rounding of it), and the cases it answers -inf.
+    from scipy.stats import genpareto
+
+    from streamdetect._gpd_kernels import truncated_log_likelihood
+
+    rng = np.random.default_rng(3)
+    y = rng.exponential(1.5, 300)
+    limits = np.array([3.0, 4.5, 9.0])
+    counts = np.array([40.0, 7.0, 1.0])
+    for gamma in (-0.1, 0.0, 1e-13, 0.25, 0.8):
+        for sigma in (0.7, 2.0):
+            dist = genpareto(gamma, scale=sigma)
+            expected = dist.logpdf(y).sum() - counts @ dist.logcdf(limits)
+            got = truncated_log_likelihood(y, limits, counts, gamma, sigma)
+            assert got == pytest.approx(expected, rel=1e-10), (gamma, sigma)
+    # A bounded tail ending below the largest peak; a limit beyond its end keeps all of it.
+    assert truncated_log_likelihood(y, limits, counts, -0.5, 0.5 * y.max()) == -math.inf
+    end = 1.2 * y.max()
+    bounded = genpareto(-0.5, scale=0.5 * end)
+    far = np.array([3.0, 2.0 * end])
+    assert bounded.logcdf(far[1]) == 0.0
+    got = truncated_log_likelihood(y, far, counts[:2], -0.5, 0.5 * end)
+    assert got == pytest.approx(bounded.logpdf(y).sum() - counts[:2] @ bounded.logcdf(far), rel=1e-10)
+    assert truncated_log_likelihood(y, limits, counts, 0.1, 0.0) == -math.inf
+
+
 def test_a_version_1_spot_state_is_refitted_on_load():
     # Checkpoints written before the peaks came from the window (a fixed peaks threshold and a
     # buffer of its own peaks) still restore: the window is refitted.
