@@ -994,17 +994,17 @@ def saved_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def compile_kernels() -> float:
     """Compile (or load from numba's cache) the per-round kernels by running one round through a
-    throwaway extractor; the seconds it took. A service calls it before joining its consumer
-    group: compiling afresh takes seconds, which inside the first batch could outlast the
-    group's ``max.poll.interval.ms``.
+    throwaway extractor, and the per-SKU price references on one sale; the seconds it took. A
+    service calls it before joining its consumer group: compiling afresh takes seconds, which
+    inside the first batch could outlast the group's ``max.poll.interval.ms``.
 
     >>> compile_kernels() >= 0.0
     True
     """
     started = time.perf_counter()
     fx = FeatureExtractor(FeatureConfig(features=AVAILABLE_FEATURES), WindowConfig())
-    one = np.ones(1)
-    rnd = ClosedRound(0, fx.windows.size_ms, np.zeros(1, dtype=np.int64), one, one, one, one, one, one, one,
-                      np.zeros(1, dtype=np.int64), one, one)  # fmt: skip
+    one, zero = np.ones(1), np.zeros(1, dtype=np.int64)
+    rnd = ClosedRound(0, fx.windows.size_ms, zero, one, one, one, one, one, one, one, zero, one, one)
     fx.update(rnd, fx.transform(rnd), np.ones(1, dtype=bool), np.zeros(1, dtype=bool))
+    fx.price_deviations(zero, zero, np.ones(1, dtype=np.uint64), one, one)
     return time.perf_counter() - started

@@ -1040,3 +1040,63 @@ def test_the_alerts_stream_matches_its_published_schema():
     for broken in ({k: v for k, v in alert.items() if k != "alert_id"}, {**alert, "severity": "urgent"},
                    {**alert, "window_start": "2026-01-05 10:00"}, {**alert, "triggers": []}):
         assert not validator.is_valid(broken), broken
+
+
+_FIRST_BATCHES = '''
+import importlib, sys
+import numpy as np, orjson
+from numba.core.registry import CPUDispatcher
+from streamdetect import _jit
+from streamdetect.config import DetectorConfig, from_mapping
+from streamdetect.detector import Detector, compile_kernels
+from streamdetect.generate import GeneratorConfig, encode_event, generate
+
+def signatures():
+    out = {}
+    for name in _jit.KERNEL_SOURCES:
+        module = importlib.import_module("streamdetect." + name[:-3].replace("/", "."))
+        for attr, obj in vars(module).items():
+            if isinstance(obj, CPUDispatcher):
+                out[name + ":" + attr] = set(obj.signatures)
+    return out
+
+compile_kernels()
+before = signatures()
+small = {"model": {"warmup": 300, "n_init": 1}, "threshold": {"n_init": 200, "window": 1000}}
+events, _ = generate(GeneratorConfig(stores=3, days=1, seed=1, malformed_fraction=0.01))
+values = [encode_event(e) for e in events]
+t0 = 1_704_067_200_000
+returns = [orjson.dumps({"ts": t0 + 60_000 * i, "store_id": "r", "sku": "X", "quantity": -1, "unit_price": 2.5})
+           for i in range(5)]
+epoch = [orjson.dumps({"ts": t0 + 1000 * i, "store_id": "e", "amount": 3.0}) for i in range(5)]
+offsets = [orjson.dumps({"ts": "2024-01-01T01:00:00.000+01:00", "store_id": "o", "amount": 3.0})]
+sales = Detector(from_mapping(DetectorConfig, small))
+for i in range(0, len(values), 2000):
+    sales.process(values[i:i + 2000])
+sales.process(returns + epoch + offsets)
+sales.flush()
+rows = [{"timestamp": t0 + 3_600_000 * i, "value": 100.0 + i % 24, "store_id": "m"} for i in range(600)]
+value_series = Detector(from_mapping(DetectorConfig, {**small, "events": {"time_field": "timestamp",
+                                                                          "value_field": "value"},
+                                                       "windows": {"size": 3600}}))
+value_series.process_records(rows)
+value_series.flush()
+counts = Detector(from_mapping(DetectorConfig, {**small, "events": {"time_field": "timestamp",
+                                                                    "count_field": "value"}}))
+counts.process_records([{**r, "timestamp": t0 + 60_000 * i} for i, r in enumerate(rows)])
+counts.flush()
+after = signatures()
+print(sorted(k for k in after if after[k] - before.get(k, set())))
+'''
+
+
+def test_compile_kernels_covers_what_the_first_batches_run():
+    # A kernel left out of compile_kernels() compiles inside the service's first batch, which can
+    # outlast the group's max.poll.interval.ms (the per-SKU price references were, until
+    # 2026-12-03). Run in a fresh interpreter: kernels this process compiled would hide it.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _FIRST_BATCHES], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]", done.stdout
