@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zoneinfo
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -1043,8 +1045,8 @@ def test_the_alerts_stream_matches_its_published_schema():
 
 
 _FIRST_BATCHES = '''
-import importlib, sys
-import numpy as np, orjson
+import importlib
+import orjson
 from numba.core.registry import CPUDispatcher
 from streamdetect import _jit
 from streamdetect.config import DetectorConfig, from_mapping
@@ -1094,9 +1096,6 @@ def test_compile_kernels_covers_what_the_first_batches_run():
     # A kernel left out of compile_kernels() compiles inside the service's first batch, which can
     # outlast the group's max.poll.interval.ms (the per-SKU price references were, until
     # 2026-12-03). Run in a fresh interpreter: kernels this process compiled would hide it.
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-c", _FIRST_BATCHES], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "[]", done.stdout
