@@ -708,3 +708,32 @@ def test_keys_too_sparse_for_their_windows_are_reported_once(
     advice = [r.getMessage() for r in caplog.records if "too rarely" in r.getMessage()]
     assert len(advice) == 1, advice
     assert "windows.size" in advice[0] and "events.key_fields" in advice[0]
+
+
+def test_the_end_of_a_backlog_is_processed_and_committed_without_waiting_out_poll_timeout(
+    bootstrap: str, unique: str
+) -> None:
+    """3,000 events for batches of 2,000 and a `poll_timeout` of 8 s: the last 1,000 are already
+    fetched when the first batch is done, so they are processed at once (not after waiting 8 s for
+    a batch that cannot fill), and the commit follows at the next checkpoint (1 s), not at the end
+    of an idle wait."""
+    n = names(unique)
+    ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(n.input, 1)])
+    t0 = 1_767_571_200_000  # 2026-01-05
+    events = [(b"s1", orjson.dumps({"ts": t0 + 200 * i, "store_id": "s1", "amount": 20.0})) for i in range(3000)]
+    produce(bootstrap, n.input, events)
+    cfg = load_config(env={}, overrides={
+        "kafka": {"bootstrap_servers": bootstrap, "input_topics": [n.input], "alerts_topic": n.alerts,
+                  "dlq_topic": n.dlq, "state_topic": n.state, "group_id": n.group,
+                  **{**FAST, "max_poll_interval_ms": 20000}, "batch_size": 2000, "poll_timeout": 8.0},
+        "detector": DETECTOR, "metrics": {"enabled": False}})
+    svc = Running(cfg)
+    try:
+        wait_for(lambda: svc.service.totals.events > 0, "the first batch", alive=svc.alive, every=0.01)
+        first = time.monotonic()
+        wait_for(lambda: svc.committed() == {0: len(events)}, "all offsets committed", alive=svc.alive, every=0.01)
+        took = time.monotonic() - first
+    finally:
+        svc.stop()
+    assert svc.service.totals.events == len(events)
+    assert took < 4.0, f"the last {len(events) - 2000} events were committed {took:.1f} s after the first batch"

@@ -261,7 +261,12 @@ class Service:
         if self._stash:
             msgs, self._stash = self._stash, []
         else:
-            msgs = self.consumer.consume(num_messages=self.kcfg.batch_size, timeout=self.kcfg.poll_timeout)
+            # What is already fetched first, without waiting for a full batch: at the end of a
+            # backlog (or between two fetches) the last messages are processed, and their offsets
+            # committed, at once rather than after `poll_timeout`. Only an empty queue waits.
+            msgs = self.consumer.consume(num_messages=self.kcfg.batch_size, timeout=0)
+            if not msgs:
+                msgs = self.consumer.consume(num_messages=self.kcfg.batch_size, timeout=self._idle_wait())
         self.health.heartbeat()
         if msgs:
             self._process(msgs)
@@ -274,6 +279,14 @@ class Service:
             self._checkpoint()
         elif due:
             self._last_checkpoint = now
+
+    def _idle_wait(self) -> float:
+        """How long an empty consumer may wait for messages: ``poll_timeout``, but not past a
+        checkpoint that is due (the commit of work already done is not held back by an idle topic)."""
+        wait = self.kcfg.poll_timeout
+        if self._needs_checkpoint():
+            wait = min(wait, max(0.0, self._last_checkpoint + self.kcfg.checkpoint_interval - time.monotonic()))
+        return wait
 
     def _needs_checkpoint(self) -> bool:
         return any(ps.dirty or (ps.checkpointed is not None and ps.checkpointed != ps.committed)
