@@ -145,6 +145,7 @@ class Service:
         # for half a minute, then the consumer group's join takes seconds more).
         self.phase = "starting"
         self._stash: list[Message] = []
+        self._draining = False  # the last consume() filled its batch: more is likely fetched
         self._stop = threading.Event()
         self._stop_hard = threading.Event()
         self._paused = False
@@ -261,12 +262,16 @@ class Service:
         if self._stash:
             msgs, self._stash = self._stash, []
         else:
-            # What is already fetched first, without waiting for a full batch: at the end of a
-            # backlog (or between two fetches) the last messages are processed, and their offsets
-            # committed, at once rather than after `poll_timeout`. Only an empty queue waits.
-            msgs = self.consumer.consume(num_messages=self.kcfg.batch_size, timeout=0)
+            msgs = []
+            if self._draining:
+                # After a full batch, what is already fetched is taken without waiting for the
+                # batch to fill: the end of a backlog is processed, and committed, at once rather
+                # than after `poll_timeout`. A stream that is kept up with waits as before, so it
+                # is still read in a few batches a second.
+                msgs = self.consumer.consume(num_messages=self.kcfg.batch_size, timeout=0)
             if not msgs:
                 msgs = self.consumer.consume(num_messages=self.kcfg.batch_size, timeout=self._idle_wait())
+            self._draining = len(msgs) >= self.kcfg.batch_size
         self.health.heartbeat()
         if msgs:
             self._process(msgs)
