@@ -18,8 +18,8 @@ Usage::
     .venv/bin/python benchmarks/bench_e2e.py --days 28      # 1.8 M events: less of it is start-up
 
 The default run takes a few seconds, of which about a second is start-up and shut-down (each
-partition's warm-up fit, the last ``consume``'s linger, the last checkpoint's tick): a longer
-stream shows the steady rate (on 2026-12-01, 16 % of the ceiling over 7 days, 26 % over 28).
+partition's warm-up fit, the wait for the last checkpoint's tick): a longer stream shows the
+steady rate (on 2026-12-01, 16 % of the ceiling over 7 days, 26 % over 28).
 """
 
 from __future__ import annotations
