@@ -279,7 +279,7 @@ class Service:
             self._advance_idle()
         self.producer.poll(0)
         now = time.monotonic()
-        due = now - self._last_checkpoint >= self.kcfg.checkpoint_interval
+        due = self._until_checkpoint(now) <= 0.0
         if (due and self._needs_checkpoint()) or len(self.producer) >= self.kcfg.max_pending:
             self._checkpoint()
         elif due:
@@ -290,8 +290,12 @@ class Service:
         checkpoint that is due (the commit of work already done is not held back by an idle topic)."""
         wait = self.kcfg.poll_timeout
         if self._needs_checkpoint():
-            wait = min(wait, max(0.0, self._last_checkpoint + self.kcfg.checkpoint_interval - time.monotonic()))
+            wait = min(wait, max(0.0, self._until_checkpoint(time.monotonic())))
         return wait
+
+    def _until_checkpoint(self, now: float) -> float:
+        """Seconds from ``now`` to the next checkpoint tick (not above 0: it is due)."""
+        return self._last_checkpoint + self.kcfg.checkpoint_interval - now
 
     def _needs_checkpoint(self) -> bool:
         return any(ps.dirty or (ps.checkpointed is not None and ps.checkpointed != ps.committed)
