@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from streamdetect._gpd_kernels import truncated_log_likelihood
 from streamdetect._round_kernel import NEEDS_NUMPY, STEP_DUE, score_rounds
+from streamdetect._sorted_kernels import replace_sorted
 from streamdetect.alerts import (
     REFERENCES,
     SEVERITIES,
@@ -68,7 +68,7 @@ from streamdetect.features import (
 from streamdetect.features import compile_kernels as compile_feature_kernels
 from streamdetect.model import StepwiseGMM
 from streamdetect.scaling import RobustScaler
-from streamdetect.threshold import make_threshold, threshold_from_state
+from streamdetect.threshold import fit_truncated_gpd, make_threshold, threshold_from_state
 from streamdetect.windows import ClosedRound, ClosedRounds, WindowAggregator
 
 __all__ = ["Detector", "DetectorOutput", "DetectorStats", "ScoredWindows", "compile_kernels", "sparse_keys_advice"]
@@ -408,7 +408,9 @@ def compile_kernels() -> float:
     decode_events([b'{"ts": "2024-03-01T12:00:00.000Z", "store_id": "k", "amount": 1}'], EventSchema())
     StepwiseGMM(n_components=1, n_init=1).fit(np.arange(20.0).reshape(10, 2) % 7)  # the batch EM's M-step
     compile_feature_kernels()
-    truncated_log_likelihood(one := np.ones(1), one, one, 0.0, 1.0)  # SPOT's tail refits
+    fit_truncated_gpd(np.linspace(0.1, 1.0, 40), 2.0)  # SPOT's tail refits: their likelihood and searches
+    one = np.ones(1)
+    replace_sorted(one, one, one)  # SPOT's sorted window
     windows = WindowAggregator()
     windows.add(np.zeros(1, dtype=np.int64), [("k",)], amount=one, quantity=one, sku_hash=np.zeros(1, dtype=np.uint64))
     list(windows.pop_closed(flush=True))

@@ -45,9 +45,15 @@ from typing import Any, Protocol
 
 import numpy as np
 from river import stats as river_stats
-from scipy.optimize import brentq, minimize, minimize_scalar
+from scipy.optimize import brentq
 
-from streamdetect._gpd_kernels import truncated_log_likelihood
+from streamdetect._gpd_kernels import (
+    bounded_exponential_scale,
+    nelder_mead_shape_scale,
+    shape_scale_cost,
+    truncated_log_likelihood,
+)
+from streamdetect._sorted_kernels import replace_sorted
 from streamdetect.config import ConfigError, ThresholdConfig
 
 STATE_VERSION = 2  # 2: SPOT's peaks come from its window of recent scores (1 is still read)
@@ -280,31 +286,16 @@ def fit_truncated_gpd(
     u, counts = np.unique(c[finite], return_counts=True)
     counts = counts.astype(np.float64)
     precision = 1.0 / (2.0 * _SHAPE_PRIOR_SD**2)
-
-    def cost(theta: np.ndarray) -> float:
-        ll = truncated_log_likelihood(y, u, counts, float(theta[0]), math.exp(theta[1]))
-        return math.inf if not math.isfinite(ll) else -(ll - precision * float(theta[0]) ** 2)
-
-    def cost_exponential(log_sigma: float) -> float:
-        ll = truncated_log_likelihood(y, u, counts, 0.0, math.exp(log_sigma))
-        return math.inf if not math.isfinite(ll) else -ll
-
     log_mean = math.log(float(y.mean()))
-    exponential = minimize_scalar(cost_exponential, bounds=(log_mean - 5.0, log_mean + 10.0), method="bounded")
-    x0 = np.array([gamma, math.log(sigma)])
-    if not math.isfinite(cost(x0)):  # a previous fit whose bounded tail ends below a new peak
-        gamma, sigma = shrunk_gpd(y)
-        x0 = np.array([gamma, math.log(sigma)])
+    log_sigma_exp, cost_exp = bounded_exponential_scale(y, u, counts, log_mean - 5.0, log_mean + 10.0)
+    if not math.isfinite(shape_scale_cost(y, u, counts, precision, gamma, math.log(sigma))):
+        gamma, sigma = shrunk_gpd(y)  # a previous fit whose bounded tail ends below a new peak
     # Shape and log-scale to 1e-3 are far finer than the sampling error of a thousand peaks.
-    simplex = x0 + np.array([[0.0, 0.0], [0.02, 0.0], [0.0, 0.02]])
-    with np.errstate(invalid="ignore"):  # Nelder-Mead subtracts the infinite cost of a step out of bounds
-        shaped = minimize(
-            cost, x0, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-5, "initial_simplex": simplex}
-        )
-    gamma, log_sigma = float(shaped.x[0]), float(shaped.x[1])
-    gain = truncated_log_likelihood(y, u, counts, gamma, math.exp(log_sigma)) + float(exponential.fun)
+    simplex = np.array([gamma, math.log(sigma)]) + np.array([[0.0, 0.0], [0.02, 0.0], [0.0, 0.02]])
+    gamma, log_sigma, _ = nelder_mead_shape_scale(y, u, counts, precision, simplex, 1e-3, 1e-5)
+    gain = truncated_log_likelihood(y, u, counts, gamma, math.exp(log_sigma)) + cost_exp
     if not 2.0 * gain >= _LR_CRITICAL:
-        return 0.0, math.exp(float(exponential.x))
+        return 0.0, math.exp(log_sigma_exp)
     return gamma, math.exp(log_sigma)
 
 
@@ -356,21 +347,13 @@ class _ScoreWindow:
         self.n = min(self.n + m, self.size)
 
     def _resorted(self, x: np.ndarray) -> np.ndarray:
-        """The sorted copy after pushing ``x``: drop the scores it overwrites, insert it (O(size)
-        memory moves instead of a sort of the whole window per learning batch)."""
+        """The sorted copy after pushing ``x``: the scores it overwrites out, ``x`` in, in one
+        merging pass (not a sort of the whole window per learning batch)."""
         assert self._sorted is not None
-        kept = self._sorted
         overwritten = max(self.n + len(x) - self.size, 0)
-        if overwritten:
-            # The last `overwritten` slots x lands on held data (the first ones may be empty).
-            idx = (self.pos + len(x) - overwritten + np.arange(overwritten)) % self.size
-            gone = np.sort(self.values[idx])
-            # Equal scores each need their own position: offset by their rank among equals.
-            first = np.searchsorted(kept, gone, side="left")
-            rank = np.arange(overwritten) - np.searchsorted(gone, gone, side="left")
-            kept = np.delete(kept, first + rank)
-        new = np.sort(x)
-        return np.insert(kept, np.searchsorted(kept, new, side="left"), new)
+        # The last `overwritten` slots x lands on held data (the first ones may be empty).
+        idx = (self.pos + len(x) - overwritten + np.arange(overwritten)) % self.size
+        return replace_sorted(self._sorted, np.sort(self.values[idx]), np.sort(x))
 
     def recent(self) -> np.ndarray:
         """Oldest first."""

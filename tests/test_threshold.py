@@ -410,6 +410,55 @@ def test_the_compiled_truncated_likelihood_is_scipys_generalised_pareto():
     assert truncated_log_likelihood(y, limits, counts, 0.1, 0.0) == -math.inf
 
 
+def test_the_compiled_tail_searches_find_what_scipys_would_to_the_last_bit():
+    # The refit's two searches are scipy's Nelder-Mead and bounded Brent, step for step, compiled
+    # with the likelihood: on truncated samples of tails of every kind, from starts near and far,
+    # they must land on scipy's point and cost exactly (the refits, and so every threshold and
+    # alert, are then what they were with scipy).
+    from scipy.optimize import minimize, minimize_scalar
+
+    from streamdetect._gpd_kernels import bounded_exponential_scale, nelder_mead_shape_scale
+    from streamdetect._gpd_kernels import truncated_log_likelihood as loglik
+
+    rng = np.random.default_rng(11)
+    precision = 12.5
+    compared = 0
+    for _ in range(300):
+        gamma = float(rng.choice([-0.4, -0.1, 0.0, 0.1, 0.3, 0.8]))
+        y = gpd_sample(rng, gamma, float(rng.uniform(0.1, 5.0)), int(rng.integers(30, 1500)))
+        run_limits = np.quantile(y, rng.uniform(0.7, 0.999, int(rng.integers(1, 5))))
+        c = run_limits[rng.integers(0, len(run_limits), len(y))]
+        y, c = y[y <= c], c[y <= c]
+        if len(y) < 30:
+            continue
+        u, counts = np.unique(c, return_counts=True)
+        counts = counts.astype(np.float64)
+
+        def cost(theta, y=y, u=u, counts=counts):
+            ll = loglik(y, u, counts, float(theta[0]), math.exp(theta[1]))
+            return math.inf if not math.isfinite(ll) else -(ll - precision * float(theta[0]) ** 2)
+
+        def cost_exponential(log_sigma, y=y, u=u, counts=counts):
+            ll = loglik(y, u, counts, 0.0, math.exp(log_sigma))
+            return math.inf if not math.isfinite(ll) else -ll
+
+        x0 = np.array([rng.normal(0.0, 0.3), math.log(float(y.mean()) * rng.uniform(0.3, 3.0))])
+        if not math.isfinite(cost(x0)):
+            continue
+        simplex = x0 + np.array([[0.0, 0.0], [0.02, 0.0], [0.0, 0.02]])
+        with np.errstate(invalid="ignore"):
+            expected = minimize(
+                cost, x0, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-5, "initial_simplex": simplex}
+            )
+        assert nelder_mead_shape_scale(y, u, counts, precision, simplex, 1e-3, 1e-5) == (
+            expected.x[0], expected.x[1], expected.fun)
+        bounds = (math.log(float(y.mean())) - 5.0, math.log(float(y.mean())) + 10.0)
+        expected = minimize_scalar(cost_exponential, bounds=bounds, method="bounded")
+        assert bounded_exponential_scale(y, u, counts, *bounds) == (float(expected.x), float(expected.fun))
+        compared += 1
+    assert compared > 200
+
+
 def test_a_version_1_spot_state_is_refitted_on_load():
     # Checkpoints written before the peaks came from the window (a fixed peaks threshold and a
     # buffer of its own peaks) still restore: the window is refitted.
