@@ -221,8 +221,8 @@ class _HeldScores:
     def flagged(self, key_ids: np.ndarray, start_ms: int) -> None:
         """Keys flagged in the window starting at ``start_ms``: their windows just before it go."""
         self._gather()
-        before = (self.start_ms >= start_ms - self.span_ms) & (self.start_ms < start_ms)
-        self.calm[before & np.isin(self.key_id, key_ids)] = False
+        before = np.flatnonzero((self.start_ms >= start_ms - self.span_ms) & (self.start_ms < start_ms))
+        self.calm[before[np.isin(self.key_id[before], key_ids)]] = False
 
     def release(self, scored_until_ms: int) -> np.ndarray:
         """The calm scores of the windows whose followers are all scored (the last window scored

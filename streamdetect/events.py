@@ -868,6 +868,10 @@ def _sku_hashes(col: list[Any], nan_is_absent: bool) -> tuple[np.ndarray, np.nda
     """The SKU hash of each row (0 when absent) and whether the shortcut read it (a string)."""
     n = len(col)
     cache = _SKU_CACHE
+    try:  # every SKU seen before: straight into the array
+        return np.fromiter(map(cache.get, col), dtype=np.uint64, count=n), np.ones(n, dtype=bool)
+    except TypeError:  # a new SKU (None), an absent or unhashable one: one by one below
+        pass
     try:
         hashes: list[Any] = list(map(cache.get, col))
     except TypeError:
