@@ -459,6 +459,19 @@ def test_the_compiled_tail_searches_find_what_scipys_would_to_the_last_bit():
     assert compared > 200
 
 
+def test_the_peaks_threshold_is_numpys_quantile_of_the_sorted_window_to_the_last_bit():
+    from streamdetect.threshold import _sorted_quantile
+
+    rng = np.random.default_rng(5)
+    for i in range(3000):
+        n = int(rng.integers(1, 30_000)) if i % 2 else int(rng.integers(1, 40))
+        s = np.sort(rng.normal(size=n) * rng.uniform(0.1, 100.0) + rng.uniform(-50.0, 50.0))
+        if i % 5 == 0:
+            s = np.round(s, 1)  # ties
+        q = float(rng.choice([rng.uniform(), 0.98, 0.5, max(0.98 - 30.0 / n, 0.0), 0.0, 1.0]))
+        assert _sorted_quantile(s, q) == np.quantile(s, q), (n, q)
+
+
 def test_a_version_1_spot_state_is_refitted_on_load():
     # Checkpoints written before the peaks came from the window (a fixed peaks threshold and a
     # buffer of its own peaks) still restore: the window is refitted.
