@@ -7,7 +7,7 @@ on every batch of the timed part, the first to go alternating from batch to batc
 see the same minutes of the machine. Only the ratio is meant to carry.
 
     python benchmarks/compare_pipeline.py --base ../other-checkout          # this tree against it
-    python benchmarks/compare_pipeline.py --base /tmp/a --new /tmp/b --repeat 5
+    python benchmarks/compare_pipeline.py --base /tmp/a --new /tmp/b --repeat 5 --malformed 0.01
 
 A tree is a directory holding the ``streamdetect`` package (a checkout, or a ``git worktree``);
 both run with this interpreter and its installed dependencies. The stream is
@@ -93,6 +93,7 @@ def main() -> None:
     p.add_argument("--days", type=int, default=4)
     p.add_argument("--chunk", type=int, default=5000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--malformed", type=float, default=0.0, help="fraction of broken records mixed in")
     # Both on one CPU: on a shared VM one core can be slower than another for minutes, and two
     # processes left to the scheduler each keep to their own (the same tree read 5 % apart).
     p.add_argument("--cpu", type=int, default=min(os.sched_getaffinity(0)), help="the CPU both trees run on")
@@ -109,7 +110,7 @@ def main() -> None:
 
     from streamdetect.generate import GeneratorConfig, encode_event, generate
 
-    events, _ = generate(GeneratorConfig(stores=args.stores, days=args.days, seed=1))
+    events, _ = generate(GeneratorConfig(stores=args.stores, days=args.days, seed=1, malformed_fraction=args.malformed))
     values = [encode_event(e) for e in events]
     timed = len(values) - len(values) // args.days
     n_batches = -(-timed // args.chunk)

@@ -1074,31 +1074,50 @@ def _decode_each(vals: list[Any], one: Any) -> list[object]:
     (which needs a check that no value shifted elements across its neighbours, and a fallback
     whenever one value is bad), it is as fast on clean batches (0.51 us a sale either way) and
     much faster on batches with a bad value in them (0.51 against 0.88 us at 1 % malformed).
+    The calls run in ``list.extend(map(...))`` (no Python loop per value: 0.52 against 0.58 us
+    a sale), which keeps what it decoded before a bad value: that one goes the slow way
+    (:func:`_decode_one`), and decoding resumes after it.
     """
     decode = one.decode
     out: list[object] = []
-    append = out.append
-    for v in vals:
+    n = len(vals)
+    while len(out) < n:
         try:
-            e = decode(v)
-        except msgspec.ValidationError as exc:
-            try:
-                value = _loads(v)
-            except _JSONDecodeError:
-                append(_DecodeFailure(f"invalid JSON: {exc}"))
-                continue
-            # Valid JSON but not an object; or an object with a number beyond a double in a field read.
-            append(value if not isinstance(value, dict) else _DecodeFailure(f"invalid JSON: {exc}"))
-            continue
-        except (msgspec.DecodeError, RecursionError, TypeError):
-            append(_parse_one(v))  # the reference says what it is (a framed value, not JSON, ...)
-            continue
-        # The decoder does not check the text of the fields it skips.
-        if (v.isascii() or _is_utf8(v)) if type(v) is bytes else (isinstance(v, str) or _is_utf8(bytes(v))):
-            append(e)
-        else:
-            append(_DecodeFailure("invalid JSON: not UTF-8"))
+            out.extend(map(decode, vals[len(out) :] if out else vals))
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, TypeError):
+            out.append(_decode_one(vals[len(out)], decode))
+    # The decoder does not check the text of the fields it skips: a struct of text that is not
+    # UTF-8 is a failure.
+    try:
+        clean = all(map(bytes.isascii, vals))
+    except TypeError:  # a value that is not bytes (a str, a bytearray, a memoryview)
+        clean = False
+    if not clean:
+        struct = one.type
+        for i, v in enumerate(vals):
+            if type(out[i]) is struct and not (v.isascii() or _is_utf8(v) if type(v) is bytes else _is_text(v)):
+                out[i] = _DecodeFailure("invalid JSON: not UTF-8")
     return out
+
+
+def _decode_one(v: Any, decode: Any) -> object:
+    """What :func:`_decode_each` makes of a value its decoder refused (or of one it took)."""
+    try:
+        return decode(v)
+    except msgspec.ValidationError as exc:
+        try:
+            value = _loads(v)
+        except _JSONDecodeError:
+            return _DecodeFailure(f"invalid JSON: {exc}")
+        # Valid JSON but not an object; or an object with a number beyond a double in a field read.
+        return value if not isinstance(value, dict) else _DecodeFailure(f"invalid JSON: {exc}")
+    except (msgspec.DecodeError, RecursionError, TypeError):
+        return _parse_one(v)  # the reference says what it is (a framed value, not JSON, ...)
+
+
+def _is_text(v: Any) -> bool:
+    """A value that is no ``bytes``: a str is text; other buffers are text when UTF-8."""
+    return isinstance(v, str) or _is_utf8(bytes(v))
 
 
 def _decode_structs(vals: list[Any], schema: EventSchema) -> _StructRows:
