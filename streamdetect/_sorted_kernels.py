@@ -15,13 +15,18 @@ from streamdetect._jit import compiled
 
 @compiled
 def replace_sorted(kept, gone, new):
-    """``kept`` (sorted) with one occurrence of each of ``gone`` removed and ``new`` merged in;
-    ``gone`` and ``new`` sorted, every value of ``gone`` held by ``kept``.
+    """``kept`` (sorted) with one occurrence of each of ``gone`` removed and ``new`` merged in
+    (``gone`` and ``new`` sorted), and whether every value of ``gone`` was found in ``kept`` (if
+    not, the merge is incomplete and the caller sorts afresh).
 
-    >>> replace_sorted(np.array([1.0, 2.0, 2.0, 5.0]), np.array([2.0, 5.0]), np.array([0.5, 2.0, 9.0])).tolist()
-    [0.5, 1.0, 2.0, 2.0, 9.0]
+    >>> out, ok = replace_sorted(np.array([1.0, 2.0, 2.0, 5.0]), np.array([2.0, 5.0]), np.array([0.5, 2.0, 9.0]))
+    >>> out.tolist(), ok
+    ([0.5, 1.0, 2.0, 2.0, 9.0], True)
+    >>> replace_sorted(np.array([1.0, 2.0]), np.array([3.0]), np.array([0.5]))[1]
+    False
     """
-    out = np.empty(kept.shape[0] - gone.shape[0] + new.shape[0])
+    size = kept.shape[0] - gone.shape[0] + new.shape[0]
+    out = np.empty(max(size, 0))
     g = 0
     j = 0
     o = 0
@@ -31,13 +36,19 @@ def replace_sorted(kept, gone, new):
             g += 1
             continue
         while j < new.shape[0] and new[j] < v:
+            if o == size:
+                return out, False
             out[o] = new[j]
             o += 1
             j += 1
+        if o == size:  # a value of `gone` that `kept` does not hold: no room left
+            return out, False
         out[o] = v
         o += 1
     while j < new.shape[0]:
+        if o == size:
+            return out, False
         out[o] = new[j]
         o += 1
         j += 1
-    return out
+    return out, g == gone.shape[0] and o == size

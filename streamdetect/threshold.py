@@ -367,14 +367,16 @@ class _ScoreWindow:
         self.pos = end % self.size
         self.n = min(self.n + m, self.size)
 
-    def _resorted(self, x: np.ndarray) -> np.ndarray:
+    def _resorted(self, x: np.ndarray) -> np.ndarray | None:
         """The sorted copy after pushing ``x``: the scores it overwrites out, ``x`` in, in one
-        merging pass (not a sort of the whole window per learning batch)."""
+        merging pass (not a sort of the whole window per learning batch); None where the copy
+        did not hold a score it should (then :meth:`sorted` sorts afresh)."""
         assert self._sorted is not None
         overwritten = max(self.n + len(x) - self.size, 0)
         # The last `overwritten` slots x lands on held data (the first ones may be empty).
         idx = (self.pos + len(x) - overwritten + np.arange(overwritten)) % self.size
-        return replace_sorted(self._sorted, np.sort(self.values[idx]), np.sort(x))
+        merged, complete = replace_sorted(self._sorted, np.sort(self.values[idx]), np.sort(x))
+        return merged if complete else None
 
     def recent(self) -> np.ndarray:
         """Oldest first."""

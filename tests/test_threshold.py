@@ -292,6 +292,21 @@ def test_score_window_keeps_its_sorted_copy_exact_across_pushes():
             assert np.array_equal(w._sorted, np.sort(w.values[: w.n]))
 
 
+def test_a_sorted_copy_that_lost_a_score_is_sorted_afresh_not_merged_out_of_bounds():
+    # The merge trusts that the sorted copy holds every score it drops; were it ever not so (a
+    # state restored from elsewhere), the merge must not write past its output: the copy is
+    # rebuilt from the window instead.
+    from streamdetect.threshold import _ScoreWindow
+
+    w = _ScoreWindow(64)
+    w.push(np.arange(64.0))
+    w.sorted()
+    assert w._sorted is not None
+    w._sorted[3] = 3.5  # 3.0, about to be overwritten, is no longer in the copy
+    w.push(np.array([100.0, 101.0, 102.0, 103.0]))  # a small push: merged, not re-sorted
+    assert np.array_equal(w.sorted(), np.sort(w.values[: w.n]))
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
