@@ -143,3 +143,34 @@ def close_rounds(
         distinct[lo:hi] = round_distinct
         last[lo:hi] = round_last
     return offsets, keys, out, distinct, last
+
+
+@compiled
+def accumulate(slot_of, per_event, word, bit, ts, summed, maxed, values, bits, last_ms):
+    """Add a batch's events into their open windows: event ``i`` into slot ``slot_of[i]``, its
+    ``per_event[i, f]`` summed for the fields ``summed`` and maximised for ``maxed``, its SKU bit
+    set, its time kept if the latest.
+
+    One pass over the events instead of a per-window reduction (a ``bincount`` per field, a
+    ufunc ``at`` per maximum) and a fancy-indexed update per field. The per-event values are
+    fixed point (see ``WindowAggregator.add``), so the sums are exact in any order: the same
+    windows as the reduction's, bit for bit.
+
+    >>> values, bits, last = np.zeros((2, 1)), np.zeros((1, 1), dtype=np.uint64), np.zeros(1, dtype=np.int64)
+    >>> slot_of, word, bit = np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.int64), np.array([1, 4], dtype=np.uint64)
+    >>> per_event, ts = np.array([[1.0, 5.0], [2.0, 3.0]]), np.array([7, 9])
+    >>> accumulate(slot_of, per_event, word, bit, ts, np.array([0]), np.array([1]), values, bits, last)
+    >>> values.ravel().tolist(), int(bits[0, 0]), int(last[0])
+    ([3.0, 5.0], 5, 9)
+    """
+    for i in range(slot_of.shape[0]):
+        s = slot_of[i]
+        for f in summed:
+            values[f, s] += per_event[i, f]
+        for f in maxed:
+            x = per_event[i, f]
+            if x > values[f, s] or x != x:  # np.maximum's: a NaN wins
+                values[f, s] = x
+        bits[s, word[i]] |= bit[i]
+        if ts[i] > last_ms[s]:
+            last_ms[s] = ts[i]

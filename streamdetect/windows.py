@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from streamdetect._window_kernels import close_rounds
+from streamdetect._window_kernels import accumulate, close_rounds
 from streamdetect.config import WindowConfig
 
 __all__ = [
@@ -494,29 +494,17 @@ class WindowAggregator:
         summed: tuple[int, ...] = _SUMMED,
         maxed: tuple[int, ...] = _MAXIMA,
     ) -> None:
-        # Reduce the batch per window first, then touch each open window once.
+        # The distinct windows first (their slots are looked up once each), then every event into its own.
         code = key_ids * (1 << 31) + (starts // self.config.hop_ms - (starts.min() // self.config.hop_ms))
-        uniq, first, inverse = np.unique(code, return_index=True, return_inverse=True)
-        m = len(uniq)
-        sums = np.empty((len(_FIELDS), m))
-        for f in summed:
-            sums[f] = np.bincount(inverse, weights=per_event[f], minlength=m)
-        maxima = np.full((len(maxed), m), -np.inf)
-        for j, f in enumerate(maxed):
-            np.maximum.at(maxima[j], inverse, per_event[f])
-        orbits = np.zeros((m, _WORDS), dtype=np.uint64)
-        np.bitwise_or.at(orbits, (inverse, word), bit)
-        last = np.full(m, _NO_TIME, dtype=np.int64)
-        np.maximum.at(last, inverse, ts)
-
+        _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
         slots = self._open.slots(key_ids[first], starts[first])
-        vals = self._open.values
-        for f in summed:
-            vals[f, slots] += sums[f]
-        for j, f in enumerate(maxed):
-            vals[f, slots] = np.maximum(vals[f, slots], maxima[j])
-        self._open.bits[slots] |= orbits
-        self._open.last_ms[slots] = np.maximum(self._open.last_ms[slots], last)
+        # One event's fields side by side, in one memory layout whatever the selection above made
+        # of them (numba compiles a kernel per layout).
+        accumulate(
+            slots[inverse], np.ascontiguousarray(per_event.T), word, bit, ts,
+            np.array(summed, dtype=np.int64), np.array(maxed, dtype=np.int64),
+            self._open.values, self._open.bits, self._open.last_ms,
+        )  # fmt: skip
 
     def _ensure_key_capacity(self) -> None:
         cap = self.keys.capacity
