@@ -185,14 +185,6 @@ def nelder_mead_shape_scale(y, limits, counts, precision, simplex, xatol, fatol)
 
 
 @compiled
-def _exponential_cost(y, limits, counts, log_sigma):
-    ll = truncated_log_likelihood(y, limits, counts, 0.0, math.exp(log_sigma))
-    if not math.isfinite(ll):
-        return math.inf
-    return -ll
-
-
-@compiled
 def _sign(x):
     if x > 0.0:
         return 1.0
@@ -210,8 +202,8 @@ def _nan_max(a, b):
 
 @compiled
 def bounded_exponential_scale(y, limits, counts, lo, hi):
-    """Minimise the exponential tail's cost over ``log sigma`` in ``[lo, hi]`` by Brent's bounded
-    method: ``(log_sigma, cost)``.
+    """Minimise the exponential tail's cost (:func:`shape_scale_cost` at shape 0, without the
+    prior) over ``log sigma`` in ``[lo, hi]`` by Brent's bounded method: ``(log_sigma, cost)``.
 
     scipy's ``minimize_scalar(method="bounded")`` with its defaults (``xatol`` 1e-5, at most 500
     evaluations).
@@ -232,7 +224,7 @@ def bounded_exponential_scale(y, limits, counts, lo, hi):
     nfc, xf = fulc, fulc
     rat = e = 0.0
     x = xf
-    fx = _exponential_cost(y, limits, counts, x)
+    fx = shape_scale_cost(y, limits, counts, 0.0, 0.0, x)
     num = 1
     ffulc = fnfc = fx
     xm = 0.5 * (a + b)
@@ -264,7 +256,7 @@ def bounded_exponential_scale(y, limits, counts, lo, hi):
             rat = golden_mean * e
         si = _sign(rat) + (1.0 if rat == 0 else 0.0)
         x = xf + si * _nan_max(abs(rat), tol1)
-        fu = _exponential_cost(y, limits, counts, x)
+        fu = shape_scale_cost(y, limits, counts, 0.0, 0.0, x)
         num += 1
         if fu <= fx:
             if x >= xf:
