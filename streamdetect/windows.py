@@ -238,7 +238,7 @@ _FIELDS = (
 # events) at 4e-9 / 6e-8.
 _FIXED_POINT = np.array(
     [1.0, 2.0**16, 2.0**16, 2.0**16, 2.0**28, 2.0**24, 2.0**28, 2.0**24, 1.0, 2.0**16, 2.0**28, 2.0**28]
-)[:, None]
+)
 # Maxima, not sums: the largest ticket, and the largest price deviation each way.
 _MAXIMA = tuple(_FIELDS.index(name) for name in ("max_ticket", "price_up", "price_down"))
 _SUMMED = tuple(i for i in range(len(_FIELDS)) if i not in _MAXIMA)
@@ -453,17 +453,18 @@ class WindowAggregator:
         log_units_sum = sales * log_units
         returned = np.zeros(n) if is_return is None else np.asarray(is_return, dtype=np.float64)
         dev = np.zeros(n) if price_dev is None else np.asarray(price_dev, dtype=np.float64)
+        # One row per event, its fields side by side: what the accumulation kernel reads.
         per_event = np.stack([
             sales, ticket, mean_ticket, quantity,
             log_sum, log_sum * log_ticket, log_units_sum, log_units_sum * log_units,
             returned, returned * np.abs(amount), np.maximum(dev, 0.0), np.maximum(-dev, 0.0),
-        ])
+        ], axis=1)
         word, bit = sku_bits(sku_hash)
         summed = _SALES_SUMMED if is_return is None else _SUMMED  # the returns' sums stay 0 without any
         maxed = _TICKET_MAXIMUM if price_dev is None else _MAXIMA
         if is_return is not None:
             # A return is not a sale: it leaves the sales' sums, maximum and SKUs alone.
-            per_event[:_FIRST_RETURN] *= 1.0 - returned
+            per_event[:, :_FIRST_RETURN] *= (1.0 - returned)[:, None]
             bit = np.where(is_return, np.uint64(0), bit)
         # Fixed-point values: sums of multiples of 2^-k are exact in float64 (below 2^(53-k)), so a
         # window's sums, and everything downstream, do not depend on how the input was batched.
@@ -474,7 +475,7 @@ class WindowAggregator:
             if not ok.any():
                 continue
             accepted |= ok
-            self._accumulate(key_ids[ok], start[ok], per_event[:, ok], word[ok], bit[ok], ts[ok], summed, maxed)
+            self._accumulate(key_ids[ok], start[ok], per_event[ok], word[ok], bit[ok], ts[ok], summed, maxed)
 
         late = np.flatnonzero(~accepted)
         self.late_events += len(late)
@@ -498,10 +499,8 @@ class WindowAggregator:
         code = key_ids * (1 << 31) + (starts // self.config.hop_ms - (starts.min() // self.config.hop_ms))
         _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
         slots = self._open.slots(key_ids[first], starts[first])
-        # One event's fields side by side, in one memory layout whatever the selection above made
-        # of them (numba compiles a kernel per layout).
         accumulate(
-            slots[inverse], np.ascontiguousarray(per_event.T), word, bit, ts,
+            slots[inverse], per_event, word, bit, ts,
             np.array(summed, dtype=np.int64), np.array(maxed, dtype=np.int64),
             self._open.values, self._open.bits, self._open.last_ms,
         )  # fmt: skip
