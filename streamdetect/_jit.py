@@ -28,7 +28,8 @@ SEED_ENV = "STREAMDETECT_KERNEL_CACHE_SEED"
 # The modules whose kernels call each other, and those whose constants the kernels compile in.
 KERNEL_SOURCES = (
     "_jit.py", "_feature_kernels.py", "_round_kernel.py", "_window_kernels.py", "_time_kernels.py", "_price_kernels.py",
-    "_gpd_kernels.py", "_sorted_kernels.py", "windows.py", "scaling.py", "model/_em.py", "model/_em_kernels.py",
+    "_gpd_kernels.py", "_sorted_kernels.py", "_json_kernels.py", "windows.py", "scaling.py", "model/_em.py",
+    "model/_em_kernels.py",
 )  # fmt: skip
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from streamdetect._json_kernels import rehash
 from streamdetect._round_kernel import NEEDS_NUMPY, STEP_DUE, score_rounds
 from streamdetect._sorted_kernels import replace_sorted
 from streamdetect.alerts import (
@@ -406,6 +407,7 @@ def compile_kernels() -> float:
     """
     started = time.perf_counter()
     decode_events([b'{"ts": "2024-03-01T12:00:00.000Z", "store_id": "k", "amount": 1}'], EventSchema())
+    rehash(np.full(2, -1, dtype=np.int64), np.zeros(0, dtype=np.uint64), 0)  # the scanner's string ids, grown
     StepwiseGMM(n_components=1, n_init=1).fit(np.arange(20.0).reshape(10, 2) % 7)  # the batch EM's M-step
     compile_feature_kernels()
     fit_truncated_gpd(np.linspace(0.1, 1.0, 40), 2.0)  # SPOT's tail refits: their likelihood and searches

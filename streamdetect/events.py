@@ -67,6 +67,7 @@ import math
 import numbers
 import operator
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -75,7 +76,7 @@ from typing import Any, Protocol
 import msgspec
 import numpy as np
 
-from streamdetect import _time_kernels
+from streamdetect import _json_kernels, _time_kernels
 from streamdetect.config import EventSchema
 
 __all__ = [
@@ -647,6 +648,8 @@ class _Rows(Protocol):
 
     An absent field reads as ``None`` (as a null) or, where the events cannot hold a NaN
     (``nan_is_absent``: JSON), as ``_MISSING``; elsewhere a NaN is a value, refused by the rules.
+    The typed columns (``times``, ``keys``, ``numbers``, ``sku_hashes``) say for each row whether
+    their shortcut read it; a row one of them did not read goes to the rules.
     """
 
     nan_is_absent: bool
@@ -659,8 +662,37 @@ class _Rows(Protocol):
         """Event ``j`` as :func:`_validate` takes it."""
         ...
 
+    def times(self, schema: EventSchema) -> tuple[np.ndarray, np.ndarray]: ...
 
-class _DictRows:
+    def keys(self, key_fields: tuple[str, ...]) -> tuple[list[Any], np.ndarray]: ...
+
+    def numbers(self, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    def sku_hashes(self, field: str) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class _ListRows:
+    """Typed columns read from Python values (:meth:`column`), for the rows that hold them."""
+
+    nan_is_absent: bool
+
+    def column(self, field: str) -> list[Any]:
+        raise NotImplementedError
+
+    def times(self, schema: EventSchema) -> tuple[np.ndarray, np.ndarray]:
+        return _times(self.column(schema.time_field), schema)
+
+    def keys(self, key_fields: tuple[str, ...]) -> tuple[list[Any], np.ndarray]:
+        return _keys(self.column, key_fields)
+
+    def numbers(self, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _numbers(self.column(field), self.nan_is_absent)
+
+    def sku_hashes(self, field: str) -> tuple[np.ndarray, np.ndarray]:
+        return _sku_hashes(self.column(field), self.nan_is_absent)
+
+
+class _DictRows(_ListRows):
     """Parsed events (dicts, or anything else JSON or a CSV reader gives)."""
 
     nan_is_absent = False
@@ -681,7 +713,7 @@ class _DictRows:
         return self.objs[j]
 
 
-class _StructRows:
+class _StructRows(_ListRows):
     """Events decoded straight into structs of the fields the rules read (no dict per event)."""
 
     nan_is_absent = True
@@ -812,11 +844,11 @@ def _times_one_by_one(
     return ms, ok
 
 
-def _keys(rows: _Rows, key_fields: tuple[str, ...]) -> tuple[list[Any], np.ndarray]:
+def _keys(column: Callable[[str], list[Any]], key_fields: tuple[str, ...]) -> tuple[list[Any], np.ndarray]:
     """Each row's key tuple and whether the shortcut read it (every key field a string)."""
-    n = len(rows)
     if len(key_fields) == 1:
-        col = rows.column(key_fields[0])
+        col = column(key_fields[0])
+        n = len(col)
         cache = _KEY_CACHE
         try:
             keys: list[Any] = list(map(cache.get, col))
@@ -833,8 +865,8 @@ def _keys(rows: _Rows, key_fields: tuple[str, ...]) -> tuple[list[Any], np.ndarr
                     cache.clear()
                 keys[i] = cache[k] = (k,)
         return keys, ok
-    cols = [rows.column(f) for f in key_fields]
-    ok = np.ones(n, dtype=bool)
+    cols = [column(f) for f in key_fields]
+    ok = np.ones(len(cols[0]), dtype=bool)
     for col in cols:
         if set(map(type, col)) != {str} or "" in col:
             ok &= np.array([type(k) is str and k != "" for k in col], dtype=bool)
@@ -914,24 +946,24 @@ def _columns(
     if counted or schema.unpriced:
         ok = np.zeros(n, dtype=bool)  # count series and sales without amounts: few rows, all by the rules
     else:
-        ts_ms, ok = _times(rows.column(schema.time_field), schema)
+        ts_ms, ok = rows.times(schema)
         ok &= (ts_ms >= schema.min_time_ms) & (ts_ms < schema.max_time_ms)
-        keys, keys_ok = _keys(rows, schema.key_fields)
+        keys, keys_ok = rows.keys(schema.key_fields)
         ok &= keys_ok
         # A sale with a negative quantity or amount is a return (when `returns`): only its
         # magnitude is checked here; the rows are marked below.
         signed = schema.allow_negative or returns
         if vf is not None:
-            amount, is_number, _ = _numbers(rows.column(vf), rows.nan_is_absent)
+            amount, is_number, _ = rows.numbers(vf)
             lo_v = -schema.max_value if schema.allow_negative else 0.0
             ok &= is_number & (amount >= lo_v) & (amount <= schema.max_value)
         else:
             max_a, max_q = schema.max_amount, schema.max_quantity
             lo_a, lo_q = (-max_a, -max_q) if signed else (0.0, 0.0)
-            a, a_number, a_absent = _numbers(rows.column(schema.amount_field), rows.nan_is_absent)
-            q, q_number, q_absent = _numbers(rows.column(schema.quantity_field), rows.nan_is_absent)
+            a, a_number, a_absent = rows.numbers(schema.amount_field)
+            q, q_number, q_absent = rows.numbers(schema.quantity_field)
             if a_absent.any():
-                p, p_number, _ = _numbers(rows.column(schema.unit_price_field), rows.nan_is_absent)
+                p, p_number, _ = rows.numbers(schema.unit_price_field)
                 lo_p = -math.inf if schema.allow_negative else 0.0
                 with np.errstate(over="ignore", invalid="ignore"):  # huge products are rejected below
                     product = q * p
@@ -944,7 +976,7 @@ def _columns(
             ok &= np.where(a_absent, priced & q_ok, a_number & (a >= lo_a) & (a <= max_a) & (q_ok | q_absent))
             amount = a
             quantity = np.where(q_absent, 1.0, q)
-            skus, skus_ok = _sku_hashes(rows.column(schema.sku_field), rows.nan_is_absent)
+            skus, skus_ok = rows.sku_hashes(schema.sku_field)
             ok &= skus_ok
 
     ids = _id_hashes(rows, schema.event_id_field) if schema.deduplicate else None
@@ -1139,6 +1171,165 @@ def _decode_structs(vals: list[Any], schema: EventSchema) -> _StructRows:
     return _StructRows(events, failures, attrs)
 
 
+class _StringIds:
+    """Ids for the strings of scanned batches (keys, or SKUs), kept across batches, and what each
+    stands for (``derive`` of its text), so that Python looks at a string once, not per event.
+
+    Bounded like the caches it replaces: past ``max_entries`` strings or ``max_bytes`` of them it
+    starts afresh (before a batch, never within one).
+    """
+
+    def __init__(self, derive: Callable[[str], Any], dtype: Any, none: Any, max_entries: int, max_bytes: int) -> None:
+        self._derive, self._dtype, self._none = derive, dtype, none
+        self._max_entries, self._max_bytes = max_entries, max_bytes
+        self._lock = threading.Lock()  # one table, however many detectors decode at once
+        self._clear()
+
+    def _clear(self) -> None:
+        self._slots = np.full(1024, -1, dtype=np.int64)
+        self._hash = np.zeros(512, dtype=np.uint64)
+        self._start = np.zeros(512, dtype=np.int64)
+        self._len = np.zeros(512, dtype=np.int64)
+        self._arena = np.zeros(1 << 14, dtype=np.uint8)
+        self._counts = np.zeros(2, dtype=np.int64)  # entries, arena bytes used
+        # What entry e stands for is at e + 1; at 0, what a row without a string gets.
+        self._derived = np.full(513, self._none, dtype=self._dtype)
+
+    def _make_room(self, rows: int, size: int) -> None:
+        entries, used = int(self._counts[0]), int(self._counts[1])
+        if entries + rows > self._max_entries or used + size > self._max_bytes:
+            self._clear()
+            entries, used = 0, 0
+        need = entries + rows
+        if need > len(self._hash):
+            grow = max(need, 2 * len(self._hash)) - len(self._hash)
+            self._hash = np.concatenate([self._hash, np.zeros(grow, dtype=np.uint64)])
+            self._start = np.concatenate([self._start, np.zeros(grow, dtype=np.int64)])
+            self._len = np.concatenate([self._len, np.zeros(grow, dtype=np.int64)])
+            self._derived = np.concatenate([self._derived, np.full(grow, self._none, dtype=self._dtype)])
+        if 2 * need > len(self._slots):
+            self._slots = np.full(1 << (2 * need - 1).bit_length(), -1, dtype=np.int64)
+            _json_kernels.rehash(self._slots, self._hash, entries)
+        if used + size > len(self._arena):
+            grow = max(used + size, 2 * len(self._arena)) - len(self._arena)
+            self._arena = np.concatenate([self._arena, np.zeros(grow, dtype=np.uint8)])
+
+    def lookup(self, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, use: np.ndarray) -> np.ndarray:
+        """What the string at each row where ``use`` stands for; ``none`` at the others."""
+        with self._lock:
+            self._make_room(int(np.count_nonzero(use)), int(lengths[use].sum()))
+            before = int(self._counts[0])
+            ids = np.empty(len(starts), dtype=np.int64)
+            _json_kernels.intern_spans(buf, starts, lengths, use, self._slots, self._hash, self._start, self._len,
+                                       self._arena, self._counts, ids)  # fmt: skip
+            arena = self._arena
+            for e in range(before, int(self._counts[0])):
+                at = int(self._start[e])
+                self._derived[e + 1] = self._derive(arena[at : at + int(self._len[e])].tobytes().decode("utf-8"))
+            return self._derived[ids + 1]
+
+
+_KEY_IDS = _StringIds(lambda k: (k,), object, None, _KEY_CACHE_MAX, 1 << 24)
+_SKU_IDS = _StringIds(sku_hash, np.uint64, 0, _SKU_CACHE_MAX, 1 << 26)
+
+
+class _ScannedRows:
+    """Events read by :func:`_json_kernels.scan_objects` into typed columns without a Python
+    object per event; a value the scanner left, or that a column cannot read, goes to the rules
+    decoded by msgspec as :class:`_StructRows` would (:meth:`event`)."""
+
+    nan_is_absent = True
+
+    def __init__(self, vals: list[Any], schema: EventSchema, buf: np.ndarray, starts: np.ndarray,
+                 lengths: np.ndarray) -> None:  # fmt: skip
+        fields = _read_fields(schema)
+        self.vals, self.schema, self.buf = vals, schema, buf
+        self.field = {f: i for i, f in enumerate(fields)}
+        names = [f.encode("utf-8", "surrogatepass") for f in fields]
+        name_lengths = np.array([len(b) for b in names], dtype=np.int64)
+        name_starts = np.zeros(len(names), dtype=np.int64)
+        np.cumsum(name_lengths[:-1], out=name_starts[1:])
+        n, k = len(vals), len(fields)
+        self.kind = np.zeros((k, n), dtype=np.int8)
+        self.num = np.zeros((k, n))
+        self.whole = np.zeros((k, n), dtype=np.int64)
+        self.text_start = np.zeros((k, n), dtype=np.int64)
+        self.text_len = np.zeros((k, n), dtype=np.int64)
+        self.taken = np.zeros(n, dtype=bool)
+        _json_kernels.scan_objects(buf, starts, lengths, np.frombuffer(b"".join(names), dtype=np.uint8), name_starts,
+                                   name_lengths, self.kind, self.num, self.whole, self.text_start, self.text_len,
+                                   self.taken)  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.vals)
+
+    def column(self, field: str) -> list[Any]:
+        rows = _decode_structs(self.vals, self.schema)
+        return rows.column(field)
+
+    def event(self, j: int) -> object:
+        return _decode_structs([self.vals[j]], self.schema).event(0)
+
+    def times(self, schema: EventSchema) -> tuple[np.ndarray, np.ndarray]:
+        f = self.field[schema.time_field]
+        kind = self.kind[f]
+        ms, ok = np.empty(len(kind), dtype=np.int64), np.empty(len(kind), dtype=bool)
+        _time_kernels.parse_canonical(self.buf, self.text_start[f], self.text_len[f], ms, ok)
+        ok &= kind == _json_kernels.STRING
+        is_int = kind == _json_kernels.INT
+        if is_int.any():
+            ms[is_int] = self.whole[f, is_int]
+            ok |= is_int
+        return ms, ok
+
+    def _strings(self, field: str, table: _StringIds) -> tuple[np.ndarray, np.ndarray]:
+        f = self.field[field]
+        is_str = self.kind[f] == _json_kernels.STRING
+        return table.lookup(self.buf, self.text_start[f], self.text_len[f], is_str), is_str
+
+    def keys(self, key_fields: tuple[str, ...]) -> tuple[list[Any], np.ndarray]:
+        ok = np.ones(len(self.vals), dtype=bool)
+        for name in key_fields:  # an empty key is for the rules (missing)
+            ok &= (self.kind[self.field[name]] == _json_kernels.STRING) & (self.text_len[self.field[name]] > 0)
+        parts = [self._strings(name, _KEY_IDS)[0] for name in key_fields]
+        if len(parts) == 1:
+            return parts[0].tolist(), ok
+        return [None if None in t else sum(t, ()) for t in zip(*parts, strict=True)], ok
+
+    def numbers(self, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        f = self.field[field]
+        kind = self.kind[f]
+        is_number = (kind == _json_kernels.INT) | (kind == _json_kernels.FLOAT)
+        absent = (kind == _json_kernels.ABSENT) | (kind == _json_kernels.NULL)
+        return np.where(is_number, self.num[f], 0.0), is_number, absent
+
+    def sku_hashes(self, field: str) -> tuple[np.ndarray, np.ndarray]:
+        hashes, is_str = self._strings(field, _SKU_IDS)
+        kind = self.kind[self.field[field]]
+        return hashes, is_str | (kind == _json_kernels.ABSENT) | (kind == _json_kernels.NULL)
+
+
+def _scannable(schema: EventSchema) -> bool:
+    """Whether :class:`_ScannedRows` reads events of this schema (its columns are those of a
+    sale or a value series, with the automatic time format, without ids to deduplicate)."""
+    return not (schema.nested_fields or schema.deduplicate or schema.count_field is not None or schema.unpriced
+                or time_parser(schema.time_format) is not None)  # fmt: skip
+
+
+def _scan(vals: list[Any], schema: EventSchema) -> _ScannedRows | None:
+    """The batch's values read by the scanner; None when they are not all bytes-like."""
+    try:
+        blob = b"".join(vals)
+        lengths = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))
+    except TypeError:  # a str value: msgspec reads it
+        return None
+    if int(lengths.sum()) != len(blob):  # a buffer of items wider than a byte
+        return None
+    starts = np.zeros(len(vals), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    return _ScannedRows(vals, schema, np.frombuffer(blob, dtype=np.uint8), starts, lengths)
+
+
 def _is_utf8(b: bytes) -> bool:
     try:
         b.decode("utf-8")
@@ -1210,7 +1401,10 @@ def decode_events(values: Sequence[bytes], schema: EventSchema) -> tuple[EventBa
         vals = [_unframed(v) for v in vals]
     with _gc_paused():
         rows: _Rows
-        if schema.nested_fields:
+        scanned = _scan(vals, schema) if _scannable(schema) else None
+        if scanned is not None:
+            rows = scanned
+        elif schema.nested_fields:
             rows = _DictRows(_with_nested(list(map(_parse_one, vals)), schema.nested_fields))
         else:
             rows = _decode_structs(vals, schema)
