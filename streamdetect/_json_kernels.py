@@ -33,22 +33,23 @@ _POW10 = np.array([10.0**k for k in range(23)])
 _MAX_FAST_DIGITS = 15  # below 2**53: the digits as an integer are a double exactly
 _MAX_INT_DIGITS = 18  # below 2**63: an int64 exactly
 
+_SPACE = np.array([c in b" \t\n\r" for c in range(256)])  # JSON's whitespace
+# The bytes a string's text holds as they are: printable ASCII but the quote and the backslash.
+_ORDINARY = np.array([32 <= c < 128 and c != 34 and c != 92 for c in range(256)])
+
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
 
-@compiled
+@compiled(inline=True)
 def _skip_space(buf, i, end):
     """The first index from ``i`` that is not JSON whitespace."""
-    while i < end:
-        c = buf[i]
-        if c != 32 and c != 9 and c != 10 and c != 13:
-            break
+    while i < end and _SPACE[buf[i]]:
         i += 1
     return i
 
 
-@compiled
+@compiled(inline=True)
 def _continued(buf, i, end, count, low, high):
     """Whether ``count`` UTF-8 continuation bytes follow at ``i``, the first in ``[low, high]``."""
     if i + count > end or not low <= buf[i] <= high:
@@ -59,7 +60,7 @@ def _continued(buf, i, end, count, low, high):
     return True
 
 
-@compiled
+@compiled(inline=True)
 def _utf8_length(buf, i, end):
     """The length of the UTF-8 sequence of a character beyond ASCII at ``i``, or 0 where the
     bytes are not UTF-8 as Python's strict decoder reads it (no overlong forms, no surrogates,
@@ -82,7 +83,7 @@ def _utf8_length(buf, i, end):
     return 0
 
 
-@compiled
+@compiled(inline=True)
 def _string_end(buf, i, end):
     """``(index of the closing quote, whether the text is its bytes)`` of the string whose text
     starts at ``i``: -1 for one this scanner leaves (a ``\\u`` escape, whose surrogates msgspec
@@ -90,6 +91,10 @@ def _string_end(buf, i, end):
     another escape is valid JSON but not its bytes."""
     plain = True
     while i < end:
+        while i < end and _ORDINARY[buf[i]]:
+            i += 1
+        if i >= end:
+            break
         c = buf[i]
         if c == 34:  # '"'
             return i, plain
@@ -113,7 +118,7 @@ def _string_end(buf, i, end):
     return -1, False
 
 
-@compiled
+@compiled(inline=True)
 def _digits(buf, i, end):
     """The index after the run of digits at ``i``."""
     while i < end and 48 <= buf[i] <= 57:
@@ -121,7 +126,7 @@ def _digits(buf, i, end):
     return i
 
 
-@compiled
+@compiled(inline=True)
 def _number(buf, i, end):
     """The JSON number at ``i``: ``(index after it or -1, kind, value as a double, as an int)``.
 
@@ -197,25 +202,54 @@ def _number(buf, i, end):
     return i, FLOAT, -x if negative else x, 0
 
 
-@compiled
-def _field_of(buf, s, n, names, name_starts, name_lengths):
+SLOTS = 64  # the names' table: a name's slot from its length and its first and last bytes
+SHARED = -2  # a slot of two names or more: they are compared one by one
+
+
+@compiled(inline=True)
+def _slot(n, first, last):
+    return (n * 31 + first * 7 + last) & (SLOTS - 1)
+
+
+def name_slots(names: list[bytes]) -> np.ndarray:
+    """The table :func:`scan_objects` finds the fields read in: for each slot the index of the
+    one name in it, -1 for none, :data:`SHARED` for several.
+
+    >>> table = name_slots([b"ts", b"sku"])
+    >>> sorted(table[table != -1].tolist())
+    [0, 1]
+    """
+    table = np.full(SLOTS, -1, dtype=np.int64)
+    for f, name in enumerate(names):
+        slot = _slot(len(name), name[0], name[-1]) if name else 0
+        table[slot] = f if table[slot] == -1 else SHARED
+    return table
+
+
+@compiled(inline=True)
+def _same_bytes(a, sa, b, sb, n):
+    for k in range(n):  # noqa: SIM110 (numba compiles no all() of a generator)
+        if a[sa + k] != b[sb + k]:
+            return False
+    return True
+
+
+@compiled(inline=True)
+def _field_of(buf, s, n, names, name_starts, name_lengths, slots):
     """Which of the names the key at ``buf[s : s + n]`` is, or -1."""
+    f = slots[_slot(n, buf[s], buf[s + n - 1]) if n > 0 else 0]
+    if f == -1:
+        return -1
+    if f >= 0:
+        return f if name_lengths[f] == n and _same_bytes(buf, s, names, name_starts[f], n) else -1
     for f in range(len(name_starts)):
-        o = name_starts[f]
-        if name_lengths[f] != n or (n > 0 and names[o] != buf[s]):
-            continue
-        same = True
-        for k in range(1, n):
-            if buf[s + k] != names[o + k]:
-                same = False
-                break
-        if same:
+        if name_lengths[f] == n and _same_bytes(buf, s, names, name_starts[f], n):
             return f
     return -1
 
 
 @compiled
-def _scan_one(buf, s, end, r, names, name_starts, name_lengths, kind, num, whole, text_start, text_len):
+def _scan_one(buf, s, end, r, names, name_starts, name_lengths, slots, kind, num, whole, text_start, text_len):
     """Read one value (``buf[s:end]``) into row ``r`` of the columns; whether it was taken."""
     i = _skip_space(buf, s, end)
     if i >= end or buf[i] != 123:  # '{'
@@ -229,7 +263,7 @@ def _scan_one(buf, s, end, r, names, name_starts, name_lengths, kind, num, whole
         key_end, plain = _string_end(buf, i + 1, end)
         if key_end < 0 or not plain:
             return False  # a name with an escape might be one read
-        f = _field_of(buf, i + 1, key_end - i - 1, names, name_starts, name_lengths)
+        f = _field_of(buf, i + 1, key_end - i - 1, names, name_starts, name_lengths, slots)
         if f >= 0 and kind[f, r] != ABSENT:
             return False  # a field read twice: which one counts is msgspec's to say
         i = _skip_space(buf, key_end + 1, end)
@@ -282,10 +316,13 @@ def _scan_one(buf, s, end, r, names, name_starts, name_lengths, kind, num, whole
 
 
 @compiled
-def scan_objects(buf, starts, lengths, names, name_starts, name_lengths, kind, num, whole, text_start, text_len, taken):
+def scan_objects(
+    buf, starts, lengths, names, name_starts, name_lengths, slots, kind, num, whole, text_start, text_len, taken
+):
     """Read each value ``buf[starts[r] : starts[r] + lengths[r]]`` (uint8) into row ``r``.
 
-    ``names`` (uint8, at ``name_starts``, ``name_lengths``) are the fields read; ``kind``,
+    ``names`` (uint8, at ``name_starts``, ``name_lengths``; ``slots`` from :func:`name_slots`)
+    are the fields read; ``kind``,
     ``num`` (a number as a double), ``whole`` (an INT as an int64), ``text_start``, ``text_len``
     (a STRING's place in ``buf``) are their columns, one row per field. ``taken[r]`` says whether
     the value was read; a value not taken leaves its row ABSENT throughout.
@@ -296,13 +333,13 @@ def scan_objects(buf, starts, lengths, names, name_starts, name_lengths, kind, n
     >>> kind, num = np.zeros((2, 2), dtype=np.int8), np.zeros((2, 2))
     >>> ints, at, n = (np.zeros((2, 2), dtype=np.int64) for _ in range(3))
     >>> taken = np.zeros(2, dtype=bool)
-    >>> scan_objects(buf, np.array([0, 35]), np.array([35, 19]), names, np.array([0, 1]),
-    ...              np.array([1, 1]), kind, num, ints, at, n, taken)
+    >>> scan_objects(buf, np.array([0, 34]), np.array([34, 19]), names, np.array([0, 1]),
+    ...              np.array([1, 1]), name_slots([b"a", b"b"]), kind, num, ints, at, n, taken)
     >>> taken.tolist(), kind[:, 1].tolist() == [NULL, INT], ints[1, 1].item()
     ([False, True], True, 7)
     """
     for r in range(len(starts)):
-        ok = _scan_one(buf, starts[r], starts[r] + lengths[r], r, names, name_starts, name_lengths,
+        ok = _scan_one(buf, starts[r], starts[r] + lengths[r], r, names, name_starts, name_lengths, slots,
                        kind, num, whole, text_start, text_len)  # fmt: skip
         for f in range(kind.shape[0]):
             if kind[f, r] == INEXACT:
@@ -319,14 +356,6 @@ def _fnv1a(buf, s, n):
     for k in range(s, s + n):
         h = (h ^ np.uint64(buf[k])) * _FNV_PRIME
     return h
-
-
-@compiled
-def _same_bytes(a, sa, b, sb, n):
-    for k in range(n):  # noqa: SIM110 (numba compiles no all() of a generator)
-        if a[sa + k] != b[sb + k]:
-            return False
-    return True
 
 
 @compiled

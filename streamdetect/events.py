@@ -1257,8 +1257,8 @@ class _ScannedRows:
         self.text_len = np.zeros((k, n), dtype=np.int64)
         self.taken = np.zeros(n, dtype=bool)
         _json_kernels.scan_objects(buf, starts, lengths, np.frombuffer(b"".join(names), dtype=np.uint8), name_starts,
-                                   name_lengths, self.kind, self.num, self.whole, self.text_start, self.text_len,
-                                   self.taken)  # fmt: skip
+                                   name_lengths, _json_kernels.name_slots(names), self.kind, self.num, self.whole,
+                                   self.text_start, self.text_len, self.taken)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.vals)
