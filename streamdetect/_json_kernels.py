@@ -283,13 +283,16 @@ def _scan_one(buf, s, end, r, names, name_starts, name_lengths, slots, kind, num
                 text_len[f, r] = value_end - i - 1
             i = value_end + 1
         elif c == 45 or 48 <= c <= 57:
-            i, k, x, n = _number(buf, i, end)
-            if i < 0:
+            number_end, k, x, n = _number(buf, i, end)
+            if number_end < 0:
                 return False
             if f >= 0:
                 kind[f, r] = k
                 num[f, r] = x
                 whole[f, r] = n
+                text_start[f, r] = i
+                text_len[f, r] = number_end - i
+            i = number_end
         elif c == 110 and i + 4 <= end and buf[i + 1] == 117 and buf[i + 2] == 108 and buf[i + 3] == 108:
             if f >= 0:
                 kind[f, r] = NULL
@@ -324,7 +327,8 @@ def scan_objects(
     ``names`` (uint8, at ``name_starts``, ``name_lengths``; ``slots`` from :func:`name_slots`)
     are the fields read; ``kind``,
     ``num`` (a number as a double), ``whole`` (an INT as an int64), ``text_start``, ``text_len``
-    (a STRING's place in ``buf``) are their columns, one row per field. ``taken[r]`` says whether
+    (the place in ``buf`` of a STRING's text or of a number's) are their columns, one row per
+    field. ``taken[r]`` says whether
     the value was read; a value not taken leaves its row ABSENT throughout.
 
     >>> text = b'{"a": "xy", "b": -1.5e1, "c": [1]}{"b": 7, "a": null}'

@@ -1275,23 +1275,39 @@ class _ScannedRows:
         kind = self.kind[f]
         ms, ok = np.empty(len(kind), dtype=np.int64), np.empty(len(kind), dtype=bool)
         _time_kernels.parse_canonical(self.buf, self.text_start[f], self.text_len[f], ms, ok)
-        ok &= kind == _json_kernels.STRING
+        is_str = kind == _json_kernels.STRING
+        ok &= is_str
+        other = np.flatnonzero(is_str & ~ok)
+        if len(other):  # other RFC 3339 shapes (no milliseconds, another offset): as _iso_times reads them
+            at, n = self.text_start[f, other].tolist(), self.text_len[f, other].tolist()
+            buf = self.buf
+            texts = [buf[a : a + k].tobytes().decode("utf-8") for a, k in zip(at, n, strict=True)]
+            ms[other], ok[other] = _times_one_by_one(
+                texts, None, range(len(texts)), np.zeros(len(texts), dtype=np.int64), np.zeros(len(texts), dtype=bool)
+            )
         is_int = kind == _json_kernels.INT
         if is_int.any():
             ms[is_int] = self.whole[f, is_int]
             ok |= is_int
         return ms, ok
 
-    def _strings(self, field: str, table: _StringIds) -> tuple[np.ndarray, np.ndarray]:
+    def _names(self, field: str, table: _StringIds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(what the table makes of each row's text, rows with a string, rows with an integer)``
+        of a field whose integers stand for their decimal text (keys, SKUs): an integer is written
+        as ``str(n)`` writes it, but for ``-0``, which the rules read."""
         f = self.field[field]
-        is_str = self.kind[f] == _json_kernels.STRING
-        return table.lookup(self.buf, self.text_start[f], self.text_len[f], is_str), is_str
+        kind, length = self.kind[f], self.text_len[f]
+        is_str = kind == _json_kernels.STRING
+        is_int = (kind == _json_kernels.INT) & ~((self.whole[f] == 0) & (length == 2))
+        return table.lookup(self.buf, self.text_start[f], length, is_str | is_int), is_str, is_int
 
     def keys(self, key_fields: tuple[str, ...]) -> tuple[list[Any], np.ndarray]:
         ok = np.ones(len(self.vals), dtype=bool)
-        for name in key_fields:  # an empty key is for the rules (missing)
-            ok &= (self.kind[self.field[name]] == _json_kernels.STRING) & (self.text_len[self.field[name]] > 0)
-        parts = [self._strings(name, _KEY_IDS)[0] for name in key_fields]
+        parts = []
+        for name in key_fields:
+            key, is_str, is_int = self._names(name, _KEY_IDS)
+            ok &= (is_str & (self.text_len[self.field[name]] > 0)) | is_int  # an empty key is for the rules
+            parts.append(key)
         if len(parts) == 1:
             return parts[0].tolist(), ok
         return [None if None in t else sum(t, ()) for t in zip(*parts, strict=True)], ok
@@ -1304,9 +1320,9 @@ class _ScannedRows:
         return np.where(is_number, self.num[f], 0.0), is_number, absent
 
     def sku_hashes(self, field: str) -> tuple[np.ndarray, np.ndarray]:
-        hashes, is_str = self._strings(field, _SKU_IDS)
+        hashes, is_str, is_int = self._names(field, _SKU_IDS)
         kind = self.kind[self.field[field]]
-        return hashes, is_str | (kind == _json_kernels.ABSENT) | (kind == _json_kernels.NULL)
+        return hashes, is_str | is_int | (kind == _json_kernels.ABSENT) | (kind == _json_kernels.NULL)
 
 
 def _scannable(schema: EventSchema) -> bool:
