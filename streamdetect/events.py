@@ -163,6 +163,37 @@ class EventBatch:
         )
 
     @classmethod
+    def merged(cls, a: EventBatch, b: EventBatch) -> EventBatch:
+        """The rows of two batches of one input in input order (by ``index``).
+
+        >>> one = EventBatch(np.array([0, 3]), np.array([5, 8]), np.ones(2), np.ones(2),
+        ...                  np.zeros(2, dtype=np.uint64), [("a",), ("d",)])
+        >>> two = EventBatch(np.array([2]), np.array([7]), np.ones(1), np.ones(1), np.zeros(1, dtype=np.uint64),
+        ...                  [("c",)], is_return=np.array([True]))
+        >>> m = EventBatch.merged(one, two); m.index.tolist(), m.keys, m.is_return.tolist()
+        ([0, 2, 3], [('a',), ('c',), ('d',)], [False, True, False])
+        """
+
+        def both(x: np.ndarray | None, y: np.ndarray | None, fill: Any) -> np.ndarray | None:
+            if x is None and y is None:
+                return None
+            return np.concatenate([np.full(len(a), fill) if x is None else x,
+                                   np.full(len(b), fill) if y is None else y])  # fmt: skip
+
+        whole = cls(
+            index=np.concatenate([a.index, b.index]),
+            ts_ms=np.concatenate([a.ts_ms, b.ts_ms]),
+            amount=np.concatenate([a.amount, b.amount]),
+            quantity=np.concatenate([a.quantity, b.quantity]),
+            sku_hash=np.concatenate([a.sku_hash, b.sku_hash]),
+            keys=a.keys + b.keys,
+            count=both(a.count, b.count, 1.0),
+            is_return=both(a.is_return, b.is_return, False),
+            id_hash=both(a.id_hash, b.id_hash, NO_ID),
+        )
+        return whole.take(np.argsort(whole.index, kind="stable"))
+
+    @classmethod
     def empty(cls) -> EventBatch:
         """A batch with no events (e.g. for a flush)."""
         return cls(
@@ -1263,6 +1294,15 @@ class _ScannedRows:
     def __len__(self) -> int:
         return len(self.vals)
 
+    def take(self, rows: np.ndarray) -> _ScannedRows:
+        """The rows at positions ``rows``, as read."""
+        out = object.__new__(_ScannedRows)
+        out.vals = [self.vals[j] for j in rows.tolist()]
+        out.schema, out.buf, out.field = self.schema, self.buf, self.field
+        out.kind, out.num, out.whole = self.kind[:, rows], self.num[:, rows], self.whole[:, rows]
+        out.text_start, out.text_len, out.taken = self.text_start[:, rows], self.text_len[:, rows], self.taken[rows]
+        return out
+
     def column(self, field: str) -> list[Any]:
         rows = _decode_structs(self.vals, self.schema)
         return rows.column(field)
@@ -1418,14 +1458,26 @@ def decode_events(values: Sequence[bytes], schema: EventSchema) -> tuple[EventBa
     with _gc_paused():
         rows: _Rows
         scanned = _scan(vals, schema) if _scannable(schema) else None
-        if scanned is not None:
-            rows = scanned
-        elif schema.nested_fields:
-            rows = _DictRows(_with_nested(list(map(_parse_one, vals)), schema.nested_fields))
+        if scanned is not None and not scanned.taken.all():
+            # The values the scanner left (a nested object, a \\u escape, bytes that are not
+            # UTF-8, not JSON) go the way they went before it, as a batch of their own.
+            at = np.arange(n, dtype=np.int64) if positions is None else np.asarray(positions, dtype=np.int64)
+            taken, left = np.flatnonzero(scanned.taken), np.flatnonzero(~scanned.taken)
+            structs = _decode_structs([vals[j] for j in left.tolist()], schema)
+            batch = EventBatch.merged(
+                _columns(scanned.take(taken), at[taken].tolist(), schema, rejected),
+                _columns(structs, at[left].tolist(), schema, rejected),
+            )
+            rejected.sort(key=lambda r: r.index)
         else:
-            rows = _decode_structs(vals, schema)
-        batch = _columns(rows, positions, schema, rejected)
-        del rows
+            if scanned is not None:
+                rows = scanned
+            elif schema.nested_fields:
+                rows = _DictRows(_with_nested(list(map(_parse_one, vals)), schema.nested_fields))
+            else:
+                rows = _decode_structs(vals, schema)
+            batch = _columns(rows, positions, schema, rejected)
+            del rows
     if positions is not None:
         rejected.sort(key=lambda r: r.index)
     return batch, rejected
