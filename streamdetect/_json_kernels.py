@@ -6,12 +6,12 @@ itself. :func:`scan_objects` reads a whole batch's bytes in one loop and writes 
 rules read straight into arrays (a kind, a number, a string's place in the bytes).
 
 It takes only what it can read exactly as msgspec would, and leaves every other value to
-msgspec: the whole value must be one JSON object whose values are strings, numbers, ``true``,
-``false`` or ``null`` (no nested object or array), its text UTF-8 as Python's strict decoder
-reads it, without ``\\u`` escapes (msgspec checks their surrogates), and with no field the rules
-read twice. Nor does it take an event with a field read whose value it cannot take as written
-(a number with more digits than a double holds or an exponent beyond 10^22, a string with an
-escape). Its grammar is JSON's (RFC 8259), checked for every byte, the fields not read included.
+msgspec: the whole value must be one JSON object (objects and arrays within it at most
+``_MAX_DEPTH`` deep), its text UTF-8 as Python's strict decoder reads it, its ``\\u`` escapes
+paired as UTF-16 surrogates must be, with no field the rules read twice; nor does it take an
+event with a field read whose value it cannot take as written (a number with more digits than
+a double holds or an exponent beyond 10^22, a string with an escape, an object or an array). Its
+grammar is JSON's (RFC 8259), checked for every byte, the fields not read included.
 
 :func:`intern_spans` gives each distinct string (a key, a SKU) a small id that lasts across
 batches, so Python looks at a string once, not once per event.
@@ -25,6 +25,7 @@ from streamdetect._jit import compiled
 
 # What a field of a taken value held.
 ABSENT, NULL, FALSE, TRUE, INT, FLOAT, STRING, INEXACT = range(8)
+_MAX_DEPTH = 62  # objects and arrays within each other that the scanner follows (bits of an int64)
 
 # Doubles that are powers of ten exactly (10^22 is the largest): a number of at most 15 digits
 # scaled by one of them is one correctly rounded operation, what a full parser computes too
@@ -84,11 +85,46 @@ def _utf8_length(buf, i, end):
 
 
 @compiled(inline=True)
+def _hex4(buf, i, end):
+    """The number the four hexadecimal digits at ``i`` write, or -1."""
+    if i + 4 > end:
+        return -1
+    code = 0
+    for k in range(i, i + 4):
+        c = buf[k]
+        if 48 <= c <= 57:
+            d = c - 48
+        elif 97 <= c <= 102:
+            d = c - 87
+        elif 65 <= c <= 70:
+            d = c - 55
+        else:
+            return -1
+        code = code * 16 + d
+    return code
+
+
+@compiled(inline=True)
+def _unicode_escape_end(buf, i, end):
+    """The index after the ``\\uXXXX`` escape at ``i`` (with its low surrogate after a high one),
+    or -1: a lone surrogate is invalid JSON to msgspec."""
+    code = _hex4(buf, i + 2, end)
+    if code < 0 or 0xDC00 <= code <= 0xDFFF:
+        return -1
+    if code < 0xD800 or code > 0xDBFF:
+        return i + 6
+    if i + 12 > end or buf[i + 6] != 92 or buf[i + 7] != 117:
+        return -1
+    low = _hex4(buf, i + 8, end)
+    return i + 12 if 0xDC00 <= low <= 0xDFFF else -1
+
+
+@compiled(inline=True)
 def _string_end(buf, i, end):
     """``(index of the closing quote, whether the text is its bytes)`` of the string whose text
-    starts at ``i``: -1 for one this scanner leaves (a ``\\u`` escape, whose surrogates msgspec
-    checks, a control character, bytes that are not UTF-8) or one not closed. A text with
-    another escape is valid JSON but not its bytes."""
+    starts at ``i``: -1 for one this scanner leaves (a control character, bytes that are not
+    UTF-8, an escape that is none, a lone surrogate) or one not closed. A text with an escape is
+    valid JSON but not its bytes."""
     plain = True
     while i < end:
         while i < end and _ORDINARY[buf[i]]:
@@ -102,10 +138,15 @@ def _string_end(buf, i, end):
             if i + 1 >= end:
                 return -1, False
             e = buf[i + 1]
-            if e != 34 and e != 92 and e != 47 and e != 98 and e != 102 and e != 110 and e != 114 and e != 116:
-                return -1, False  # \u, or not an escape
             plain = False
-            i += 2
+            if e == 117:  # 'u'
+                i = _unicode_escape_end(buf, i, end)
+                if i < 0:
+                    return -1, False
+            elif e != 34 and e != 92 and e != 47 and e != 98 and e != 102 and e != 110 and e != 114 and e != 116:
+                return -1, False  # not an escape
+            else:
+                i += 2
         elif c < 32:
             return -1, False
         elif c < 128:
@@ -248,6 +289,89 @@ def _field_of(buf, s, n, names, name_starts, name_lengths, slots):
     return -1
 
 
+@compiled(inline=True)
+def _literal_end(buf, i, end):
+    """``(index after it, kind)`` of the ``null``, ``true`` or ``false`` at ``i``; -1 if none."""
+    c = buf[i]
+    if c == 110 and i + 4 <= end and buf[i + 1] == 117 and buf[i + 2] == 108 and buf[i + 3] == 108:
+        return i + 4, NULL
+    if c == 116 and i + 4 <= end and buf[i + 1] == 114 and buf[i + 2] == 117 and buf[i + 3] == 101:
+        return i + 4, TRUE
+    if c == 102 and i + 5 <= end and buf[i + 1] == 97 and buf[i + 2] == 108 and buf[i + 3] == 115 \
+            and buf[i + 4] == 101:  # fmt: skip
+        return i + 5, FALSE
+    return -1, ABSENT
+
+
+@compiled(inline=True)
+def _member_value(buf, i, end):
+    """The index after ``"name":`` at ``i`` in an object, or -1."""
+    if i >= end or buf[i] != 34:
+        return -1
+    name_end = _string_end(buf, i + 1, end)[0]
+    if name_end < 0:
+        return -1
+    i = _skip_space(buf, name_end + 1, end)
+    return i + 1 if i < end and buf[i] == 58 else -1  # ':'
+
+
+@compiled
+def _nested_end(buf, i, end):
+    """The index after the object or array at ``i``, checked as JSON, or -1 (not JSON, or
+    deeper than ``_MAX_DEPTH``)."""
+    objects = np.int64(0)  # bit d: the container at depth d is an object
+    depth = 0
+    expect_value = True  # at i: a value (after '[', ',' in an array, ':'), else what follows one
+    while True:
+        i = _skip_space(buf, i, end)
+        if i >= end:
+            return -1
+        c = buf[i]
+        if expect_value:
+            if c == 123 or c == 91:  # '{', '['
+                if depth == _MAX_DEPTH:
+                    return -1
+                is_object = c == 123
+                objects = (objects | (np.int64(1) << depth)) if is_object else (objects & ~(np.int64(1) << depth))
+                depth += 1
+                i = _skip_space(buf, i + 1, end)
+                if i < end and buf[i] == (125 if is_object else 93):  # empty
+                    depth -= 1
+                    i += 1
+                    expect_value = False
+                elif is_object:
+                    i = _member_value(buf, i, end)
+                    if i < 0:
+                        return -1
+                continue
+            if c == 34:
+                value_end = _string_end(buf, i + 1, end)[0]
+                i = value_end + 1 if value_end >= 0 else -1
+            elif c == 45 or 48 <= c <= 57:
+                i = _number(buf, i, end)[0]
+            else:
+                i = _literal_end(buf, i, end)[0]
+            if i < 0:
+                return -1
+            expect_value = False
+            continue
+        if depth == 0:
+            return i
+        in_object = (objects >> (depth - 1)) & 1 == 1
+        if c == (125 if in_object else 93):  # '}', ']'
+            depth -= 1
+            i += 1
+        elif c == 44:  # ','
+            i = _skip_space(buf, i + 1, end)
+            expect_value = True
+            if in_object:
+                i = _member_value(buf, i, end)
+                if i < 0:
+                    return -1
+        else:
+            return -1
+
+
 @compiled
 def _scan_one(buf, s, end, r, names, name_starts, name_lengths, slots, kind, num, whole, text_start, text_len):
     """Read one value (``buf[s:end]``) into row ``r`` of the columns; whether it was taken."""
@@ -293,21 +417,18 @@ def _scan_one(buf, s, end, r, names, name_starts, name_lengths, slots, kind, num
                 text_start[f, r] = i
                 text_len[f, r] = number_end - i
             i = number_end
-        elif c == 110 and i + 4 <= end and buf[i + 1] == 117 and buf[i + 2] == 108 and buf[i + 3] == 108:
+        elif c == 123 or c == 91:  # '{', '['
+            i = _nested_end(buf, i, end)
+            if i < 0:
+                return False
             if f >= 0:
-                kind[f, r] = NULL
-            i += 4
-        elif c == 116 and i + 4 <= end and buf[i + 1] == 114 and buf[i + 2] == 117 and buf[i + 3] == 101:
-            if f >= 0:
-                kind[f, r] = TRUE
-            i += 4
-        elif c == 102 and i + 5 <= end and buf[i + 1] == 97 and buf[i + 2] == 108 and buf[i + 3] == 115 \
-                and buf[i + 4] == 101:  # fmt: skip
-            if f >= 0:
-                kind[f, r] = FALSE
-            i += 5
+                kind[f, r] = INEXACT  # msgspec builds it, and may refuse what is in it (1e400)
         else:
-            return False  # a nested object or array, or not JSON
+            i, k = _literal_end(buf, i, end)
+            if i < 0:
+                return False
+            if f >= 0:
+                kind[f, r] = k
         i = _skip_space(buf, i, end)
         if i >= end:
             return False
@@ -331,13 +452,13 @@ def scan_objects(
     field. ``taken[r]`` says whether
     the value was read; a value not taken leaves its row ABSENT throughout.
 
-    >>> text = b'{"a": "xy", "b": -1.5e1, "c": [1]}{"b": 7, "a": null}'
+    >>> text = b'{"a": "xy", "b": 1e400}{"b": 7, "a": null, "c": [1, {"d": []}]}'
     >>> buf = np.frombuffer(text, dtype=np.uint8)
     >>> names = np.frombuffer(b"ab", dtype=np.uint8)
     >>> kind, num = np.zeros((2, 2), dtype=np.int8), np.zeros((2, 2))
     >>> ints, at, n = (np.zeros((2, 2), dtype=np.int64) for _ in range(3))
     >>> taken = np.zeros(2, dtype=bool)
-    >>> scan_objects(buf, np.array([0, 34]), np.array([34, 19]), names, np.array([0, 1]),
+    >>> scan_objects(buf, np.array([0, 23]), np.array([23, 40]), names, np.array([0, 1]),
     ...              np.array([1, 1]), name_slots([b"a", b"b"]), kind, num, ints, at, n, taken)
     >>> taken.tolist(), kind[:, 1].tolist() == [NULL, INT], ints[1, 1].item()
     ([False, True], True, 7)

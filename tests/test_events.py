@@ -870,9 +870,15 @@ _NUMBER_TEXTS = [
 _STRING_TEXTS = [
     b'"s1"', b'""', b'"A"', b'"2024-03-01T12:00:00.123Z"', b'"2024-03-01T12:00:00Z"',
     b'"2024-03-01T12:00:00.123+01:00"', b'"2024-02-30T00:00:00.000Z"', b'"a\\"b"', b'"\\u0041"', b'"caf\xc3\xa9"',
-    b'"\xff"', b'"tab\tin"', b'"x', b'"\x7f"', b'"12.5"',
+    b'"\xff"', b'"tab\tin"', b'"x', b'"\x7f"', b'"12.5"', b'"\\ud800"', b'"\\ud83d\\ude00"', b'"\\udc00"',
+    b'"\\u00e9"', b'"\\uZZZZ"', b'"\\ud83dx"', b'"\\ud83d\\u0041"', b'"s\\u0031"', b'"\\/"', b'"\\u002"',
 ]  # fmt: skip
-_OTHER_TEXTS = [b"null", b"true", b"false", b"[]", b"[1, 2]", b'{"a": 1}', b"nul", b"tru", b"NaN", b"Infinity", b""]
+_OTHER_TEXTS = [
+    b"null", b"true", b"false", b"[]", b"[1, 2]", b'{"a": 1}', b"nul", b"tru", b"NaN", b"Infinity", b"",
+    b'{"a": [1, {"b": null}], "c": "\\u00e9"}', b"[1,]", b'{"a" 1}', b"[[[[[]]]]]", b'{"a":{}}', b"[1 2]",
+    b'{"a":1,}', b"{,}", b"[}", b'{"\\ud83d\\ude00": 1}', b"[" * 70 + b"]" * 70, b"[" * 60 + b"]" * 60,
+    b'[{"a": [true, false, null, -1.5e3, "x"]}, {}]', b'{"a": 1e400}', b"[01]", b'{"a": "\\u12"}',
+]  # fmt: skip
 _NAME_TEXTS = [
     b'"ts"', b'"store_id"', b'"sku"', b'"quantity"', b'"unit_price"', b'"amount"', b'"channel"', b'"t\\u0073"',
     b'"ts "', b'"STORE_ID"', b'"\xc3\xa9"', b"ts",
@@ -942,6 +948,30 @@ def test_the_scanner_decodes_every_value_as_msgspec_and_the_rules_do(values: lis
         reference, reference_rejected = decode_events(values, schema)
     _same_batches(batch, reference)
     assert rejected == reference_rejected
+
+
+@pytest.mark.parametrize("options", [{}, {"value_field": "amount"}, {"key_fields": ("store_id", "channel")}])
+def test_the_scanner_agrees_on_every_edge_value_in_every_field(options: dict) -> None:
+    """Each hand-picked value text (number spellings, escapes, surrogates, nesting, broken syntax)
+    in place of each field of a sale, read and unread ones, and as a field of its own: the same
+    rows and rejects with the scanner as without it. (A read field holding ``{"a": 1e400}``,
+    which msgspec refuses as a whole, was caught this way.)"""
+    schema = EventSchema(**options)
+    values = []
+    for text in _NUMBER_TEXTS + _STRING_TEXTS + _OTHER_TEXTS:
+        for at in range(len(_BASE_FIELDS) + 1):
+            fields = list(_BASE_FIELDS)
+            if at < len(fields):
+                fields[at] = (fields[at][0], text)
+            else:
+                fields.append((b'"extra"', text))
+            values.append(b"{" + b",".join(name + b":" + value for name, value in fields) + b"}")
+    batch, rejected = decode_events(values, schema)
+    with _without_the_scanner():
+        reference, reference_rejected = decode_events(values, schema)
+    _same_batches(batch, reference)
+    assert rejected == reference_rejected
+    assert len(batch) > len(values) // 3 and len(rejected) > len(values) // 5
 
 
 def test_the_scanner_takes_what_producers_write() -> None:
