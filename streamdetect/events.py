@@ -8,8 +8,10 @@ others. Rules (field names come from :class:`~streamdetect.config.EventSchema`):
 * ``decode``: no value (``None``), not UTF-8, not JSON (including a number that overflows a
   double, such as ``1e400``, in a field the rules read, and nesting deeper than Python's
   recursion limit, about 1,000). The fields the rules do not read are checked for well-formed
-  JSON and UTF-8 only: they are not built (msgspec decodes each event straight into the fields
-  read, which is most of what decoding costs).
+  JSON and UTF-8 only: they are not built. A compiled scanner (:mod:`streamdetect._json_kernels`)
+  reads most events' bytes straight into columns; the events it cannot read exactly as msgspec
+  would go to msgspec, which decodes each straight into the fields read. Which of the two reads
+  an event never changes what it becomes.
 
 Values in the Confluent Schema Registry wire format (a zero byte, a 4-byte schema id, then the
 payload), as the JSON Schema serializer writes them, are read as their JSON payload; the schema
@@ -1299,8 +1301,13 @@ class _ScannedRows:
         out = object.__new__(_ScannedRows)
         out.vals = [self.vals[j] for j in rows.tolist()]
         out.schema, out.buf, out.field = self.schema, self.buf, self.field
-        out.kind, out.num, out.whole = self.kind[:, rows], self.num[:, rows], self.whole[:, rows]
-        out.text_start, out.text_len, out.taken = self.text_start[:, rows], self.text_len[:, rows], self.taken[rows]
+        # In the layout the kernels were compiled for (an index along the second axis is not).
+        out.kind = np.ascontiguousarray(self.kind[:, rows])
+        out.num = np.ascontiguousarray(self.num[:, rows])
+        out.whole = np.ascontiguousarray(self.whole[:, rows])
+        out.text_start = np.ascontiguousarray(self.text_start[:, rows])
+        out.text_len = np.ascontiguousarray(self.text_len[:, rows])
+        out.taken = self.taken[rows]
         return out
 
     def column(self, field: str) -> list[Any]:
