@@ -1379,11 +1379,13 @@ def _scannable(schema: EventSchema) -> bool:
                 or time_parser(schema.time_format) is not None)  # fmt: skip
 
 
-def _scan(vals: list[Any], schema: EventSchema) -> _ScannedRows | None:
-    """The batch's values read by the scanner; None when they are not all bytes-like."""
+def _scan(vals: list[Any], schema: EventSchema, lengths: np.ndarray | None = None) -> _ScannedRows | None:
+    """The batch's values (of ``lengths``, when known) read by the scanner; None when they are
+    not all bytes-like."""
     try:
         blob = b"".join(vals)
-        lengths = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))
+        if lengths is None:
+            lengths = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))
     except TypeError:  # a str value: msgspec reads it
         return None
     if int(lengths.sum()) != len(blob):  # a buffer of items wider than a byte
@@ -1434,11 +1436,14 @@ def decode_events(values: Sequence[bytes], schema: EventSchema) -> tuple[EventBa
         return EventBatch.empty(), rejected
     max_bytes = schema.max_event_bytes
     positions: list[int] | None = None
-    try:
-        clean = None not in vals and max(map(len, vals)) <= max_bytes
+    lengths: np.ndarray | None = None
+    try:  # len(None) raises too
+        lengths = np.fromiter(map(len, vals), dtype=np.int64, count=n)
+        clean = int(lengths.max()) <= max_bytes
     except TypeError:  # a value without len(): handled one by one below
         clean = False
     if not clean:
+        lengths = None
         positions = []
         kept = []
         for i, v in enumerate(vals):
@@ -1462,9 +1467,10 @@ def decode_events(values: Sequence[bytes], schema: EventSchema) -> tuple[EventBa
         # A topic written by a Schema Registry serializer frames every value; one that is not
         # (a mixed batch) is unframed one by one when its parse fails.
         vals = [_unframed(v) for v in vals]
+        lengths = None
     with _gc_paused():
         rows: _Rows
-        scanned = _scan(vals, schema) if _scannable(schema) else None
+        scanned = _scan(vals, schema, lengths) if _scannable(schema) else None
         if scanned is not None and not scanned.taken.all():
             # The values the scanner left (a nested object, a \\u escape, bytes that are not
             # UTF-8, not JSON) go the way they went before it, as a batch of their own.
