@@ -1277,6 +1277,7 @@ class _ScannedRows:
                  lengths: np.ndarray) -> None:  # fmt: skip
         fields = _read_fields(schema)
         self.vals, self.schema, self.buf = vals, schema, buf
+        self.rows: np.ndarray | None = None  # after take(): the position in vals of each row
         self.field = {f: i for i, f in enumerate(fields)}
         names = [f.encode("utf-8", "surrogatepass") for f in fields]
         name_lengths = np.array([len(b) for b in names], dtype=np.int64)
@@ -1294,12 +1295,15 @@ class _ScannedRows:
                                    self.text_start, self.text_len, self.taken)  # fmt: skip
 
     def __len__(self) -> int:
-        return len(self.vals)
+        return len(self.taken)
+
+    def _value(self, j: int) -> Any:
+        return self.vals[j if self.rows is None else int(self.rows[j])]
 
     def take(self, rows: np.ndarray) -> _ScannedRows:
         """The rows at positions ``rows``, as read."""
         out = object.__new__(_ScannedRows)
-        out.vals = [self.vals[j] for j in rows.tolist()]
+        out.vals, out.rows = self.vals, rows if self.rows is None else self.rows[rows]
         out.schema, out.buf, out.field = self.schema, self.buf, self.field
         # In the layout the kernels were compiled for (an index along the second axis is not).
         out.kind = np.ascontiguousarray(self.kind[:, rows])
@@ -1311,11 +1315,11 @@ class _ScannedRows:
         return out
 
     def column(self, field: str) -> list[Any]:
-        rows = _decode_structs(self.vals, self.schema)
+        rows = _decode_structs([self._value(j) for j in range(len(self))], self.schema)
         return rows.column(field)
 
     def event(self, j: int) -> object:
-        return _decode_structs([self.vals[j]], self.schema).event(0)
+        return _decode_structs([self._value(j)], self.schema).event(0)
 
     def times(self, schema: EventSchema) -> tuple[np.ndarray, np.ndarray]:
         f = self.field[schema.time_field]
@@ -1349,7 +1353,7 @@ class _ScannedRows:
         return table.lookup(self.buf, self.text_start[f], length, is_str | is_int), is_str, is_int
 
     def keys(self, key_fields: tuple[str, ...]) -> tuple[list[Any], np.ndarray]:
-        ok = np.ones(len(self.vals), dtype=bool)
+        ok = np.ones(len(self), dtype=bool)
         parts = []
         for name in key_fields:
             key, is_str, is_int = self._names(name, _KEY_IDS)
