@@ -1319,8 +1319,21 @@ class _ScannedRows:
         return out
 
     def column(self, field: str) -> list[Any]:
-        rows = _decode_structs([self._value(j) for j in range(len(self))], self.schema)
-        return rows.column(field)
+        """The values of a field read as msgspec gives them (the event ids, for their hashes)."""
+        if not self.taken.all():
+            return _decode_structs([self._value(j) for j in range(len(self))], self.schema).column(field)
+        f = self.field[field]
+        kind = self.kind[f]
+        out = np.full(len(kind), _MISSING, dtype=object)
+        for code, value in ((_json_kernels.NULL, None), (_json_kernels.TRUE, True), (_json_kernels.FALSE, False)):
+            out[kind == code] = value
+        for code, values in ((_json_kernels.INT, self.whole[f]), (_json_kernels.FLOAT, self.num[f])):
+            rows = kind == code
+            out[rows] = values[rows].tolist()
+        rows = np.flatnonzero(kind == _json_kernels.STRING)
+        buf, at, n = self.buf, self.text_start[f, rows].tolist(), self.text_len[f, rows].tolist()
+        out[rows] = [buf[a : a + k].tobytes().decode("utf-8") for a, k in zip(at, n, strict=True)]
+        return out.tolist()
 
     def event(self, j: int) -> object:
         return _decode_structs([self._value(j)], self.schema).event(0)
@@ -1382,8 +1395,8 @@ class _ScannedRows:
 
 def _scannable(schema: EventSchema) -> bool:
     """Whether :class:`_ScannedRows` reads events of this schema (its columns are those of a
-    sale or a value series, with the automatic time format, without ids to deduplicate)."""
-    return not (schema.nested_fields or schema.deduplicate or schema.count_field is not None or schema.unpriced
+    sale or a value series, with the automatic time format)."""
+    return not (schema.nested_fields or schema.count_field is not None or schema.unpriced
                 or time_parser(schema.time_format) is not None)  # fmt: skip
 
 

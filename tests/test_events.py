@@ -936,6 +936,7 @@ def _same_batches(a: EventBatch, b: EventBatch) -> None:
     st.sampled_from([
         {}, {"returns": False}, {"allow_negative": True}, {"value_field": "amount"},
         {"key_fields": ("store_id", "channel")}, {"max_amount": 10.0},
+        {"deduplicate": True, "event_id_field": "channel"},  # the id a field read, with every kind of value
     ]),
 )  # fmt: skip
 def test_the_scanner_decodes_every_value_as_msgspec_and_the_rules_do(values: list[bytes], options: dict) -> None:
@@ -950,7 +951,10 @@ def test_the_scanner_decodes_every_value_as_msgspec_and_the_rules_do(values: lis
     assert rejected == reference_rejected
 
 
-@pytest.mark.parametrize("options", [{}, {"value_field": "amount"}, {"key_fields": ("store_id", "channel")}])
+@pytest.mark.parametrize("options", [
+    {}, {"value_field": "amount"}, {"key_fields": ("store_id", "channel")},
+    {"deduplicate": True, "event_id_field": "channel"},
+])  # fmt: skip
 def test_the_scanner_agrees_on_every_edge_value_in_every_field(options: dict) -> None:
     """Each hand-picked value text (number spellings, escapes, surrogates, nesting, broken syntax)
     in place of each field of a sale, read and unread ones, and as a field of its own: the same
