@@ -35,7 +35,7 @@ _MAX_FAST_DIGITS = 15  # below 2**53: the digits as an integer are a double exac
 _MAX_INT_DIGITS = 18  # below 2**63: an int64 exactly
 
 _SPACE = np.array([c in b" \t\n\r" for c in range(256)])  # JSON's whitespace
-# The bytes a string's text holds as they are: printable ASCII but the quote and the backslash.
+# The bytes a string's text holds as they are: ASCII from the space up (DEL too), but the quote and the backslash.
 _ORDINARY = np.array([32 <= c < 128 and c != 34 and c != 92 for c in range(256)])
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
