@@ -1270,6 +1270,17 @@ _KEY_IDS = _StringIds(lambda k: (k,), object, None, _KEY_CACHE_MAX, 1 << 24)
 _SKU_IDS = _StringIds(sku_hash, np.uint64, 0, _SKU_CACHE_MAX, 1 << 26)
 
 
+@functools.cache
+def _scanned_names(fields: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The names the scanner looks for: their bytes end to end, where each starts, its length,
+    and the table of their slots (:func:`_json_kernels.name_slots`)."""
+    names = [f.encode("utf-8", "surrogatepass") for f in fields]
+    lengths = np.array([len(b) for b in names], dtype=np.int64)
+    starts = np.zeros(len(names), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    return np.frombuffer(b"".join(names), dtype=np.uint8), starts, lengths, _json_kernels.name_slots(names)
+
+
 class _ScannedRows:
     """Events read by :func:`_json_kernels.scan_objects` into typed columns without a Python
     object per event; a value the scanner left, or that a column cannot read, goes to the rules
@@ -1283,10 +1294,6 @@ class _ScannedRows:
         self.vals, self.schema, self.buf = vals, schema, buf
         self.rows: np.ndarray | None = None  # after take(): the position in vals of each row
         self.field = {f: i for i, f in enumerate(fields)}
-        names = [f.encode("utf-8", "surrogatepass") for f in fields]
-        name_lengths = np.array([len(b) for b in names], dtype=np.int64)
-        name_starts = np.zeros(len(names), dtype=np.int64)
-        np.cumsum(name_lengths[:-1], out=name_starts[1:])
         n, k = len(vals), len(fields)
         self.kind = np.zeros((k, n), dtype=np.int8)
         self.num = np.zeros((k, n))
@@ -1294,8 +1301,7 @@ class _ScannedRows:
         self.text_start = np.zeros((k, n), dtype=np.int64)
         self.text_len = np.zeros((k, n), dtype=np.int64)
         self.taken = np.zeros(n, dtype=bool)
-        _json_kernels.scan_objects(buf, starts, lengths, np.frombuffer(b"".join(names), dtype=np.uint8), name_starts,
-                                   name_lengths, _json_kernels.name_slots(names), self.kind, self.num, self.whole,
+        _json_kernels.scan_objects(buf, starts, lengths, *_scanned_names(fields), self.kind, self.num, self.whole,
                                    self.text_start, self.text_len, self.taken)  # fmt: skip
 
     def __len__(self) -> int:
