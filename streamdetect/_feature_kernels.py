@@ -102,6 +102,12 @@ STATE_ORDER: tuple[str, ...] = (
 
 # Constants of the formulas (see streamdetect.features for their reasons).
 SIGMA_FLOOR = 0.05
+# What a sale's log ticket (and log units) varies by before a key's own sales say: a standard
+# deviation of 0.5 (a ticket within a factor 2.7 of the key's typical one at two sigma), worth
+# TICKET_PRIOR_SALES sales. Without it a key's first few sales, all of one quantity at one price
+# (a SKU's), gave it a spread at the floor, and its next sale of two units read as 14 sigma.
+TICKET_PRIOR_VAR = 0.25
+TICKET_PRIOR_SALES = 5.0
 # Where a key's hour of the week and its hour of day (each with its own level) disagree by about
 # this log ratio or less, the difference is read as the noise of the weeks the hour of the week
 # holds, not as that hour's own pattern (measured on the generator: 0.17-0.35 all do as well).
@@ -264,6 +270,17 @@ def _moments(w: float, s1: float, s2: float) -> tuple[bool, float, float]:
     mu = s1 / max(w, 1e-12) if known else 0.0
     var = s2 / max(w, 1e-12) - mu * mu if known else 1.0
     return known, mu, max(var, SIGMA_FLOOR * SIGMA_FLOOR)
+
+
+@_compiled
+def _with_prior(var: float, w: float) -> float:
+    """A key's per-sale variance of a log quantity shrunk towards ``TICKET_PRIOR_VAR`` by a prior
+    worth ``TICKET_PRIOR_SALES`` sales (``w``: the sales its own variance comes from).
+
+    >>> round(_with_prior(0.0025, 2.0), 4), round(_with_prior(0.81, 10_000.0), 4)
+    (0.1793, 0.8097)
+    """
+    return (w * var + TICKET_PRIOR_SALES * TICKET_PRIOR_VAR) / (w + TICKET_PRIOR_SALES)
 
 
 @_compiled
@@ -777,6 +794,8 @@ def transform_round(
             # Rows of several sales: their means are all there is (`_row_variance`; the state
             # that holds what single sales share holds them).
             var = _row_variance(tk_tau_a[key], tk_tau_b[key], var)
+        elif tickets == TICKETS_SINGLE:
+            var = _with_prior(var, tk_w[key])
         sigma = math.sqrt(var)
         sale_var = sigma * sigma
         tau2 = _between_variance(tk_tau_a[key], tk_tau_b[key]) if tickets == TICKETS_SINGLE else 0.0
@@ -789,12 +808,20 @@ def transform_round(
         seen_tickets = has_tickets and c > 0
         o[T_TICKET_SEEN] = seen_tickets
         o[T_TICKET_Z] = o[T_TICKET_DEV] / math.sqrt(o[T_TICKET_VAR]) if seen_tickets else 0.0
-        typical_ticket = math.expm1(mu) + 1.0
+        # The ratios' smoothing needs a ticket's size even before the key's spread is known: the
+        # mean of its sales so far, else this window's (1 + ticket, in logs). Taken as 1, a key's
+        # first sale of 25 read as revenue 26 times the expected.
+        if tk_w[key] > 0.0:
+            typical_ticket = math.exp(tk_s1[key] / tk_w[key])
+        else:
+            typical_ticket = math.exp(log_ticket_sum[i] / c) if c > 0.0 else 1.0
         o[T_TYPICAL_TICKET] = typical_ticket
         o[T_REVENUE_RATIO] = math.log((r + typical_ticket) / (expected_rev + typical_ticket))
 
         if basket:
             known_u, mu_u, var_u = _moments(uq_w[key], uq_s1[key], uq_s2[key])
+            if tickets == TICKETS_SINGLE:
+                var_u = _with_prior(var_u, uq_w[key])
             o[T_UNITS_DEV] = log_units_sum[i] / c_safe - mu_u
             o[T_UNITS_SALE_VAR] = var_u
             o[T_UNITS_VAR] = _mean_variance(var_u, _between_variance(uq_tau_a[key], uq_tau_b[key]), c)
@@ -1225,7 +1252,8 @@ def values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, 
                 v = o[code]
             elif code == V_MAX_TICKET_Z:
                 emz = max_z[int(c)] if c > 1 else 0.0
-                v = (math.log1p(max_ticket[i]) - o[T_MU]) / o[T_SIGMA] - emz if sold else 0.0
+                known = sold and o[T_HAS_TICKETS] != 0.0
+                v = (math.log1p(max_ticket[i]) - o[T_MU]) / o[T_SIGMA] - emz if known else 0.0
             elif code == V_COUNT_TREND_Z:
                 v = o[T_TREND_LOG_RATIO] / math.sqrt(o[T_TREND_POISSON_VAR] + o[T_PHI])
             elif code == V_COUNT_RATIO_SEASONAL:

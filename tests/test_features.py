@@ -986,3 +986,32 @@ def test_an_alert_expects_the_revenue_a_key_takes_however_few_its_sales():
         feats = values.transform(rnd)
         values.update(rnd, feats, np.ones(1, dtype=bool))
     assert feats.expected["revenue"][0] == pytest.approx(feats.columns[0, kernels.T_EXPECTED_REV], rel=1e-3)
+
+
+def test_a_key_s_first_few_sales_at_one_price_do_not_make_its_next_quantity_many_sigma():
+    # A SKU's key: a sale of one unit at 24.99 every twenty minutes. Its first sales leave its
+    # tickets no spread of their own; one sale of two units is then not a 14-sigma event.
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    for m in range(4 * 60):
+        rnd = sales_round(m * MIN, [[(24.99, 1.0, "SKU-1")] if m % 20 == 0 else []])
+        fx.update(rnd, fx.transform(rnd), np.ones(1, dtype=bool))
+    rnd = sales_round(4 * 60 * MIN, [[(49.98, 2.0, "SKU-1")]])
+    f = fx.transform(rnd)
+    assert 0.5 < f.values[0, column(fx, "mean_ticket_z")] < 3.0
+    assert 0.5 < f.values[0, column(fx, "units_per_event_z")] < 3.0
+    # A glitch of a hundred times the price is still far out.
+    glitch = fx.transform(sales_round(4 * 60 * MIN, [[(2499.0, 1.0, "SKU-1")]]))
+    assert glitch.values[0, column(fx, "mean_ticket_z")] > 8.0
+
+
+def test_a_key_s_first_sale_is_judged_by_its_count_not_by_a_ticket_it_has_no_measure_of():
+    # Before its first sale a key knows no ticket: its first sale of 25 is one sale where few were
+    # expected (revenue about twice what one ticket more than expected makes), not revenue 26
+    # times the expected, and the max ticket has nothing to be far from.
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    for m in range(60):
+        rnd = sales_round(m * MIN, [[]])
+        fx.update(rnd, fx.transform(rnd), np.ones(1, dtype=bool))
+    f = fx.transform(sales_round(60 * MIN, [[(24.99, 1.0, "SKU-1")]]))
+    assert f.values[0, column(fx, "revenue_ratio")] <= np.log(2.0) + 1e-9
+    assert f.values[0, column(fx, "max_ticket_z")] == 0.0
