@@ -44,7 +44,9 @@ One model serves keys of very different size, so every model feature compares a 
   by a prior worth ``TICKET_PRIOR_SALES`` (5) sales, which a busy key's own sales soon outweigh:
   a key of few sales, all of one quantity at one price (a SKU's, keyed by SKU), otherwise had no
   spread at all, and its next sale of two units read as 14 sigma (keyed by store and SKU, the
-  generator's four days paged 0.20 false alerts per key-day, 0.07 with the prior).
+  generator's four days paged 0.20 false alerts per key-day, 0.07 with the prior and the typical
+  ticket above; docs/measurements.md has the larger keyings where it still pages by the
+  thousand).
 * ``units_per_event_z`` -- the window's mean log1p(units per sale) against the key's basket sizes.
   The mean z-scores allow for sales that come together: the variance of a window's mean of ``n``
   sales is ``v / n + tau^2 (1 - 1/n)``, where ``tau^2`` is what a window's sales share (an
