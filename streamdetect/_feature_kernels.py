@@ -200,6 +200,95 @@ def anscombe_z(count: float, expected: float, phi: float) -> float:
     return raw / math.sqrt(1.0 + phi * max(expected, 0.0))
 
 
+# Acklam's rational approximation of the standard normal quantile, central and tail pieces.
+_QA = (-39.69683028665376, 220.9460984245205, -275.9285104469687, 138.357751867269, -30.66479806614716,
+       2.506628277459239)
+_QB = (-54.47609879822406, 161.5858368580409, -155.6989798598866, 66.80131188771972, -13.28068155288572)
+_QC = (-0.007784894002430293, -0.3223964580411365, -2.400758277161838, -2.549732539343734, 4.374664141464968,
+       2.938163982698783)
+_QD = (0.007784695709041462, 0.3224671290700398, 2.445134137142996, 3.754408661907416)
+# A new-SKU count is judged exactly (``new_skus_residual``) up to this many sales after a window's
+# first; beyond, on Anscombe's arcsine scale, which is as accurate there and costs no loop.
+EXACT_SHARE_SALES = 400
+RESIDUAL_CLIP = 20.0  # |z| of a residual whose chance underflows
+
+
+@_compiled
+def normal_quantile(p: float) -> float:
+    """The standard normal quantile: Acklam's rational approximation (relative error below
+    1.2e-9, plenty for a feature); ``p`` at or beyond 0 and 1 gives -+``RESIDUAL_CLIP``.
+
+    >>> round(normal_quantile(0.975), 6), round(normal_quantile(1e-10), 4), normal_quantile(0.5)
+    (1.959964, -6.3613, 0.0)
+    """
+    if p <= 0.0:
+        return -RESIDUAL_CLIP
+    if p >= 1.0:
+        return RESIDUAL_CLIP
+    if p < 0.02425 or p > 0.97575:
+        q = math.sqrt(-2.0 * math.log(min(p, 1.0 - p)))
+        x = ((((( _QC[0] * q + _QC[1]) * q + _QC[2]) * q + _QC[3]) * q + _QC[4]) * q + _QC[5]) / (
+            (((_QD[0] * q + _QD[1]) * q + _QD[2]) * q + _QD[3]) * q + 1.0)
+        if p > 0.5:
+            x = -x
+    else:
+        q = p - 0.5
+        r = q * q
+        x = (((((_QA[0] * r + _QA[1]) * r + _QA[2]) * r + _QA[3]) * r + _QA[4]) * r + _QA[5]) * q / (
+            ((((_QB[0] * r + _QB[1]) * r + _QB[2]) * r + _QB[3]) * r + _QB[4]) * r + 1.0)
+    return min(max(x, -RESIDUAL_CLIP), RESIDUAL_CLIP)
+
+
+@_compiled
+def new_skus_residual(k: int, m: int, share: float, rho: float, v: float) -> float:
+    """How unusual ``k`` new SKUs among ``m`` sales are for a key whose sales bring a new one at
+    rate ``share`` with intra-window correlation ``rho`` (a beta-binomial): the randomised quantile
+    residual of Dunn and Smyth (1996), ``Phi^-1(u)`` for ``u`` drawn by ``v`` between
+    ``P(X < k)`` and ``P(X <= k)``. Exactly N(0, 1) while the key behaves as it has, whatever
+    ``m`` and ``share``: a count that cannot tell anything (a SKU's own key, where no sale brings a
+    new one) reads as noise about 0, not as a step on one side, and a shop of a thousand items
+    reads one repeat among nine sales by its real chance.
+
+    >>> round(new_skus_residual(0, 3, 1e-3, 0.0, 0.5), 2)  # nothing new where nothing ever is
+    -0.0
+    >>> round(new_skus_residual(7, 8, 0.999, 0.0, 0.5), 2)  # one repeat in nine, 1 in 1,000 a sale
+    -2.65
+    >>> round(new_skus_residual(0, 29, 0.99, 0.0, 0.5), 1), round(new_skus_residual(0, 29, 0.99, 0.3, 0.5), 1)
+    (-16.2, -4.4)
+    """
+    if m <= 0:
+        return 0.0
+    # Summed from the rarer outcome's side: its P(X = 0), a product of m factors of at least
+    # 1 - p >= 0.5, stays above 1e-121 for m up to EXACT_SHARE_SALES.
+    flip = share > 0.5
+    p = 1.0 - share if flip else share
+    j = m - k if flip else k
+    w = 1.0 - v if flip else v
+    s = 1.0 / min(max(rho, 1e-9), 0.999) - 1.0
+    a = p * s
+    b = (1.0 - p) * s
+    pmf = 1.0
+    for i in range(m):
+        pmf *= (b + i) / (a + b + i)
+    below = 0.0
+    for i in range(j):
+        below += pmf
+        pmf *= (m - i) / (i + 1.0) * (a + i) / (b + m - i - 1.0)
+    at = pmf
+    lower = below + w * at
+    if lower < 0.5:
+        z = normal_quantile(lower)
+    else:
+        # The upper tail summed term by term (1 - below - at would lose a far tail to rounding),
+        # only here: most windows hold the rarer outcome at or below its median.
+        above = 0.0
+        for i in range(j, m):
+            pmf *= (m - i) / (i + 1.0) * (a + i) / (b + m - i - 1.0)
+            above += pmf
+        z = -normal_quantile(above + (1.0 - w) * at)
+    return -z if flip else z
+
+
 @_compiled
 def rate_z(count: float, expected: float, phi: float) -> float:
     """How many standard deviations ``count`` lies from ``expected`` (both in clumps, half a clump
@@ -831,18 +920,17 @@ def transform_round(
 
         if new_skus:
             # Of the m = c - 1 sales after the window's first, those that brought a SKU not yet sold
-            # in it, against the key's usual share p: a binomial count on Anscombe's variance-
-            # stabilising scale 2 sqrt(m) (asin sqrt((x + 3/8) / (m + 3/4)) - asin sqrt(p)), about
-            # N(0, 1) whatever p (one best-seller or a thousand items) and with the right tails for
-            # small counts; divided by sqrt(1 + (m - 1) rho), rho the key's intra-window correlation
-            # (a customer buying several of one item), plus the sketch's own counting error.
+            # in it, against the key's usual share p and intra-window correlation rho (a customer
+            # buying several of one item): a beta-binomial count, read exactly (new_skus_residual)
+            # up to EXACT_SHARE_SALES, beyond on Anscombe's arcsine scale 2 sqrt(m) (asin sqrt((x +
+            # 3/8) / (m + 3/4)) - asin sqrt(p)) over sqrt(1 + (m - 1) rho); either way with the
+            # sketch's own counting error on top. `raw`, the arcsine residual, is what rho learns
+            # from.
             m = max(c - 1.0, 0.0)
             m_safe = max(m, 1.0)
-            share = min(max(ds_s[key] / max(ds_w[key], 1e-12), SHARE_CLIP), 1.0 - SHARE_CLIP)
+            learned_share = ds_s[key] / max(ds_w[key], 1e-12)
+            share = min(max(learned_share, SHARE_CLIP), 1.0 - SHARE_CLIP)
             new = min(max(distinct_skus[i] - 1.0, 0.0), m)
-            # A randomised residual (Dunn and Smyth): the count's step is spread over the interval
-            # between its neighbours, so the feature is continuous and the mixture does not read the
-            # one value most windows share as near-certain.
             spread = min(max(new + (uniform(key, start_ms) - 0.5), 0.0), m)
             stabilised = math.asin(math.sqrt((spread + 0.375) / (m + 0.75))) - math.asin(math.sqrt(share))
             raw = 2.0 * math.sqrt(m) * stabilised
@@ -854,7 +942,25 @@ def transform_round(
             sketch_var = SKETCH_BITS * (math.exp(t) - t - 1.0)
             inflation = 1.0 + max(m - 1.0, 0.0) * rho + sketch_var / binomial_var
             seen = ds_w[key] > 1.0 and m > 0
-            o[T_SKUS_Z] = raw / math.sqrt(inflation) if seen else 0.0
+            if learned_share < SHARE_CLIP:
+                # A key whose sales bring no second SKU to a window (a SKU's own key, a one-product
+                # shop): the count can take one value, its residual is a uniform's, and every
+                # window of the key reads as noise, those of one sale or none too; a 0 for
+                # those beside noise for the rest was a step the mixture learned as certain.
+                z = normal_quantile(uniform(key, start_ms))
+            elif not seen:
+                z = 0.0
+            elif m <= EXACT_SHARE_SALES:
+                # Exactly, where the arcsine's normal approximation is poor (few sales, or a share
+                # near 0 or 1: keyed by SKU, where no sale brings a new one, every window of two
+                # sales read about +1); the sketch's error on top, as its share of the variance.
+                k = int(min(max(round(new), 0.0), m))
+                exact = new_skus_residual(k, int(m + 0.5), share, rho, uniform(key, start_ms))
+                bb_var = m_safe * share * (1.0 - share) * (1.0 + max(m - 1.0, 0.0) * rho)
+                z = exact / math.sqrt(1.0 + sketch_var / bb_var)
+            else:
+                z = raw / math.sqrt(inflation)
+            o[T_SKUS_Z] = z
             o[T_SKUS_RAW] = raw
             o[T_SKUS_EXPECTED] = expected_distinct
             o[T_SKUS_SEEN] = seen

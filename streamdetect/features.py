@@ -54,15 +54,21 @@ One model serves keys of very different size, so every model feature compares a 
   beyond ``v / n`` (one-way random effects). Without it, the lines of one invoice count as ``n``
   independent witnesses and an ordinary invoice pages.
 * ``distinct_skus_z`` -- of a window's sales after its first, those that brought a SKU not yet
-  sold in it: a binomial count against the key's usual share, on Anscombe's variance-stabilising
-  arcsine scale and allowing for the key's intra-window correlation, so that it means the same for
-  a shop of one best-seller and one of a thousand items: a bot buying one SKU thirty times is far
-  out, one repeat among a handful of sales is mild. The count is spread over its step by a
-  deterministic uniform per key and window (a randomised quantile residual, Dunn and Smyth 1996):
-  where almost every window brings only new SKUs, the plain residual sat on one value per window
-  size, and the mixture read one repeat as many sigma (39 of 134 alerts on a plain invoice export
-  with no anomaly; 7 of 87 with the spread). (``units_per_event_ratio`` and
-  ``distinct_skus_ratio``, the plain log ratios to recent values, stay available.)
+  sold in it: a beta-binomial count against the key's usual share and intra-window correlation,
+  read as its randomised quantile residual (Dunn and Smyth 1996: ``Phi^-1`` of a point drawn by a
+  deterministic uniform per key and window between ``P(X < k)`` and ``P(X <= k)``), N(0, 1)
+  while the key behaves as it has, whatever its share and window sizes: a bot buying one SKU
+  thirty times is far out, one repeat among a handful of sales is mild. A key whose sales bring
+  no second SKU to a window (a SKU's own key, a one-product shop) has nothing to judge, and every
+  window of it reads as noise, those of one sale or none too; elsewhere a window of fewer than two
+  sales reads 0, as the other per-sale features do. On Anscombe's arcsine scale (still used beyond
+  400 sales a window, where it is as accurate) a shop whose windows almost never repeat a SKU sat
+  on one value per window size (39 of 134 alerts on a plain invoice export with no anomaly), and
+  keyed by SKU every window of two sales read about +1 beside the 0 of those of one: the mixture
+  put a store's busier SKUs in its tail (a week of 50 stores x 2,000 SKUs raised 57,357 alerts,
+  50,612 of them led by this feature; 5,529 with the residual, none led by it).
+  (``units_per_event_ratio`` and ``distinct_skus_ratio``, the plain log ratios to recent values,
+  stay available.)
 * ``count_context_z``, ``revenue_context_ratio`` -- the same over the last ``context_windows``
   windows, which makes sustained small deviations (a store selling nothing at a quiet hour, a
   level shift) visible; the sums restart after an alert.

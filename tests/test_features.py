@@ -415,6 +415,27 @@ def test_repeated_skus_are_judged_by_how_unlikely_they_are():
     assert bot.expected["distinct_skus"][0] > 25 and bot.observed["distinct_skus"][0] < 1.5
 
 
+def test_new_skus_of_a_key_that_sells_one_sku_read_as_noise_about_zero():
+    # Keyed by SKU no sale brings a new one: the count tells nothing, and on the arcsine scale
+    # every window of a few sales read about +1 and those of none or one exactly 0 (steps the
+    # mixture learned as certain, then put the busier SKUs' windows in its tail). Its randomised
+    # quantile residual is N(0, 1), whatever the window size, empty windows included.
+    rng = np.random.default_rng(9)
+    fx = FeatureExtractor(FeatureConfig(), WindowConfig())
+    col = column(fx, "distinct_skus_z")
+    by_size: dict[int, list[float]] = {}
+    for m in range(3000):
+        c = int(rng.poisson(3.0))
+        rnd = sales_round(m * MIN, [[(20.0, 1.0, "one")] * c])
+        f = fx.transform(rnd)
+        fx.update(rnd, f, np.array([True]))
+        if m >= 500:
+            by_size.setdefault(min(c, 5), []).append(f.values[0, col])
+    assert sorted(by_size) == [0, 1, 2, 3, 4, 5]
+    for c, zs in by_size.items():
+        assert abs(np.mean(zs)) < 0.15 and 0.8 < np.std(zs) < 1.2, (c, np.mean(zs), np.std(zs))
+
+
 def test_a_state_of_other_features_is_refused():
     fx = FeatureExtractor(FeatureConfig(), WindowConfig())
     state = orjson.loads(orjson.dumps(fx.to_state()))
