@@ -931,7 +931,8 @@ def transform_round(
             learned_share = ds_s[key] / max(ds_w[key], 1e-12)
             share = min(max(learned_share, SHARE_CLIP), 1.0 - SHARE_CLIP)
             new = min(max(distinct_skus[i] - 1.0, 0.0), m)
-            spread = min(max(new + (uniform(key, start_ms) - 0.5), 0.0), m)
+            v = uniform(key, start_ms)
+            spread = min(max(new + (v - 0.5), 0.0), m)
             stabilised = math.asin(math.sqrt((spread + 0.375) / (m + 0.75))) - math.asin(math.sqrt(share))
             raw = 2.0 * math.sqrt(m) * stabilised
             expected_distinct = 1.0 + m * share if c > 0 else 0.0
@@ -940,14 +941,14 @@ def transform_round(
             # The linear-counting sketch's own variance (Whang et al., 1990): 0.1 at 16 SKUs, 1 at 45.
             t = min(max(expected_distinct, 0.0) / SKETCH_BITS, 20.0)
             sketch_var = SKETCH_BITS * (math.exp(t) - t - 1.0)
-            inflation = 1.0 + max(m - 1.0, 0.0) * rho + sketch_var / binomial_var
+            correlation = 1.0 + max(m - 1.0, 0.0) * rho
             seen = ds_w[key] > 1.0 and m > 0
             if learned_share < SHARE_CLIP:
                 # A key whose sales bring no second SKU to a window (a SKU's own key, a one-product
                 # shop): the count can take one value, its residual is a uniform's, and every
                 # window of the key reads as noise, those of one sale or none too; a 0 for
                 # those beside noise for the rest was a step the mixture learned as certain.
-                z = normal_quantile(uniform(key, start_ms))
+                z = normal_quantile(v)
             elif not seen:
                 z = 0.0
             elif m <= EXACT_SHARE_SALES:
@@ -955,11 +956,10 @@ def transform_round(
                 # near 0 or 1: keyed by SKU, where no sale brings a new one, every window of two
                 # sales read about +1); the sketch's error on top, as its share of the variance.
                 k = int(min(max(round(new), 0.0), m))
-                exact = new_skus_residual(k, int(m + 0.5), share, rho, uniform(key, start_ms))
-                bb_var = m_safe * share * (1.0 - share) * (1.0 + max(m - 1.0, 0.0) * rho)
-                z = exact / math.sqrt(1.0 + sketch_var / bb_var)
+                exact = new_skus_residual(k, int(m + 0.5), share, rho, v)
+                z = exact / math.sqrt(1.0 + sketch_var / (binomial_var * correlation))
             else:
-                z = raw / math.sqrt(inflation)
+                z = raw / math.sqrt(correlation + sketch_var / binomial_var)
             o[T_SKUS_Z] = z
             o[T_SKUS_RAW] = raw
             o[T_SKUS_EXPECTED] = expected_distinct
