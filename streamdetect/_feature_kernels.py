@@ -171,7 +171,7 @@ _U64_MIX2 = np.uint64(0x94D049BB133111EB)
 _U64_LOW63 = np.uint64((1 << 63) - 1)
 
 
-@_compiled
+@_compiled(nrt=False)
 def uniform(key: int, start_ms: int) -> float:
     """A deterministic uniform in [0, 1) per key and window (splitmix64 of both): the same input
     gives the same features, whatever the batching.
@@ -186,7 +186,7 @@ def uniform(key: int, start_ms: int) -> float:
     return float(z >> np.uint64(11)) / 9007199254740992.0  # 2 ** 53
 
 
-@_compiled
+@_compiled(nrt=False)
 def anscombe_z(count: float, expected: float, phi: float) -> float:
     """Anscombe residual of a count against its expectation, in units of its noise: about
     N(0, 1) for a Poisson count whatever the rate, divided by ``sqrt(1 + phi mu)`` for a rate that
@@ -213,7 +213,7 @@ EXACT_SHARE_SALES = 400
 RESIDUAL_CLIP = 20.0  # |z| of a residual whose chance underflows
 
 
-@_compiled
+@_compiled(nrt=False)
 def normal_quantile(p: float) -> float:
     """The standard normal quantile: Acklam's rational approximation (relative error below
     1.2e-9, plenty for a feature); ``p`` at or beyond 0 and 1 gives -+``RESIDUAL_CLIP``.
@@ -239,7 +239,7 @@ def normal_quantile(p: float) -> float:
     return min(max(x, -RESIDUAL_CLIP), RESIDUAL_CLIP)
 
 
-@_compiled
+@_compiled(nrt=False)
 def new_skus_residual(k: int, m: int, share: float, rho: float, v: float) -> float:
     """How unusual ``k`` new SKUs among ``m`` sales are for a key whose sales bring a new one at
     rate ``share`` with intra-window correlation ``rho`` (a beta-binomial): the randomised quantile
@@ -289,7 +289,7 @@ def new_skus_residual(k: int, m: int, share: float, rho: float, v: float) -> flo
     return -z if flip else z
 
 
-@_compiled
+@_compiled(nrt=False)
 def rate_z(count: float, expected: float, phi: float) -> float:
     """How many standard deviations ``count`` lies from ``expected`` (both in clumps, half a clump
     of continuity correction added to each) for a Poisson count whose rate wanders by a log-normal
@@ -320,7 +320,7 @@ def rate_z(count: float, expected: float, phi: float) -> float:
     return _symmetric_z(ratio, math.log(ratio), poisson_var, phi, math.sqrt(poisson_var + phi))
 
 
-@_compiled
+@_compiled(nrt=False)
 def _symmetric_z(ratio: float, log_ratio: float, poisson_var: float, phi: float, sd: float) -> float:
     """:func:`rate_z` from what the scan has computed for the log ratio's z already (``log_ratio``
     over ``sd = sqrt(poisson_var + phi)``), so that its loop over horizons takes no second
@@ -330,7 +330,7 @@ def _symmetric_z(ratio: float, log_ratio: float, poisson_var: float, phi: float,
     return (share * symmetric + (1.0 - share) * log_ratio) / sd
 
 
-@_compiled
+@_compiled(nrt=False)
 def pooled_expected(week_ref: float, day_ref: float) -> float:
     """The expected count from the hour of the week's reference and the hour of day's: their
     average in logs (half a sale added), weighted towards the hour of the week by
@@ -352,7 +352,7 @@ def pooled_expected(week_ref: float, day_ref: float) -> float:
     return max(math.exp(log_day + w * d) - 0.5, 0.0)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _moments(w: float, s1: float, s2: float) -> tuple[bool, float, float]:
     """Whether a key has a distribution of a per-sale log quantity, its mean and floored variance."""
     known = w > 1.0
@@ -361,7 +361,7 @@ def _moments(w: float, s1: float, s2: float) -> tuple[bool, float, float]:
     return known, mu, max(var, SIGMA_FLOOR * SIGMA_FLOOR)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _with_prior(var: float, w: float) -> float:
     """A key's per-sale variance of a log quantity shrunk towards ``TICKET_PRIOR_VAR`` by a prior
     worth ``TICKET_PRIOR_SALES`` sales (``w``: the sales its own variance comes from).
@@ -372,7 +372,7 @@ def _with_prior(var: float, w: float) -> float:
     return (w * var + TICKET_PRIOR_SALES * TICKET_PRIOR_VAR) / (w + TICKET_PRIOR_SALES)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _mean_variance(per_sale_var: float, between_var: float, n: float) -> float:
     """Variance of the mean of ``n`` sales of one window: ``v / n`` if sales were independent,
     plus what they share within the window (an invoice's lines, a customer's basket, the hour's
@@ -386,7 +386,7 @@ def _mean_variance(per_sale_var: float, between_var: float, n: float) -> float:
     return per_sale_var / n_safe + between_var * (1.0 - 1.0 / n_safe)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _row_variance(row_sum: float, row_weight: float, moments_var: float) -> float:
     """The per-sale variance of an aggregated series, whose row of ``c`` sales carries their mean
     only: the mean of ``c (m - mu)^2`` over its rows (each has expectation ``v`` whatever ``c``),
@@ -403,21 +403,21 @@ def _row_variance(row_sum: float, row_weight: float, moments_var: float) -> floa
     return max((row_sum + ROW_PRIOR * moments_var) / (row_weight + ROW_PRIOR), SIGMA_FLOOR * SIGMA_FLOOR)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _learn_rows(row_sum, row_weight, key, decay, seen, dev, c):
     """What :func:`_row_variance` reads: a row's ``c dev^2``, exponentially weighted like the moments."""
     row_sum[key] = row_sum[key] * decay + (c * dev * dev if seen else 0.0)
     row_weight[key] = row_weight[key] * decay + (1.0 if seen else 0.0)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _between_variance(excess_sum: float, weight_sum: float) -> float:
     """The between-window variance of a per-sale mean (the moment estimator of a one-way random
     effects model), shrunk towards 0 by a prior worth ``TAU_PRIOR_WINDOWS`` windows."""
     return max(excess_sum, 0.0) / (weight_sum + TAU_PRIOR_WINDOWS)
 
 
-@_compiled
+@_compiled(nrt=False)
 def dispersion_index(clump_a: float, clump_b: float) -> float:
     """The key's Var(c) / E(c) of its window counts as measured (see :func:`clump_size`), with a
     prior of ``CLUMP_PRIOR_SALES`` sales that come one by one: about 1 for Poisson sales, about 0
@@ -425,7 +425,7 @@ def dispersion_index(clump_a: float, clump_b: float) -> float:
     return (clump_a + CLUMP_PRIOR_SALES) / (clump_b + CLUMP_PRIOR_SALES)
 
 
-@_compiled
+@_compiled(nrt=False)
 def poisson_share(clump_a: float, clump_b: float, clump: float) -> float:
     """How Poisson the key's counts are in clumps of ``clump``: its Var(c) / E(c) (see
     :func:`dispersion_index`) over ``clump``, at most 1; 0 for a series of one sample a window,
@@ -437,7 +437,7 @@ def poisson_share(clump_a: float, clump_b: float, clump: float) -> float:
     return min(dispersion_index(clump_a, clump_b) / clump, 1.0)
 
 
-@_compiled
+@_compiled(nrt=False)
 def clump_size(clump_a: float, clump_b: float, clump_n: float) -> float:
     """The key's index of dispersion D = Var(c) / E(c) of its window counts, from the sums of
     squared differences of consecutive counts (``clump_a``, E[(c_t - c_{t-1})^2] = 2 Var(c)) and of
@@ -454,7 +454,7 @@ def clump_size(clump_a: float, clump_b: float, clump_n: float) -> float:
     return min(max(lower, 1.0), MAX_CLUMP)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _learn_bucket(n, count, rev, key, bucket, c, r, rate_floor, weight, evidence=1.0):
     """A seasonal bucket's running means of count and revenue, moved by the window at the
     window's robustness weight over the evidence the bucket holds with it (a young bucket's
@@ -473,7 +473,7 @@ def _learn_bucket(n, count, rev, key, bucket, c, r, rate_floor, weight, evidence
     rev[key, bucket] += rate * (r - rev[key, bucket])
 
 
-@_compiled
+@_compiled(nrt=False)
 def robust_weight(z: float) -> float:
     """How much a window whose sustained deviation is ``z`` teaches the count baselines: Cauchy's
     weight ``1 / (1 + (z / c)^2)`` at its usual tuning ``c`` = :data:`ROBUST_SCALE`.
@@ -489,7 +489,7 @@ def robust_weight(z: float) -> float:
     return 1.0 / (1.0 + (z / ROBUST_SCALE) ** 2)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _evidence(weight):
     """What a window learned at robustness ``weight`` (:func:`robust_weight`) counts for in a
     bucket: a whole window while within ``ROBUST_SCALE`` standard deviations of its expectation,
@@ -501,7 +501,7 @@ def _evidence(weight):
     return 1.0 if weight >= 0.5 else weight / (1.0 - weight)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _learn_quarter(n, count, key, quarter, c, hour_rate, weight):
     """A quarter of the hour of day's running mean count, its newest day weighing as much as the
     hour's (a quarter sees a quarter of the hour's windows); ``n`` stops at the average's
@@ -515,7 +515,7 @@ def _learn_quarter(n, count, key, quarter, c, hour_rate, weight):
     count[key, quarter] += rate * (c - count[key, quarter])
 
 
-@_compiled
+@_compiled(nrt=False)
 def _hour_of_quarters(count, n, key, hod):
     """The hour's mean count from its quarters' (each weighed by its windows), so that a quarter
     is compared with an hour learned the same way."""
@@ -528,7 +528,7 @@ def _hour_of_quarters(count, n, key, hod):
     return total / weight if weight > 0.0 else 0.0
 
 
-@_compiled
+@_compiled(nrt=False)
 def within_hour_shape(quarter_mean: float, quarter_n: float, hour_mean: float, clump: float) -> float:
     """A quarter's rate relative to its hour's: its mean count over the hour's, from ``quarter_n``
     windows, shrunk towards 1 by a prior worth ``SHAPE_PRIOR_SALES`` sales, or as many clumps of
@@ -545,7 +545,7 @@ def within_hour_shape(quarter_mean: float, quarter_n: float, hour_mean: float, c
     return (quarter_n * quarter_mean + prior_n * hour_mean) / ((quarter_n + prior_n) * hour_mean)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _learn_moments(w, s1, s2, key, decay, c, sum1, sum2):
     """The exponentially weighted count, sum and sum of squares of a per-sale log quantity."""
     w[key] = w[key] * decay + c
@@ -553,7 +553,7 @@ def _learn_moments(w, s1, s2, key, decay, c, sum1, sum2):
     s2[key] = s2[key] * decay + sum2
 
 
-@_compiled
+@_compiled(nrt=False)
 def _learn_shared(tau_a, tau_b, key, decay, seen, dev, sale_var, c):
     """What a window's sales share: from windows of two sales or more against a known
     distribution, the squared deviation of their mean beyond what ``v / n`` explains, per unit of
@@ -563,7 +563,7 @@ def _learn_shared(tau_a, tau_b, key, decay, seen, dev, sale_var, c):
     tau_b[key] = tau_b[key] * decay + (1.0 - 1.0 / c_safe if seen else 0.0)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _learn_mean(value, n, key, target, rate_floor):
     """A running mean: the plain mean of the first windows, then an EWMA at ``rate_floor``."""
     nn = n[key] + 1.0
@@ -572,7 +572,7 @@ def _learn_mean(value, n, key, target, rate_floor):
     value[key] += rate * (target - value[key])
 
 
-@_compiled
+@_compiled(nrt=False)
 def _moved(old: float, step: float, target: float) -> float:
     """A level moved by ``step`` towards ``target``, bounded to +-MAX_LEVEL."""
     return min(max(old + step * (target - old), -MAX_LEVEL), MAX_LEVEL)
@@ -598,7 +598,7 @@ _GAP = _log_count_gap_table(_GAP_LOG_LO, _GAP_LOG_HI, _GAP_POINTS)
 _GAP_MEAN_LO = math.exp(_GAP_LOG_LO)
 
 
-@_compiled
+@_compiled(nrt=False)
 def log_count_gap(mean: float) -> float:
     """How far below ``log(mean + 1/2)`` a Poisson count's ``log(c + 1/2)`` falls on average
     (Jensen's inequality): the bias a level learned from smoothed log ratios would take on.
@@ -618,7 +618,7 @@ def log_count_gap(mean: float) -> float:
     return _GAP[j] * (1.0 - t) + _GAP[j + 1] * t
 
 
-@_compiled
+@_compiled(nrt=False)
 def _level_step(level: float, step: float, count: float, base: float, clump: float, poisson: float) -> float:
     """A key's log level against ``base`` moved by ``step`` towards the window's ``count``, bounded
     to +-MAX_LEVEL; ``clump`` is the key's clump size D, ``poisson`` the share of a Poisson count's
@@ -636,7 +636,7 @@ def _level_step(level: float, step: float, count: float, base: float, clump: flo
     return min(max(level + step * (math.log((count + half) / (mu + half)) + gap), -MAX_LEVEL), MAX_LEVEL)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _forget_quiet(quiet_n, quiet_total, key):
     """Forget a key's silent windows kept aside."""
     for b in range(quiet_n.shape[1]):
@@ -644,7 +644,7 @@ def _forget_quiet(quiet_n, quiet_total, key):
     quiet_total[key] = 0.0
 
 
-@_compiled
+@_compiled(nrt=False)
 def _recurring(dev_day, dev_run, dev_cnt_day, dev_cnt, key, hod, day, sign, qualify):
     """Whether a deviating window (``sign`` its direction) belongs to a new pattern of its hour of
     the day: the hour qualified that way on two days in a row, the later of them today or
@@ -663,7 +663,7 @@ def _recurring(dev_day, dev_run, dev_cnt_day, dev_cnt, key, hod, day, sign, qual
     return recent and dev_run[key, hod] * sign >= 2.0
 
 
-@_compiled
+@_compiled(nrt=False)
 def _stale_hour_of_week(how_dev, key, how, day, sign, qualified):
     """Whether a deviating window's hour of the week is stale: ``STALE_QUALIFY_S`` of its windows
     deviated the same way today and on the same day a week before. ``how_dev`` holds each hour of
@@ -676,7 +676,7 @@ def _stale_hour_of_week(how_dev, key, how, day, sign, qualified):
     return how_dev[key, how] == int(sign) * (2 * (day + 1) + 1)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _learn_new_pattern(how_n, how_count, how_rev, hod_n, hod_count, hod_rev, qod_n, qod_count,
                        key, how, hod, quarter, c, r, rate):
     """Learn a window of a recurring new pattern at ``rate``: into its hour of the week, its hour
@@ -694,7 +694,7 @@ def _learn_new_pattern(how_n, how_count, how_rev, hod_n, hod_count, hod_rev, qod
     _learn_quarter(qod_n, qod_count, key, quarter, c, rate, 1.0)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _seasonal_revenue(c, r, f, freeze_z):
     """The revenue a window teaches the seasonal buckets: its own, unless its mean ticket deviates
     beyond ``freeze_z`` (a price glitch, a flood of tiny tickets); then its count at the hour's
@@ -709,7 +709,7 @@ def _seasonal_revenue(c, r, f, freeze_z):
     return c * (f[T_EXPECTED_REV] / e_c if e_c > 0.0 else f[T_TYPICAL_TICKET])
 
 
-@_compiled
+@_compiled(nrt=False)
 def _learn_closed(how_count, how_rev, how_n, hod_count, hod_rev, hod_n, quiet_n, key, season_rate, min_bucket):
     """Learn the silent windows of a key that closed (went quiet until its idle timeout) into the
     seasonal buckets that hold no estimate yet: a shop's first early-closing Sunday was flagged,
@@ -725,7 +725,7 @@ def _learn_closed(how_count, how_rev, how_n, hod_count, hod_rev, hod_n, quiet_n,
                 _learn_bucket(hod_n, hod_count, hod_rev, key, hb, 0.0, 0.0, season_rate, 1.0)
 
 
-@_compiled
+@_compiled(nrt=False)
 def _level_kept(start_ms, last, hop_ms, level_rate):
     """The share of a key's levels (its ratios to its seasonal references today) kept across a gap
     in its windows: a key without windows was closed, and its levels revert to its seasonal
@@ -736,14 +736,14 @@ def _level_kept(start_ms, last, hop_ms, level_rate):
     return (1.0 - level_rate) ** gap if gap > 0.0 else 1.0
 
 
-@_compiled
+@_compiled(nrt=False)
 def _local_day(local_hour):
     """The day a window is of, as ``level_day`` records it: days since the epoch on the key's
     clock (``local_hour`` counts its hours), plus 1 so that 0 means none yet."""
     return local_hour // 24 + 1
 
 
-@_compiled
+@_compiled(nrt=False)
 def _learned_today(level_day, day_learned, key, local_hour):
     """The share of a key's level learned from its windows of today (its local day): a day's
     sales differ from the day before by a day-of-week factor, which the level learns as the day
@@ -752,7 +752,7 @@ def _learned_today(level_day, day_learned, key, local_hour):
     return day_learned[key] if level_day[key] == _local_day(local_hour) else 0.0
 
 
-@_compiled
+@_compiled(nrt=False)
 def _silent_run(ring_c, pos, tot_c, seen_n):
     """How many windows, the current one included, the key has sold nothing in: the longest run
     its scan ring can tell (``seen_n`` windows since the sums restarted, at most the ring less one).
@@ -778,7 +778,7 @@ _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(32)
 _GH_LOG_WEIGHTS = np.log(_GH_WEIGHTS / _GH_WEIGHTS.sum())
 
 
-@_compiled
+@_compiled(nrt=False)
 def zero_log_p(mean, phi):
     """``log P(0)`` of a count of mean ``mean`` whose rate wanders by a log-normal factor of
     squared coefficient of variation ``phi`` (Poisson-log-normal; Poisson at ``phi`` 0): how
@@ -1070,7 +1070,7 @@ def transform_round(
     return out
 
 
-@_compiled
+@_compiled(nrt=False)
 def update_round(
     keys, start_ms, hop_ms, hour, how, quarter,
     count, revenue, units, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum, distinct_skus,

@@ -16,7 +16,7 @@ import numpy as np
 from streamdetect._jit import compiled
 
 
-@compiled
+@compiled(nrt=False)
 def truncated_log_likelihood(y, limits, counts, gamma, sigma):
     """Log-likelihood under GPD(``gamma``, ``sigma``) of excesses ``y`` of which ``counts[j]`` could
     only be seen up to ``limits[j]``: ``sum log f(y_i) - sum_j counts[j] log F(limits[j])``, ``-inf``
@@ -67,7 +67,7 @@ def truncated_log_likelihood(y, limits, counts, gamma, sigma):
 # refit finds what scipy's would, to the last bit (``tests/test_threshold.py`` checks them against it).
 
 
-@compiled
+@compiled(nrt=False)
 def shape_scale_cost(y, limits, counts, precision, gamma, log_sigma):
     """The shape-and-scale search's cost: minus the log posterior (a normal prior on the shape)."""
     ll = truncated_log_likelihood(y, limits, counts, gamma, math.exp(log_sigma))
@@ -76,7 +76,7 @@ def shape_scale_cost(y, limits, counts, precision, gamma, log_sigma):
     return -(ll - precision * gamma**2)
 
 
-@compiled
+@compiled(nrt=False)
 def _sort_simplex(sim, fsim):
     """Order the vertices by cost, ties kept in place (what numpy's argsort does for three)."""
     for i in range(1, fsim.shape[0]):
@@ -184,7 +184,7 @@ def nelder_mead_shape_scale(y, limits, counts, precision, simplex, xatol, fatol)
     return sim[0, 0], sim[0, 1], fsim.min()
 
 
-@compiled
+@compiled(nrt=False)
 def _sign(x):
     if x > 0.0:
         return 1.0
@@ -193,14 +193,14 @@ def _sign(x):
     return x  # 0 or nan, as numpy's sign
 
 
-@compiled
+@compiled(nrt=False)
 def _nan_max(a, b):
     if math.isnan(a) or math.isnan(b):
         return math.nan
     return max(a, b)
 
 
-@compiled
+@compiled(nrt=False)
 def bounded_exponential_scale(y, limits, counts, lo, hi):
     """Minimise the exponential tail's cost (:func:`shape_scale_cost` at shape 0, without the
     prior) over ``log sigma`` in ``[lo, hi]`` by Brent's bounded method: ``(log_sigma, cost)``.

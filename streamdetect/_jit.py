@@ -74,7 +74,7 @@ with contextlib.suppress(OSError):
     seed_cache(os.environ.get(SEED_ENV), getattr(numba.config, "CACHE_DIR", None))
 
 
-def compiled(fn: Callable[..., Any] | None = None, *, inline: bool = False) -> Any:
+def compiled(fn: Callable[..., Any] | None = None, *, inline: bool = False, nrt: bool = True) -> Any:
     """``fn`` compiled by numba, its machine code cached on disk beside its module (or in
     ``NUMBA_CACHE_DIR``) so that later processes load it in a fraction of a second, under a stamp
     that changes with any of :data:`KERNEL_SOURCES`; where no cache directory is writable (a
@@ -83,10 +83,18 @@ def compiled(fn: Callable[..., Any] | None = None, *, inline: bool = False) -> A
     ``@compiled(inline=True)``: a small helper that numba copies into each kernel calling it
     (``inline="always"``) instead of calling it; in a loop over every byte of a batch the calls
     cost a third of the time (the JSON scanner's whitespace, strings and numbers).
+
+    ``@compiled(nrt=False)``: a kernel that makes no array (numba refuses to compile one that
+    does), compiled without numba's runtime, so that the arrays it is given, and the views and
+    helpers it passes them to, are not reference counted. Those counts are atomic increments and
+    decrements in every helper call and branch that holds an array: three quarters of the JSON
+    scanner's time with them (numba#2350 shows the same, 30x on a branchy loop).
     """
     if fn is None:
-        return functools.partial(compiled, inline=inline)
+        return functools.partial(compiled, inline=inline, nrt=nrt)
     options: dict[str, Any] = {"inline": "always"} if inline else {}
+    if not nrt:
+        options["_nrt"] = False
     try:
         dispatcher = numba.njit(cache=True, **options)(fn)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"

@@ -42,7 +42,7 @@ _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
 
-@compiled(inline=True)
+@compiled(inline=True, nrt=False)
 def _skip_space(buf, i, end):
     """The first index from ``i`` that is not JSON whitespace."""
     while i < end and _SPACE[buf[i]]:
@@ -50,7 +50,7 @@ def _skip_space(buf, i, end):
     return i
 
 
-@compiled(inline=True)
+@compiled(inline=True, nrt=False)
 def _continued(buf, i, end, count, low, high):
     """Whether ``count`` UTF-8 continuation bytes follow at ``i``, the first in ``[low, high]``."""
     if i + count > end or not low <= buf[i] <= high:
@@ -61,7 +61,7 @@ def _continued(buf, i, end, count, low, high):
     return True
 
 
-@compiled(inline=True)
+@compiled(inline=True, nrt=False)
 def _utf8_length(buf, i, end):
     """The length of the UTF-8 sequence of a character beyond ASCII at ``i``, or 0 where the
     bytes are not UTF-8 as Python's strict decoder reads it (no overlong forms, no surrogates,
@@ -84,7 +84,7 @@ def _utf8_length(buf, i, end):
     return 0
 
 
-@compiled(inline=True)
+@compiled(inline=True, nrt=False)
 def _hex4(buf, i, end):
     """The number the four hexadecimal digits at ``i`` write, or -1."""
     if i + 4 > end:
@@ -104,7 +104,7 @@ def _hex4(buf, i, end):
     return code
 
 
-@compiled(inline=True)
+@compiled(inline=True, nrt=False)
 def _unicode_escape_end(buf, i, end):
     """The index after the ``\\uXXXX`` escape at ``i`` (with its low surrogate after a high one),
     or -1: a lone surrogate is invalid JSON to msgspec."""
@@ -119,7 +119,7 @@ def _unicode_escape_end(buf, i, end):
     return i + 12 if 0xDC00 <= low <= 0xDFFF else -1
 
 
-@compiled(inline=True)
+@compiled(inline=True, nrt=False)
 def _string_end(buf, i, end):
     """``(index of the closing quote, whether the text is its bytes)`` of the string whose text
     starts at ``i``: -1 for one this scanner leaves (a control character, bytes that are not
@@ -159,7 +159,7 @@ def _string_end(buf, i, end):
     return -1, False
 
 
-@compiled(inline=True)
+@compiled(inline=True, nrt=False)
 def _digits(buf, i, end):
     """The index after the run of digits at ``i``."""
     while i < end and 48 <= buf[i] <= 57:
@@ -167,7 +167,7 @@ def _digits(buf, i, end):
     return i
 
 
-@compiled(inline=True)
+@compiled(inline=True, nrt=False)
 def _number(buf, i, end):
     """The JSON number at ``i``: ``(index after it or -1, kind, value as a double, as an int)``.
 
@@ -247,7 +247,7 @@ SLOTS = 64  # the names' table: a name's slot from its length and its first and 
 SHARED = -2  # a slot of two names or more: they are compared one by one
 
 
-@compiled(inline=True)
+@compiled(inline=True, nrt=False)
 def _slot(n, first, last):
     return (n * 31 + first * 7 + last) & (SLOTS - 1)
 
@@ -267,7 +267,7 @@ def name_slots(names: list[bytes]) -> np.ndarray:
     return table
 
 
-@compiled(inline=True)
+@compiled(inline=True, nrt=False)
 def _same_bytes(a, sa, b, sb, n):
     for k in range(n):  # noqa: SIM110 (numba compiles no all() of a generator)
         if a[sa + k] != b[sb + k]:
@@ -275,7 +275,7 @@ def _same_bytes(a, sa, b, sb, n):
     return True
 
 
-@compiled(inline=True)
+@compiled(inline=True, nrt=False)
 def _field_of(buf, s, n, names, name_starts, name_lengths, slots):
     """Which of the names the key at ``buf[s : s + n]`` is, or -1."""
     f = slots[_slot(n, buf[s], buf[s + n - 1]) if n > 0 else 0]
@@ -289,7 +289,7 @@ def _field_of(buf, s, n, names, name_starts, name_lengths, slots):
     return -1
 
 
-@compiled(inline=True)
+@compiled(inline=True, nrt=False)
 def _literal_end(buf, i, end):
     """``(index after it, kind)`` of the ``null``, ``true`` or ``false`` at ``i``; -1 if none."""
     c = buf[i]
@@ -303,7 +303,7 @@ def _literal_end(buf, i, end):
     return -1, ABSENT
 
 
-@compiled(inline=True)
+@compiled(inline=True, nrt=False)
 def _member_value(buf, i, end):
     """The index after ``"name":`` at ``i`` in an object, or -1."""
     if i >= end or buf[i] != 34:
@@ -315,7 +315,7 @@ def _member_value(buf, i, end):
     return i + 1 if i < end and buf[i] == 58 else -1  # ':'
 
 
-@compiled
+@compiled(nrt=False)
 def _nested_end(buf, i, end):
     """The index after the object or array at ``i``, checked as JSON, or -1 (not JSON, or
     deeper than ``_MAX_DEPTH``)."""
@@ -372,7 +372,7 @@ def _nested_end(buf, i, end):
             return -1
 
 
-@compiled
+@compiled(nrt=False)
 def _scan_one(buf, s, end, r, names, name_starts, name_lengths, slots, kind, num, whole, text_start, text_len):
     """Read one value (``buf[s:end]``) into row ``r`` of the columns; whether it was taken."""
     i = _skip_space(buf, s, end)
@@ -439,7 +439,7 @@ def _scan_one(buf, s, end, r, names, name_starts, name_lengths, slots, kind, num
         i = _skip_space(buf, i + 1, end)
 
 
-@compiled
+@compiled(nrt=False)
 def scan_objects(
     buf, starts, lengths, names, name_starts, name_lengths, slots, kind, num, whole, text_start, text_len, taken
 ):
@@ -475,7 +475,7 @@ def scan_objects(
                 kind[f, r] = ABSENT
 
 
-@compiled
+@compiled(nrt=False)
 def _fnv1a(buf, s, n):
     h = _FNV_OFFSET
     for k in range(s, s + n):
@@ -483,7 +483,7 @@ def _fnv1a(buf, s, n):
     return h
 
 
-@compiled
+@compiled(nrt=False)
 def intern_spans(buf, starts, lengths, use, slots, entry_hash, entry_start, entry_len, arena, counts, ids):
     """The id of each string ``buf[starts[r] : starts[r] + lengths[r]]`` where ``use[r]`` (-1
     elsewhere) in a table kept across calls, adding the strings it has not seen.
@@ -517,7 +517,8 @@ def intern_spans(buf, starts, lengths, use, slots, entry_hash, entry_start, entr
                 slots[j] = e
                 at = counts[1]
                 entry_hash[e], entry_start[e], entry_len[e] = h, at, n
-                arena[at : at + n] = buf[s : s + n]
+                for k in range(n):  # a slice's copy needs numba's runtime
+                    arena[at + k] = buf[s + k]
                 counts[0] += 1
                 counts[1] += n
                 break
@@ -527,7 +528,7 @@ def intern_spans(buf, starts, lengths, use, slots, entry_hash, entry_start, entr
         ids[r] = e
 
 
-@compiled
+@compiled(nrt=False)
 def rehash(slots, entry_hash, entries):
     """Fill empty ``slots`` (all -1) with the first ``entries`` entries, by their hashes."""
     mask = len(slots) - 1

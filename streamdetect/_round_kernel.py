@@ -40,17 +40,16 @@ from streamdetect.model._em import _EXP_CLIP
 from streamdetect.scaling import _CLIP as _SCALED_CLIP
 
 
-@compiled
-def log_likelihood(x, shift, spread, proj, const):
+@compiled(nrt=False)
+def log_likelihood(x, shift, spread, proj, const, z, joint):
     """``log p(x)`` of one scaled feature vector under the mixture: ``_em._estimate_resp``'s ``ll``
     for one row (``proj``, ``const`` and the model's own standardisation ``shift``, ``spread``
-    from the fitted model)."""
+    from the fitted model). ``z`` (``len(x)``) and ``joint`` (``len(const)``) are scratch space,
+    given by the caller so that a call per window makes no arrays."""
     d = len(x)
     n_components = len(const)
-    z = np.empty(d)
     for j in range(d):
         z[j] = (x[j] - shift[j]) / spread[j]
-    joint = np.empty(n_components)
     best = -np.inf
     for k in range(n_components):
         total = 0.0
@@ -114,6 +113,7 @@ def score_round(
     mature = np.empty(n_mature, dtype=np.int64)
     X = np.empty((n_scored, d))
     score = np.empty(n_scored)
+    z_scratch, joint_scratch = np.empty(d), np.empty(len(const))
     m = 0
     for i in range(n):
         if cols[i, T_MATURE] == 0.0:
@@ -128,7 +128,7 @@ def score_round(
                 return None
             for j in range(d):
                 X[m, j] = min(max((values[i, j] - center[j]) / scale[j], -_SCALED_CLIP), _SCALED_CLIP)
-            score[m] = -log_likelihood(X[m], shift, spread, proj, const)
+            score[m] = -log_likelihood(X[m], shift, spread, proj, const, z_scratch, joint_scratch)
             if not score[m] - offset <= z:  # flagged, or NaN: a score the model cannot explain
                 return None
             if cols[i, T_SILENCE_LOG_P] < silence_log_risk:  # an improbable run of empty windows

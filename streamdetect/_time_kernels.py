@@ -20,7 +20,7 @@ _DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18])
 _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
 
 
-@compiled
+@compiled(nrt=False)
 def _two(buf, i):
     """The number the two ASCII digits at ``i`` write, or -1."""
     a, b = int(buf[i]), int(buf[i + 1])
@@ -29,7 +29,7 @@ def _two(buf, i):
     return (a - 48) * 10 + (b - 48)
 
 
-@compiled
+@compiled(nrt=False)
 def parse_canonical(buf, starts, lengths, ms, ok):
     """Epoch ms (``ms``) of the strings at ``starts`` (of ``lengths`` bytes) in ``buf`` (uint8),
     and which were canonical and valid (``ok``).

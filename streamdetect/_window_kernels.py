@@ -22,7 +22,7 @@ _H01 = np.uint64(0x0101010101010101)
 _1, _2, _4, _56 = np.uint64(1), np.uint64(2), np.uint64(4), np.uint64(56)
 
 
-@compiled
+@compiled(nrt=False)
 def popcount(x):
     """Set bits of a 64-bit word (numpy's ``bitwise_count``).
 
@@ -94,7 +94,7 @@ def close_round(slots, start, end, idle_ms, values, bits, last_ms, key_of_slot, 
     return keys, out, distinct, last
 
 
-@compiled
+@compiled(nrt=False)
 def _evict(last_data_end, e, r, evict_before, evict_offsets, evict_keys):
     """Apply the evictions from the ``e``-th on that come before round ``r``; the next one's index."""
     while e < len(evict_before) and evict_before[e] <= r:
@@ -145,7 +145,7 @@ def close_rounds(
     return offsets, keys, out, distinct, last
 
 
-@compiled
+@compiled(nrt=False)
 def accumulate(slot_of, per_event, word, bit, ts, summed, maxed, values, bits, last_ms):
     """Add a batch's events into their open windows: event ``i`` into slot ``slot_of[i]``, its
     ``per_event[i, f]`` summed for the fields ``summed`` and maximised for ``maxed``, its SKU bit
