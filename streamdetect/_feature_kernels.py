@@ -807,9 +807,9 @@ def zero_log_p(mean, phi):
     return best + math.log(total)
 
 
-@_compiled
+@_compiled(nrt=False)
 def transform_round(
-    keys, start_ms, hop_ms, hour, how, quarter,
+    out, keys, start_ms, hop_ms, hour, how, quarter,
     count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
     min_bucket, trend_decay, level_rate, tickets, basket, new_skus, scan, overlap,
     how_count, how_rev, how_n, hod_count, hod_rev, hod_n, qod_count, qod_n,
@@ -825,10 +825,10 @@ def transform_round(
     quiet_n, quiet_total, dev_day, dev_run, dev_cnt_day, dev_cnt, how_dev,
     level_day, day_learned, empty_n,
 ):
-    """The round's features under the baselines as they are (nothing is written); ``overlap`` is
-    the window's size over its hop (1 for tumbling windows)."""
+    """The round's features under the baselines as they are (nothing else is written), into the
+    first ``len(keys)`` rows of ``out`` (``T_COLUMNS`` wide); ``overlap`` is the window's size over
+    its hop (1 for tumbling windows)."""
     n = len(keys)
-    out = np.empty((n, T_COLUMNS))
     n_ctx = ctx_count.shape[1]
     ring = scan_ring_c.shape[1]
     for i in range(n):
@@ -1067,7 +1067,6 @@ def transform_round(
         # What an alert reports: the count over the strongest horizon and what was expected.
         o[T_SCAN_COUNT] = max(best_c, 0.0)
         o[T_SCAN_EXPECTED] = best_e - half
-    return out
 
 
 @_compiled(nrt=False)
@@ -1335,17 +1334,17 @@ VALUE_CODES: dict[str, int] = {
 MAX_Z_COUNTS = 1 << 16
 
 
-@_compiled
-def values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, price_dev, max_z):
+@_compiled(nrt=False)
+def values_round(out, cols, codes, count, revenue, units, max_ticket, distinct_skus, price_dev, max_z):
     """The model's feature vectors of a round (``codes``: VALUE_CODES of the configured features, in
-    order), as FeatureExtractor.transform computes them, non-finite values replaced as there; None
-    where a count is fractional or not below ``len(max_z)``."""
+    order), as FeatureExtractor.transform computes them, non-finite values replaced as there, into
+    the first ``len(count)`` rows of ``out``; False (nothing written) where a count is fractional
+    or not below ``len(max_z)``."""
     n = len(count)
-    out = np.empty((n, len(codes)))
     for i in range(n):
         c = count[i]
         if c != math.floor(c) or c >= len(max_z):
-            return None
+            return False
     for i in range(n):
         o = cols[i]
         c = count[i]
@@ -1395,4 +1394,4 @@ def values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, 
             elif math.isinf(v):
                 v = 1e6 if v > 0 else -1e6
             out[i, j] = v
-    return out
+    return True

@@ -28,6 +28,7 @@ import math
 import numpy as np
 
 from streamdetect._feature_kernels import (
+    T_COLUMNS,
     T_MATURE,
     T_SCAN_Z,
     T_SILENCE_LOG_P,
@@ -67,91 +68,90 @@ def log_likelihood(x, shift, spread, proj, const, z, joint):
     return math.log(summed) + best
 
 
-@compiled
+@compiled(nrt=False)
 def score_round(
     keys, start_ms, hour, how, quarter,
     count, revenue, units, max_ticket, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum,
     distinct_skus, price_dev, params, codes, max_z,
     scoring, center, scale, shift, spread, proj, const, offset, z, silence_log_risk,
     since_flag, flag_streak, episode_alerts, episode_quiet, cooldown, relearn_after,
-    state,
+    state, scratch, out, at, first_row,
 ):  # fmt: skip
     """One round through features, scaling, scoring and learning; see the module docstring.
 
     ``params`` are FeatureExtractor.kernel_params; ``codes``, ``max_z`` values_round's; ``center``
     and ``scale`` the RobustScaler's; flags are ``score - offset > z`` (Threshold.decision()) and
     a run of empty windows whose log probability is below ``silence_log_risk`` (-inf: never).
-    Returns None (nothing written) or ``(mature, values, X, score, calm, steady)``: the rows scored,
-    their feature vectors, scaled, their scores, whether the threshold may learn each score (its key
-    unflagged for longer than the cooldown, its counts steady), and whether its counts are steady
-    (``|count_scan_z|`` within ``freeze_z``) for the mixture to learn its vector. Without
-    ``scoring`` (the warm-up, before the mixture is fitted) the round's features are learned and
-    the mature rows and their vectors returned, the rest empty; the per-key flag and episode
-    counters are then neither read nor written.
+    Returns -1 (nothing written but scratch) or the number of rows it scored: the mature rows,
+    written to ``out`` = ``(rows, values, X, score, calm, steady)`` from row ``at`` on -- their
+    index (the round's row plus ``first_row``), their feature vectors, scaled, their scores,
+    whether the threshold may learn each score (its key unflagged for longer than the cooldown,
+    its counts steady), and whether its counts are steady (``|count_scan_z|`` within
+    ``freeze_z``) for the mixture to learn its vector. ``scratch`` = ``(cols, values, learn,
+    new_normal, z, joint)`` holds the round's intermediate rows (at least ``len(keys)`` each;
+    ``z``, ``joint`` :func:`log_likelihood`'s), given by the caller so that a round makes no
+    arrays. Without ``scoring`` (the warm-up, before the mixture is fitted) the round's features
+    are learned and the mature rows and their vectors written, ``X`` to ``steady`` untouched; the
+    per-key flag and episode counters are then neither read nor written.
     """
     (hop_ms, min_bucket, trend_decay, tickets, basket, new_skus, scan,
      season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, ratios, overlap) = params  # fmt: skip
+    cols_scratch, values_scratch, learn_scratch, new_normal_scratch, z_scratch, joint_scratch = scratch
+    out_rows, out_values, X, score, calm, steady = out
     n = len(keys)
     capacity = min(len(state[0]), len(since_flag)) if scoring else len(state[0])
     for i in range(n):
         if keys[i] >= capacity:
-            return None
-    cols = transform_round(
-        keys, start_ms, hop_ms, hour, how, quarter,
+            return -1
+    cols = cols_scratch[:n]
+    transform_round(
+        cols, keys, start_ms, hop_ms, hour, how, quarter,
         count, revenue, log_ticket_sum, log_units_sum, distinct_skus,
         min_bucket, trend_decay, level_rate, tickets, basket, new_skus, scan, overlap, *state,
     )  # fmt: skip
-    values = values_round(cols, codes, count, revenue, units, max_ticket, distinct_skus, price_dev, max_z)
-    if values is None:
-        return None
-    n_mature = 0
-    for i in range(n):
-        if cols[i, T_MATURE] != 0.0:
-            n_mature += 1
+    values = values_scratch[:n]
+    if not values_round(values, cols, codes, count, revenue, units, max_ticket, distinct_skus, price_dev, max_z):
+        return -1
     d = values.shape[1]
-    n_scored = n_mature if scoring else 0
-    mature = np.empty(n_mature, dtype=np.int64)
-    X = np.empty((n_scored, d))
-    score = np.empty(n_scored)
-    z_scratch, joint_scratch = np.empty(d), np.empty(len(const))
-    m = 0
+    m = at
     for i in range(n):
         if cols[i, T_MATURE] == 0.0:
             continue
-        mature[m] = i
+        out_rows[m] = first_row + i
         if scoring:
             key = keys[i]
             # An episode that this window ends (calm for more than `cooldown` windows, no
             # sustained deviation) is resolved by the numpy path, which writes the message.
             deviating = abs(cols[i, T_SCAN_Z]) >= freeze_z
             if episode_alerts[key] > 0 and not deviating and episode_quiet[key] + 1 > cooldown:
-                return None
+                return -1
             for j in range(d):
                 X[m, j] = min(max((values[i, j] - center[j]) / scale[j], -_SCALED_CLIP), _SCALED_CLIP)
             score[m] = -log_likelihood(X[m], shift, spread, proj, const, z_scratch, joint_scratch)
             if not score[m] - offset <= z:  # flagged, or NaN: a score the model cannot explain
-                return None
+                return -1
             if cols[i, T_SILENCE_LOG_P] < silence_log_risk:  # an improbable run of empty windows
-                return None
+                return -1
         m += 1
 
     # Nothing flagged: from here on the round is written.
-    calm = np.empty(n_scored, dtype=np.bool_)
-    steady = np.empty(n_scored, dtype=np.bool_)
-    learn = np.ones(n, dtype=np.bool_)
-    new_normal = np.zeros(n, dtype=np.bool_)
-    for m in range(n_scored):
-        i = mature[m]
-        key = keys[i]
-        since = since_flag[key] + 1
-        since_flag[key] = since
-        quiet = since > cooldown
-        steady[m] = abs(cols[i, T_SCAN_Z]) < freeze_z
-        calm[m] = quiet and steady[m]
-        streak = 0 if quiet else flag_streak[key]
-        flag_streak[key] = streak
-        new_normal[i] = streak > relearn_after
-        episode_quiet[key] = episode_quiet[key] + 1 if steady[m] else 0
+    learn, new_normal = learn_scratch[:n], new_normal_scratch[:n]
+    for i in range(n):
+        learn[i] = True
+        new_normal[i] = False
+    if scoring:
+        for row in range(at, m):
+            i = out_rows[row] - first_row
+            key = keys[i]
+            since = since_flag[key] + 1
+            since_flag[key] = since
+            quiet = since > cooldown
+            steady[row] = abs(cols[i, T_SCAN_Z]) < freeze_z
+            calm[row] = quiet and steady[row]
+            streak = 0 if quiet else flag_streak[key]
+            flag_streak[key] = streak
+            new_normal[i] = streak > relearn_after
+            episode_quiet[key] = episode_quiet[key] + 1 if steady[row] else 0
     update_round(
         keys, start_ms, hop_ms, hour, how, quarter,
         count, revenue, units, log_ticket_sum, log_ticket_sq_sum, log_units_sum, log_units_sq_sum, distinct_skus,
@@ -159,10 +159,13 @@ def score_round(
         season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, min_bucket,
         tickets, basket, new_skus, ratios, *state,
     )  # fmt: skip
-    out_values = np.empty((n_mature, d))
-    for m in range(n_mature):
-        out_values[m] = values[mature[m]]
-    return mature, out_values, X, score, calm, steady
+    k = 0
+    for i in range(n):
+        if cols[i, T_MATURE] != 0.0:
+            for j in range(d):
+                out_values[at + k, j] = values[i, j]
+            k += 1
+    return k
 
 
 # Why score_rounds stopped (its second result).
@@ -205,34 +208,32 @@ def score_rounds(
     score = np.empty(n_out)
     calm = np.empty(n_out, dtype=np.bool_)
     steady = np.empty(n_out, dtype=np.bool_)
+    widest = 0
+    for r in range(first, n_rounds):
+        widest = max(widest, offsets[r + 1] - offsets[r])
+    scratch = (
+        np.empty((widest, T_COLUMNS)), np.empty((widest, d)), np.empty(widest, dtype=np.bool_),
+        np.empty(widest, dtype=np.bool_), np.empty(d), np.empty(len(const)),
+    )  # fmt: skip
+    out = (rows, values, X, score, calm, steady)
     m = 0
     why = ALL_DONE
     r = first
     while r < n_rounds:
         lo, hi = offsets[r], offsets[r + 1]
         start = starts[r]
-        done = score_round(
+        k = score_round(
             keys[lo:hi], start, hour[lo:hi], how[lo:hi], quarter[lo:hi],
             count[lo:hi], revenue[lo:hi], units[lo:hi], max_ticket[lo:hi], log_ticket_sum[lo:hi],
             log_ticket_sq_sum[lo:hi], log_units_sum[lo:hi], log_units_sq_sum[lo:hi], distinct_skus[lo:hi],
             price_dev[lo:hi], params, codes, max_z,
             scoring, center, scale, shift, spread, proj, const, offset, z, silence_log_risk,
             since_flag, flag_streak, episode_alerts, episode_quiet, cooldown, relearn_after,
-            state,
+            state, scratch, out, m, lo,
         )  # fmt: skip
-        if done is None:
+        if k < 0:
             why = NEEDS_NUMPY
             break
-        mature, round_values, round_X, round_score, round_calm, round_steady = done
-        k = len(mature)
-        for j in range(k):
-            rows[m + j] = lo + mature[j]
-            values[m + j] = round_values[j]
-            if scoring:
-                X[m + j] = round_X[j]
-                score[m + j] = round_score[j]
-                calm[m + j] = round_calm[j]
-                steady[m + j] = round_steady[j]
         m += k
         r += 1
         end = start + size_ms

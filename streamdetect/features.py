@@ -710,8 +710,9 @@ class FeatureExtractor:
         c, r = rnd.count, rnd.revenue
         # Seasonal expectations, the key's tickets, baskets and assortment, the context, trend and
         # scan sums (see the module docstring), one row per window.
-        cols = kernels.transform_round(
-            k, rnd.start_ms, self.windows.hop_ms, hour, how, quarter,
+        cols = np.empty((len(k), kernels.T_COLUMNS))
+        kernels.transform_round(
+            cols, k, rnd.start_ms, self.windows.hop_ms, hour, how, quarter,
             c, r, rnd.log_ticket_sum, rnd.log_units_sum, rnd.distinct_skus,
             self._min_bucket, self._trend_decay, self._level_rate, self._tickets, self._basket_z,
             self._new_skus_z, self._scan, self._overlap, *self._state,

@@ -1035,7 +1035,8 @@ def test_the_per_byte_kernels_count_no_references() -> None:
     for kernel in kernels:
         assert kernel.signatures, kernel  # the decode above ran it
         # Compiled afresh with the kernel's options: numba shows no code of a kernel it loaded from its cache.
-        fresh = numba.njit(**{k: v for k, v in kernel.targetoptions.items() if k not in ("cache", "nopython")})(kernel.py_func)
+        options = {k: v for k, v in kernel.targetoptions.items() if k not in ("cache", "nopython")}
+        fresh = numba.njit(**options)(kernel.py_func)
         fresh.compile(kernel.signatures[0])
         ir = fresh.inspect_llvm(kernel.signatures[0])
         assert "define" in ir and "NRT_incref" not in ir and "NRT_decref" not in ir, kernel

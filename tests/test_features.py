@@ -882,7 +882,8 @@ def test_the_compiled_round_counts_the_price_beyond_a_factor_three_as_numpy_does
     n = len(dev)
     one = np.ones(n)
     codes = np.array([kernels.VALUE_CODES["price_ratio"]], dtype=np.int64)
-    got = kernels.values_round(np.zeros((n, kernels.T_COLUMNS)), codes, one, one, one, one, one, dev, np.zeros(8))
+    got = np.empty((n, 1))
+    assert kernels.values_round(got, np.zeros((n, kernels.T_COLUMNS)), codes, one, one, one, one, one, dev, np.zeros(8))
     np.testing.assert_array_equal(got[:, 0], beyond_plausible(dev))
     assert not np.signbit(got[:3, 0]).any()  # a plain 0, not -0.0, within the factor
 
