@@ -159,13 +159,11 @@ def score_round(
         season_rate, level_rate, ticket_decay, phi_rate, freeze_z, freeze_limit, min_bucket,
         tickets, basket, new_skus, ratios, *state,
     )  # fmt: skip
-    k = 0
-    for i in range(n):
-        if cols[i, T_MATURE] != 0.0:
-            for j in range(d):
-                out_values[at + k, j] = values[i, j]
-            k += 1
-    return k
+    for row in range(at, m):
+        i = out_rows[row] - first_row
+        for j in range(d):
+            out_values[row, j] = values[i, j]
+    return m - at
 
 
 # Why score_rounds stopped (its second result).
