@@ -1326,8 +1326,6 @@ class _ScannedRows:
 
     def column(self, field: str) -> list[Any]:
         """The values of a field read as msgspec gives them (the event ids, for their hashes)."""
-        if not self.taken.all():
-            return _decode_structs([self._value(j) for j in range(len(self))], self.schema).column(field)
         f = self.field[field]
         kind = self.kind[f]
         out = np.full(len(kind), _MISSING, dtype=object)
@@ -1339,6 +1337,11 @@ class _ScannedRows:
         rows = np.flatnonzero(kind == _json_kernels.STRING)
         buf, at, n = self.buf, self.text_start[f, rows].tolist(), self.text_len[f, rows].tolist()
         out[rows] = [buf[a : a + k].tobytes().decode("utf-8") for a, k in zip(at, n, strict=True)]
+        left = np.flatnonzero(~self.taken)
+        if len(left):  # the values the scanner left, as msgspec reads them
+            read = _decode_structs([self._value(j) for j in left.tolist()], self.schema).column(field)
+            for j, value in zip(left.tolist(), read, strict=True):
+                out[j] = value  # one by one: a list (an id that is an array) is one element
         return out.tolist()
 
     def event(self, j: int) -> object:
@@ -1422,6 +1425,12 @@ def _scan(vals: list[Any], schema: EventSchema, lengths: np.ndarray | None = Non
     return _ScannedRows(vals, schema, np.frombuffer(blob, dtype=np.uint8), starts, lengths)
 
 
+# The scanner leaves a value it cannot read (not JSON, a nested object, a \\u escape) to msgspec.
+# A few such values (the odd malformed record) are read one by one by the rules, with the
+# scanned rows; more go through msgspec as a batch of their own, merged back after.
+_LEFT_ONE_BY_ONE = 64
+
+
 def _is_utf8(b: bytes) -> bool:
     try:
         b.decode("utf-8")
@@ -1498,7 +1507,8 @@ def decode_events(values: Sequence[bytes], schema: EventSchema) -> tuple[EventBa
     with _gc_paused():
         rows: _Rows
         scanned = _scan(vals, schema, lengths) if _scannable(schema) else None
-        if scanned is not None and not scanned.taken.all():
+        left_n = 0 if scanned is None else len(scanned) - int(np.count_nonzero(scanned.taken))
+        if scanned is not None and left_n > _LEFT_ONE_BY_ONE:
             # The values the scanner left (a nested object, a \\u escape, bytes that are not
             # UTF-8, not JSON) go the way they went before it, as a batch of their own.
             at = np.arange(n, dtype=np.int64) if positions is None else np.asarray(positions, dtype=np.int64)

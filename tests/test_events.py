@@ -939,13 +939,18 @@ def _same_batches(a: EventBatch, b: EventBatch) -> None:
         {"key_fields": ("store_id", "channel")}, {"max_amount": 10.0},
         {"deduplicate": True, "event_id_field": "channel"},  # the id a field read, with every kind of value
     ]),
+    st.sampled_from([0, 10**9]),
 )  # fmt: skip
-def test_the_scanner_decodes_every_value_as_msgspec_and_the_rules_do(values: list[bytes], options: dict) -> None:
+def test_the_scanner_decodes_every_value_as_msgspec_and_the_rules_do(
+    values: list[bytes], options: dict, one_by_one: int
+) -> None:
     """The compiled scanner takes only what it reads exactly: with it and without it (msgspec
     structs, then the columns' checks) every value of a batch ends the same, bit for bit, as a row
-    or as a reject with the same reason and text."""
+    or as a reject with the same reason and text, whether the values it leaves are read one by one
+    with its rows or as a batch of their own."""
     schema = EventSchema(**options)
-    batch, rejected = decode_events(values, schema)
+    with unittest.mock.patch.object(events_module, "_LEFT_ONE_BY_ONE", one_by_one):
+        batch, rejected = decode_events(values, schema)
     with _without_the_scanner():
         reference, reference_rejected = decode_events(values, schema)
     _same_batches(batch, reference)
@@ -956,7 +961,8 @@ def test_the_scanner_decodes_every_value_as_msgspec_and_the_rules_do(values: lis
     {}, {"value_field": "amount"}, {"key_fields": ("store_id", "channel")},
     {"deduplicate": True, "event_id_field": "channel"},
 ])  # fmt: skip
-def test_the_scanner_agrees_on_every_edge_value_in_every_field(options: dict) -> None:
+@pytest.mark.parametrize("one_by_one", [0, 10**9], ids=["left-as-a-batch", "left-one-by-one"])
+def test_the_scanner_agrees_on_every_edge_value_in_every_field(options: dict, one_by_one: int) -> None:
     """Each hand-picked value text (number spellings, escapes, surrogates, nesting, broken syntax)
     in place of each field of a sale, read and unread ones, and as a field of its own: the same
     rows and rejects with the scanner as without it. (A read field holding ``{"a": 1e400}``,
@@ -971,7 +977,8 @@ def test_the_scanner_agrees_on_every_edge_value_in_every_field(options: dict) ->
             else:
                 fields.append((b'"extra"', text))
             values.append(b"{" + b",".join(name + b":" + value for name, value in fields) + b"}")
-    batch, rejected = decode_events(values, schema)
+    with unittest.mock.patch.object(events_module, "_LEFT_ONE_BY_ONE", one_by_one):
+        batch, rejected = decode_events(values, schema)
     with _without_the_scanner():
         reference, reference_rejected = decode_events(values, schema)
     _same_batches(batch, reference)
