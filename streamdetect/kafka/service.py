@@ -63,6 +63,8 @@ __all__ = ["PartitionState", "Service", "ServiceTotals"]
 log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
+# The share of the service's time that checkpoints taken early, at a backlog's end, may use.
+CATCH_UP_SHARE = 0.1
 
 
 @dataclass
@@ -151,6 +153,8 @@ class Service:
         self._paused = False
         self._closing = False
         self._last_checkpoint = time.monotonic()
+        self._checkpoint_seconds = 0.0  # what the last checkpoint took
+        self._caught_up = False  # a backlog was read to its end since the last checkpoint
         self._consumer: Consumer | None = None
         self._producer: OutputProducer | None = None
         self._store: StateStore | None = None
@@ -269,6 +273,8 @@ class Service:
                 # than after `poll_timeout`. A stream that is kept up with waits as before, so it
                 # is still read in a few batches a second.
                 msgs = self.consumer.consume(num_messages=self.kcfg.batch_size, timeout=0)
+                if len(msgs) < self.kcfg.batch_size:
+                    self._caught_up = True  # a backlog read to its end: see _until_checkpoint
             if not msgs:
                 msgs = self.consumer.consume(num_messages=self.kcfg.batch_size, timeout=self._idle_wait())
             self._draining = len(msgs) >= self.kcfg.batch_size
@@ -284,6 +290,7 @@ class Service:
             self._checkpoint()
         elif due:
             self._last_checkpoint = now
+            self._caught_up = False
 
     def _idle_wait(self) -> float:
         """How long an empty consumer may wait for messages: ``poll_timeout``, but not past a
@@ -294,8 +301,17 @@ class Service:
         return wait
 
     def _until_checkpoint(self, now: float) -> float:
-        """Seconds from ``now`` to the next checkpoint tick (not above 0: it is due)."""
-        return self._last_checkpoint + self.kcfg.checkpoint_interval - now
+        """Seconds from ``now`` to the next checkpoint tick (not above 0: it is due).
+
+        A backlog read to its end (full batches, then less) is committed at once rather than at the
+        next tick: the group's lag reads 0 once the service has caught up, and a restart then reads
+        nothing twice. A stream that keeps the service busy may look caught up often, so such early
+        checkpoints wait until they take at most CATCH_UP_SHARE of the time since the last one.
+        """
+        until = self._last_checkpoint + self.kcfg.checkpoint_interval - now
+        if self._caught_up:
+            until = min(until, self._last_checkpoint + self._checkpoint_seconds / CATCH_UP_SHARE - now)
+        return until
 
     def _needs_checkpoint(self) -> bool:
         return any(ps.dirty or (ps.checkpointed is not None and ps.checkpointed != ps.committed)
@@ -458,6 +474,14 @@ class Service:
                     keepalive: bool = True, sync: bool = False) -> bool:
         """Outputs acknowledged → snapshots written and acknowledged → offsets committed."""
         self._last_checkpoint = time.monotonic()
+        self._caught_up = False
+        try:
+            return self._checkpoint_now(only=only, deadline=deadline, keepalive=keepalive, sync=sync)
+        finally:
+            self._checkpoint_seconds = time.monotonic() - self._last_checkpoint
+
+    def _checkpoint_now(self, *, only: Iterable[TP] | None, deadline: float | None, keepalive: bool,
+                        sync: bool) -> bool:
         wanted = None if only is None else set(only)
         if not self._wait_delivered(deadline, keepalive):
             self.metrics.record_checkpoint(False)
