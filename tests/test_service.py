@@ -710,6 +710,27 @@ def test_keys_too_sparse_for_their_windows_are_reported_once(
     assert "windows.size" in advice[0] and "events.key_fields" in advice[0]
 
 
+def _commit_a_backlog(bootstrap: str, unique: str, count: int, timeout: float = TIMEOUT,
+                      **kafka: Any) -> tuple[Running, float]:
+    """``count`` sales of one store on a one-partition topic, then the service (``kafka`` settings
+    over FAST): the stopped service and the seconds from its first batch to every offset committed."""
+    n = names(unique)
+    ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(n.input, 1)])
+    t0 = 1_767_571_200_000  # 2026-01-05
+    events = [(b"s1", orjson.dumps({"ts": t0 + 200 * i, "store_id": "s1", "amount": 20.0})) for i in range(count)]
+    produce(bootstrap, n.input, events)
+    svc = Running(app_config(bootstrap, n, **kafka))
+    try:
+        wait_for(lambda: svc.service.totals.events > 0, "the first batch", alive=svc.alive, every=0.01)
+        first = time.monotonic()
+        wait_for(lambda: svc.committed() == {0: count}, "all offsets committed", alive=svc.alive,
+                 timeout=timeout, every=0.01)
+        took = time.monotonic() - first
+    finally:
+        svc.stop()
+    return svc, took
+
+
 def test_the_end_of_a_backlog_is_processed_and_committed_without_waiting_out_poll_timeout(
     bootstrap: str, unique: str
 ) -> None:
@@ -717,49 +738,15 @@ def test_the_end_of_a_backlog_is_processed_and_committed_without_waiting_out_pol
     fetched when the first batch is done, so they are processed at once (not after waiting 8 s for
     a batch that cannot fill), and the commit follows at the next checkpoint (1 s), not at the end
     of an idle wait."""
-    n = names(unique)
-    ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(n.input, 1)])
-    t0 = 1_767_571_200_000  # 2026-01-05
-    events = [(b"s1", orjson.dumps({"ts": t0 + 200 * i, "store_id": "s1", "amount": 20.0})) for i in range(3000)]
-    produce(bootstrap, n.input, events)
-    cfg = load_config(env={}, overrides={
-        "kafka": {"bootstrap_servers": bootstrap, "input_topics": [n.input], "alerts_topic": n.alerts,
-                  "dlq_topic": n.dlq, "state_topic": n.state, "group_id": n.group,
-                  **{**FAST, "max_poll_interval_ms": 20000}, "batch_size": 2000, "poll_timeout": 8.0},
-        "detector": DETECTOR, "metrics": {"enabled": False}})
-    svc = Running(cfg)
-    try:
-        wait_for(lambda: svc.service.totals.events > 0, "the first batch", alive=svc.alive, every=0.01)
-        first = time.monotonic()
-        wait_for(lambda: svc.committed() == {0: len(events)}, "all offsets committed", alive=svc.alive, every=0.01)
-        took = time.monotonic() - first
-    finally:
-        svc.stop()
-    assert svc.service.totals.events == len(events)
-    assert took < 4.0, f"the last {len(events) - 2000} events were committed {took:.1f} s after the first batch"
+    svc, took = _commit_a_backlog(bootstrap, unique, 3000, max_poll_interval_ms=20000, batch_size=2000,
+                                  poll_timeout=8.0)
+    assert svc.service.totals.events == 3000
+    assert took < 4.0, f"the last 1000 events were committed {took:.1f} s after the first batch"
 
 
 def test_a_backlog_read_to_its_end_is_committed_before_the_checkpoint_tick(bootstrap: str, unique: str) -> None:
     """A `checkpoint_interval` of 60 s and a backlog of 5,000 events in batches of 2,000: once the
     service has read it to its end (full batches, then a short one) it checkpoints and commits at
     once, so the group's lag reads 0, rather than a minute later at the tick."""
-    n = names(unique)
-    ensure_topics({"bootstrap.servers": bootstrap}, [TopicSpec(n.input, 1)])
-    t0 = 1_767_571_200_000  # 2026-01-05
-    events = [(b"s1", orjson.dumps({"ts": t0 + 200 * i, "store_id": "s1", "amount": 20.0})) for i in range(5000)]
-    produce(bootstrap, n.input, events)
-    cfg = load_config(env={}, overrides={
-        "kafka": {"bootstrap_servers": bootstrap, "input_topics": [n.input], "alerts_topic": n.alerts,
-                  "dlq_topic": n.dlq, "state_topic": n.state, "group_id": n.group,
-                  **{**FAST, "checkpoint_interval": 60.0}, "batch_size": 2000},
-        "detector": DETECTOR, "metrics": {"enabled": False}})
-    svc = Running(cfg)
-    try:
-        wait_for(lambda: svc.service.totals.events > 0, "the first batch", alive=svc.alive, every=0.01)
-        first = time.monotonic()
-        wait_for(lambda: svc.committed() == {0: len(events)}, "all offsets committed", alive=svc.alive,
-                 timeout=30.0, every=0.01)
-        took = time.monotonic() - first
-    finally:
-        svc.stop()
+    _, took = _commit_a_backlog(bootstrap, unique, 5000, timeout=30.0, checkpoint_interval=60.0, batch_size=2000)
     assert took < 15.0, f"committed {took:.1f} s after the first batch (checkpoint_interval 60 s)"
